@@ -1,0 +1,25 @@
+"""Exceptions a user can meet. Each message says what went wrong and what to do."""
+
+
+class EdgeInferError(Exception):
+    """Base class of every error edgeinfer raises on purpose."""
+
+
+class GGUFError(EdgeInferError, ValueError):
+    """The file is not a valid GGUF file (or is damaged)."""
+
+
+class UnsupportedTypeError(EdgeInferError, NotImplementedError):
+    """A tensor uses a quantization type this build cannot decode."""
+
+
+class TokenizerError(EdgeInferError, ValueError):
+    """The file's vocabulary cannot be turned into a tokenizer."""
+
+
+class ModelNotFoundError(EdgeInferError, FileNotFoundError):
+    """A model name or path that does not resolve to a file."""
+
+
+class DownloadError(EdgeInferError, RuntimeError):
+    """A model could not be fetched or failed its checksum."""
