@@ -1,0 +1,181 @@
+"""`edgeinfer` command line: pull, list, info (run, chat, serve and bench arrive with the engine)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .errors import EdgeInferError
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _human_count(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def model_info(path: str) -> dict:
+    """What `edgeinfer info` prints, as a dict (also used by the TUI and the server)."""
+    from .gguf import GGUFFile
+
+    start = time.perf_counter()
+    f = GGUFFile(path)
+    load_s = time.perf_counter() - start
+    m = f.metadata
+    arch = f.architecture or "unknown"
+    n_params = sum(t.n_elements for t in f.tensors.values())
+    n_bytes = sum(t.n_bytes for t in f.tensors.values())
+    tokens = m.get("tokenizer.ggml.tokens")
+    info = {
+        "path": str(path),
+        "name": m.get("general.name"),
+        "architecture": arch,
+        "gguf_version": f.version,
+        "file_size": f.file_size,
+        "n_params": n_params,
+        "bits_per_weight": round(8 * n_bytes / max(n_params, 1), 2),
+        "context_length": f.arch_get("context_length"),
+        "n_layer": f.arch_get("block_count"),
+        "n_embd": f.arch_get("embedding_length"),
+        "n_ff": f.arch_get("feed_forward_length"),
+        "n_head": f.arch_get("attention.head_count"),
+        "n_head_kv": f.arch_get("attention.head_count_kv"),
+        "n_expert": f.arch_get("expert_count"),
+        "n_expert_used": f.arch_get("expert_used_count"),
+        "rope_freq_base": f.arch_get("rope.freq_base"),
+        "tokenizer": m.get("tokenizer.ggml.model"),
+        "tokenizer_pre": m.get("tokenizer.ggml.pre"),
+        "n_vocab": len(tokens) if tokens is not None else None,
+        "chat_template": "in file" if m.get("tokenizer.chat_template") else "none (built-in used)",
+        "n_tensors": len(f.tensors),
+        "tensor_types": f.type_counts(),
+        "open_seconds": round(load_s, 4),
+    }
+    for key in ("n_ff", "n_head", "n_head_kv"):  # per-layer arrays in some files
+        value = info[key]
+        if hasattr(value, "tolist"):
+            info[key] = value.tolist()
+    return info
+
+
+def _print_info(info: dict) -> None:
+    rows = [
+        ("name", info["name"]),
+        ("architecture", info["architecture"]),
+        ("file", f"{info['path']} ({_human_bytes(info['file_size'])}, GGUF v{info['gguf_version']})"),
+        ("parameters", f"{_human_count(info['n_params'])} ({info['bits_per_weight']} bits per weight)"),
+        ("context length", info["context_length"]),
+        ("layers", info["n_layer"]),
+        ("embedding", info["n_embd"]),
+        ("feed forward", info["n_ff"]),
+        ("heads (kv)", f"{info['n_head']} ({info['n_head_kv']})"),
+    ]
+    if info["n_expert"]:
+        rows.append(("experts (used)", f"{info['n_expert']} ({info['n_expert_used']})"))
+    rows += [
+        ("rope base", info["rope_freq_base"]),
+        ("tokenizer", f"{info['tokenizer']} (pre: {info['tokenizer_pre']}), {info['n_vocab']} tokens"),
+        ("chat template", info["chat_template"]),
+        ("tensors", f"{info['n_tensors']}: " + ", ".join(f"{k} x{v}" for k, v in info["tensor_types"].items())),
+        ("opened in", f"{info['open_seconds'] * 1000:.0f} ms"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        if value is not None:
+            print(f"{key:>{width}}  {value}")
+
+
+def cmd_info(args) -> int:
+    from .models import resolve_model
+
+    path = resolve_model(args.model)
+    info = model_info(str(path))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print_info(info)
+    return 0
+
+
+def cmd_pull(args) -> int:
+    from .models import pull
+
+    for name in args.names:
+        path = pull(name, progress=not args.quiet, force=args.force)
+        print(path)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .models import MODELS, cache_dir, is_cached, model_path
+
+    rows = []
+    for source in MODELS.values():
+        cached = is_cached(source)
+        where = str(model_path(source)) if cached else "not downloaded (edgeinfer pull " + source.name + ")"
+        rows.append((source.name, _human_bytes(source.size), where, source.description))
+    if args.json:
+        print(json.dumps([dict(zip(("name", "size", "path", "description"), r)) for r in rows], indent=2))
+        return 0
+    print(f"models cache: {cache_dir()}")
+    width = max(len(r[0]) for r in rows)
+    for name, size, where, desc in rows:
+        print(f"  {name:<{width}}  {size:>9}  {desc}\n  {'':<{width}}  {'':>9}  {where}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="edgeinfer", description="Run quantized language models from GGUF files."
+    )
+    parser.add_argument("--version", action="version", version=f"edgeinfer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="show what a model file holds")
+    p.add_argument("model", help="a GGUF path or a model name (see `edgeinfer list`)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("pull", help="download named models into the cache")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("list", help="list known models and what is downloaded")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgeInferError as e:
+        print(f"edgeinfer: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("edgeinfer: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `edgeinfer info x | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
