@@ -35,8 +35,8 @@ def test_top_k_top_p_min_p_candidates():
     assert ids.tolist() == [0, 1]
     ids, _ = Sampler(SamplingParams(temperature=1, top_k=0, top_p=0.75, min_p=0.0), 5).candidates(logits)
     assert ids.tolist() == [0, 1, 2]
-    # min-p: keep p >= 0.3 * 0.5 = 0.15
-    ids, probs = Sampler(SamplingParams(temperature=1, top_k=0, top_p=1.0, min_p=0.3), 5).candidates(logits)
+    # min-p: keep p >= 0.25 * 0.5 = 0.125
+    ids, probs = Sampler(SamplingParams(temperature=1, top_k=0, top_p=1.0, min_p=0.25), 5).candidates(logits)
     assert ids.tolist() == [0, 1, 2]
     np.testing.assert_allclose(probs, np.array([0.5, 0.2, 0.15]) / 0.85)
 
