@@ -23,3 +23,11 @@ class ModelNotFoundError(EdgeInferError, FileNotFoundError):
 
 class DownloadError(EdgeInferError, RuntimeError):
     """A model could not be fetched or failed its checksum."""
+
+
+class ContextFullError(EdgeInferError, RuntimeError):
+    """A sequence grew past the context size (n_ctx) of its KV cache. Never truncated silently."""
+
+
+class UnsupportedArchitectureError(EdgeInferError, NotImplementedError):
+    """The file's `general.architecture` is one edgeinfer has no model code for."""
