@@ -363,3 +363,11 @@ def test_speed_10k_words(smollm2_gguf, gemma3_gguf, capsys):
         with capsys.disabled():
             print(f"\n{name}: build {t1 - t0:.3f} s, 10k words first {t2 - t1:.3f} s, warm {t3 - t2:.3f} s, "
                   f"{len(ids)} tokens")
+
+
+def test_lone_surrogates_as_llamacpp(smollm2_tok, gemma3_tok):
+    # llama.cpp decodes the (surrogatepass) UTF-8 of a lone surrogate as that code point; ids from
+    # llama-cpp-python 0.3.36 for b"a\xed\xa0\x80b \xed\xbf\xbf"
+    text = "a\ud800b \udfff"
+    assert smollm2_tok.encode(text, add_special=False) == [81, 184, 250, 218, 82, 48138, 140, 140]
+    assert gemma3_tok.encode(text, add_special=False) == [236746, 475, 398, 366, 236763, 236743, 475, 429, 429]

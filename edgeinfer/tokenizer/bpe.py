@@ -29,7 +29,7 @@ _LATIN1_TO_BYTE_ENCODED = {b: BYTE_TO_UNICODE[b] for b in range(256)}
 
 def byte_encode(word: str) -> str:
     """The GPT-2 byte-encoded form of `word` (its UTF-8 bytes, one printable char each)."""
-    return word.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_BYTE_ENCODED)
+    return word.encode("utf-8", "surrogatepass").decode("latin-1").translate(_LATIN1_TO_BYTE_ENCODED)
 
 
 def byte_decode(text: str) -> bytes:
@@ -113,7 +113,7 @@ class BPEEncoder:
         # llama.cpp falls back to the tokens of the symbol's single bytes; a byte that is not a
         # character of its own (>= 0x80) has none and is dropped
         out = []
-        for b in symbol.encode("utf-8"):
+        for b in symbol.encode("utf-8", "surrogatepass"):
             tid = self.token_to_id.get(chr(b)) if b < 0x80 else None
             if tid is not None:
                 out.append(tid)
