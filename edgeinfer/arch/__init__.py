@@ -1,0 +1,70 @@
+"""Model architectures, one module per family, keyed by the file's `general.architecture`.
+
+    model = build_model(GGUFFile(path), backend)       # -> arch.<family>.Model
+    logits = model.forward(tokens, cache)              # float32 (n_tokens, n_vocab)
+
+Adding an architecture: a new module with `Config` and `Model.from_gguf(f, backend)`, and one line in
+ARCHITECTURES (or ALIASES, when the file's name for it is an existing family).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import UnsupportedArchitectureError
+from ..gguf import GGUFFile
+from ..kernels.base import Backend
+from .base import BaseConfig, DecoderModel
+
+# general.architecture -> module in edgeinfer.arch
+ARCHITECTURES: dict[str, str] = {
+    "llama": "llama",
+    "gemma3": "gemma3",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+}
+
+# other names files use for a supported family -> the name above
+ALIASES: dict[str, str] = {
+    "mistral": "llama",  # Mistral 7B v0.1-v0.3 as some converters label it (llama.cpp writes "llama")
+}
+
+SUPPORTED_ARCHITECTURES = tuple(sorted(set(ARCHITECTURES) | set(ALIASES)))
+
+
+def get_arch_module(arch: str | None):
+    """The module implementing `arch`; UnsupportedArchitectureError naming what is supported."""
+    name = ALIASES.get(arch, arch)
+    if name not in ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"edgeinfer has no model code for the architecture {arch!r}. Supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}. Use a model of one of these families."
+        )
+    return importlib.import_module(f".{ARCHITECTURES[name]}", __name__)
+
+
+def load_config(f: GGUFFile) -> BaseConfig:
+    """The hyperparameters of the file's model, from its metadata."""
+    return get_arch_module(f.architecture).Config.from_gguf(f)
+
+
+def build_model(f: GGUFFile, backend: Backend | None = None) -> DecoderModel:
+    """The model in an open GGUF file, its weights left in the file (zero-copy) and run by `backend`
+    (default: the slow float32 ReferenceBackend)."""
+    if backend is None:
+        from ..kernels.reference import ReferenceBackend
+
+        backend = ReferenceBackend()
+    return get_arch_module(f.architecture).Model.from_gguf(f, backend)
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "ALIASES",
+    "SUPPORTED_ARCHITECTURES",
+    "BaseConfig",
+    "DecoderModel",
+    "build_model",
+    "get_arch_module",
+    "load_config",
+]

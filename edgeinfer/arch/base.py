@@ -1,0 +1,296 @@
+"""What every decoder-only architecture shares: the hyperparameters all of them read from metadata, a
+weight loader that checks names and shapes, and the forward skeleton (embed, blocks, norm, output).
+
+An architecture file (llama.py, gemma3.py, ...) adds its own Config fields and its decoder block.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import EdgeInferError, GGUFError, UnsupportedArchitectureError
+from ..gguf import GGUFFile
+from ..kernels.base import Backend, QTensor
+from ..nn import Embedding, KVCacheLike, Linear, RMSNorm, RopeParams, causal_mask
+
+_REQUIRED = object()
+
+Trace = Callable[[str, int, np.ndarray], None]  # (name, layer or -1, tensor), llama.cpp's cb()
+
+
+def meta(f: GGUFFile, suffix: str, default: Any = _REQUIRED) -> Any:
+    """`{general.architecture}.{suffix}`; GGUFError naming the key if it is required and missing."""
+    key = f"{f.architecture}.{suffix}"
+    if key in f.metadata:
+        return f.metadata[key]
+    if default is _REQUIRED:
+        raise GGUFError(
+            f"{f.path} lacks the metadata key {key!r}, which a {f.architecture} model needs; "
+            "the file is incomplete or was written by a converter edgeinfer does not know."
+        )
+    return default
+
+
+def _per_layer_int(f: GGUFFile, suffix: str, default: Any = _REQUIRED) -> int:
+    """An integer key that some converters write as one value per layer (all equal here)."""
+    v = meta(f, suffix, default)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    values = set(int(x) for x in np.asarray(v).reshape(-1))
+    if len(values) != 1:
+        raise UnsupportedArchitectureError(
+            f"{f.path}: {f.architecture}.{suffix} differs between layers ({sorted(values)}); "
+            "edgeinfer supports only the same value in every layer."
+        )
+    return values.pop()
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    arch: str
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int  # n_embd_head_k
+    head_dim_v: int  # n_embd_head_v
+    n_ff: int
+    rms_eps: float
+    n_ctx_train: int
+    n_rot: int
+    rope_neox: bool
+    rope_freq_base: float
+    rope_freq_scale: float  # 1 / rope.scaling.factor for linear / YaRN scaling
+    rope_scaling: str  # "none", "linear", "yarn"
+    rope_n_ctx_orig: int
+    yarn_ext_factor: float
+    yarn_attn_factor: float
+    yarn_beta_fast: float
+    yarn_beta_slow: float
+    attn_scale: float  # multiplies q.k
+    tied_output: bool  # no output.weight: the output head is token_embd.weight
+    final_logit_softcap: float  # 0: off
+
+    @staticmethod
+    def read_common(f: GGUFFile, rope_neox: bool) -> dict[str, Any]:
+        """Every field of BaseConfig from the file's metadata (and tensor shapes where metadata is silent)."""
+        n_embd = int(meta(f, "embedding_length"))
+        n_head = _per_layer_int(f, "attention.head_count")
+        n_head_kv = _per_layer_int(f, "attention.head_count_kv", n_head)
+        head_dim = int(meta(f, "attention.key_length", n_embd // n_head))
+        n_ctx_train = int(meta(f, "context_length", 0))
+        if "token_embd.weight" not in f.tensors:
+            raise GGUFError(f"{f.path} has no tensor 'token_embd.weight'; the file is incomplete.")
+        n_vocab = int(f.tensors["token_embd.weight"].ne[1])
+
+        scaling = str(meta(f, "rope.scaling.type", "linear"))
+        if scaling not in ("none", "linear", "yarn"):
+            raise UnsupportedArchitectureError(
+                f"{f.path} uses rope scaling {scaling!r}; edgeinfer supports none, linear and yarn."
+            )
+        factor = float(meta(f, "rope.scaling.factor", 0.0) or meta(f, "rope.scale_linear", 0.0))
+        freq_scale = 1.0 if factor == 0.0 or scaling == "none" else 1.0 / factor
+        return dict(
+            arch=f.architecture,
+            n_vocab=n_vocab,
+            n_embd=n_embd,
+            n_layer=int(meta(f, "block_count")),
+            n_head=n_head,
+            n_head_kv=n_head_kv,
+            head_dim=head_dim,
+            head_dim_v=int(meta(f, "attention.value_length", head_dim)),
+            n_ff=_per_layer_int(f, "feed_forward_length"),
+            rms_eps=float(meta(f, "attention.layer_norm_rms_epsilon")),
+            n_ctx_train=n_ctx_train,
+            n_rot=int(meta(f, "rope.dimension_count", head_dim)),
+            rope_neox=rope_neox,
+            rope_freq_base=float(meta(f, "rope.freq_base", 10000.0)),
+            rope_freq_scale=freq_scale,
+            rope_scaling=scaling,
+            rope_n_ctx_orig=int(meta(f, "rope.scaling.original_context_length", n_ctx_train)),
+            yarn_ext_factor=float(meta(f, "rope.scaling.yarn_ext_factor", 1.0)) if scaling == "yarn" else 0.0,
+            yarn_attn_factor=float(meta(f, "rope.scaling.attn_factor", 1.0)),
+            yarn_beta_fast=float(meta(f, "rope.scaling.yarn_beta_fast", 32.0)),
+            yarn_beta_slow=float(meta(f, "rope.scaling.yarn_beta_slow", 1.0)),
+            attn_scale=float(meta(f, "attention.scale", 0.0)) or 1.0 / math.sqrt(head_dim),
+            tied_output="output.weight" not in f.tensors,
+            final_logit_softcap=float(meta(f, "final_logit_softcapping", 0.0)),
+        )
+
+    def rope_params(self, freq_base: float | None = None, freq_scale: float | None = None) -> RopeParams:
+        return RopeParams(
+            n_rot=self.n_rot,
+            freq_base=self.rope_freq_base if freq_base is None else freq_base,
+            freq_scale=self.rope_freq_scale if freq_scale is None else freq_scale,
+            neox=self.rope_neox,
+            ext_factor=self.yarn_ext_factor,
+            attn_factor=self.yarn_attn_factor,
+            beta_fast=self.yarn_beta_fast,
+            beta_slow=self.yarn_beta_slow,
+            n_ctx_orig=self.rope_n_ctx_orig,
+        )
+
+
+class Weights:
+    """Typed access to a file's tensors by llama.cpp's names, with shapes checked against the config.
+
+    Shapes are given in ggml order (ne): a linear layer from n_in to n_out is ne == (n_in, n_out).
+    """
+
+    def __init__(self, f: GGUFFile, backend: Backend):
+        self.f = f
+        self.backend = backend
+
+    def has(self, name: str) -> bool:
+        return name in self.f.tensors
+
+    def qtensor(self, name: str, ne: tuple[int, ...]) -> QTensor:
+        t = self.f.tensors.get(name)
+        if t is None:
+            raise GGUFError(
+                f"{self.f.path} lacks the tensor {name!r}, which a {self.f.architecture} model needs; "
+                "the file is incomplete or not the architecture it claims."
+            )
+        if tuple(t.ne) != tuple(ne):
+            raise GGUFError(
+                f"{self.f.path}: tensor {name!r} has shape {tuple(t.ne)} but the metadata implies "
+                f"{tuple(ne)} (ggml order); the file is inconsistent."
+            )
+        return QTensor.from_tensor_info(t)
+
+    def vector(self, name: str, n: int) -> np.ndarray:
+        """A small tensor (norm weight, bias) as float32 (n,)."""
+        return self.backend.dequantize(self.qtensor(name, (n,))).reshape(n)
+
+    def norm(self, name: str, n: int, eps: float) -> RMSNorm:
+        return RMSNorm(self.vector(f"{name}.weight", n), eps)
+
+    def linear(self, name: str, n_in: int, n_out: int, bias: bool | None = None) -> Linear:
+        """`{name}.weight` (n_in -> n_out); `{name}.bias` required (True), ignored (False) or used if
+        present (None)."""
+        b = None
+        if bias or (bias is None and self.has(f"{name}.bias")):
+            b = self.vector(f"{name}.bias", n_out)
+        return Linear(self.qtensor(f"{name}.weight", (n_in, n_out)), self.backend, b)
+
+    def embedding(self, c: BaseConfig) -> Embedding:
+        return Embedding(self.qtensor("token_embd.weight", (c.n_embd, c.n_vocab)), self.backend)
+
+    def output(self, c: BaseConfig) -> Linear:
+        """The output head: output.weight, or token_embd.weight when the file ties them."""
+        name = "token_embd.weight" if c.tied_output else "output.weight"
+        return Linear(self.qtensor(name, (c.n_embd, c.n_vocab)), self.backend)
+
+
+class DecoderModel:
+    """The forward skeleton every architecture shares:
+
+        x = token_embd[tokens] * embd_scale
+        x = block(x) for each layer          (the block is the architecture's own)
+        logits = output(output_norm(x))      (then softcap, if the config has one)
+
+    A block is called as block(x, positions, mask, cache, il, cb) -> x.
+    """
+
+    arch: ClassVar[str]
+
+    def __init__(
+        self,
+        config: BaseConfig,
+        backend: Backend,
+        tok_embd: Embedding,
+        blocks: list,
+        output_norm: RMSNorm,
+        output: Linear,
+        embd_scale: float = 1.0,
+    ):
+        self.config = config
+        self.backend = backend
+        self.tok_embd = tok_embd
+        self.blocks = blocks
+        self.output_norm = output_norm
+        self.output = output
+        self.embd_scale = embd_scale
+        self.trace: Trace | None = None  # set to see every named intermediate (debugging)
+
+    @property
+    def n_vocab(self) -> int:
+        return self.config.n_vocab
+
+    def kv_dims(self) -> dict[str, int]:
+        """What a KV cache for this model must hold per token and layer."""
+        c = self.config
+        return dict(n_layer=c.n_layer, n_head_kv=c.n_head_kv, head_dim=c.head_dim, head_dim_v=c.head_dim_v)
+
+    def layer_masks(self, positions: np.ndarray, kv_pos: np.ndarray) -> list[np.ndarray]:
+        """The attention mask of each layer, bool (n_tokens, n_kv); all causal unless overridden."""
+        mask = causal_mask(positions, kv_pos)
+        return [mask] * self.config.n_layer
+
+    def _cb(self, il: int) -> Callable[[str, np.ndarray], None] | None:
+        trace = self.trace
+        if trace is None:
+            return None
+        return lambda name, x: trace(name, il, x)
+
+    def _check_tokens(self, tokens) -> np.ndarray:
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1 or tokens.size == 0 or not np.issubdtype(tokens.dtype, np.integer):
+            raise EdgeInferError(
+                f"forward() takes a non-empty 1-D array of integer token ids, not {tokens.dtype} {tokens.shape}."
+            )
+        if tokens.min() < 0 or tokens.max() >= self.n_vocab:
+            raise EdgeInferError(
+                f"Token ids must lie in 0..{self.n_vocab - 1} (the model's vocabulary); got "
+                f"{int(tokens.min())}..{int(tokens.max())}."
+            )
+        return tokens.astype(np.int32, copy=False)
+
+    def forward(
+        self,
+        tokens: np.ndarray,
+        cache: KVCacheLike,
+        positions: np.ndarray | None = None,
+        all_logits: bool = True,
+    ) -> np.ndarray:
+        """Run tokens (n,) through the model after the cache's n_past tokens.
+
+        positions: int (n,), default n_past, n_past+1, ... Returns float32 logits (n, n_vocab), or
+        (1, n_vocab) for the last token only when all_logits is False. ContextFullError (before any
+        work) when the cache cannot take n more tokens.
+        """
+        tokens = self._check_tokens(tokens)
+        n = tokens.size
+        if positions is None:
+            positions = np.arange(cache.n_past, cache.n_past + n, dtype=np.int32)
+        positions = np.asarray(positions, dtype=np.int32).reshape(n)
+        kv_pos = cache.begin(positions)  # (n_kv,)
+        masks = self.layer_masks(positions, kv_pos)  # n_layer x (n_tokens, n_kv)
+
+        x = self.tok_embd(tokens)  # (n_tokens, n_embd)
+        if self.embd_scale != 1.0:
+            x *= np.float32(self.embd_scale)
+        for il, block in enumerate(self.blocks):
+            cb = self._cb(il)
+            x = block(x, positions, masks[il], cache, il, cb)
+            if cb is not None:
+                cb("l_out", x)
+        cache.commit()
+
+        if not all_logits:
+            x = x[-1:]
+        x = self.output_norm(x)  # (n_out, n_embd)
+        logits = self.output(x)  # (n_out, n_vocab)
+        cap = self.config.final_logit_softcap
+        if cap:
+            logits = np.tanh(logits / np.float32(cap)) * np.float32(cap)
+        if self.trace is not None:
+            self.trace("result_norm", -1, x)
+            self.trace("result_output", -1, logits)
+        return logits

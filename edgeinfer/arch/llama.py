@@ -1,0 +1,97 @@
+"""llama: Llama 2/3, Mistral, TinyLlama, SmolLM2 (llama.cpp's src/models/llama.cpp).
+
+Pre-norm blocks with RMSNorm, GQA attention with NORM rope (consecutive pairs; the GGUF converter
+permutes Q/K rows for it), SwiGLU feed-forward. Optional: biases on any projection, Llama 3's
+rope_freqs.weight (per-pair frequency factors), attention.scale, a tied output head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ..gguf import GGUFFile
+from ..kernels.base import Backend
+from ..nn import Attention, GatedMLP, KVCacheLike, RMSNorm, Rope
+from .base import BaseConfig, DecoderModel, Weights
+
+
+@dataclass(frozen=True)
+class Config(BaseConfig):
+    rope_neox_default: ClassVar[bool] = False  # llama_model_rope_type: LLAMA_ROPE_TYPE_NORM
+
+    @classmethod
+    def from_gguf(cls, f: GGUFFile) -> "Config":
+        return cls(**cls.read_common(f, rope_neox=cls.rope_neox_default))
+
+
+class Block:
+    def __init__(self, attn_norm: RMSNorm, attn: Attention, ffn_norm: RMSNorm, ffn: GatedMLP):
+        self.attn_norm, self.attn = attn_norm, attn
+        self.ffn_norm, self.ffn = ffn_norm, ffn
+
+    def __call__(
+        self,
+        x: np.ndarray,
+        positions: np.ndarray,
+        mask: np.ndarray,
+        cache: KVCacheLike,
+        il: int,
+        cb: Callable[[str, np.ndarray], None] | None = None,
+    ) -> np.ndarray:
+        """x (n_tokens, n_embd) -> (n_tokens, n_embd)"""
+        h = self.attn_norm(x)
+        if cb is not None:
+            cb("attn_norm", h)
+        x = x + self.attn(h, positions, mask, cache, il, cb)
+        if cb is not None:
+            cb("ffn_inp", x)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Model(DecoderModel):
+    arch = "llama"
+    config_class: ClassVar[type[Config]] = Config
+    qkv_bias: ClassVar[bool | None] = None  # q/k/v biases: None = used when the file has them
+    qk_norm: ClassVar[bool] = False  # attn_q_norm / attn_k_norm per head
+
+    @classmethod
+    def from_gguf(cls, f: GGUFFile, backend: Backend) -> "Model":
+        c = cls.config_class.from_gguf(f)
+        w = Weights(f, backend)
+        freq_factors = w.vector("rope_freqs.weight", c.n_rot // 2) if w.has("rope_freqs.weight") else None
+        rope = Rope(c.rope_params(), freq_factors)
+        blocks = [cls.load_block(w, c, il, rope) for il in range(c.n_layer)]
+        return cls(c, backend, w.embedding(c), blocks, w.norm("output_norm", c.n_embd, c.rms_eps), w.output(c))
+
+    @classmethod
+    def load_block(cls, w: Weights, c: Config, il: int, rope: Rope) -> Block:
+        p = f"blk.{il}."
+        q_norm = k_norm = None
+        if cls.qk_norm:
+            q_norm = w.norm(p + "attn_q_norm", c.head_dim, c.rms_eps)
+            k_norm = w.norm(p + "attn_k_norm", c.head_dim, c.rms_eps)
+        attn = Attention(
+            wq=w.linear(p + "attn_q", c.n_embd, c.n_head * c.head_dim, bias=cls.qkv_bias),
+            wk=w.linear(p + "attn_k", c.n_embd, c.n_head_kv * c.head_dim, bias=cls.qkv_bias),
+            wv=w.linear(p + "attn_v", c.n_embd, c.n_head_kv * c.head_dim_v, bias=cls.qkv_bias),
+            wo=w.linear(p + "attn_output", c.n_head * c.head_dim_v, c.n_embd),
+            n_head=c.n_head,
+            n_head_kv=c.n_head_kv,
+            head_dim=c.head_dim,
+            head_dim_v=c.head_dim_v,
+            rope=rope,
+            scale=c.attn_scale,
+            q_norm=q_norm,
+            k_norm=k_norm,
+        )
+        ffn = GatedMLP(
+            gate=w.linear(p + "ffn_gate", c.n_embd, c.n_ff),
+            up=w.linear(p + "ffn_up", c.n_embd, c.n_ff),
+            down=w.linear(p + "ffn_down", c.n_ff, c.n_embd),
+            act="silu",
+        )
+        return Block(w.norm(p + "attn_norm", c.n_embd, c.rms_eps), attn, w.norm(p + "ffn_norm", c.n_embd, c.rms_eps), ffn)

@@ -1,0 +1,92 @@
+"""The key/value cache of one sequence: every layer's K and V for the tokens seen so far.
+
+Cell c holds the token at position pos[c]; cells 0..n_past-1 are in use. A forward pass claims the next
+cells with begin(), stores each layer's K/V with update() and makes them part of the sequence with
+commit() (the protocol `edgeinfer.nn.KVCacheLike`). Growing past n_ctx raises ContextFullError; nothing
+is ever dropped silently. truncate(n) rolls the sequence back to its first n tokens (speculative
+decoding rejects drafted tokens this way).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ContextFullError
+
+
+class KVCache:
+    def __init__(
+        self,
+        n_layer: int,
+        n_ctx: int,
+        n_head_kv: int,
+        head_dim: int,
+        dtype=np.float32,
+        head_dim_v: int | None = None,
+    ):
+        if n_ctx <= 0:
+            raise ValueError(f"n_ctx must be positive, not {n_ctx}")
+        head_dim_v = head_dim if head_dim_v is None else head_dim_v
+        self.n_layer, self.n_ctx, self.n_head_kv = n_layer, n_ctx, n_head_kv
+        self.head_dim, self.head_dim_v = head_dim, head_dim_v
+        self.dtype = np.dtype(dtype)
+        self.k = np.zeros((n_layer, n_head_kv, n_ctx, head_dim), self.dtype)  # (layer, kv head, cell, head_dim)
+        self.v = np.zeros((n_layer, n_head_kv, n_ctx, head_dim_v), self.dtype)  # (layer, kv head, cell, head_dim_v)
+        self.pos = np.zeros(n_ctx, np.int32)  # (cell,) position of the token in each cell
+        self.n_past = 0
+        self._n_new = 0  # cells claimed by the pass in progress
+
+    @classmethod
+    def for_model(cls, model, n_ctx: int, dtype=np.float32) -> "KVCache":
+        """A cache shaped for `model` (anything with `kv_dims()`: n_layer, n_head_kv, head_dim, head_dim_v)."""
+        d = model.kv_dims()
+        return cls(d["n_layer"], n_ctx, d["n_head_kv"], d["head_dim"], dtype, d["head_dim_v"])
+
+    @property
+    def n_free(self) -> int:
+        return self.n_ctx - self.n_past
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+    def begin(self, positions: np.ndarray) -> np.ndarray:
+        n = len(positions)
+        if self.n_past + n > self.n_ctx:
+            raise ContextFullError(
+                f"The context is full: it holds {self.n_ctx} tokens, {self.n_past} are in use and "
+                f"{n} more were given. Load the model with a larger n_ctx, or start a new conversation "
+                "(or shorten this one)."
+            )
+        self.pos[self.n_past : self.n_past + n] = positions
+        self._n_new = n
+        return self.pos[: self.n_past + n]
+
+    def update(self, il: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        start, end = self.n_past, self.n_past + self._n_new
+        self.k[il, :, start:end] = k.transpose(1, 0, 2)  # (n, n_head_kv, head_dim) -> (n_head_kv, n, head_dim)
+        self.v[il, :, start:end] = v.transpose(1, 0, 2)
+        k_all, v_all = self.k[il, :, :end], self.v[il, :, :end]  # (n_head_kv, n_kv, head_dim)
+        if self.dtype != np.float32:
+            k_all, v_all = k_all.astype(np.float32), v_all.astype(np.float32)
+        return k_all, v_all
+
+    def commit(self) -> None:
+        self.n_past += self._n_new
+        self._n_new = 0
+
+    def truncate(self, n: int) -> None:
+        """Keep the first n tokens of the sequence, forget the rest."""
+        if not 0 <= n <= self.n_past:
+            raise ValueError(f"truncate({n}): the cache holds {self.n_past} tokens")
+        self.n_past = n
+        self._n_new = 0
+
+    def clear(self) -> None:
+        self.truncate(0)
+
+    def __repr__(self) -> str:
+        return (
+            f"KVCache(n_past={self.n_past}, n_ctx={self.n_ctx}, n_layer={self.n_layer}, "
+            f"n_head_kv={self.n_head_kv}, head_dim={self.head_dim}, dtype={self.dtype.name})"
+        )

@@ -1,0 +1,45 @@
+"""Layers that hold a quantized weight and hand the arithmetic to the backend."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels.base import Backend, QTensor
+
+
+class Linear:
+    """y = x @ W.T (+ b). W: QTensor (n_out, n_in) in any format, b: float32 (n_out,) or None."""
+
+    def __init__(self, weight: QTensor, backend: Backend, bias: np.ndarray | None = None):
+        self.weight = weight
+        self.backend = backend
+        self.bias = bias
+
+    @property
+    def n_in(self) -> int:
+        return self.weight.n_cols
+
+    @property
+    def n_out(self) -> int:
+        return self.weight.n_rows
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        y = self.backend.matmul(self.weight, x)  # (n_tokens, n_out)
+        if self.bias is not None:
+            y += self.bias
+        return y
+
+
+class Embedding:
+    """Token embedding lookup: ids (n,) -> float32 (n, n_embd), rows of a QTensor (n_vocab, n_embd)."""
+
+    def __init__(self, weight: QTensor, backend: Backend):
+        self.weight = weight
+        self.backend = backend
+
+    @property
+    def n_vocab(self) -> int:
+        return self.weight.n_rows
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        return self.backend.get_rows(self.weight, ids)
