@@ -13,6 +13,8 @@ from .errors import (  # noqa: E402
 
 __all__ = [
     "__version__",
+    "load",
+    "LLM",
     "DownloadError",
     "EdgeInferError",
     "GGUFError",
@@ -20,3 +22,13 @@ __all__ = [
     "TokenizerError",
     "UnsupportedTypeError",
 ]
+
+
+def __getattr__(name):
+    # `edgeinfer.load` and `edgeinfer.LLM` import the engine on first use, so that `import edgeinfer`
+    # (and commands like `edgeinfer info`) stay quick.
+    if name in ("load", "LLM"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'edgeinfer' has no attribute {name!r}")
