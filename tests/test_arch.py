@@ -70,7 +70,7 @@ def _assert_close(ours, ref, rel):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("wtype", [T.F32, T.F16, T.Q8_0, T.Q4_0, T.Q4_K])
+@pytest.mark.parametrize("wtype", [T.F32, T.F16, T.Q8_0, T.Q4_0, T.Q4_K, T.Q6_K], ids=lambda t: t.name)
 def test_matches_float64_reference(tmp_path, arch, wtype, backend):
     path = _tiny(tmp_path, arch, wtype, tied=wtype != T.Q8_0)
     tokens = _tokens(14, seed=1)
@@ -285,3 +285,20 @@ def test_real_model_matches_llama_cpp(name, request, backend):
     assert a["top1_mean"] <= max(0.2, 1.5 * own["batch_vs_seq_top1_mean_abs"]), a
     assert a["top1_max"] <= 2.0, a
     assert math.isfinite(a["topk_mean"])
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_real_model_decode_with_cache(name, request):
+    """Prefill, then decode token by token: the same logits as one batch, and as llama.cpp's."""
+    path = request.getfixturevalue(f"{name}_path")
+    fixture = np.load(FIXTURES / f"logits_{name}.npz")
+    ids, n_steps = fixture["ids"], 6
+    model = build_model(GGUFFile(path), ReferenceBackend())
+    batch = model.forward(ids, KVCache.for_model(model, 512))[-n_steps:]
+    cache = KVCache.for_model(model, 512)
+    model.forward(ids[:-n_steps], cache, all_logits=False)
+    steps = np.concatenate([model.forward(ids[i : i + 1], cache) for i in range(len(ids) - n_steps, len(ids))])
+    assert cache.n_past == len(ids)
+    _assert_close(steps, batch, 1e-4)
+    tail = {k: fixture[k][-n_steps:] for k in ("top_ids", "top_logits")}
+    assert agreement(steps, tail)["top1_mean"] < 0.5

@@ -73,7 +73,7 @@ class BaseConfig:
     yarn_attn_factor: float
     yarn_beta_fast: float
     yarn_beta_slow: float
-    attn_scale: float  # multiplies q.k
+    attn_scale: float  # multiplies q.k (kq_scale)
     tied_output: bool  # no output.weight: the output head is token_embd.weight
     final_logit_softcap: float  # 0: off
 
@@ -118,7 +118,7 @@ class BaseConfig:
             yarn_attn_factor=float(meta(f, "rope.scaling.attn_factor", 1.0)),
             yarn_beta_fast=float(meta(f, "rope.scaling.yarn_beta_fast", 32.0)),
             yarn_beta_slow=float(meta(f, "rope.scaling.yarn_beta_slow", 1.0)),
-            attn_scale=float(meta(f, "attention.scale", 0.0)) or 1.0 / math.sqrt(head_dim),
+            attn_scale=1.0 / math.sqrt(head_dim),  # llama.cpp reads attention.scale only for granite-like archs
             tied_output="output.weight" not in f.tensors,
             final_logit_softcap=float(meta(f, "final_logit_softcapping", 0.0)),
         )
