@@ -83,9 +83,11 @@ def write_tiny_model(
     rope_freqs: bool = False,
     n_swa: int = 0,
     seed: int = 0,
+    vocab: bool = False,
 ) -> Path:
     """A random model of `arch` in `path`. rope_scaling: {"type": "linear"|"yarn", "factor": f,
-    "original_context_length": n}; rope_freqs: add Llama 3's rope_freqs.weight; n_swa: gemma3's window."""
+    "original_context_length": n}; rope_freqs: add Llama 3's rope_freqs.weight; n_swa: gemma3's window;
+    vocab: add a placeholder gpt2-style vocabulary (token i is "<i>"), enough for llama.cpp to load the file."""
     path = Path(path)
     rng = np.random.default_rng(seed)
     head_dim = head_dim or n_embd // n_head
@@ -109,6 +111,14 @@ def write_tiny_model(
             w.add_uint32(p + "rope.scaling.original_context_length", rope_scaling["original_context_length"])
     if arch == "gemma3":
         w.add_uint32(p + "attention.sliding_window", n_swa)
+    if vocab:
+        w.add_string("tokenizer.ggml.model", "gpt2")
+        w.add_string("tokenizer.ggml.pre", "default")
+        w.add_array("tokenizer.ggml.tokens", [f"<{i}>" for i in range(n_vocab)])
+        w.add_array("tokenizer.ggml.token_type", [1] * n_vocab)
+        w.add_array("tokenizer.ggml.merges", ["< 1"])
+        w.add_uint32("tokenizer.ggml.bos_token_id", 1)
+        w.add_uint32("tokenizer.ggml.eos_token_id", 2)
 
     def matrix(name: str, n_out: int, n_in: int, std: float | None = None) -> None:
         std = 1.0 / math.sqrt(n_in) if std is None else std
@@ -149,6 +159,31 @@ def write_tiny_model(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+# Tiny models that llama.cpp runs too (tests/fixtures/logits_tiny.npz): name -> (arch, wtype, options).
+# They check what the real files here cannot: qwen2's biases, qwen3's QK-norm, YaRN, rope_freqs, and
+# gemma3's sliding window inside a short sequence.
+LLAMACPP_TINY: dict[str, tuple[str, T, dict]] = {
+    "llama_q4_0_untied": ("llama", T.Q4_0, dict(tied=False)),
+    "llama_yarn_f16": ("llama", T.F16, dict(rope_scaling={"type": "yarn", "factor": 4.0, "original_context_length": 64})),
+    "llama_linear_q8_0": ("llama", T.Q8_0, dict(rope_scaling={"type": "linear", "factor": 2.0})),
+    "llama_rope_freqs_q8_0": ("llama", T.Q8_0, dict(rope_freqs=True, rope_freq_base=500000.0)),
+    "qwen2_q8_0": ("qwen2", T.Q8_0, dict()),
+    "qwen3_q8_0_untied": ("qwen3", T.Q8_0, dict(tied=False)),
+    "gemma3_q8_0": ("gemma3", T.Q8_0, dict(n_layer=6, n_swa=5, head_dim=32)),
+    "gemma3_q4_k": ("gemma3", T.Q4_K, dict(n_layer=6, n_swa=5, n_embd=256, n_ff=512, head_dim=64)),
+}
+LLAMACPP_TINY_TOKENS = 20
+
+
+def write_llamacpp_tiny(directory: str | Path) -> dict[str, Path]:
+    """Write every LLAMACPP_TINY model (with a placeholder vocabulary) into directory."""
+    directory = Path(directory)
+    return {
+        name: write_tiny_model(directory / f"{name}.gguf", arch, wtype, vocab=True, seed=i, **kw)
+        for i, (name, (arch, wtype, kw)) in enumerate(LLAMACPP_TINY.items())
+    }
 
 
 # -- the float64 reference -----------------------------------------------------------------------------

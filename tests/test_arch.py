@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
-from reference_model import ARCHS, ReferenceModel, write_tiny_model
+from reference_model import ARCHS, LLAMACPP_TINY, ReferenceModel, write_llamacpp_tiny, write_tiny_model
 
 from edgeinfer.arch import ARCHITECTURES, build_model, load_config
 from edgeinfer.engine.kv_cache import KVCache
@@ -123,6 +124,41 @@ def test_gemma3_sliding_window_matters(tmp_path):
     assert np.abs(a[6:] - b[6:]).max() > 1e-2
     _assert_close(a, ReferenceModel(windowed).logits(tokens), 1e-4)
     _assert_close(b, ReferenceModel(unwindowed).logits(tokens), 1e-4)
+
+
+@pytest.fixture(scope="module")
+def llamacpp_tiny(tmp_path_factory):
+    """The tiny models llama.cpp ran for tests/fixtures/logits_tiny.npz, rewritten from their seeds."""
+    fixture = np.load(FIXTURES / "logits_tiny.npz")
+    paths = write_llamacpp_tiny(tmp_path_factory.mktemp("llamacpp_tiny"))
+    for name, path in paths.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == str(fixture[f"{name}.sha256"]), (
+            f"the tiny model {name} is no longer the one llama.cpp ran: re-run "
+            "tests/fixtures/make_logits_fixture.py"
+        )
+    return paths, fixture
+
+
+@pytest.mark.parametrize("name", list(LLAMACPP_TINY))
+def test_tiny_models_match_llama_cpp(name, llamacpp_tiny, backend):
+    """llama.cpp itself on tiny random models: qwen2 biases, qwen3 QK-norm, YaRN, linear scaling,
+    rope_freqs, gemma3's window -- what the two real files cannot show. llama.cpp quantizes activations
+    to 8 bits and keeps K/V in f16, hence a few percent of the logit scale."""
+    paths, fixture = llamacpp_tiny
+    ids, theirs = fixture["ids"], fixture[f"{name}.logits"].astype(np.float32)  # (n, n_vocab)
+    model = _model(paths[name], backend)
+    ours = model.forward(ids, KVCache.for_model(model, 32))
+    scale = float(np.abs(theirs).max())
+    assert np.abs(ours - theirs).max() <= 0.06 * scale
+    assert np.abs(ours - theirs).mean() <= 0.01 * scale
+    rows = np.arange(len(ids))
+    ours_best, their_best = ours.argmax(-1), theirs.argmax(-1)
+    agree = (
+        (ours_best == their_best)
+        | (theirs[rows, ours_best] >= theirs.max(-1) - 0.5)
+        | (ours[rows, their_best] >= ours.max(-1) - 0.5)
+    )
+    assert agree.all(), f"argmax differs at positions {np.flatnonzero(~agree).tolist()}"
 
 
 # -- the KV cache ---------------------------------------------------------------------------------------
