@@ -299,8 +299,10 @@ class ReferenceModel:
         for il in range(self.n_layer):
             b = f"blk.{il}."
             if self.arch == "gemma3":  # sandwich norms
-                x = x + self.rms_norm(self.attention(self.rms_norm(x, w[b + "attn_norm.weight"]), il, positions), w[b + "post_attention_norm.weight"])
-                x = x + self.rms_norm(self.feed_forward(self.rms_norm(x, w[b + "ffn_norm.weight"]), il), w[b + "post_ffw_norm.weight"])
+                h = self.attention(self.rms_norm(x, w[b + "attn_norm.weight"]), il, positions)
+                x = x + self.rms_norm(h, w[b + "post_attention_norm.weight"])
+                h = self.feed_forward(self.rms_norm(x, w[b + "ffn_norm.weight"]), il)
+                x = x + self.rms_norm(h, w[b + "post_ffw_norm.weight"])
             else:
                 x = x + self.attention(self.rms_norm(x, w[b + "attn_norm.weight"]), il, positions)
                 x = x + self.feed_forward(self.rms_norm(x, w[b + "ffn_norm.weight"]), il)

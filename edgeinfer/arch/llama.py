@@ -94,4 +94,5 @@ class Model(DecoderModel):
             down=w.linear(p + "ffn_down", c.n_ff, c.n_embd),
             act="silu",
         )
-        return Block(w.norm(p + "attn_norm", c.n_embd, c.rms_eps), attn, w.norm(p + "ffn_norm", c.n_embd, c.rms_eps), ffn)
+        attn_norm = w.norm(p + "attn_norm", c.n_embd, c.rms_eps)
+        return Block(attn_norm, attn, w.norm(p + "ffn_norm", c.n_embd, c.rms_eps), ffn)
