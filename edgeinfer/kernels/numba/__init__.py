@@ -1,0 +1,54 @@
+"""The portable CPU backend: Numba kernels, vectorized through LLVM IR, threaded with OpenMP."""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+
+from ...system import default_threads
+from ..base import QTensor
+from . import matmul as _matmul
+
+_THREADS_SET: dict[int, int] = {}  # Python thread id -> the Numba thread count a backend set there
+
+
+class NumbaBackend:
+    """Quantized matmuls as llama.cpp computes them (8-bit activations, integer block dots), on
+    `n_threads` threads (default: every available core, or EDGEINFER_THREADS)."""
+
+    name = "numba"
+
+    def __init__(self, n_threads: int | None = None):
+        n = default_threads() if n_threads is None else int(n_threads)
+        if n < 1:
+            raise ValueError(f"n_threads must be at least 1, not {n_threads}.")
+        self.n_threads = min(n, numba.config.NUMBA_NUM_THREADS)  # Numba's pool: one thread per CPU
+
+    def _use_threads(self) -> None:
+        # Numba's thread count belongs to the calling thread; numba.get_num_threads takes 2 us, so
+        # remember which threads were set to what
+        key = threading.get_ident()
+        if _THREADS_SET.get(key) != self.n_threads:
+            numba.set_num_threads(self.n_threads)
+            _THREADS_SET[key] = self.n_threads
+
+    def matmul(self, w: QTensor, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """y = x @ W.T: x float32 (n_tokens, n_cols) -> y float32 (n_tokens, n_rows)."""
+        self._use_threads()
+        return _matmul.matmul(w, x, out)
+
+    def get_rows(self, w: QTensor, ids: np.ndarray) -> np.ndarray:
+        """Embedding lookup: float32 (len(ids), n_cols), rows of W dequantized."""
+        return _matmul.get_rows(w, ids)
+
+    def dequantize(self, w: QTensor) -> np.ndarray:
+        """The whole tensor as float32 (numpy order shape)."""
+        return _matmul.dequantize(w)
+
+    def __repr__(self) -> str:
+        return f"NumbaBackend(n_threads={self.n_threads})"
+
+
+__all__ = ["NumbaBackend"]

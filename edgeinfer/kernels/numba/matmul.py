@@ -1,0 +1,1054 @@
+"""Quantized matrix products y = x @ W.T on the CPU, the way llama.cpp computes them.
+
+For each matmul the activations x (n_tokens, n_cols) are quantized once to 8 bits, in the format ggml
+pairs with the weight type (its `vec_dot_type`):
+
+    Q8_0  blocks of 32: int8 quants, fp16 scale          for Q4_0, Q5_0, Q8_0, IQ4_NL
+    Q8_1  as Q8_0 plus s = fp16(d * sum of the quants)   for Q4_1, Q5_1 (the min term m * s)
+    Q8_K  blocks of 256: int8, float32 scale, sums of 16 for Q2_K .. Q6_K, IQ4_XS (the min / offset terms)
+    F16 / BF16 (x rounded), F32 (x as is)                for F16, BF16, F32 weights
+
+and every output is a sum over blocks of (integer dot product of weight and activation quants, in
+int32) times the float scales, as ggml's `ggml_vec_dot_<type>_q8_<k>` does (ggml-cpu/quants.c). The
+activation quantizers match ggml's `quantize_row_q8_0_ref` / `_q8_1_ref` / `_q8_K_ref` bit for bit.
+Weights are never expanded: each block is decoded in registers (edgeinfer.kernels.numba.simd), and in
+a prefill (n_tokens > 1) once per tile of 4 tokens. Float rounding differs from ggml's scalar code only
+in summation order (8 float lanes, as ggml's AVX2 code).
+
+Rows are cut into chunks that the threads share (`prange`, OpenMP threading layer); one matmul is one
+compiled call: quantize x into buffers allocated once, then one parallel region over the rows.
+
+Kernels, per weight type: `_dot_<type>(w, wo, nb, act, t)` is row `wo` (byte offset in the flat
+weight bytes w, nb blocks) dotted with token t of the quantized activations act = (yq, yd, ys, ybs,
+yf); `_dot4_<type>` does tokens t..t+3 from one decode of the row. Numba's cache does not notice edits
+of simd.py: clear `__pycache__` after changing it.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+
+import numba
+import numpy as np
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from numba import njit, prange
+
+from ...errors import UnsupportedTypeError
+from ...quant import get_format
+from ..base import QTensor
+from . import dequant
+from .simd import (
+    bf16_at,
+    bf16x8_at,
+    bits_i8x32,
+    byte_bits_i8x32,
+    dot_i8,
+    dot_u8,
+    f16_at,
+    f16_round,
+    f16_scale8,
+    f16x8_at,
+    f32_at,
+    f32_bits,
+    f32_from_bits,
+    f32x8_add,
+    f32x8_at,
+    f32x8_first,
+    f32x8_zero,
+    fma_f32x8,
+    fma_i32x8,
+    hsum_f32x8,
+    i8x32_and,
+    i8x32_or,
+    i8x32_shl,
+    i8x32_shr,
+    i8x32_sub,
+    i16x16_u8,
+    i16x16_word_pairs,
+    i16x16_words,
+    i32x8_add,
+    i32x8_shl,
+    i32x8_sub,
+    i32x8_zero,
+    item,
+    kvalues_iq4nl_i8x32,
+    load_f32x8,
+    load_i8x16_i16,
+    load_i8x32,
+    load_i16x16,
+    madd_i16,
+    madd_ones,
+    madd_scale,
+    madd_scales2,
+    nibbles_i8x32,
+    u32_at,
+)
+
+QK = 32  # values per block of the legacy formats, IQ4_NL, Q8_0 and Q8_1
+QK_K = 256  # values per K-quant super-block and Q8_K block
+PARALLEL_QUANTIZE_MIN_TOKENS = 8  # below this, x is quantized by one thread (a parallel region costs more)
+MIN_CHUNKS = 32  # row chunks per matmul at least (threads take equal shares of them)
+
+
+# -- threading -----------------------------------------------------------------------------------------
+
+
+def _init_threading() -> str:
+    """Choose the OpenMP threading layer before the first parallel region (about 2 us to start a region,
+    against 155 us for workqueue); fall back to tbb, then workqueue, with a warning."""
+    from numba.np.ufunc import parallel
+
+    if parallel._is_initialized:  # someone launched parallel code first: keep what they got
+        return numba.threading_layer()
+    for layer in ("omp", "tbb", "workqueue"):
+        numba.config.THREADING_LAYER = layer
+        try:
+            parallel._launch_threads()
+        except (ValueError, ImportError, OSError):
+            continue
+        break
+    got = numba.threading_layer()
+    if got != "omp":
+        warnings.warn(
+            f"Numba's OpenMP threading layer is unavailable; using {got!r}, whose parallel regions start "
+            "far slower (install an OpenMP runtime, e.g. libgomp, for full speed).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return got
+
+
+THREADING_LAYER = _init_threading()
+
+
+# -- activation quantizers (one token row each) --------------------------------------------------------
+
+
+@njit(cache=True)
+def _roundf(v):
+    """C's roundf (halves away from zero); exact in float64 for any float32 v."""
+    v = np.float64(v)
+    return np.int64(np.trunc(v + np.copysign(0.5, v)))
+
+
+@njit(cache=True)
+def _quantize_row_q8_0(x, t, yq, yd, ys, with_sum):
+    """quantize_row_q8_0_ref (with_sum: quantize_row_q8_1_ref) of x[t] into yq[t * n_cols :], yd, ys."""
+    n_cols = x.shape[1]
+    nb = n_cols // QK
+    for b in range(nb):
+        i0 = b * QK
+        amax = np.float32(0)
+        for j in range(QK):
+            amax = max(amax, abs(x[t, i0 + j]))
+        d = amax / np.float32(127)
+        inv_d = np.float32(1) / d if d != 0 else np.float32(0)
+        s = 0
+        for j in range(QK):
+            q = _roundf(x[t, i0 + j] * inv_d)
+            yq[t * n_cols + i0 + j] = q
+            s += q
+        yd[t * nb + b] = f16_round(d)
+        if with_sum:
+            ys[t * nb + b] = f16_round(np.float32(s) * d)
+
+
+@njit(cache=True)
+def _quantize_row_q8_k(x, t, yq, yd, ybs):
+    """quantize_row_q8_K_ref of x[t]: yd = 1 / iscale, yq = min(127, rint(iscale * x)), ybs = sums of 16."""
+    n_cols = x.shape[1]
+    nb = n_cols // QK_K
+    for b in range(nb):
+        i0 = b * QK_K
+        amax = np.float32(0)
+        vmax = np.float32(0)
+        for j in range(QK_K):
+            v = x[t, i0 + j]
+            if abs(v) > amax:
+                amax = abs(v)
+                vmax = v
+        o = t * n_cols + i0
+        if amax == 0:
+            yd[t * nb + b] = 0
+            yq[o : o + QK_K] = 0
+            ybs[(t * nb + b) * 16 : (t * nb + b + 1) * 16] = 0
+            continue
+        iscale = np.float32(-127) / vmax
+        for j in range(QK_K):
+            yq[o + j] = min(127, np.int64(np.rint(iscale * x[t, i0 + j])))
+        for g in range(16):
+            s = 0
+            for j in range(16):
+                s += yq[o + 16 * g + j]
+            ybs[(t * nb + b) * 16 + g] = s
+        yd[t * nb + b] = np.float32(1) / iscale
+
+
+@njit(cache=True)
+def _round_row_f16(x, t, yf):
+    n_cols = x.shape[1]
+    for j in range(n_cols):
+        yf[t * n_cols + j] = f16_round(x[t, j])
+
+
+@njit(cache=True)
+def _round_row_bf16(x, t, yf):
+    """ggml_compute_fp32_to_bf16 and back: NaN made quiet, otherwise rounded to nearest even."""
+    n_cols = x.shape[1]
+    for j in range(n_cols):
+        u = f32_bits(x[t, j])
+        if (u & 0x7FFFFFFF) > 0x7F800000:
+            h = (u >> 16) | 64
+        else:
+            h = (u + (0x7FFF + ((u >> 16) & 1))) >> 16
+        yf[t * n_cols + j] = f32_from_bits(h << 16)
+
+
+ACT_Q8_0, ACT_Q8_1, ACT_Q8_K, ACT_F32, ACT_F16, ACT_BF16 = range(6)
+
+
+@njit(cache=True, inline="always")
+def _quantize_activations(x, kind):
+    """x float32 (n_tokens, n_cols) -> act = (yq, yd, ys, ybs, yf), flat per token:
+    yq int8 (n_tokens * n_cols,)          8-bit quants (Q8_0 / Q8_1 / Q8_K)
+    yd float32 (n_tokens * n_blocks,)     block scales (fp16-rounded for Q8_0 / Q8_1)
+    ys float32 (n_tokens * n_blocks,)     Q8_1: fp16(d * sum of the block's quants)
+    ybs int16 (n_tokens * n_cols / 16,)   Q8_K: sums of 16 quants
+    yf float32 (n_tokens * n_cols,)       F32 / F16 / BF16 weights: x, rounded as ggml converts it
+    Arrays a kind does not use are empty."""
+    n_tokens, n_cols = x.shape
+    is_q8 = kind == ACT_Q8_0 or kind == ACT_Q8_1 or kind == ACT_Q8_K
+    is_float = kind == ACT_F32 or kind == ACT_F16 or kind == ACT_BF16
+    nb = n_cols // (QK_K if kind == ACT_Q8_K else QK) if is_q8 else 0
+    yq = np.empty(n_tokens * n_cols if is_q8 else 0, np.int8)
+    yd = np.empty(n_tokens * nb, np.float32)
+    ys = np.empty(n_tokens * nb if kind == ACT_Q8_1 else 0, np.float32)
+    ybs = np.empty(n_tokens * n_cols // 16 if kind == ACT_Q8_K else 0, np.int16)
+    yf = np.empty(n_tokens * n_cols if is_float else 0, np.float32)
+    if n_tokens >= PARALLEL_QUANTIZE_MIN_TOKENS:
+        for t in prange(n_tokens):
+            _quantize_row(x, t, kind, yq, yd, ys, ybs, yf)
+    else:
+        for t in range(n_tokens):
+            _quantize_row(x, t, kind, yq, yd, ys, ybs, yf)
+    return yq, yd, ys, ybs, yf
+
+
+@njit(cache=True)
+def _quantize_row(x, t, kind, yq, yd, ys, ybs, yf):
+    if kind == ACT_Q8_0 or kind == ACT_Q8_1:
+        _quantize_row_q8_0(x, t, yq, yd, ys, kind == ACT_Q8_1)
+    elif kind == ACT_Q8_K:
+        _quantize_row_q8_k(x, t, yq, yd, ybs)
+    elif kind == ACT_F16:
+        _round_row_f16(x, t, yf)
+    elif kind == ACT_BF16:
+        _round_row_bf16(x, t, yf)
+    else:
+        n_cols = x.shape[1]
+        yf[t * n_cols : (t + 1) * n_cols] = x[t]
+
+
+# -- legacy formats: blocks of 32 against Q8_0 / Q8_1 --------------------------------------------------
+
+
+@njit(cache=True)
+def _x_q4_0(w, o):
+    """block_q4_0 (d fp16 | qs[16]) at o -> 32 int8 quants, nibble - 8."""
+    return i8x32_sub(nibbles_i8x32(w, o + 2), 8)
+
+
+@njit(cache=True)
+def _x_q5_0(w, o):
+    """block_q5_0 (d | qh u32 | qs[16]) -> 32 int8 quants q - 16: a clear fifth bit leaves the nibble
+    | 0xF0, which is nibble - 16 as int8."""
+    return i8x32_or(nibbles_i8x32(w, o + 6), bits_i8x32(u32_at(w, o + 2), 0, 0xF0))
+
+
+@njit(cache=True)
+def _x_q8_0(w, o):
+    """block_q8_0 (d | qs int8[32])."""
+    return load_i8x32(w, o + 2)
+
+
+@njit(cache=True)
+def _x_iq4_nl(w, o):
+    """block_iq4_nl (d | qs[16]) -> kvalues_iq4nl[nibble]."""
+    return kvalues_iq4nl_i8x32(nibbles_i8x32(w, o + 2))
+
+
+@njit(cache=True, inline="always")
+def _acc_signed(x, w, o, yq, yd, i, acc):
+    """acc + d_x d_y * (the quants x of the block at o) . (Q8_0 block i): ggml_vec_dot_q4_0_q8_0's step."""
+    p = madd_ones(dot_i8(x, load_i8x32(yq, QK * i)))
+    return fma_i32x8(p, f16_scale8(w, o, item(yd, i)), acc)
+
+
+@njit(cache=True, inline="always")
+def _block_signed(decode, type_size, w, wo, nb, yq, yd, t, b, acc):
+    o = wo + type_size * b
+    return _acc_signed(decode(w, o), w, o, yq, yd, t * nb + b, acc)
+
+
+@njit(cache=True, inline="always")
+def _block4_signed(decode, type_size, w, wo, nb, yq, yd, t, b, a0, a1, a2, a3):
+    """Block b against tokens t..t+3: one decode, four dots."""
+    o = wo + type_size * b
+    x = decode(w, o)
+    i = t * nb + b
+    a0 = _acc_signed(x, w, o, yq, yd, i, a0)
+    a1 = _acc_signed(x, w, o, yq, yd, i + nb, a1)
+    a2 = _acc_signed(x, w, o, yq, yd, i + 2 * nb, a2)
+    a3 = _acc_signed(x, w, o, yq, yd, i + 3 * nb, a3)
+    return a0, a1, a2, a3
+
+
+@njit(cache=True, inline="always")
+def _dot_signed(decode, type_size, w, wo, nb, act, t):
+    """Formats whose block is d (fp16 at 0) times 32 signed quants, against Q8_0. Even and odd blocks
+    go to two accumulators (with one, each block would wait for the previous block's fma)."""
+    yq, yd = act[0], act[1]
+    even = odd = f32x8_zero()
+    for b in range(0, nb - 1, 2):
+        even = _block_signed(decode, type_size, w, wo, nb, yq, yd, t, b, even)
+        odd = _block_signed(decode, type_size, w, wo, nb, yq, yd, t, b + 1, odd)
+    if nb % 2:
+        even = _block_signed(decode, type_size, w, wo, nb, yq, yd, t, nb - 1, even)
+    return hsum_f32x8(f32x8_add(even, odd))
+
+
+@njit(cache=True, inline="always")
+def _dot4_signed(decode, type_size, w, wo, nb, act, t):
+    """_dot_signed for tokens t..t+3, each weight block decoded once. The same sums in the same order as
+    _dot_signed: a token's result does not depend on whether it came in a tile (prefill == decode)."""
+    yq, yd = act[0], act[1]
+    e0 = e1 = e2 = e3 = f32x8_zero()  # even blocks
+    o0 = o1 = o2 = o3 = f32x8_zero()  # odd blocks
+    for b in range(0, nb - 1, 2):
+        e0, e1, e2, e3 = _block4_signed(decode, type_size, w, wo, nb, yq, yd, t, b, e0, e1, e2, e3)
+        o0, o1, o2, o3 = _block4_signed(decode, type_size, w, wo, nb, yq, yd, t, b + 1, o0, o1, o2, o3)
+    if nb % 2:
+        e0, e1, e2, e3 = _block4_signed(decode, type_size, w, wo, nb, yq, yd, t, nb - 1, e0, e1, e2, e3)
+    return (
+        hsum_f32x8(f32x8_add(e0, o0)),
+        hsum_f32x8(f32x8_add(e1, o1)),
+        hsum_f32x8(f32x8_add(e2, o2)),
+        hsum_f32x8(f32x8_add(e3, o3)),
+    )
+
+
+@njit(cache=True)
+def _dot_q4_0(w, wo, nb, act, t):
+    return _dot_signed(_x_q4_0, 18, w, wo, nb, act, t)
+
+
+@njit(cache=True)
+def _dot4_q4_0(w, wo, nb, act, t):
+    return _dot4_signed(_x_q4_0, 18, w, wo, nb, act, t)
+
+
+@njit(cache=True)
+def _dot_q5_0(w, wo, nb, act, t):
+    return _dot_signed(_x_q5_0, 22, w, wo, nb, act, t)
+
+
+@njit(cache=True)
+def _dot4_q5_0(w, wo, nb, act, t):
+    return _dot4_signed(_x_q5_0, 22, w, wo, nb, act, t)
+
+
+@njit(cache=True)
+def _dot_q8_0(w, wo, nb, act, t):
+    return _dot_signed(_x_q8_0, 34, w, wo, nb, act, t)
+
+
+@njit(cache=True)
+def _dot4_q8_0(w, wo, nb, act, t):
+    return _dot4_signed(_x_q8_0, 34, w, wo, nb, act, t)
+
+
+@njit(cache=True)
+def _dot_iq4_nl(w, wo, nb, act, t):
+    return _dot_signed(_x_iq4_nl, 18, w, wo, nb, act, t)
+
+
+@njit(cache=True)
+def _dot4_iq4_nl(w, wo, nb, act, t):
+    return _dot4_signed(_x_iq4_nl, 18, w, wo, nb, act, t)
+
+
+@njit(cache=True)
+def _x_q4_1(w, o):
+    """block_q4_1 (d | m | qs[16]) -> 32 quants 0..15."""
+    return nibbles_i8x32(w, o + 4)
+
+
+@njit(cache=True)
+def _x_q5_1(w, o):
+    """block_q5_1 (d | m | qh u32 | qs[16]) -> 32 quants 0..31."""
+    return i8x32_or(nibbles_i8x32(w, o + 8), bits_i8x32(u32_at(w, o + 4), 0x10, 0))
+
+
+@njit(cache=True, inline="always")
+def _acc_min(x, w, o, yq, yd, ys, i, acc, acc_m):
+    """ggml_vec_dot_q4_1_q8_1's step: acc + d_x d_y * (quants x) . (Q8_1 block i), and m_x s_y added to
+    acc_m (in all 8 lanes: the result takes lane 0)."""
+    p = madd_ones(dot_u8(x, load_i8x32(yq, QK * i)))
+    return fma_i32x8(p, f16_scale8(w, o, item(yd, i)), acc), f32x8_add(
+        acc_m, f16_scale8(w, o + 2, item(ys, i))
+    )
+
+
+@njit(cache=True, inline="always")
+def _dot_min(decode, type_size, w, wo, nb, act, t):
+    """Formats whose block is d * q + m (d, m fp16 at 0 and 2; q unsigned), against Q8_1. As in
+    _dot_signed, even and odd blocks go to two accumulators."""
+    yq, yd, ys = act[0], act[1], act[2]
+    even = odd = acc_m = f32x8_zero()
+    for b in range(0, nb - 1, 2):
+        o = wo + type_size * b
+        even, acc_m = _acc_min(decode(w, o), w, o, yq, yd, ys, t * nb + b, even, acc_m)
+        o += type_size
+        odd, acc_m = _acc_min(decode(w, o), w, o, yq, yd, ys, t * nb + b + 1, odd, acc_m)
+    if nb % 2:
+        o = wo + type_size * (nb - 1)
+        even, acc_m = _acc_min(decode(w, o), w, o, yq, yd, ys, t * nb + nb - 1, even, acc_m)
+    return hsum_f32x8(f32x8_add(even, odd)) + f32x8_first(acc_m)
+
+
+@njit(cache=True, inline="always")
+def _block4_min(decode, type_size, w, wo, nb, yq, yd, ys, t, b, a0, a1, a2, a3, m0, m1, m2, m3):
+    """Block b against tokens t..t+3: one decode, four dots."""
+    o = wo + type_size * b
+    x = decode(w, o)
+    i = t * nb + b
+    a0, m0 = _acc_min(x, w, o, yq, yd, ys, i, a0, m0)
+    a1, m1 = _acc_min(x, w, o, yq, yd, ys, i + nb, a1, m1)
+    a2, m2 = _acc_min(x, w, o, yq, yd, ys, i + 2 * nb, a2, m2)
+    a3, m3 = _acc_min(x, w, o, yq, yd, ys, i + 3 * nb, a3, m3)
+    return a0, a1, a2, a3, m0, m1, m2, m3
+
+
+@njit(cache=True, inline="always")
+def _dot4_min(decode, type_size, w, wo, nb, act, t):
+    """_dot_min for tokens t..t+3 (the same sums in the same order), each weight block decoded once."""
+    yq, yd, ys = act[0], act[1], act[2]
+    e0 = e1 = e2 = e3 = o0 = o1 = o2 = o3 = m0 = m1 = m2 = m3 = f32x8_zero()
+    for b in range(0, nb - 1, 2):
+        e0, e1, e2, e3, m0, m1, m2, m3 = _block4_min(
+            decode, type_size, w, wo, nb, yq, yd, ys, t, b, e0, e1, e2, e3, m0, m1, m2, m3
+        )
+        o0, o1, o2, o3, m0, m1, m2, m3 = _block4_min(
+            decode, type_size, w, wo, nb, yq, yd, ys, t, b + 1, o0, o1, o2, o3, m0, m1, m2, m3
+        )
+    if nb % 2:
+        e0, e1, e2, e3, m0, m1, m2, m3 = _block4_min(
+            decode, type_size, w, wo, nb, yq, yd, ys, t, nb - 1, e0, e1, e2, e3, m0, m1, m2, m3
+        )
+    return (
+        hsum_f32x8(f32x8_add(e0, o0)) + f32x8_first(m0),
+        hsum_f32x8(f32x8_add(e1, o1)) + f32x8_first(m1),
+        hsum_f32x8(f32x8_add(e2, o2)) + f32x8_first(m2),
+        hsum_f32x8(f32x8_add(e3, o3)) + f32x8_first(m3),
+    )
+
+
+@njit(cache=True)
+def _dot_q4_1(w, wo, nb, act, t):
+    return _dot_min(_x_q4_1, 20, w, wo, nb, act, t)
+
+
+@njit(cache=True)
+def _dot4_q4_1(w, wo, nb, act, t):
+    return _dot4_min(_x_q4_1, 20, w, wo, nb, act, t)
+
+
+@njit(cache=True)
+def _dot_q5_1(w, wo, nb, act, t):
+    return _dot_min(_x_q5_1, 24, w, wo, nb, act, t)
+
+
+@njit(cache=True)
+def _dot4_q5_1(w, wo, nb, act, t):
+    return _dot4_min(_x_q5_1, 24, w, wo, nb, act, t)
+
+
+# -- K-quants: super-blocks of 256 against Q8_K --------------------------------------------------------
+#
+# Each super-block b gives, per token, an int32x8 `isum` (sum over sub-blocks of scale * quant dot, the
+# quants unsigned: any offset comes back through the bsums) and for Q2_K/Q4_K/Q5_K an int32x8 `msum`
+# (sum of bsums * mins); then acc += d_x d_y isum - dmin_x d_y msum, as ggml's vec_dot_<type>_q8_K.
+
+
+@njit(cache=True)
+def _byte(word, j):
+    return (word >> (8 * j)) & 0xFF
+
+
+@njit(cache=True)
+def _scales_mins_k4(w, o):
+    """Q4_K / Q5_K: 12 packed bytes at o -> 8 six-bit scales and 8 mins, as the bytes of two int64
+    (the kmask / utmp shuffle of ggml_vec_dot_q4_K_q8_K)."""
+    u0 = u32_at(w, o)
+    u1 = u32_at(w, o + 4)
+    u2 = u32_at(w, o + 8)
+    scales_hi = (u2 & 0x0F0F0F0F) | (((u0 >> 6) & 0x03030303) << 4)
+    mins_hi = ((u2 >> 4) & 0x0F0F0F0F) | (((u1 >> 6) & 0x03030303) << 4)
+    return (u0 & 0x3F3F3F3F) | (scales_hi << 32), (u1 & 0x3F3F3F3F) | (mins_hi << 32)
+
+
+@njit(cache=True)
+def _scales_q3_k(w, o):
+    """Q3_K: 12 packed bytes at o -> 16 six-bit scales (0..63, used minus 32), as two int64 of 8 bytes."""
+    a0 = u32_at(w, o)
+    a1 = u32_at(w, o + 4)
+    tmp = u32_at(w, o + 8)
+    s0 = (a0 & 0x0F0F0F0F) | (((tmp >> 0) & 0x03030303) << 4)
+    s1 = (a1 & 0x0F0F0F0F) | (((tmp >> 2) & 0x03030303) << 4)
+    s2 = ((a0 >> 4) & 0x0F0F0F0F) | (((tmp >> 4) & 0x03030303) << 4)
+    s3 = ((a1 >> 4) & 0x0F0F0F0F) | (((tmp >> 6) & 0x03030303) << 4)
+    return s0 | (s1 << 32), s2 | (s3 << 32)
+
+
+@njit(cache=True)
+def _i8(v):
+    """A byte (0..255) read as int8_t."""
+    return np.int64(v) - ((np.int64(v) & 0x80) << 1)
+
+
+# Q2_K. block: scales[16] (scale low nibble, min high) | qs[64] | d fp16 @80 | dmin fp16 @82
+@njit(cache=True)
+def _isum_q2_k(w, o, yq, y):
+    isum = i32x8_zero()
+    for k in range(2):  # halves of 128 values: 32 bytes of 2-bit quants at shifts 0, 2, 4, 6
+        q2 = load_i8x32(w, o + 16 + 32 * k)
+        for j in range(4):
+            q = i8x32_and(i8x32_shr(q2, 2 * j), 3)
+            s = o + 8 * k + 2 * j
+            p = dot_u8(q, load_i8x32(yq, y + 128 * k + 32 * j))
+            isum = i32x8_add(isum, madd_scales2(p, item(w, s) & 0x0F, item(w, s + 1) & 0x0F))
+    return isum
+
+
+@njit(cache=True)
+def _dot_q2_k(w, wo, nb, act, t):
+    yq, yd, ybs = act[0], act[1], act[3]
+    acc = f32x8_zero()
+    for b in range(nb):
+        o = wo + 84 * b
+        yb = t * nb + b
+        isum = _isum_q2_k(w, o, yq, yb * QK_K)
+        msum = madd_i16(load_i16x16(ybs, 16 * yb), i16x16_u8(w, o, 4, 0x0F))
+        acc = _k_acc_min(acc, isum, msum, w, o + 80, item(yd, yb))
+    return hsum_f32x8(acc)
+
+
+# Q3_K. block: hmask[32] | qs[64] | scales[12] | d fp16 @108; value = (2 bits | hmask bit << 2) - 4
+@njit(cache=True)
+def _isum_q3_k(w, o, yq, y):
+    scales_lo, scales_hi = _scales_q3_k(w, o + 96)
+    isum = i32x8_zero()
+    for k in range(2):
+        q3 = load_i8x32(w, o + 32 + 32 * k)
+        for j in range(4):
+            g = 4 * k + j  # run of 32 values: its high bits are bit g of hmask
+            q = i8x32_or(i8x32_and(i8x32_shr(q3, 2 * j), 3), byte_bits_i8x32(w, o, g, 4))
+            p = dot_u8(q, load_i8x32(yq, y + 128 * k + 32 * j))
+            word = scales_lo if k == 0 else scales_hi
+            isum = i32x8_add(isum, madd_scales2(p, _byte(word, 2 * j) - 32, _byte(word, 2 * j + 1) - 32))
+    return isum, scales_lo, scales_hi
+
+
+@njit(cache=True)
+def _dot_q3_k(w, wo, nb, act, t):
+    yq, yd, ybs = act[0], act[1], act[3]
+    acc = f32x8_zero()
+    for b in range(nb):
+        o = wo + 110 * b
+        yb = t * nb + b
+        isum, scales_lo, scales_hi = _isum_q3_k(w, o, yq, yb * QK_K)
+        # the - 4 of every quant: sum over sub-blocks of (scale - 32) * 4 * bsum
+        offset = madd_i16(load_i16x16(ybs, 16 * yb), i16x16_words(scales_lo, scales_hi, -32))
+        acc = _k_acc(acc, i32x8_sub(isum, i32x8_shl(offset, 2)), w, o + 108, item(yd, yb))
+    return hsum_f32x8(acc)
+
+
+# Q4_K. block: d fp16 | dmin fp16 | scales[12] | qs[128]; 32 bytes give sub-blocks 2c (low nibbles), 2c+1
+@njit(cache=True, inline="always")
+def _q4_k_quants(w, o, c):
+    q = load_i8x32(w, o + 16 + 32 * c)
+    return i8x32_and(q, 0x0F), i8x32_shr(q, 4)
+
+
+@njit(cache=True, inline="always")
+def _isum_k32(lo, hi, yq, y, c, scales):
+    """Sub-blocks 2c, 2c+1 (32 values each) of a Q4_K/Q5_K super-block against Q8_K quants at y."""
+    p_lo = madd_scale(dot_u8(lo, load_i8x32(yq, y + 64 * c)), _byte(scales, 2 * c))
+    p_hi = madd_scale(dot_u8(hi, load_i8x32(yq, y + 64 * c + 32)), _byte(scales, 2 * c + 1))
+    return i32x8_add(p_lo, p_hi)
+
+
+@njit(cache=True)
+def _dot_q4_k(w, wo, nb, act, t):
+    yq, yd, ybs = act[0], act[1], act[3]
+    acc = f32x8_zero()
+    for b in range(nb):
+        o = wo + 144 * b
+        yb = t * nb + b
+        scales, mins = _scales_mins_k4(w, o + 4)
+        isum = i32x8_zero()
+        for c in range(4):
+            lo, hi = _q4_k_quants(w, o, c)
+            isum = i32x8_add(isum, _isum_k32(lo, hi, yq, yb * QK_K, c, scales))
+        msum = madd_i16(load_i16x16(ybs, 16 * yb), i16x16_word_pairs(mins))
+        acc = _k_acc_min(acc, isum, msum, w, o, item(yd, yb))
+    return hsum_f32x8(acc)
+
+
+@njit(cache=True)
+def _dot4_q4_k(w, wo, nb, act, t):
+    yq, yd, ybs = act[0], act[1], act[3]
+    a0 = f32x8_zero()
+    a1 = f32x8_zero()
+    a2 = f32x8_zero()
+    a3 = f32x8_zero()
+    for b in range(nb):
+        o = wo + 144 * b
+        yb = t * nb + b  # Q8_K block of token t; token t + i is nb blocks further
+        scales, mins = _scales_mins_k4(w, o + 4)
+        s0 = s1 = s2 = s3 = i32x8_zero()
+        for c in range(4):
+            lo, hi = _q4_k_quants(w, o, c)
+            s0 = i32x8_add(s0, _isum_k32(lo, hi, yq, yb * QK_K, c, scales))
+            s1 = i32x8_add(s1, _isum_k32(lo, hi, yq, (yb + nb) * QK_K, c, scales))
+            s2 = i32x8_add(s2, _isum_k32(lo, hi, yq, (yb + 2 * nb) * QK_K, c, scales))
+            s3 = i32x8_add(s3, _isum_k32(lo, hi, yq, (yb + 3 * nb) * QK_K, c, scales))
+        mins16 = i16x16_word_pairs(mins)
+        a0 = _k_acc_min(a0, s0, madd_i16(load_i16x16(ybs, 16 * yb), mins16), w, o, item(yd, yb))
+        yb += nb
+        a1 = _k_acc_min(a1, s1, madd_i16(load_i16x16(ybs, 16 * yb), mins16), w, o, item(yd, yb))
+        yb += nb
+        a2 = _k_acc_min(a2, s2, madd_i16(load_i16x16(ybs, 16 * yb), mins16), w, o, item(yd, yb))
+        yb += nb
+        a3 = _k_acc_min(a3, s3, madd_i16(load_i16x16(ybs, 16 * yb), mins16), w, o, item(yd, yb))
+    return hsum_f32x8(a0), hsum_f32x8(a1), hsum_f32x8(a2), hsum_f32x8(a3)
+
+
+@njit(cache=True, inline="always")
+def _k_acc(acc, isum, w, o_d, dy):
+    """acc + d_x d_y isum (d_x: the fp16 at o_d)."""
+    return fma_i32x8(isum, f16_scale8(w, o_d, dy), acc)
+
+
+@njit(cache=True, inline="always")
+def _k_acc_min(acc, isum, msum, w, o_d, dy):
+    """acc + d_x d_y isum - dmin_x d_y msum (d_x, dmin_x: the fp16 at o_d, o_d + 2)."""
+    return fma_i32x8(msum, f16_scale8(w, o_d + 2, -dy), _k_acc(acc, isum, w, o_d, dy))
+
+
+# Q5_K. block: d | dmin | scales[12] | qh[32] | qs[128]; the fifth bit of sub-block s is bit s of qh[l]
+@njit(cache=True)
+def _dot_q5_k(w, wo, nb, act, t):
+    yq, yd, ybs = act[0], act[1], act[3]
+    acc = f32x8_zero()
+    for b in range(nb):
+        o = wo + 176 * b
+        yb = t * nb + b
+        scales, mins = _scales_mins_k4(w, o + 4)
+        isum = i32x8_zero()
+        for c in range(4):
+            q = load_i8x32(w, o + 48 + 32 * c)
+            lo = i8x32_or(i8x32_and(q, 0x0F), byte_bits_i8x32(w, o + 16, 2 * c, 16))
+            hi = i8x32_or(i8x32_shr(q, 4), byte_bits_i8x32(w, o + 16, 2 * c + 1, 16))
+            isum = i32x8_add(isum, _isum_k32(lo, hi, yq, yb * QK_K, c, scales))
+        msum = madd_i16(load_i16x16(ybs, 16 * yb), i16x16_word_pairs(mins))
+        acc = _k_acc_min(acc, isum, msum, w, o, item(yd, yb))
+    return hsum_f32x8(acc)
+
+
+# Q6_K. block: ql[128] | qh[64] | scales int8[16] | d fp16 @208; value = (4 low | 2 high bits << 4) - 32
+@njit(cache=True, inline="always")
+def _q6_k_quants(ql0, ql1, qh, k):
+    """Run k (0..3) of 32 values in a half of 128: low nibbles of ql0, ql1, then their high nibbles;
+    the top two bits at shift 2k of qh. Unsigned 0..63."""
+    lo = i8x32_and(i8x32_shr(ql0 if k % 2 == 0 else ql1, 4 * (k // 2)), 0x0F)
+    return i8x32_or(lo, i8x32_shl(i8x32_and(i8x32_shr(qh, 2 * k), 3), 4))
+
+
+@njit(cache=True, inline="always")
+def _isum_q6_k(q, yq, y, w, s):
+    """32 values against Q8_K quants at y; sub-blocks of 16 scaled by the int8 scales at w[s], w[s+1]."""
+    return madd_scales2(dot_u8(q, load_i8x32(yq, y)), _i8(item(w, s)), _i8(item(w, s + 1)))
+
+
+@njit(cache=True, inline="always")
+def _offset_q6_k(w, o, ybs, yb):
+    """The - 32 of every quant: 32 * sum over sub-blocks of scale * bsum."""
+    return i32x8_shl(madd_i16(load_i16x16(ybs, 16 * yb), load_i8x16_i16(w, o + 192)), 5)
+
+
+@njit(cache=True)
+def _dot_q6_k(w, wo, nb, act, t):
+    yq, yd, ybs = act[0], act[1], act[3]
+    acc = f32x8_zero()
+    for b in range(nb):
+        o = wo + 210 * b
+        yb = t * nb + b
+        isum = i32x8_zero()
+        for n in range(2):
+            ql0 = load_i8x32(w, o + 64 * n)
+            ql1 = load_i8x32(w, o + 64 * n + 32)
+            qh = load_i8x32(w, o + 128 + 32 * n)
+            for k in range(4):
+                q = _q6_k_quants(ql0, ql1, qh, k)
+                y = yb * QK_K + 128 * n + 32 * k
+                isum = i32x8_add(isum, _isum_q6_k(q, yq, y, w, o + 192 + 8 * n + 2 * k))
+        isum = i32x8_sub(isum, _offset_q6_k(w, o, ybs, yb))
+        acc = _k_acc(acc, isum, w, o + 208, item(yd, yb))
+    return hsum_f32x8(acc)
+
+
+@njit(cache=True)
+def _dot4_q6_k(w, wo, nb, act, t):
+    yq, yd, ybs = act[0], act[1], act[3]
+    a0 = f32x8_zero()
+    a1 = f32x8_zero()
+    a2 = f32x8_zero()
+    a3 = f32x8_zero()
+    for b in range(nb):
+        o = wo + 210 * b
+        yb = t * nb + b
+        s0 = s1 = s2 = s3 = i32x8_zero()
+        for n in range(2):
+            ql0 = load_i8x32(w, o + 64 * n)
+            ql1 = load_i8x32(w, o + 64 * n + 32)
+            qh = load_i8x32(w, o + 128 + 32 * n)
+            for k in range(4):
+                q = _q6_k_quants(ql0, ql1, qh, k)
+                y = yb * QK_K + 128 * n + 32 * k
+                s = o + 192 + 8 * n + 2 * k
+                s0 = i32x8_add(s0, _isum_q6_k(q, yq, y, w, s))
+                s1 = i32x8_add(s1, _isum_q6_k(q, yq, y + nb * QK_K, w, s))
+                s2 = i32x8_add(s2, _isum_q6_k(q, yq, y + 2 * nb * QK_K, w, s))
+                s3 = i32x8_add(s3, _isum_q6_k(q, yq, y + 3 * nb * QK_K, w, s))
+        a0 = _k_acc(a0, i32x8_sub(s0, _offset_q6_k(w, o, ybs, yb)), w, o + 208, item(yd, yb))
+        yb += nb
+        a1 = _k_acc(a1, i32x8_sub(s1, _offset_q6_k(w, o, ybs, yb)), w, o + 208, item(yd, yb))
+        yb += nb
+        a2 = _k_acc(a2, i32x8_sub(s2, _offset_q6_k(w, o, ybs, yb)), w, o + 208, item(yd, yb))
+        yb += nb
+        a3 = _k_acc(a3, i32x8_sub(s3, _offset_q6_k(w, o, ybs, yb)), w, o + 208, item(yd, yb))
+    return hsum_f32x8(a0), hsum_f32x8(a1), hsum_f32x8(a2), hsum_f32x8(a3)
+
+
+# IQ4_XS. block: d fp16 | scales_h u16 | scales_l[4] | qs[128]; sub-block ib of 32: (ls - 32) * kvalues
+@njit(cache=True)
+def _dot_iq4_xs(w, wo, nb, act, t):
+    yq, yd = act[0], act[1]
+    acc = f32x8_zero()
+    for b in range(nb):
+        o = wo + 136 * b
+        yb = t * nb + b
+        scales_h = u32_at(w, o + 2) & 0xFFFF
+        isum = i32x8_zero()
+        for ib in range(8):
+            ls = ((item(w, o + 4 + ib // 2) >> (4 * (ib % 2))) & 0x0F) | (((scales_h >> (2 * ib)) & 3) << 4)
+            x = kvalues_iq4nl_i8x32(nibbles_i8x32(w, o + 8 + 16 * ib))
+            p = dot_i8(x, load_i8x32(yq, yb * QK_K + 32 * ib))
+            isum = i32x8_add(isum, madd_scale(p, np.int64(ls) - 32))
+        acc = _k_acc(acc, isum, w, o, item(yd, yb))
+    return hsum_f32x8(acc)
+
+
+# -- float weights -------------------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _dot_float(load8, load1, size, w, wo, n, act, t):
+    """Row of n values (`size` bytes each) dotted with yf[t]: float32 lanes, then the tail."""
+    yf = act[4]
+    yo = t * n
+    acc = f32x8_zero()
+    n8 = n - n % 8
+    for j in range(0, n8, 8):
+        acc = fma_f32x8(load8(w, wo + size * j), load_f32x8(yf, yo + j), acc)
+    s = hsum_f32x8(acc)
+    for j in range(n8, n):
+        s += load1(w, wo + size * j) * yf[yo + j]
+    return s
+
+
+@njit(cache=True)
+def _dot_f32(w, wo, nb, act, t):
+    return _dot_float(f32x8_at, f32_at, 4, w, wo, nb, act, t)
+
+
+@njit(cache=True)
+def _dot_f16(w, wo, nb, act, t):
+    return _dot_float(f16x8_at, f16_at, 2, w, wo, nb, act, t)
+
+
+@njit(cache=True)
+def _dot_bf16(w, wo, nb, act, t):
+    return _dot_float(bf16x8_at, bf16_at, 2, w, wo, nb, act, t)
+
+
+# -- row drivers ---------------------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _chunk_rows(n_rows, row_bytes):
+    """Rows per chunk: about 16 KiB of weights (they stay in L1/L2 across a prefill's token tiles), and
+    at least MIN_CHUNKS chunks so that the threads finish together."""
+    rows = max(1, min(64, 16384 // max(row_bytes, 1)))
+    return max(1, min(rows, (n_rows + MIN_CHUNKS - 1) // MIN_CHUNKS))
+
+
+@njit(cache=True, inline="always")
+def _run(dot1, w, nb, act, out):
+    """out[t, r] = dot1(row r, token t): threads share chunks of rows, every token per row chunk."""
+    n_tokens, n_rows = out.shape
+    row_bytes = w.size // n_rows
+    rows = _chunk_rows(n_rows, row_bytes)
+    n_chunks = (n_rows + rows - 1) // rows
+    for c in prange(n_chunks):
+        r0 = c * rows
+        r1 = min(r0 + rows, n_rows)
+        for t in range(n_tokens):
+            for r in range(r0, r1):
+                out[t, r] = dot1(w, r * row_bytes, nb, act, t)
+
+
+@njit(cache=True, inline="always")
+def _run4(dot1, dot4, w, nb, act, out):
+    """As _run, with tiles of 4 tokens per decode of a weight row (dot4), then single tokens."""
+    n_tokens, n_rows = out.shape
+    row_bytes = w.size // n_rows
+    rows = _chunk_rows(n_rows, row_bytes)
+    n_chunks = (n_rows + rows - 1) // rows
+    n_tiled = n_tokens - n_tokens % 4
+    for c in prange(n_chunks):
+        r0 = c * rows
+        r1 = min(r0 + rows, n_rows)
+        for t in range(0, n_tiled, 4):
+            for r in range(r0, r1):
+                y0, y1, y2, y3 = dot4(w, r * row_bytes, nb, act, t)
+                out[t, r] = y0
+                out[t + 1, r] = y1
+                out[t + 2, r] = y2
+                out[t + 3, r] = y3
+        for t in range(n_tiled, n_tokens):
+            for r in range(r0, r1):
+                out[t, r] = dot1(w, r * row_bytes, nb, act, t)
+
+
+# -- one compiled entry per weight type: (w flat uint8, x (n_tokens, n_cols), out (n_tokens, n_rows)) ---
+
+
+@njit(cache=True, parallel=True)
+def _matmul_f32(w, x, out):
+    _run(_dot_f32, w, x.shape[1], _quantize_activations(x, ACT_F32), out)
+
+
+@njit(cache=True, parallel=True)
+def _matmul_f16(w, x, out):
+    _run(_dot_f16, w, x.shape[1], _quantize_activations(x, ACT_F16), out)
+
+
+@njit(cache=True, parallel=True)
+def _matmul_bf16(w, x, out):
+    _run(_dot_bf16, w, x.shape[1], _quantize_activations(x, ACT_BF16), out)
+
+
+@njit(cache=True, parallel=True)
+def _matmul_q4_0(w, x, out):
+    _run4(_dot_q4_0, _dot4_q4_0, w, x.shape[1] // QK, _quantize_activations(x, ACT_Q8_0), out)
+
+
+@njit(cache=True, parallel=True)
+def _matmul_q4_1(w, x, out):
+    _run4(_dot_q4_1, _dot4_q4_1, w, x.shape[1] // QK, _quantize_activations(x, ACT_Q8_1), out)
+
+
+@njit(cache=True, parallel=True)
+def _matmul_q5_0(w, x, out):
+    _run4(_dot_q5_0, _dot4_q5_0, w, x.shape[1] // QK, _quantize_activations(x, ACT_Q8_0), out)
+
+
+@njit(cache=True, parallel=True)
+def _matmul_q5_1(w, x, out):
+    _run4(_dot_q5_1, _dot4_q5_1, w, x.shape[1] // QK, _quantize_activations(x, ACT_Q8_1), out)
+
+
+@njit(cache=True, parallel=True)
+def _matmul_q8_0(w, x, out):
+    _run4(_dot_q8_0, _dot4_q8_0, w, x.shape[1] // QK, _quantize_activations(x, ACT_Q8_0), out)
+
+
+@njit(cache=True, parallel=True)
+def _matmul_iq4_nl(w, x, out):
+    _run4(_dot_iq4_nl, _dot4_iq4_nl, w, x.shape[1] // QK, _quantize_activations(x, ACT_Q8_0), out)
+
+
+@njit(cache=True, parallel=True)
+def _matmul_q2_k(w, x, out):
+    _run(_dot_q2_k, w, x.shape[1] // QK_K, _quantize_activations(x, ACT_Q8_K), out)
+
+
+@njit(cache=True, parallel=True)
+def _matmul_q3_k(w, x, out):
+    _run(_dot_q3_k, w, x.shape[1] // QK_K, _quantize_activations(x, ACT_Q8_K), out)
+
+
+@njit(cache=True, parallel=True)
+def _matmul_q4_k(w, x, out):
+    _run4(_dot_q4_k, _dot4_q4_k, w, x.shape[1] // QK_K, _quantize_activations(x, ACT_Q8_K), out)
+
+
+@njit(cache=True, parallel=True)
+def _matmul_q5_k(w, x, out):
+    _run(_dot_q5_k, w, x.shape[1] // QK_K, _quantize_activations(x, ACT_Q8_K), out)
+
+
+@njit(cache=True, parallel=True)
+def _matmul_q6_k(w, x, out):
+    _run4(_dot_q6_k, _dot4_q6_k, w, x.shape[1] // QK_K, _quantize_activations(x, ACT_Q8_K), out)
+
+
+@njit(cache=True, parallel=True)
+def _matmul_iq4_xs(w, x, out):
+    _run(_dot_iq4_xs, w, x.shape[1] // QK_K, _quantize_activations(x, ACT_Q8_K), out)
+
+
+T = GGMLQuantizationType
+MATMUL_KERNELS = {
+    T.F32: _matmul_f32,
+    T.F16: _matmul_f16,
+    T.BF16: _matmul_bf16,
+    T.Q4_0: _matmul_q4_0,
+    T.Q4_1: _matmul_q4_1,
+    T.Q5_0: _matmul_q5_0,
+    T.Q5_1: _matmul_q5_1,
+    T.Q8_0: _matmul_q8_0,
+    T.Q2_K: _matmul_q2_k,
+    T.Q3_K: _matmul_q3_k,
+    T.Q4_K: _matmul_q4_k,
+    T.Q5_K: _matmul_q5_k,
+    T.Q6_K: _matmul_q6_k,
+    T.IQ4_NL: _matmul_iq4_nl,
+    T.IQ4_XS: _matmul_iq4_xs,
+}
+# the activation format each weight type is multiplied with (ggml's vec_dot_type)
+VEC_DOT_TYPE = {
+    T.F32: T.F32, T.F16: T.F16, T.BF16: T.BF16,
+    T.Q4_0: T.Q8_0, T.Q5_0: T.Q8_0, T.Q8_0: T.Q8_0, T.IQ4_NL: T.Q8_0,
+    T.Q4_1: T.Q8_1, T.Q5_1: T.Q8_1,
+    T.Q2_K: T.Q8_K, T.Q3_K: T.Q8_K, T.Q4_K: T.Q8_K, T.Q5_K: T.Q8_K, T.Q6_K: T.Q8_K, T.IQ4_XS: T.Q8_K,
+}  # fmt: skip
+del T
+
+
+# -- checked entry points ------------------------------------------------------------------------------
+
+
+# weight type -> (kernel, values per block, bytes per block)
+_MATMUL = {t: (k, *GGML_QUANT_SIZES[t]) for t, k in MATMUL_KERNELS.items()}
+
+
+def _weight_bytes(w: QTensor, block_size: int, type_size: int) -> np.ndarray:
+    """The weight's bytes as one flat uint8 array, read-only (so that each kernel compiles once whether
+    the weight is an mmap or a fresh array), after checking them against the shape. Kept per QTensor
+    while it lives: the checks cost more than a small matmul."""
+    entry = _FLAT.get(id(w))
+    if entry is not None and entry[0]() is w:
+        return entry[1]
+    raw = w.raw
+    if raw.ndim != 2:
+        raise ValueError(
+            f"{w.name}: matmul takes a 2-D weight (n_rows, n_cols), not raw bytes of shape {raw.shape}; "
+            "index a 3-D (expert) tensor down to one matrix first."
+        )
+    n_rows, n_cols = w.n_rows, w.n_cols
+    need = (n_rows, n_cols // block_size * type_size)
+    if raw.dtype != np.uint8 or raw.shape != need or n_cols % block_size:
+        raise ValueError(
+            f"{w.name}: a {w.ggml_type.name} weight of {n_rows} rows x {n_cols} columns needs raw uint8 of "
+            f"shape {need} (columns a multiple of {block_size}), not {raw.dtype} {raw.shape}."
+        )
+    flat = np.ascontiguousarray(raw).reshape(-1)
+    if flat.flags.writeable:
+        flat = flat.view()
+        flat.flags.writeable = False
+    _FLAT[id(w)] = (weakref.ref(w), flat)
+    weakref.finalize(w, _FLAT.pop, id(w), None)
+    return flat
+
+
+_FLAT: dict[int, tuple[weakref.ref, np.ndarray]] = {}  # id(QTensor) -> (the tensor, its flat bytes)
+
+
+def _activations(w: QTensor, x) -> np.ndarray:
+    """x as C-contiguous float32 (n_tokens, n_cols): floats converted, anything else refused."""
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        if not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(f"{w.name}: x must hold floats (float32), not {x.dtype}.")
+        x = x.astype(np.float32)
+    if x.ndim != 2 or x.shape[1] != w.n_cols:
+        raise ValueError(f"{w.name}: x has shape {x.shape}, expected (n_tokens, {w.n_cols}).")
+    return np.ascontiguousarray(x)
+
+
+def matmul(w: QTensor, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """y = x @ W.T: x float32 (n_tokens, n_cols) -> y float32 (n_tokens, n_rows), llama.cpp's way.
+
+    x of another float dtype or memory layout is converted; `out`, if given, must be C-contiguous
+    float32 (n_tokens, n_rows) and not overlap x. Threads: numba.set_num_threads (the backend sets it).
+    """
+    entry = _MATMUL.get(w.ggml_type)
+    if entry is None:
+        get_format(w.ggml_type, w.name)  # UnsupportedTypeError for a type edgeinfer cannot decode at all
+        name = GGMLQuantizationType(w.ggml_type).name
+        raise UnsupportedTypeError(
+            f"{w.name}: the Numba backend has no matmul for {name} weights; "
+            f"it multiplies {', '.join(t.name for t in MATMUL_KERNELS)}."
+        )
+    kernel, block_size, type_size = entry
+    flat = _weight_bytes(w, block_size, type_size)
+    if not (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous):
+        x = _activations(w, x)
+    elif x.shape[1] != w.n_cols:
+        raise ValueError(f"{w.name}: x has shape {x.shape}, expected (n_tokens, {w.n_cols}).")
+    shape = (x.shape[0], w.n_rows)
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif (
+        out.dtype != np.float32 or out.shape != shape or not out.flags.c_contiguous or not out.flags.writeable
+    ):
+        raise ValueError(
+            f"{w.name}: out must be a writeable C-contiguous float32 array of shape {shape}, "
+            f"not {out.dtype} {out.shape}."
+        )
+    elif np.may_share_memory(out, x):
+        raise ValueError(f"{w.name}: out must not overlap x.")
+    if out.size:
+        kernel(flat, x, out)
+    return out
+
+
+def get_rows(w: QTensor, ids: np.ndarray) -> np.ndarray:
+    """Rows `ids` of W dequantized: float32 (len(ids), n_cols) (embedding lookup)."""
+    ids = np.asarray(ids)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"{w.name}: row ids must be integers, not {ids.dtype}.")
+    ids = ids.reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= w.n_rows):
+        raise IndexError(f"{w.name}: row ids must lie in 0..{w.n_rows - 1}, got {ids.min()}..{ids.max()}.")
+    raw = w.raw.reshape(-1, w.raw.shape[-1])
+    return dequant.dequantize_rows(np.ascontiguousarray(raw[ids]), w.ggml_type)
+
+
+def dequantize(w: QTensor) -> np.ndarray:
+    """The whole tensor as float32, numpy-order shape."""
+    return dequant.dequantize(w.raw, w.ggml_type, w.shape, w.name)
