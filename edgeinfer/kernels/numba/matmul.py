@@ -18,10 +18,12 @@ in summation order (8 float lanes, as ggml's AVX2 code).
 Rows are cut into chunks that the threads share (`prange`, OpenMP threading layer); one matmul is one
 compiled call: quantize x into buffers allocated once, then one parallel region over the rows.
 
-Kernels, per weight type: `_dot_<type>(w, wo, nb, act, t)` is row `wo` (byte offset in the flat
-weight bytes w, nb blocks) dotted with token t of the quantized activations act = (yq, yd, ys, ybs,
-yf); `_dot4_<type>` does tokens t..t+3 from one decode of the row. Numba's cache does not notice edits
-of simd.py: clear `__pycache__` after changing it.
+Kernels, per weight type: `_dot_<type>(w, wo, nb, yq, yd, ys, ybs, yf, t)` is the row at byte wo of
+the flat weight bytes w (nb blocks) dotted with token t of the quantized activations; `_dot4_<type>`
+does tokens t..t+3 from one decode of the row, with the same sums in the same order (a token's result
+does not depend on the batch it came in). `_rows_<type>` / `_rows4_<type>` run them over a chunk of
+rows, one compiled function per type. Numba's cache does not notice edits of simd.py: clear
+`__pycache__` after changing it.
 """
 
 from __future__ import annotations
@@ -49,12 +51,13 @@ from .simd import (
     f16_round,
     f16_scale8,
     f16x8_at,
+    f16x8_words,
     f32_at,
     f32_bits,
     f32_from_bits,
     f32x8_add,
     f32x8_at,
-    f32x8_first,
+    f32x8_head,
     f32x8_zero,
     fma_f32x8,
     fma_i32x8,
@@ -82,6 +85,7 @@ from .simd import (
     madd_scale,
     madd_scales2,
     nibbles_i8x32,
+    u16_at,
     u32_at,
 )
 
@@ -208,9 +212,18 @@ def _round_row_bf16(x, t, yf):
 ACT_Q8_0, ACT_Q8_1, ACT_Q8_K, ACT_F32, ACT_F16, ACT_BF16 = range(6)
 
 
+@njit(cache=True)
+def _empty_aligned(n_bytes):
+    """n_bytes uninitialized bytes starting on a cache line: vector loads from a buffer that is only
+    16-byte aligned (malloc's promise) split across cache lines, at a cost of up to a third."""
+    buf = np.empty(n_bytes + 64, np.uint8)
+    start = (-buf.ctypes.data) % 64
+    return buf[start : start + n_bytes]
+
+
 @njit(cache=True, inline="always")
 def _quantize_activations(x, kind):
-    """x float32 (n_tokens, n_cols) -> act = (yq, yd, ys, ybs, yf), flat per token:
+    """x float32 (n_tokens, n_cols) -> (yq, yd, ys, ybs, yf), flat per token:
     yq int8 (n_tokens * n_cols,)          8-bit quants (Q8_0 / Q8_1 / Q8_K)
     yd float32 (n_tokens * n_blocks,)     block scales (fp16-rounded for Q8_0 / Q8_1)
     ys float32 (n_tokens * n_blocks,)     Q8_1: fp16(d * sum of the block's quants)
@@ -221,11 +234,11 @@ def _quantize_activations(x, kind):
     is_q8 = kind == ACT_Q8_0 or kind == ACT_Q8_1 or kind == ACT_Q8_K
     is_float = kind == ACT_F32 or kind == ACT_F16 or kind == ACT_BF16
     nb = n_cols // (QK_K if kind == ACT_Q8_K else QK) if is_q8 else 0
-    yq = np.empty(n_tokens * n_cols if is_q8 else 0, np.int8)
+    yq = _empty_aligned(n_tokens * n_cols if is_q8 else 0).view(np.int8)
     yd = np.empty(n_tokens * nb, np.float32)
-    ys = np.empty(n_tokens * nb if kind == ACT_Q8_1 else 0, np.float32)
-    ybs = np.empty(n_tokens * n_cols // 16 if kind == ACT_Q8_K else 0, np.int16)
-    yf = np.empty(n_tokens * n_cols if is_float else 0, np.float32)
+    ys = np.zeros(n_tokens * nb + 8 if kind == ACT_Q8_1 else 0, np.float32)  # + 8: see _min_sum
+    ybs = _empty_aligned(2 * (n_tokens * n_cols // 16) if kind == ACT_Q8_K else 0).view(np.int16)
+    yf = _empty_aligned(4 * n_tokens * n_cols if is_float else 0).view(np.float32)
     if n_tokens >= PARALLEL_QUANTIZE_MIN_TOKENS:
         for t in prange(n_tokens):
             _quantize_row(x, t, kind, yq, yd, ys, ybs, yf)
@@ -279,57 +292,57 @@ def _x_iq4_nl(w, o):
 
 
 @njit(cache=True, inline="always")
-def _acc_signed(x, w, o, yq, yd, i, acc):
-    """acc + d_x d_y * (the quants x of the block at o) . (Q8_0 block i): ggml_vec_dot_q4_0_q8_0's step."""
-    p = madd_ones(dot_i8(x, load_i8x32(yq, QK * i)))
+def _acc_block(x, signed, w, o, yq, yd, i, acc):
+    """acc + d_x d_y * (the 32 quants x of the block at o) . (Q8_0 / Q8_1 block i), the integer dot in
+    int32 lanes: ggml_vec_dot_q4_0_q8_0's step. x signed, or unsigned (0..127) when `signed` is False."""
+    y = load_i8x32(yq, QK * i)
+    p = madd_ones(dot_i8(x, y) if signed else dot_u8(x, y))
     return fma_i32x8(p, f16_scale8(w, o, item(yd, i)), acc)
 
 
 @njit(cache=True, inline="always")
-def _block_signed(decode, type_size, w, wo, nb, yq, yd, t, b, acc):
+def _block(decode, signed, type_size, w, wo, nb, yq, yd, t, b, acc):
     o = wo + type_size * b
-    return _acc_signed(decode(w, o), w, o, yq, yd, t * nb + b, acc)
+    return _acc_block(decode(w, o), signed, w, o, yq, yd, t * nb + b, acc)
 
 
 @njit(cache=True, inline="always")
-def _block4_signed(decode, type_size, w, wo, nb, yq, yd, t, b, a0, a1, a2, a3):
+def _block4(decode, signed, type_size, w, wo, nb, yq, yd, t, b, a0, a1, a2, a3):
     """Block b against tokens t..t+3: one decode, four dots."""
     o = wo + type_size * b
     x = decode(w, o)
     i = t * nb + b
-    a0 = _acc_signed(x, w, o, yq, yd, i, a0)
-    a1 = _acc_signed(x, w, o, yq, yd, i + nb, a1)
-    a2 = _acc_signed(x, w, o, yq, yd, i + 2 * nb, a2)
-    a3 = _acc_signed(x, w, o, yq, yd, i + 3 * nb, a3)
+    a0 = _acc_block(x, signed, w, o, yq, yd, i, a0)
+    a1 = _acc_block(x, signed, w, o, yq, yd, i + nb, a1)
+    a2 = _acc_block(x, signed, w, o, yq, yd, i + 2 * nb, a2)
+    a3 = _acc_block(x, signed, w, o, yq, yd, i + 3 * nb, a3)
     return a0, a1, a2, a3
 
 
 @njit(cache=True, inline="always")
-def _dot_signed(decode, type_size, w, wo, nb, act, t):
-    """Formats whose block is d (fp16 at 0) times 32 signed quants, against Q8_0. Even and odd blocks
-    go to two accumulators (with one, each block would wait for the previous block's fma)."""
-    yq, yd = act[0], act[1]
+def _dot_legacy(decode, signed, type_size, w, wo, nb, yq, yd, ys, ybs, yf, t):
+    """The d_x d_y sumi part of a row of blocks of 32 (d fp16 at byte 0) against token t. Even and odd
+    blocks go to two accumulators (with one, each block would wait for the previous block's fma)."""
     even = odd = f32x8_zero()
     for b in range(0, nb - 1, 2):
-        even = _block_signed(decode, type_size, w, wo, nb, yq, yd, t, b, even)
-        odd = _block_signed(decode, type_size, w, wo, nb, yq, yd, t, b + 1, odd)
+        even = _block(decode, signed, type_size, w, wo, nb, yq, yd, t, b, even)
+        odd = _block(decode, signed, type_size, w, wo, nb, yq, yd, t, b + 1, odd)
     if nb % 2:
-        even = _block_signed(decode, type_size, w, wo, nb, yq, yd, t, nb - 1, even)
+        even = _block(decode, signed, type_size, w, wo, nb, yq, yd, t, nb - 1, even)
     return hsum_f32x8(f32x8_add(even, odd))
 
 
 @njit(cache=True, inline="always")
-def _dot4_signed(decode, type_size, w, wo, nb, act, t):
-    """_dot_signed for tokens t..t+3, each weight block decoded once. The same sums in the same order as
-    _dot_signed: a token's result does not depend on whether it came in a tile (prefill == decode)."""
-    yq, yd = act[0], act[1]
+def _dot4_legacy(decode, signed, type_size, w, wo, nb, yq, yd, ys, ybs, yf, t):
+    """_dot_legacy for tokens t..t+3, each weight block decoded once. The same sums in the same order as
+    _dot_legacy: a token's result does not depend on whether it came in a tile (prefill == decode)."""
     e0 = e1 = e2 = e3 = f32x8_zero()  # even blocks
     o0 = o1 = o2 = o3 = f32x8_zero()  # odd blocks
     for b in range(0, nb - 1, 2):
-        e0, e1, e2, e3 = _block4_signed(decode, type_size, w, wo, nb, yq, yd, t, b, e0, e1, e2, e3)
-        o0, o1, o2, o3 = _block4_signed(decode, type_size, w, wo, nb, yq, yd, t, b + 1, o0, o1, o2, o3)
+        e0, e1, e2, e3 = _block4(decode, signed, type_size, w, wo, nb, yq, yd, t, b, e0, e1, e2, e3)
+        o0, o1, o2, o3 = _block4(decode, signed, type_size, w, wo, nb, yq, yd, t, b + 1, o0, o1, o2, o3)
     if nb % 2:
-        e0, e1, e2, e3 = _block4_signed(decode, type_size, w, wo, nb, yq, yd, t, nb - 1, e0, e1, e2, e3)
+        e0, e1, e2, e3 = _block4(decode, signed, type_size, w, wo, nb, yq, yd, t, nb - 1, e0, e1, e2, e3)
     return (
         hsum_f32x8(f32x8_add(e0, o0)),
         hsum_f32x8(f32x8_add(e1, o1)),
@@ -338,44 +351,92 @@ def _dot4_signed(decode, type_size, w, wo, nb, act, t):
     )
 
 
-@njit(cache=True)
-def _dot_q4_0(w, wo, nb, act, t):
-    return _dot_signed(_x_q4_0, 18, w, wo, nb, act, t)
+@njit(cache=True, inline="always")
+def _mins8(w, o, type_size, n):
+    """The fp16 mins m (byte 2 of each block) of the n <= 8 blocks from o as 8 float32 (lanes past n
+    repeat the last block: mask them). Gathered in integer registers and converted together: per block,
+    the vector units are busy enough."""
+    o += 2
+    last = n - 1
+    lo = (
+        u16_at(w, o)
+        | (u16_at(w, o + type_size * min(1, last)) << 16)
+        | (u16_at(w, o + type_size * min(2, last)) << 32)
+        | (u16_at(w, o + type_size * min(3, last)) << 48)
+    )
+    hi = (
+        u16_at(w, o + type_size * min(4, last))
+        | (u16_at(w, o + type_size * min(5, last)) << 16)
+        | (u16_at(w, o + type_size * min(6, last)) << 32)
+        | (u16_at(w, o + type_size * min(7, last)) << 48)
+    )
+    return f16x8_words(lo, hi)
 
 
-@njit(cache=True)
-def _dot4_q4_0(w, wo, nb, act, t):
-    return _dot4_signed(_x_q4_0, 18, w, wo, nb, act, t)
+@njit(cache=True, inline="always")
+def _min_sum(w, wo, type_size, nb, ys, i):
+    """Q4_1 / Q5_1: sum over a row's blocks b of m_b s_b (s: Q8_1 block sums from ys[i]), block b in
+    float lane b % 8. (ys has 8 zeros past its end: the last token's loads stay finite.)"""
+    acc = f32x8_zero()
+    for b in range(0, nb, 8):
+        n = min(8, nb - b)
+        m = f32x8_head(_mins8(w, wo + type_size * b, type_size, n), n)
+        acc = fma_f32x8(m, load_f32x8(ys, i + b), acc)
+    return hsum_f32x8(acc)
 
 
-@njit(cache=True)
-def _dot_q5_0(w, wo, nb, act, t):
-    return _dot_signed(_x_q5_0, 22, w, wo, nb, act, t)
+@njit(cache=True, inline="always")
+def _min_sum4(w, wo, type_size, nb, ys, i):
+    """_min_sum for tokens t..t+3 (ys from i, nb per token), the mins gathered once."""
+    a0 = a1 = a2 = a3 = f32x8_zero()
+    for b in range(0, nb, 8):
+        n = min(8, nb - b)
+        m = f32x8_head(_mins8(w, wo + type_size * b, type_size, n), n)
+        a0 = fma_f32x8(m, load_f32x8(ys, i + b), a0)
+        a1 = fma_f32x8(m, load_f32x8(ys, i + nb + b), a1)
+        a2 = fma_f32x8(m, load_f32x8(ys, i + 2 * nb + b), a2)
+        a3 = fma_f32x8(m, load_f32x8(ys, i + 3 * nb + b), a3)
+    return hsum_f32x8(a0), hsum_f32x8(a1), hsum_f32x8(a2), hsum_f32x8(a3)
 
 
-@njit(cache=True)
-def _dot4_q5_0(w, wo, nb, act, t):
-    return _dot4_signed(_x_q5_0, 22, w, wo, nb, act, t)
+@njit(cache=True, inline="always")
+def _dot_q4_0(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    return _dot_legacy(_x_q4_0, True, 18, w, wo, nb, yq, yd, ys, ybs, yf, t)
 
 
-@njit(cache=True)
-def _dot_q8_0(w, wo, nb, act, t):
-    return _dot_signed(_x_q8_0, 34, w, wo, nb, act, t)
+@njit(cache=True, inline="always")
+def _dot4_q4_0(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    return _dot4_legacy(_x_q4_0, True, 18, w, wo, nb, yq, yd, ys, ybs, yf, t)
 
 
-@njit(cache=True)
-def _dot4_q8_0(w, wo, nb, act, t):
-    return _dot4_signed(_x_q8_0, 34, w, wo, nb, act, t)
+@njit(cache=True, inline="always")
+def _dot_q5_0(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    return _dot_legacy(_x_q5_0, True, 22, w, wo, nb, yq, yd, ys, ybs, yf, t)
 
 
-@njit(cache=True)
-def _dot_iq4_nl(w, wo, nb, act, t):
-    return _dot_signed(_x_iq4_nl, 18, w, wo, nb, act, t)
+@njit(cache=True, inline="always")
+def _dot4_q5_0(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    return _dot4_legacy(_x_q5_0, True, 22, w, wo, nb, yq, yd, ys, ybs, yf, t)
 
 
-@njit(cache=True)
-def _dot4_iq4_nl(w, wo, nb, act, t):
-    return _dot4_signed(_x_iq4_nl, 18, w, wo, nb, act, t)
+@njit(cache=True, inline="always")
+def _dot_q8_0(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    return _dot_legacy(_x_q8_0, True, 34, w, wo, nb, yq, yd, ys, ybs, yf, t)
+
+
+@njit(cache=True, inline="always")
+def _dot4_q8_0(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    return _dot4_legacy(_x_q8_0, True, 34, w, wo, nb, yq, yd, ys, ybs, yf, t)
+
+
+@njit(cache=True, inline="always")
+def _dot_iq4_nl(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    return _dot_legacy(_x_iq4_nl, True, 18, w, wo, nb, yq, yd, ys, ybs, yf, t)
+
+
+@njit(cache=True, inline="always")
+def _dot4_iq4_nl(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    return _dot4_legacy(_x_iq4_nl, True, 18, w, wo, nb, yq, yd, ys, ybs, yf, t)
 
 
 @njit(cache=True)
@@ -391,87 +452,32 @@ def _x_q5_1(w, o):
 
 
 @njit(cache=True, inline="always")
-def _acc_min(x, w, o, yq, yd, ys, i, acc, acc_m):
-    """ggml_vec_dot_q4_1_q8_1's step: acc + d_x d_y * (quants x) . (Q8_1 block i), and m_x s_y added to
-    acc_m (in all 8 lanes: the result takes lane 0)."""
-    p = madd_ones(dot_u8(x, load_i8x32(yq, QK * i)))
-    return fma_i32x8(p, f16_scale8(w, o, item(yd, i)), acc), f32x8_add(
-        acc_m, f16_scale8(w, o + 2, item(ys, i))
+def _dot_q4_1(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    # ggml_vec_dot_q4_1_q8_1: sum of d_x d_y sumi + m_x s_y
+    return _dot_legacy(_x_q4_1, False, 20, w, wo, nb, yq, yd, ys, ybs, yf, t) + _min_sum(
+        w, wo, 20, nb, ys, t * nb
     )
 
 
 @njit(cache=True, inline="always")
-def _dot_min(decode, type_size, w, wo, nb, act, t):
-    """Formats whose block is d * q + m (d, m fp16 at 0 and 2; q unsigned), against Q8_1. As in
-    _dot_signed, even and odd blocks go to two accumulators."""
-    yq, yd, ys = act[0], act[1], act[2]
-    even = odd = acc_m = f32x8_zero()
-    for b in range(0, nb - 1, 2):
-        o = wo + type_size * b
-        even, acc_m = _acc_min(decode(w, o), w, o, yq, yd, ys, t * nb + b, even, acc_m)
-        o += type_size
-        odd, acc_m = _acc_min(decode(w, o), w, o, yq, yd, ys, t * nb + b + 1, odd, acc_m)
-    if nb % 2:
-        o = wo + type_size * (nb - 1)
-        even, acc_m = _acc_min(decode(w, o), w, o, yq, yd, ys, t * nb + nb - 1, even, acc_m)
-    return hsum_f32x8(f32x8_add(even, odd)) + f32x8_first(acc_m)
+def _dot4_q4_1(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    y0, y1, y2, y3 = _dot4_legacy(_x_q4_1, False, 20, w, wo, nb, yq, yd, ys, ybs, yf, t)
+    m0, m1, m2, m3 = _min_sum4(w, wo, 20, nb, ys, t * nb)
+    return y0 + m0, y1 + m1, y2 + m2, y3 + m3
 
 
 @njit(cache=True, inline="always")
-def _block4_min(decode, type_size, w, wo, nb, yq, yd, ys, t, b, a0, a1, a2, a3, m0, m1, m2, m3):
-    """Block b against tokens t..t+3: one decode, four dots."""
-    o = wo + type_size * b
-    x = decode(w, o)
-    i = t * nb + b
-    a0, m0 = _acc_min(x, w, o, yq, yd, ys, i, a0, m0)
-    a1, m1 = _acc_min(x, w, o, yq, yd, ys, i + nb, a1, m1)
-    a2, m2 = _acc_min(x, w, o, yq, yd, ys, i + 2 * nb, a2, m2)
-    a3, m3 = _acc_min(x, w, o, yq, yd, ys, i + 3 * nb, a3, m3)
-    return a0, a1, a2, a3, m0, m1, m2, m3
-
-
-@njit(cache=True, inline="always")
-def _dot4_min(decode, type_size, w, wo, nb, act, t):
-    """_dot_min for tokens t..t+3 (the same sums in the same order), each weight block decoded once."""
-    yq, yd, ys = act[0], act[1], act[2]
-    e0 = e1 = e2 = e3 = o0 = o1 = o2 = o3 = m0 = m1 = m2 = m3 = f32x8_zero()
-    for b in range(0, nb - 1, 2):
-        e0, e1, e2, e3, m0, m1, m2, m3 = _block4_min(
-            decode, type_size, w, wo, nb, yq, yd, ys, t, b, e0, e1, e2, e3, m0, m1, m2, m3
-        )
-        o0, o1, o2, o3, m0, m1, m2, m3 = _block4_min(
-            decode, type_size, w, wo, nb, yq, yd, ys, t, b + 1, o0, o1, o2, o3, m0, m1, m2, m3
-        )
-    if nb % 2:
-        e0, e1, e2, e3, m0, m1, m2, m3 = _block4_min(
-            decode, type_size, w, wo, nb, yq, yd, ys, t, nb - 1, e0, e1, e2, e3, m0, m1, m2, m3
-        )
-    return (
-        hsum_f32x8(f32x8_add(e0, o0)) + f32x8_first(m0),
-        hsum_f32x8(f32x8_add(e1, o1)) + f32x8_first(m1),
-        hsum_f32x8(f32x8_add(e2, o2)) + f32x8_first(m2),
-        hsum_f32x8(f32x8_add(e3, o3)) + f32x8_first(m3),
+def _dot_q5_1(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    return _dot_legacy(_x_q5_1, False, 24, w, wo, nb, yq, yd, ys, ybs, yf, t) + _min_sum(
+        w, wo, 24, nb, ys, t * nb
     )
 
 
-@njit(cache=True)
-def _dot_q4_1(w, wo, nb, act, t):
-    return _dot_min(_x_q4_1, 20, w, wo, nb, act, t)
-
-
-@njit(cache=True)
-def _dot4_q4_1(w, wo, nb, act, t):
-    return _dot4_min(_x_q4_1, 20, w, wo, nb, act, t)
-
-
-@njit(cache=True)
-def _dot_q5_1(w, wo, nb, act, t):
-    return _dot_min(_x_q5_1, 24, w, wo, nb, act, t)
-
-
-@njit(cache=True)
-def _dot4_q5_1(w, wo, nb, act, t):
-    return _dot4_min(_x_q5_1, 24, w, wo, nb, act, t)
+@njit(cache=True, inline="always")
+def _dot4_q5_1(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    y0, y1, y2, y3 = _dot4_legacy(_x_q5_1, False, 24, w, wo, nb, yq, yd, ys, ybs, yf, t)
+    m0, m1, m2, m3 = _min_sum4(w, wo, 24, nb, ys, t * nb)
+    return y0 + m0, y1 + m1, y2 + m2, y3 + m3
 
 
 # -- K-quants: super-blocks of 256 against Q8_K --------------------------------------------------------
@@ -531,9 +537,8 @@ def _isum_q2_k(w, o, yq, y):
     return isum
 
 
-@njit(cache=True)
-def _dot_q2_k(w, wo, nb, act, t):
-    yq, yd, ybs = act[0], act[1], act[3]
+@njit(cache=True, inline="always")
+def _dot_q2_k(w, wo, nb, yq, yd, ys, ybs, yf, t):
     acc = f32x8_zero()
     for b in range(nb):
         o = wo + 84 * b
@@ -560,9 +565,8 @@ def _isum_q3_k(w, o, yq, y):
     return isum, scales_lo, scales_hi
 
 
-@njit(cache=True)
-def _dot_q3_k(w, wo, nb, act, t):
-    yq, yd, ybs = act[0], act[1], act[3]
+@njit(cache=True, inline="always")
+def _dot_q3_k(w, wo, nb, yq, yd, ys, ybs, yf, t):
     acc = f32x8_zero()
     for b in range(nb):
         o = wo + 110 * b
@@ -589,9 +593,8 @@ def _isum_k32(lo, hi, yq, y, c, scales):
     return i32x8_add(p_lo, p_hi)
 
 
-@njit(cache=True)
-def _dot_q4_k(w, wo, nb, act, t):
-    yq, yd, ybs = act[0], act[1], act[3]
+@njit(cache=True, inline="always")
+def _dot_q4_k(w, wo, nb, yq, yd, ys, ybs, yf, t):
     acc = f32x8_zero()
     for b in range(nb):
         o = wo + 144 * b
@@ -606,9 +609,8 @@ def _dot_q4_k(w, wo, nb, act, t):
     return hsum_f32x8(acc)
 
 
-@njit(cache=True)
-def _dot4_q4_k(w, wo, nb, act, t):
-    yq, yd, ybs = act[0], act[1], act[3]
+@njit(cache=True, inline="always")
+def _dot4_q4_k(w, wo, nb, yq, yd, ys, ybs, yf, t):
     a0 = f32x8_zero()
     a1 = f32x8_zero()
     a2 = f32x8_zero()
@@ -648,9 +650,8 @@ def _k_acc_min(acc, isum, msum, w, o_d, dy):
 
 
 # Q5_K. block: d | dmin | scales[12] | qh[32] | qs[128]; the fifth bit of sub-block s is bit s of qh[l]
-@njit(cache=True)
-def _dot_q5_k(w, wo, nb, act, t):
-    yq, yd, ybs = act[0], act[1], act[3]
+@njit(cache=True, inline="always")
+def _dot_q5_k(w, wo, nb, yq, yd, ys, ybs, yf, t):
     acc = f32x8_zero()
     for b in range(nb):
         o = wo + 176 * b
@@ -688,9 +689,8 @@ def _offset_q6_k(w, o, ybs, yb):
     return i32x8_shl(madd_i16(load_i16x16(ybs, 16 * yb), load_i8x16_i16(w, o + 192)), 5)
 
 
-@njit(cache=True)
-def _dot_q6_k(w, wo, nb, act, t):
-    yq, yd, ybs = act[0], act[1], act[3]
+@njit(cache=True, inline="always")
+def _dot_q6_k(w, wo, nb, yq, yd, ys, ybs, yf, t):
     acc = f32x8_zero()
     for b in range(nb):
         o = wo + 210 * b
@@ -709,9 +709,8 @@ def _dot_q6_k(w, wo, nb, act, t):
     return hsum_f32x8(acc)
 
 
-@njit(cache=True)
-def _dot4_q6_k(w, wo, nb, act, t):
-    yq, yd, ybs = act[0], act[1], act[3]
+@njit(cache=True, inline="always")
+def _dot4_q6_k(w, wo, nb, yq, yd, ys, ybs, yf, t):
     a0 = f32x8_zero()
     a1 = f32x8_zero()
     a2 = f32x8_zero()
@@ -743,9 +742,8 @@ def _dot4_q6_k(w, wo, nb, act, t):
 
 
 # IQ4_XS. block: d fp16 | scales_h u16 | scales_l[4] | qs[128]; sub-block ib of 32: (ls - 32) * kvalues
-@njit(cache=True)
-def _dot_iq4_xs(w, wo, nb, act, t):
-    yq, yd = act[0], act[1]
+@njit(cache=True, inline="always")
+def _dot_iq4_xs(w, wo, nb, yq, yd, ys, ybs, yf, t):
     acc = f32x8_zero()
     for b in range(nb):
         o = wo + 136 * b
@@ -765,9 +763,8 @@ def _dot_iq4_xs(w, wo, nb, act, t):
 
 
 @njit(cache=True, inline="always")
-def _dot_float(load8, load1, size, w, wo, n, act, t):
+def _dot_float(load8, load1, size, w, wo, n, yq, yd, ys, ybs, yf, t):
     """Row of n values (`size` bytes each) dotted with yf[t]: float32 lanes, then the tail."""
-    yf = act[4]
     yo = t * n
     acc = f32x8_zero()
     n8 = n - n % 8
@@ -779,19 +776,19 @@ def _dot_float(load8, load1, size, w, wo, n, act, t):
     return s
 
 
-@njit(cache=True)
-def _dot_f32(w, wo, nb, act, t):
-    return _dot_float(f32x8_at, f32_at, 4, w, wo, nb, act, t)
+@njit(cache=True, inline="always")
+def _dot_f32(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    return _dot_float(f32x8_at, f32_at, 4, w, wo, nb, yq, yd, ys, ybs, yf, t)
 
 
-@njit(cache=True)
-def _dot_f16(w, wo, nb, act, t):
-    return _dot_float(f16x8_at, f16_at, 2, w, wo, nb, act, t)
+@njit(cache=True, inline="always")
+def _dot_f16(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    return _dot_float(f16x8_at, f16_at, 2, w, wo, nb, yq, yd, ys, ybs, yf, t)
 
 
-@njit(cache=True)
-def _dot_bf16(w, wo, nb, act, t):
-    return _dot_float(bf16x8_at, bf16_at, 2, w, wo, nb, act, t)
+@njit(cache=True, inline="always")
+def _dot_bf16(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    return _dot_float(bf16x8_at, bf16_at, 2, w, wo, nb, yq, yd, ys, ybs, yf, t)
 
 
 # -- row drivers ---------------------------------------------------------------------------------------
@@ -806,8 +803,143 @@ def _chunk_rows(n_rows, row_bytes):
 
 
 @njit(cache=True, inline="always")
-def _run(dot1, w, nb, act, out):
-    """out[t, r] = dot1(row r, token t): threads share chunks of rows, every token per row chunk."""
+def _row_loop(dot1, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    for r in range(r0, r1):
+        out[t, r] = dot1(w, r * row_bytes, nb, yq, yd, ys, ybs, yf, t)
+
+
+@njit(cache=True, inline="always")
+def _row_loop4(dot4, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    for r in range(r0, r1):
+        y0, y1, y2, y3 = dot4(w, r * row_bytes, nb, yq, yd, ys, ybs, yf, t)
+        out[t, r] = y0
+        out[t + 1, r] = y1
+        out[t + 2, r] = y2
+        out[t + 3, r] = y3
+
+
+# Rows r0..r1-1 against token t (rows4: tokens t..t+3), one compiled function per type: the drivers call
+# them once per chunk of rows (the dot itself inlined here; a call per row passes some 50 words).
+
+
+@njit(cache=True)
+def _rows_q4_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop(_dot_q4_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows4_q4_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop4(_dot4_q4_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows_q5_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop(_dot_q5_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows4_q5_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop4(_dot4_q5_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows_q8_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop(_dot_q8_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows4_q8_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop4(_dot4_q8_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows_iq4_nl(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop(_dot_iq4_nl, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows4_iq4_nl(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop4(_dot4_iq4_nl, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows_q4_1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop(_dot_q4_1, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows4_q4_1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop4(_dot4_q4_1, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows_q5_1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop(_dot_q5_1, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows4_q5_1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop4(_dot4_q5_1, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows_q2_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop(_dot_q2_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows_q3_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop(_dot_q3_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows_q4_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop(_dot_q4_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows4_q4_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop4(_dot4_q4_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows_q5_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop(_dot_q5_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows_q6_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop(_dot_q6_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows4_q6_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop4(_dot4_q6_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows_iq4_xs(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop(_dot_iq4_xs, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows_f32(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop(_dot_f32, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows_f16(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop(_dot_f16, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True)
+def _rows_bf16(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    _row_loop(_dot_bf16, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+
+
+@njit(cache=True, inline="always")
+def _run(rows1, w, nb, yq, yd, ys, ybs, yf, out):
+    """out[t, r] = row r . token t: threads share chunks of rows, every token per row chunk."""
     n_tokens, n_rows = out.shape
     row_bytes = w.size // n_rows
     rows = _chunk_rows(n_rows, row_bytes)
@@ -816,13 +948,12 @@ def _run(dot1, w, nb, act, out):
         r0 = c * rows
         r1 = min(r0 + rows, n_rows)
         for t in range(n_tokens):
-            for r in range(r0, r1):
-                out[t, r] = dot1(w, r * row_bytes, nb, act, t)
+            rows1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
 @njit(cache=True, inline="always")
-def _run4(dot1, dot4, w, nb, act, out):
-    """As _run, with tiles of 4 tokens per decode of a weight row (dot4), then single tokens."""
+def _run4(rows1, rows4, w, nb, yq, yd, ys, ybs, yf, out):
+    """As _run, with tiles of 4 tokens per decode of a weight row (rows4), then single tokens."""
     n_tokens, n_rows = out.shape
     row_bytes = w.size // n_rows
     rows = _chunk_rows(n_rows, row_bytes)
@@ -832,15 +963,9 @@ def _run4(dot1, dot4, w, nb, act, out):
         r0 = c * rows
         r1 = min(r0 + rows, n_rows)
         for t in range(0, n_tiled, 4):
-            for r in range(r0, r1):
-                y0, y1, y2, y3 = dot4(w, r * row_bytes, nb, act, t)
-                out[t, r] = y0
-                out[t + 1, r] = y1
-                out[t + 2, r] = y2
-                out[t + 3, r] = y3
+            rows4(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
         for t in range(n_tiled, n_tokens):
-            for r in range(r0, r1):
-                out[t, r] = dot1(w, r * row_bytes, nb, act, t)
+            rows1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
 # -- one compiled entry per weight type: (w flat uint8, x (n_tokens, n_cols), out (n_tokens, n_rows)) ---
@@ -848,77 +973,92 @@ def _run4(dot1, dot4, w, nb, act, out):
 
 @njit(cache=True, parallel=True)
 def _matmul_f32(w, x, out):
-    _run(_dot_f32, w, x.shape[1], _quantize_activations(x, ACT_F32), out)
+    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_F32)
+    _run(_rows_f32, w, x.shape[1], yq, yd, ys, ybs, yf, out)
 
 
 @njit(cache=True, parallel=True)
 def _matmul_f16(w, x, out):
-    _run(_dot_f16, w, x.shape[1], _quantize_activations(x, ACT_F16), out)
+    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_F16)
+    _run(_rows_f16, w, x.shape[1], yq, yd, ys, ybs, yf, out)
 
 
 @njit(cache=True, parallel=True)
 def _matmul_bf16(w, x, out):
-    _run(_dot_bf16, w, x.shape[1], _quantize_activations(x, ACT_BF16), out)
+    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_BF16)
+    _run(_rows_bf16, w, x.shape[1], yq, yd, ys, ybs, yf, out)
 
 
 @njit(cache=True, parallel=True)
 def _matmul_q4_0(w, x, out):
-    _run4(_dot_q4_0, _dot4_q4_0, w, x.shape[1] // QK, _quantize_activations(x, ACT_Q8_0), out)
+    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_0)
+    _run4(_rows_q4_0, _rows4_q4_0, w, x.shape[1] // QK, yq, yd, ys, ybs, yf, out)
 
 
 @njit(cache=True, parallel=True)
 def _matmul_q4_1(w, x, out):
-    _run4(_dot_q4_1, _dot4_q4_1, w, x.shape[1] // QK, _quantize_activations(x, ACT_Q8_1), out)
+    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_1)
+    _run4(_rows_q4_1, _rows4_q4_1, w, x.shape[1] // QK, yq, yd, ys, ybs, yf, out)
 
 
 @njit(cache=True, parallel=True)
 def _matmul_q5_0(w, x, out):
-    _run4(_dot_q5_0, _dot4_q5_0, w, x.shape[1] // QK, _quantize_activations(x, ACT_Q8_0), out)
+    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_0)
+    _run4(_rows_q5_0, _rows4_q5_0, w, x.shape[1] // QK, yq, yd, ys, ybs, yf, out)
 
 
 @njit(cache=True, parallel=True)
 def _matmul_q5_1(w, x, out):
-    _run4(_dot_q5_1, _dot4_q5_1, w, x.shape[1] // QK, _quantize_activations(x, ACT_Q8_1), out)
+    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_1)
+    _run4(_rows_q5_1, _rows4_q5_1, w, x.shape[1] // QK, yq, yd, ys, ybs, yf, out)
 
 
 @njit(cache=True, parallel=True)
 def _matmul_q8_0(w, x, out):
-    _run4(_dot_q8_0, _dot4_q8_0, w, x.shape[1] // QK, _quantize_activations(x, ACT_Q8_0), out)
+    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_0)
+    _run4(_rows_q8_0, _rows4_q8_0, w, x.shape[1] // QK, yq, yd, ys, ybs, yf, out)
 
 
 @njit(cache=True, parallel=True)
 def _matmul_iq4_nl(w, x, out):
-    _run4(_dot_iq4_nl, _dot4_iq4_nl, w, x.shape[1] // QK, _quantize_activations(x, ACT_Q8_0), out)
+    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_0)
+    _run4(_rows_iq4_nl, _rows4_iq4_nl, w, x.shape[1] // QK, yq, yd, ys, ybs, yf, out)
 
 
 @njit(cache=True, parallel=True)
 def _matmul_q2_k(w, x, out):
-    _run(_dot_q2_k, w, x.shape[1] // QK_K, _quantize_activations(x, ACT_Q8_K), out)
+    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_K)
+    _run(_rows_q2_k, w, x.shape[1] // QK_K, yq, yd, ys, ybs, yf, out)
 
 
 @njit(cache=True, parallel=True)
 def _matmul_q3_k(w, x, out):
-    _run(_dot_q3_k, w, x.shape[1] // QK_K, _quantize_activations(x, ACT_Q8_K), out)
+    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_K)
+    _run(_rows_q3_k, w, x.shape[1] // QK_K, yq, yd, ys, ybs, yf, out)
 
 
 @njit(cache=True, parallel=True)
 def _matmul_q4_k(w, x, out):
-    _run4(_dot_q4_k, _dot4_q4_k, w, x.shape[1] // QK_K, _quantize_activations(x, ACT_Q8_K), out)
+    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_K)
+    _run4(_rows_q4_k, _rows4_q4_k, w, x.shape[1] // QK_K, yq, yd, ys, ybs, yf, out)
 
 
 @njit(cache=True, parallel=True)
 def _matmul_q5_k(w, x, out):
-    _run(_dot_q5_k, w, x.shape[1] // QK_K, _quantize_activations(x, ACT_Q8_K), out)
+    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_K)
+    _run(_rows_q5_k, w, x.shape[1] // QK_K, yq, yd, ys, ybs, yf, out)
 
 
 @njit(cache=True, parallel=True)
 def _matmul_q6_k(w, x, out):
-    _run4(_dot_q6_k, _dot4_q6_k, w, x.shape[1] // QK_K, _quantize_activations(x, ACT_Q8_K), out)
+    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_K)
+    _run4(_rows_q6_k, _rows4_q6_k, w, x.shape[1] // QK_K, yq, yd, ys, ybs, yf, out)
 
 
 @njit(cache=True, parallel=True)
 def _matmul_iq4_xs(w, x, out):
-    _run(_dot_iq4_xs, w, x.shape[1] // QK_K, _quantize_activations(x, ACT_Q8_K), out)
+    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_K)
+    _run(_rows_iq4_xs, w, x.shape[1] // QK_K, yq, yd, ys, ybs, yf, out)
 
 
 T = GGMLQuantizationType

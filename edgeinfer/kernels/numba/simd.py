@@ -125,16 +125,17 @@ def load_i8x32(typingctx, a, off):
 @intrinsic
 def nibbles_i8x32(typingctx, a, off):
     """16 bytes at off -> 32 values 0..15: the low nibbles of bytes 0..15, then their high nibbles
-    (how ggml packs 32 4-bit values)."""
+    (how ggml packs 32 4-bit values). The 16 bytes go to both halves of the vector (vbroadcasti128),
+    the upper half shifted right by 4 (vpsrlvq), then masked."""
     if not (_is_byte_array(a) and isinstance(off, types.Integer)):
         return None
 
     def codegen(context, builder, sig, args):
         p = _ptr(context, builder, a, args[0], _to_i64(context, builder, off, args[1]), _V8x16)
         v = builder.load(p, align=1, typ=_V8x16)
-        lo = builder.and_(v, _const_vec(_V8x16, 0x0F))
-        hi = builder.lshr(v, _const_vec(_V8x16, 4))
-        return _shuffle(builder, lo, hi, range(32))
+        both = builder.bitcast(_shuffle(builder, v, v, list(range(16)) * 2), ir.VectorType(ir.IntType(64), 4))
+        shift = ir.Constant(ir.VectorType(ir.IntType(64), 4), [0, 0, 4, 4])
+        return builder.and_(builder.bitcast(builder.lshr(both, shift), _V8x32), _const_vec(_V8x32, 0x0F))
 
     return i8x32(a, off), codegen
 
@@ -232,6 +233,38 @@ def f32_at(typingctx, a, off):
         return builder.load(p, align=1, typ=_f32)
 
     return types.float32(a, off), codegen
+
+
+@intrinsic
+def u16_at(typingctx, a, off):
+    """The little-endian uint16 at byte offset off, as int64."""
+    if not (_is_byte_array(a) and isinstance(off, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _ptr(context, builder, a, args[0], _to_i64(context, builder, off, args[1]), _i16)
+        return builder.zext(builder.load(p, align=1, typ=_i16), ir.IntType(64))
+
+    return types.int64(a, off), codegen
+
+
+@intrinsic
+def f16x8_words(typingctx, lo, hi):
+    """8 fp16 packed in two int64 (4 each, the first in the low bits of lo), as 8 float32."""
+    if not (isinstance(lo, types.Integer) and isinstance(hi, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i64x2 = ir.VectorType(ir.IntType(64), 2)
+        v = builder.insert_element(
+            ir.Constant(i64x2, ir.Undefined),
+            context.cast(builder, args[0], lo, types.int64),
+            ir.Constant(_i32, 0),
+        )
+        v = builder.insert_element(v, context.cast(builder, args[1], hi, types.int64), ir.Constant(_i32, 1))
+        return builder.fpext(builder.bitcast(v, ir.VectorType(_f16, 8)), _VF32x8)
+
+    return f32x8(lo, hi), codegen
 
 
 @intrinsic
@@ -591,15 +624,17 @@ def f32x8_add(typingctx, a, b):
 
 
 @intrinsic
-def f32x8_first(typingctx, a):
-    """Lane 0 of 8 float32."""
-    if a != f32x8:
+def f32x8_head(typingctx, a, n):
+    """Lanes 0..n-1 of a, zeros in the others."""
+    if a != f32x8 or not isinstance(n, types.Integer):
         return None
 
     def codegen(context, builder, sig, args):
-        return builder.extract_element(args[0], ir.Constant(_i32, 0))
+        k = builder.trunc(context.cast(builder, args[1], n, types.int64), _i32)
+        keep = builder.icmp_signed("<", ir.Constant(_V32x8, list(range(8))), _splat(builder, k, 8))
+        return builder.select(keep, args[0], _const_vec(_VF32x8, 0.0))
 
-    return types.float32(a), codegen
+    return f32x8(a, n), codegen
 
 
 @intrinsic
