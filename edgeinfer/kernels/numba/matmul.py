@@ -103,20 +103,19 @@ def _init_threading() -> str:
     against 155 us for workqueue); fall back to tbb, then workqueue, with a warning."""
     from numba.np.ufunc import parallel
 
-    if parallel._is_initialized:  # someone launched parallel code first: keep what they got
-        return numba.threading_layer()
-    for layer in ("omp", "tbb", "workqueue"):
-        numba.config.THREADING_LAYER = layer
-        try:
-            parallel._launch_threads()
-        except (ValueError, ImportError, OSError):
-            continue
-        break
+    if not parallel._is_initialized:  # else someone launched parallel code first: keep what they got
+        for layer in ("omp", "tbb", "workqueue"):
+            numba.config.THREADING_LAYER = layer
+            try:
+                parallel._launch_threads()
+            except (ValueError, ImportError, OSError):
+                continue
+            break
     got = numba.threading_layer()
     if got != "omp":
         warnings.warn(
-            f"Numba's OpenMP threading layer is unavailable; using {got!r}, whose parallel regions start "
-            "far slower (install an OpenMP runtime, e.g. libgomp, for full speed).",
+            f"Numba runs its threads on the {got!r} threading layer, whose parallel regions start far "
+            "slower than OpenMP's; install an OpenMP runtime (libgomp or libomp) for full speed.",
             RuntimeWarning,
             stacklevel=2,
         )
