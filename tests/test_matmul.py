@@ -410,6 +410,10 @@ def test_inputs_are_converted():
     assert np.array_equal(nm.matmul(w, wide[::2, ::2]), expected)  # strided view
     out = np.full((4, 8), np.nan, np.float32)
     assert nm.matmul(w, x, out=out) is out and np.array_equal(out, expected)
+    square = random_weight(T.Q8_0, 64, 64)
+    y = x.copy()
+    assert nm.matmul(square, y, out=y) is y  # out may be x itself
+    assert np.array_equal(y, nm.matmul(square, x))
     # a weight whose bytes are writeable (not from a file) and not contiguous
     big = random_weight(T.Q8_0, 16, 64)
     sliced = QTensor("every other row", T.Q8_0, (64, 8), big.raw[::2])

@@ -41,6 +41,7 @@ from ...quant import get_format
 from ..base import QTensor
 from . import dequant
 from .simd import (
+    address,
     bf16_at,
     bf16x8_at,
     bits_i8x32,
@@ -216,7 +217,7 @@ def _empty_aligned(n_bytes):
     """n_bytes uninitialized bytes starting on a cache line: vector loads from a buffer that is only
     16-byte aligned (malloc's promise) split across cache lines, at a cost of up to a third."""
     buf = np.empty(n_bytes + 64, np.uint8)
-    start = (-buf.ctypes.data) % 64
+    start = (-address(buf)) % 64
     return buf[start : start + n_bytes]
 
 
@@ -817,121 +818,123 @@ def _row_loop4(dot4, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
         out[t + 3, r] = y3
 
 
-# Rows r0..r1-1 against token t (rows4: tokens t..t+3), one compiled function per type: the drivers call
-# them once per chunk of rows (the dot itself inlined here; a call per row passes some 50 words).
+# Rows r0..r1-1 against token t (rows4: tokens t..t+3), one compiled function per type, the dot inlined:
+# the drivers call them once per chunk of rows. Compiled without reference counting (_nrt=False, they
+# allocate nothing): otherwise each call would count references to its 7 arrays, atomics that the
+# threads contend for.
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows_q4_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop(_dot_q4_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows4_q4_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop4(_dot4_q4_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows_q5_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop(_dot_q5_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows4_q5_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop4(_dot4_q5_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows_q8_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop(_dot_q8_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows4_q8_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop4(_dot4_q8_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows_iq4_nl(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop(_dot_iq4_nl, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows4_iq4_nl(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop4(_dot4_iq4_nl, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows_q4_1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop(_dot_q4_1, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows4_q4_1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop4(_dot4_q4_1, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows_q5_1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop(_dot_q5_1, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows4_q5_1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop4(_dot4_q5_1, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows_q2_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop(_dot_q2_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows_q3_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop(_dot_q3_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows_q4_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop(_dot_q4_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows4_q4_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop4(_dot4_q4_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows_q5_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop(_dot_q5_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows_q6_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop(_dot_q6_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows4_q6_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop4(_dot4_q6_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows_iq4_xs(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop(_dot_iq4_xs, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows_f32(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop(_dot_f32, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows_f16(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop(_dot_f16, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rows_bf16(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
     _row_loop(_dot_bf16, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
@@ -1142,8 +1145,9 @@ def _activations(w: QTensor, x) -> np.ndarray:
 def matmul(w: QTensor, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """y = x @ W.T: x float32 (n_tokens, n_cols) -> y float32 (n_tokens, n_rows), llama.cpp's way.
 
-    x of another float dtype or memory layout is converted; `out`, if given, must be C-contiguous
-    float32 (n_tokens, n_rows) and not overlap x. Threads: numba.set_num_threads (the backend sets it).
+    x of another float dtype or memory layout is converted. `out`, if given, must be a writeable
+    C-contiguous float32 (n_tokens, n_rows); it may overlap x (x is copied, quantized or rounded, before
+    any output is written). Threads: numba.set_num_threads (the backend sets it).
     """
     entry = _MATMUL.get(w.ggml_type)
     if entry is None:
@@ -1155,25 +1159,29 @@ def matmul(w: QTensor, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
         )
     kernel, block_size, type_size = entry
     flat = _weight_bytes(w, block_size, type_size)
-    if not (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous):
+    if type(x) is not np.ndarray or x.dtype is not _F32 or x.ndim != 2 or not x.flags.c_contiguous:
         x = _activations(w, x)
-    elif x.shape[1] != w.n_cols:
+    elif x.shape[1] != w.ne[0]:
         raise ValueError(f"{w.name}: x has shape {x.shape}, expected (n_tokens, {w.n_cols}).")
     shape = (x.shape[0], w.n_rows)
     if out is None:
-        out = np.empty(shape, np.float32)
-    elif (
-        out.dtype != np.float32 or out.shape != shape or not out.flags.c_contiguous or not out.flags.writeable
-    ):
+        out = np.empty(shape, _F32)
+    elif type(out) is not np.ndarray or out.dtype is not _F32 or out.shape != shape or not _writeable_c(out):
         raise ValueError(
             f"{w.name}: out must be a writeable C-contiguous float32 array of shape {shape}, "
-            f"not {out.dtype} {out.shape}."
+            f"not {getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}."
         )
-    elif np.may_share_memory(out, x):
-        raise ValueError(f"{w.name}: out must not overlap x.")
     if out.size:
         kernel(flat, x, out)
     return out
+
+
+_F32 = np.dtype(np.float32)
+
+
+def _writeable_c(a: np.ndarray) -> bool:
+    flags = a.flags
+    return flags.c_contiguous and flags.writeable
 
 
 def get_rows(w: QTensor, ids: np.ndarray) -> np.ndarray:

@@ -190,6 +190,19 @@ def item(typingctx, a, i):
 
 
 @intrinsic
+def address(typingctx, a):
+    """The address of an array's first element, as an int64."""
+    if not isinstance(a, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(a)(context, builder, args[0]).data
+        return builder.ptrtoint(data, ir.IntType(64))
+
+    return types.int64(a), codegen
+
+
+@intrinsic
 def f16_at(typingctx, a, off):
     """The little-endian fp16 at byte offset off, as float32 (exact: GGML_FP16_TO_FP32).
 
