@@ -16,7 +16,8 @@ a prefill (n_tokens > 1) once per tile of 4 tokens. Float rounding differs from 
 in summation order (8 float lanes, as ggml's AVX2 code).
 
 Rows are cut into chunks that the threads share (`prange`, OpenMP threading layer); one matmul is one
-compiled call: quantize x into buffers allocated once, then one parallel region over the rows.
+compiled call: quantize x into buffers allocated once (in parallel from 8 tokens up), then one parallel
+region over the rows.
 
 Kernels, per weight type: `_dot_<type>(w, wo, nb, yq, yd, ys, ybs, yf, t)` is the row at byte wo of
 the flat weight bytes w (nb blocks) dotted with token t of the quantized activations; `_dot4_<type>`
@@ -214,8 +215,8 @@ ACT_Q8_0, ACT_Q8_1, ACT_Q8_K, ACT_F32, ACT_F16, ACT_BF16 = range(6)
 
 @njit(cache=True)
 def _empty_aligned(n_bytes):
-    """n_bytes uninitialized bytes starting on a cache line: vector loads from a buffer that is only
-    16-byte aligned (malloc's promise) split across cache lines, at a cost of up to a third."""
+    """n_bytes uninitialized bytes starting on a cache line (malloc promises 16 bytes: 32-byte vector
+    loads from such a buffer can straddle two lines)."""
     buf = np.empty(n_bytes + 64, np.uint8)
     start = (-address(buf)) % 64
     return buf[start : start + n_bytes]
@@ -226,7 +227,7 @@ def _quantize_activations(x, kind):
     """x float32 (n_tokens, n_cols) -> (yq, yd, ys, ybs, yf), flat per token:
     yq int8 (n_tokens * n_cols,)          8-bit quants (Q8_0 / Q8_1 / Q8_K)
     yd float32 (n_tokens * n_blocks,)     block scales (fp16-rounded for Q8_0 / Q8_1)
-    ys float32 (n_tokens * n_blocks,)     Q8_1: fp16(d * sum of the block's quants)
+    ys float32 (n_tokens * n_blocks + 8,) Q8_1: fp16(d * sum of the block's quants), then 8 zeros
     ybs int16 (n_tokens * n_cols / 16,)   Q8_K: sums of 16 quants
     yf float32 (n_tokens * n_cols,)       F32 / F16 / BF16 weights: x, rounded as ggml converts it
     Arrays a kind does not use are empty."""
