@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -489,7 +490,11 @@ def test_generic_vector_code():
     env = dict(os.environ, EDGEINFER_GENERIC_SIMD="1")
     # its own cache, named after the kernel sources: Numba's cache does not notice edits of simd.py
     sources = hashlib.sha1(b"".join(Path(m.__file__).read_bytes() for m in (simd, nm))).hexdigest()[:12]
-    env["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"edgeinfer-numba-generic-{sources}")
+    cache = Path(tempfile.gettempdir()) / f"edgeinfer-numba-generic-{sources}"
+    for stale in cache.parent.glob("edgeinfer-numba-generic-*"):
+        if stale != cache:
+            shutil.rmtree(stale, ignore_errors=True)
+    env["NUMBA_CACHE_DIR"] = str(cache)
     script = _GENERIC_SCRIPT.format(tests=os.path.dirname(__file__))
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900
