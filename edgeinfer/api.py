@@ -1,7 +1,8 @@
 """The library surface desktop apps embed: `edgeinfer.load(...)` and `LLM`.
 
-This version loads the weights (memory-mapped, zero-copy) and the tokenizer; the forward pass,
-`logits`, `generate` and `chat` arrive with the engine.
+    llm = edgeinfer.load("smollm2-135m")               # a path or a registry name
+    llm.generate("The sky is", max_tokens=20, temperature=0)
+    for piece in llm.chat([{"role": "user", "content": "Hi"}], stream=True): print(piece, end="")
 """
 
 from __future__ import annotations
@@ -9,7 +10,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import EdgeInferError
+import warnings
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from .arch import build_model
+from .engine.generate import GenerationStats, generate_stream
+from .engine.kv_cache import KVCache
+from .engine.sampling import SamplingParams
+from .errors import ContextFullError, EdgeInferError
 from .gguf import GGUFFile
 from .models import resolve_model
 from .system import default_threads
@@ -17,15 +27,20 @@ from .tokenizer import Tokenizer
 from .tokenizer.chat import ChatTemplate
 
 
-class LLM:
-    """A loaded model: its GGUF file, tokenizer and chat template."""
+SPECULATIVE_MODES = ("auto", "draft", "ngram", None)
 
-    def __init__(self, path: Path, gguf: GGUFFile, tokenizer: Tokenizer, n_ctx: int, n_threads: int):
+
+class LLM:
+    """A loaded model: its weights (memory-mapped), tokenizer, chat template and backend."""
+
+    def __init__(self, path: Path, gguf: GGUFFile, tokenizer: Tokenizer, model, n_ctx: int, n_threads: int):
         self.path = path
         self.gguf = gguf
         self.tokenizer = tokenizer
+        self.model = model
         self.n_ctx = n_ctx
         self.n_threads = n_threads
+        self.last_stats: GenerationStats | None = None
         m = gguf.metadata
         self.chat_template = ChatTemplate.from_metadata(
             m,
@@ -71,6 +86,77 @@ class LLM:
         add_bos = not self.chat_template.starts_with_bos(text)
         return self.tokenizer.encode(text, add_special=add_bos, parse_special=True)
 
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits of every position of a fresh sequence: float32 (len(ids), n_vocab)."""
+        tokens = np.asarray(list(ids), dtype=np.int64)
+        if tokens.size > self.n_ctx:
+            raise ContextFullError(
+                f"{tokens.size} tokens do not fit the context of {self.n_ctx}: load with a larger n_ctx."
+            )
+        cache = KVCache.for_model(self.model, max(int(tokens.size), 1))
+        return self.model.forward(tokens, cache, all_logits=True)
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 256,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stream: bool = False,
+        speculative: str | None = "auto",
+        logit_bias: dict[int, float] | None = None,
+    ) -> str | Iterator[str]:
+        """The continuation of a prompt (text, tokenized with BOS and special tokens parsed, or ids).
+        Returns the text, or an iterator of text pieces when stream=True. `last_stats` holds the
+        timings and finish reason of the latest call."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt, add_special=True, parse_special=True)
+        else:
+            ids = [int(i) for i in prompt]
+        return self._run(ids, locals(), stream)
+
+    def chat(self, messages: list[dict], **kwargs) -> str | Iterator[str]:
+        """The assistant's reply to `messages` (the model's chat template applied); same keywords as
+        `generate`."""
+        ids = self.tokenize_chat(messages)
+        return self.generate(ids, **kwargs)
+
+    def _run(self, ids: list[int], kw: dict, stream: bool):
+        if not isinstance(kw["max_tokens"], int) or kw["max_tokens"] < 0:
+            raise EdgeInferError(f"max_tokens must be a non-negative integer, got {kw['max_tokens']!r}.")
+        if kw["speculative"] not in SPECULATIVE_MODES:
+            raise EdgeInferError(f"speculative must be one of {SPECULATIVE_MODES}, got {kw['speculative']!r}.")
+        if kw["speculative"] in ("draft", "ngram"):
+            raise EdgeInferError(f"speculative={kw['speculative']!r} is not available yet in this version.")
+        stop = kw["stop"]
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        params = SamplingParams(
+            temperature=kw["temperature"], top_k=kw["top_k"], top_p=kw["top_p"], min_p=kw["min_p"],
+            repeat_penalty=kw["repeat_penalty"], presence_penalty=kw["presence_penalty"],
+            frequency_penalty=kw["frequency_penalty"], seed=kw["seed"], logit_bias=dict(kw["logit_bias"] or {}),
+        ).validate(self.n_vocab)  # fmt: skip
+        stats = GenerationStats()
+        self.last_stats = stats
+        pieces = generate_stream(self.model, self.tokenizer, ids, self.n_ctx, params, kw["max_tokens"], stops, stats)
+        pieces = self._warn_on_context_end(pieces, stats)
+        return pieces if stream else "".join(pieces)
+
+    def _warn_on_context_end(self, pieces: Iterator[str], stats: GenerationStats) -> Iterator[str]:
+        yield from pieces
+        if stats.context_full:
+            warnings.warn(
+                f"Generation stopped at the end of the {self.n_ctx}-token context; load with a larger n_ctx "
+                "for longer replies.",
+                stacklevel=3,
+            )
+
     def __repr__(self) -> str:
         return f"LLM({str(self.path)!r}, arch={self.architecture!r}, n_ctx={self.n_ctx})"
 
@@ -82,6 +168,7 @@ def load(
     draft: str | os.PathLike | None = None,
     n_gpu_layers: int = 0,
     progress: bool = True,
+    backend=None,
 ) -> LLM:
     """Load a GGUF file or a registry name (fetched on first use) and return an `LLM`."""
     if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx <= 0:
@@ -95,4 +182,10 @@ def load(
     path = resolve_model(model, progress=progress)
     gguf = GGUFFile(path)
     tokenizer = Tokenizer.from_gguf(gguf)
-    return LLM(path, gguf, tokenizer, n_ctx=n_ctx, n_threads=n_threads or default_threads())
+    n_threads = n_threads or default_threads()
+    if backend is None:
+        from .kernels import get_backend
+
+        backend = get_backend("numba", n_threads=n_threads)
+    model = build_model(gguf, backend)
+    return LLM(path, gguf, tokenizer, model, n_ctx=n_ctx, n_threads=n_threads)

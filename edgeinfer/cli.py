@@ -1,4 +1,4 @@
-"""`edgeinfer` command line: pull, list, info (run, chat, serve and bench arrive with the engine)."""
+"""`edgeinfer` command line: run, pull, list, info (chat, serve and bench arrive later)."""
 
 from __future__ import annotations
 
@@ -136,6 +136,50 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _sampling_kwargs(args) -> dict:
+    return {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temp,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "min_p": args.min_p,
+        "repeat_penalty": args.repeat_penalty,
+        "seed": args.seed,
+    }
+
+
+def cmd_run(args) -> int:
+    from .api import load
+    from .repl import ChatSession, print_stats
+
+    llm = load(args.model, n_ctx=args.ctx_size, n_threads=args.threads)
+    params = _sampling_kwargs(args)
+    if args.prompt is None:
+        prompt_stdin = not sys.stdin.isatty() and args.raw
+        if not prompt_stdin:
+            return ChatSession(llm, params, system=args.system, verbose=args.verbose).run()
+        args.prompt = sys.stdin.read()
+    try:
+        if args.raw:
+            pieces = llm.generate(args.prompt, stream=True, stop=args.stop or None, **params)
+        else:
+            messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+                {"role": "user", "content": args.prompt}
+            ]
+            pieces = llm.chat(messages, stream=True, stop=args.stop or None, **params)
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return 130
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if args.verbose:
+        print_stats(llm.last_stats, sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -144,6 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edgeinfer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="chat with a model, or answer one prompt and exit")
+    p.add_argument("model", help="a GGUF path or a model name (fetched on first use)")
+    p.add_argument("prompt", nargs="?", help="answer this and exit (without it: an interactive chat)")
+    p.add_argument("--raw", action="store_true", help="complete the prompt as plain text, no chat template")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("-n", "--max-tokens", type=int, default=512, help="most tokens to generate (default 512)")
+    p.add_argument("--temp", type=float, default=0.8, help="temperature, 0 for greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", help="stop at this text (may be repeated)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: the available cores)")
+    p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
+    p.add_argument("--verbose", action="store_true", help="print prompt and generation speed after each reply")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("info", help="show what a model file holds")
     p.add_argument("model", help="a GGUF path or a model name (see `edgeinfer list`)")

@@ -1,0 +1,138 @@
+"""The generation loop: prefill the prompt, then sample and decode one token at a time.
+
+Text comes out through a streaming detokenizer (never half a UTF-8 character) and a stop-string
+filter that holds back only the text that could still become a stop string, so a stop string is never
+shown and everything before it always is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ContextFullError, EdgeInferError
+from ..tokenizer.stream import StreamingDetokenizer
+from .kv_cache import KVCache
+from .sampling import Sampler, SamplingParams
+
+
+@dataclass
+class GenerationStats:
+    n_prompt: int = 0
+    prompt_s: float = 0.0  # prefill time (first logits included)
+    n_generated: int = 0
+    gen_s: float = 0.0  # from the first sampled token to the last
+    finish_reason: str = ""  # "stop" (EOS/EOT or a stop string), "length" (max_tokens or context end)
+    context_full: bool = False
+    tokens: list[int] | None = None
+
+    @property
+    def pp_tps(self) -> float:
+        return self.n_prompt / self.prompt_s if self.prompt_s > 0 else 0.0
+
+    @property
+    def tg_tps(self) -> float:
+        return (self.n_generated - 1) / self.gen_s if self.gen_s > 0 and self.n_generated > 1 else 0.0
+
+
+class StopFilter:
+    """Holds back text that might be the start of a stop string; finds the first stop string."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        """Text safe to show now; sets `stopped` (and drops the rest) when a stop string appears."""
+        if not self.stops:
+            return text
+        self.pending += text
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending, self.stopped = self.pending[:cut], "", True
+            return out
+        hold = 0
+        for s in self.stops:  # the longest suffix of pending that is a proper prefix of a stop string
+            for k in range(min(len(s) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(out) :]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def generate_stream(
+    model,
+    tokenizer,
+    prompt_ids: Sequence[int],
+    n_ctx: int,
+    params: SamplingParams,
+    max_tokens: int = 256,
+    stop: Sequence[str] = (),
+    stats: GenerationStats | None = None,
+) -> Iterator[str]:
+    """Text pieces of the continuation of `prompt_ids`. `stats` is filled in as it runs."""
+    stats = stats if stats is not None else GenerationStats()
+    prompt = np.asarray(list(prompt_ids), dtype=np.int32)
+    n_vocab = tokenizer.n_vocab
+    if prompt.size == 0:
+        raise EdgeInferError("The prompt is empty: give at least one token (or text that tokenizes to one).")
+    if prompt.min() < 0 or prompt.max() >= n_vocab:
+        raise EdgeInferError(f"The prompt holds token ids outside the vocabulary (0..{n_vocab - 1}).")
+    if prompt.size >= n_ctx:
+        raise ContextFullError(
+            f"The prompt is {prompt.size} tokens long but the context holds {n_ctx}: shorten the prompt "
+            "or load the model with a larger n_ctx."
+        )
+    if max_tokens <= 0:
+        return
+    sampler = Sampler(params, n_vocab, history=prompt.tolist())
+    detok = StreamingDetokenizer(tokenizer)
+    stops = StopFilter(stop)
+    cache = KVCache.for_model(model, n_ctx)
+    generated: list[int] = []
+    stats.tokens = generated
+    stats.n_prompt = int(prompt.size)
+
+    start = time.perf_counter()
+    logits = model.forward(prompt, cache, all_logits=False)[-1]
+    stats.prompt_s = time.perf_counter() - start
+    gen_start = time.perf_counter()
+    stats.finish_reason = "length"
+    while True:
+        token = sampler.sample(logits)
+        sampler.accept(token)
+        generated.append(token)
+        stats.n_generated = len(generated)
+        stats.gen_s = time.perf_counter() - gen_start
+        if tokenizer.is_eog(token):
+            stats.finish_reason = "stop"
+            break
+        text = stops.push(detok.add(token))
+        if text:
+            yield text
+        if stops.stopped:
+            stats.finish_reason = "stop"
+            return
+        if len(generated) >= max_tokens:
+            break
+        if cache.n_past >= n_ctx:
+            stats.context_full = True
+            break
+        logits = model.forward(np.array([token], dtype=np.int32), cache, all_logits=False)[-1]
+    tail = stops.push(detok.flush())
+    if not stops.stopped:
+        tail += stops.flush()
+    else:
+        stats.finish_reason = "stop"
+    if tail:
+        yield tail

@@ -1,0 +1,210 @@
+"""The interactive chat of `edgeinfer run MODEL` (no prompt): like `ollama run`, on the public API only.
+
+    >>> a question                 one line, sent on Enter
+    >>> \"\"\"                        a multi-line message, closed by another \"\"\"
+    /set temperature 0.2           change a sampling setting (see /?)
+    /clear  /bye  /?               forget the conversation, leave, help
+Ctrl-C stops a reply without leaving; Ctrl-D (or /bye) leaves. When the conversation no longer fits the
+context, its oldest turns are dropped, with a notice.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+SETTABLE = {
+    "temperature": float,
+    "top_k": int,
+    "top_p": float,
+    "min_p": float,
+    "repeat_penalty": float,
+    "presence_penalty": float,
+    "frequency_penalty": float,
+    "seed": int,
+    "max_tokens": int,
+}
+ALIASES = {"temp": "temperature", "num_predict": "max_tokens", "n": "max_tokens", "topk": "top_k", "topp": "top_p"}
+
+HELP = """Available commands:
+  /set PARAM VALUE   set a sampling parameter: {params}
+  /set system TEXT   set the system prompt (and clear the conversation)
+  /show              show the current settings
+  /clear             forget the conversation
+  /bye               leave (Ctrl-D too)
+  /?                 this help
+Use \"\"\" to begin and end a multi-line message. Ctrl-C stops a reply."""
+
+
+class ChatSession:
+    """A conversation and its settings; `run` drives it from a terminal or any text stream."""
+
+    def __init__(self, llm, params: dict, system: str | None = None, verbose: bool = False,
+                 stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None):
+        self.llm = llm
+        self.params = dict(params)
+        self.system = system
+        self.verbose = verbose
+        self.stdin = stdin or sys.stdin
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self.messages: list[dict] = []
+        self.interactive = hasattr(self.stdin, "isatty") and self.stdin.isatty()
+
+    # -- input ---------------------------------------------------------------------------------------
+
+    def _readline(self, prompt: str) -> str | None:
+        if self.stdin is sys.stdin and self.interactive:
+            try:
+                return input(prompt)
+            except EOFError:
+                return None
+        self.stdout.write(prompt)
+        self.stdout.flush()
+        line = self.stdin.readline()
+        if not line:
+            return None
+        return line.rstrip("\n")
+
+    def _read_message(self) -> str | None:
+        line = self._readline(">>> ")
+        if line is None:
+            return None
+        if line.strip().startswith('"""'):
+            parts = [line.strip()[3:]]
+            if parts[0].endswith('"""') and len(parts[0]) >= 3:
+                return parts[0][:-3]
+            while True:
+                more = self._readline("... ")
+                if more is None:
+                    break
+                if more.rstrip().endswith('"""'):
+                    parts.append(more.rstrip()[:-3])
+                    break
+                parts.append(more)
+            return "\n".join(parts).strip("\n")
+        return line
+
+    # -- commands ------------------------------------------------------------------------------------
+
+    def _command(self, line: str) -> bool:
+        """Handle a /command; False means leave."""
+        words = line.split(maxsplit=2)
+        cmd = words[0].lower()
+        if cmd in ("/bye", "/exit", "/quit"):
+            return False
+        if cmd in ("/?", "/help"):
+            print(HELP.format(params=", ".join(SETTABLE)), file=self.stdout)
+        elif cmd == "/clear":
+            self.messages.clear()
+            print("Cleared the conversation.", file=self.stdout)
+        elif cmd == "/show":
+            settings = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+            print(f"{settings}\nsystem: {self.system or '(none)'}", file=self.stdout)
+        elif cmd == "/set":
+            self._set(words[1:])
+        else:
+            print(f"Unknown command {cmd!r}; type /? for help.", file=self.stdout)
+        return True
+
+    def _set(self, args: list[str]) -> None:
+        if not args:
+            print("Usage: /set PARAM VALUE (see /?)", file=self.stdout)
+            return
+        name = ALIASES.get(args[0].lower(), args[0].lower())
+        if name == "system":
+            self.system = args[1] if len(args) > 1 else None
+            self.messages.clear()
+            print("Set the system prompt and cleared the conversation.", file=self.stdout)
+            return
+        if name not in SETTABLE or len(args) < 2:
+            print(f"Cannot set {args[0]!r}; settable: system, {', '.join(SETTABLE)}.", file=self.stdout)
+            return
+        try:
+            value = SETTABLE[name](args[1])
+        except ValueError:
+            print(f"{name} needs a {SETTABLE[name].__name__}, got {args[1]!r}.", file=self.stdout)
+            return
+        from .engine.sampling import SamplingError, SamplingParams
+
+        trial = {k: v for k, v in {**self.params, name: value}.items() if k != "max_tokens"}
+        try:
+            SamplingParams(**trial).validate()
+        except (SamplingError, TypeError) as e:
+            print(str(e), file=self.stdout)
+            return
+        if name == "max_tokens" and value <= 0:
+            print("max_tokens must be positive.", file=self.stdout)
+            return
+        self.params[name] = value
+        print(f"Set {name} to {value}.", file=self.stdout)
+
+    # -- conversation --------------------------------------------------------------------------------
+
+    def conversation(self) -> list[dict]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.messages
+
+    def _fit_context(self) -> None:
+        """Drop the oldest turns until the prompt and the reply's budget fit the context."""
+        budget = self.llm.n_ctx - min(self.params.get("max_tokens", 256), self.llm.n_ctx // 2)
+        dropped = 0
+        while len(self.messages) > 1 and len(self.llm.tokenize_chat(self.conversation())) > budget:
+            del self.messages[: 2 if len(self.messages) > 2 else 1]
+            dropped += 1
+        if dropped:
+            print(f"[context: dropped the {dropped} oldest turn(s) to fit the {self.llm.n_ctx}-token context]",
+                  file=self.stderr)
+
+    def reply(self, text: str) -> None:
+        self.messages.append({"role": "user", "content": text})
+        self._fit_context()
+        pieces: list[str] = []
+        try:
+            for piece in self.llm.chat(self.conversation(), stream=True, **self.params):
+                pieces.append(piece)
+                self.stdout.write(piece)
+                self.stdout.flush()
+        except KeyboardInterrupt:
+            self.stdout.write("\n[stopped]")
+        self.stdout.write("\n\n")
+        self.stdout.flush()
+        self.messages.append({"role": "assistant", "content": "".join(pieces)})
+        if self.verbose:
+            print_stats(self.llm.last_stats, self.stderr)
+
+    def run(self) -> int:
+        if self.interactive:
+            print("Type a message, /? for help, /bye (or Ctrl-D) to leave.", file=self.stdout)
+        while True:
+            try:
+                line = self._read_message()
+            except KeyboardInterrupt:
+                self.stdout.write("\nUse /bye or Ctrl-D to leave.\n")
+                continue
+            if line is None:
+                if self.interactive:
+                    self.stdout.write("\n")
+                return 0
+            if not line.strip():
+                continue
+            if line.startswith("/"):
+                if not self._command(line.strip()):
+                    return 0
+                continue
+            self.reply(line)
+
+
+def print_stats(stats, stream: TextIO) -> None:
+    """Timings of the last reply, as llama-cli prints them."""
+    if stats is None:
+        return
+    pp = stats.n_prompt / stats.prompt_s if stats.prompt_s > 0 else float("nan")
+    tg = (stats.n_generated - 1) / stats.gen_s if stats.gen_s > 0 and stats.n_generated > 1 else float("nan")
+    print(
+        f"prompt: {stats.n_prompt} tokens, {stats.prompt_s * 1000:.0f} ms, {pp:.1f} tokens/s | "
+        f"generation: {stats.n_generated} tokens, {stats.gen_s * 1000:.0f} ms, {tg:.1f} tokens/s | "
+        f"finish: {stats.finish_reason}",
+        file=stream,
+        flush=True,
+    )
