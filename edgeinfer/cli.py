@@ -9,14 +9,7 @@ import sys
 import time
 
 from .errors import EdgeInferError
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
+from .progress import format_bytes as _human_bytes
 
 
 def _human_count(n: int) -> str:

@@ -9,7 +9,7 @@ import sys
 import time
 
 
-def _fmt_bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
@@ -25,7 +25,7 @@ class Progress:
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = self._last = time.monotonic()
         if enabled and not self.tty:
-            size = f" ({_fmt_bytes(total)})" if total else ""
+            size = f" ({format_bytes(total)})" if total else ""
             print(f"{label}{size} ...", file=self.stream, flush=True)
 
     def update(self, n: int) -> None:
@@ -41,11 +41,11 @@ class Progress:
             frac = min(self.done / self.total, 1.0)
             bar = "#" * int(frac * 30)
             text = (
-                f"\r{self.label} [{bar:<30}] {frac:6.1%} {_fmt_bytes(self.done)}/"
-                f"{_fmt_bytes(self.total)} {_fmt_bytes(rate)}/s"
+                f"\r{self.label} [{bar:<30}] {frac:6.1%} {format_bytes(self.done)}/"
+                f"{format_bytes(self.total)} {format_bytes(rate)}/s"
             )
         else:
-            text = f"\r{self.label} {_fmt_bytes(self.done)} {_fmt_bytes(rate)}/s"
+            text = f"\r{self.label} {format_bytes(self.done)} {format_bytes(rate)}/s"
         self.stream.write(text + end)
         self.stream.flush()
 
