@@ -307,3 +307,23 @@ class ReferenceModel:
                 x = x + self.attention(self.rms_norm(x, w[b + "attn_norm.weight"]), il, positions)
                 x = x + self.feed_forward(self.rms_norm(x, w[b + "ffn_norm.weight"]), il)
         return self.rms_norm(x, w["output_norm.weight"]) @ w["output.weight"].T
+
+
+def agreement(logits: np.ndarray, fixture) -> dict:
+    """Our logits (n, n_vocab) against llama.cpp's top-k per position: argmax agreement (a near-tie within
+    half a logit, in either model, counts as agreement), and |ours - llama.cpp| at llama.cpp's top ids."""
+    top_ids, top_vals = fixture["top_ids"].astype(np.int64), fixture["top_logits"]
+    ours_at_top = np.take_along_axis(logits, top_ids, axis=-1)  # (n, k)
+    ours_best = logits.argmax(-1)
+    exact = ours_best == top_ids[:, 0]
+    we_tie = logits.max(-1) - ours_at_top[:, 0] <= 0.5  # llama.cpp's choice is near our best
+    in_top = top_ids == ours_best[:, None]  # our choice among llama.cpp's top k ...
+    they_tie = (in_top & (top_vals[:, :1] - top_vals <= 0.5)).any(-1)  # ... and near its best
+    diff = np.abs(ours_at_top - top_vals)
+    return {
+        "argmax_exact": float(exact.mean()),
+        "argmax": float((exact | we_tie | they_tie).mean()),
+        "top1_mean": float(diff[:, 0].mean()),
+        "top1_max": float(diff[:, 0].max()),
+        "topk_mean": float(diff.mean()),
+    }
