@@ -1,4 +1,4 @@
-"""`edgeinfer` command line: run, pull, list, info (chat, serve and bench arrive later)."""
+"""`edgeinfer` command line: run, bench, pull, list, info (chat and serve arrive later)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import time
 
 from .errors import EdgeInferError
 from .progress import format_bytes as _human_bytes
+
+BACKEND_CHOICES = ("auto", "native", "numba", "reference")  # as edgeinfer.engine.bench (not imported: slow)
 
 
 def _human_count(n: int) -> str:
@@ -141,11 +143,46 @@ def _sampling_kwargs(args) -> dict:
     }
 
 
+def _backend_kwargs(args) -> dict:
+    """`backend=` for edgeinfer.load from --backend: a backend object built for the thread count
+    (None: load's own default)."""
+    if getattr(args, "backend", None) is None:
+        return {}
+    from .engine.bench import resolve_backend
+    from .system import default_threads
+
+    return {"backend": resolve_backend(args.backend, args.threads or default_threads())}
+
+
+def cmd_bench(args) -> int:
+    from .engine.bench import format_table, run_bench
+
+    def log(msg: str) -> None:
+        print(f"edgeinfer bench: {msg}", file=sys.stderr, flush=True)
+
+    result = run_bench(
+        args.model,
+        n_prompt=args.n_prompt,
+        n_gen=args.n_gen,
+        repetitions=args.repetitions,
+        n_threads=args.threads,
+        backend=args.backend,
+        n_ctx=args.ctx_size,
+        energy_source=args.energy,
+        log=log if (args.verbose or args.json) else None,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_table(result))
+    return 0
+
+
 def cmd_run(args) -> int:
     from .api import load
     from .repl import ChatSession, print_stats
 
-    llm = load(args.model, n_ctx=args.ctx_size, n_threads=args.threads)
+    llm = load(args.model, n_ctx=args.ctx_size, n_threads=args.threads, **_backend_kwargs(args))
     params = _sampling_kwargs(args)
     if args.prompt is None:
         prompt_stdin = not sys.stdin.isatty() and args.raw
@@ -198,7 +235,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: the available cores)")
     p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
     p.add_argument("--verbose", action="store_true", help="print prompt and generation speed after each reply")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="kernels to run on (default: auto)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "bench",
+        help="prompt and generation speed, and tokens per joule (llama-bench's method)",
+        description="pp: one batch of P random prompt tokens into a fresh cache; tg: N tokens decoded one "
+        "at a time after one token of context. One warm-up each, then R runs; the median is reported.",
+    )
+    p.add_argument("model", help="a GGUF path or a model name (fetched on first use)")
+    p.add_argument("-p", "--n-prompt", type=int, default=512, metavar="P", help="prompt tokens (default 512)")
+    p.add_argument("-n", "--n-gen", type=int, default=128, metavar="N", help="generated tokens (default 128)")
+    p.add_argument("-r", "--repetitions", type=int, default=3, metavar="R", help="timed runs of each (default 3)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: the available cores)")
+    p.add_argument("-c", "--ctx-size", type=int, default=None, help="KV cache cells (default P + N)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="kernels to run on (default: auto)")
+    p.add_argument("--energy", choices=("auto", "rapl", "estimate"), default="auto",
+                   help="energy source (default auto: RAPL where readable, else a labelled estimate)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress on stderr)")
+    p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("info", help="show what a model file holds")
     p.add_argument("model", help="a GGUF path or a model name (see `edgeinfer list`)")

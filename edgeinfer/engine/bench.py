@@ -1,0 +1,360 @@
+"""`edgeinfer bench`: prompt and generation speed, and tokens per joule, by llama-bench's method.
+
+pp (prompt processing): one forward pass of `n_prompt` random token ids (fixed seed) in one batch,
+into a fresh KV cache. tg (text generation): `n_gen` tokens decoded one at a time after one token of
+context, into a fresh cache. One untimed warm-up of each, full length, comes first (Numba compilation
+and cache loading are not timed), then `repetitions` timed runs of each; speeds are reported as the median of
+the runs (with min, max and every run). An energy meter (edgeinfer.energy) is read around every timed
+run: tokens per joule = tokens of one run / joules of one run (medians), and the meter's source
+("rapl", "nvml+...", or "estimate") is always reported beside it.
+
+    result = run_bench("model.gguf", n_prompt=512, n_gen=128, repetitions=3, n_threads=2)
+    result["pp_tps"], result["tg_tps"], result["tokens_per_joule"], result["energy_source"]
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgeInferError
+from .kv_cache import KVCache
+
+BACKEND_CHOICES = ("auto", "native", "numba", "reference")
+SEED = 1234
+
+
+def _positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise EdgeInferError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def bench_context(n_prompt: int, n_gen: int, n_ctx: int | None = None) -> int:
+    """Cells the KV cache needs: pp fills n_prompt, tg fills 1 + n_gen. Default n_prompt + n_gen
+    (llama-bench's); a given n_ctx must hold both."""
+    need = max(n_prompt, n_gen + 1)
+    if n_ctx is None:
+        return max(need, n_prompt + n_gen)
+    n_ctx = _positive("the context size (-c)", n_ctx)
+    if n_ctx < need:
+        raise EdgeInferError(
+            f"A context of {n_ctx} tokens is too small: pp{n_prompt} needs {n_prompt} cells and tg{n_gen} "
+            f"needs {n_gen + 1} (one token of context plus {n_gen}). Use -c {need} or more, or omit -c."
+        )
+    return n_ctx
+
+
+def resolve_backend(name, n_threads: int):
+    """A Backend object for `name` ("auto", "native", "numba", "reference"), or `name` itself when it
+    is already a backend. "auto" asks the kernels for their best; where this version does not know
+    "auto" yet, it is the portable default ("numba"). An unknown or unbuildable backend is an
+    EdgeInferError that names the choices."""
+    if name is not None and not isinstance(name, str):
+        return name
+    name = name or "auto"
+    from ..kernels import BACKENDS, get_backend
+
+    try:
+        return get_backend(name, n_threads=n_threads)
+    except (ValueError, ImportError, OSError) as e:
+        if name == "auto":
+            return get_backend("numba", n_threads=n_threads)
+        choices = ", ".join(dict.fromkeys(("auto", *BACKENDS)))
+        raise EdgeInferError(f"Backend {name!r} is not available here ({e}); choose one of: {choices}.") from None
+
+
+def backend_name(backend) -> str:
+    return str(getattr(backend, "name", None) or type(backend).__name__)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("model name", "Model", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info() -> dict:
+    from ..system import available_cpus
+
+    return {
+        "cpu": cpu_model(),
+        "cores_available": available_cpus(),
+        "cores_online": os.cpu_count(),
+        "arch": platform.machine(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+
+
+def git_commit() -> str | None:
+    """`git describe --always --dirty` of the checkout edgeinfer runs from, None outside one."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def _stats(values: list[float]) -> dict:
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def _time_pp(model, tokens: np.ndarray, n_ctx: int, meter):
+    cache = KVCache.for_model(model, n_ctx)
+    with meter.measure() as m:
+        start = time.perf_counter()
+        model.forward(tokens, cache, all_logits=False)
+        seconds = time.perf_counter() - start
+    return seconds, m
+
+
+def _time_tg(model, tokens: np.ndarray, n_ctx: int, meter):
+    cache = KVCache.for_model(model, n_ctx)
+    model.forward(tokens[:1], cache, all_logits=False)  # the one token of context, untimed
+    with meter.measure() as m:
+        start = time.perf_counter()
+        for i in range(1, len(tokens)):
+            model.forward(tokens[i : i + 1], cache, all_logits=False)
+        seconds = time.perf_counter() - start
+    return seconds, m
+
+
+def bench_model(
+    model,
+    n_prompt: int = 512,
+    n_gen: int = 128,
+    repetitions: int = 3,
+    n_ctx: int | None = None,
+    meter=None,
+    seed: int = SEED,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Time pp and tg on a built model (anything with forward(ids, cache, all_logits) and kv_dims()).
+    Returns the measurements only (speeds, joules, the meter's source); run_bench adds the context."""
+    n_prompt = _positive("the prompt length (-p)", n_prompt)
+    n_gen = _positive("the number of generated tokens (-n)", n_gen)
+    repetitions = _positive("the number of repetitions (-r)", repetitions)
+    n_ctx = bench_context(n_prompt, n_gen, n_ctx)
+    if meter is None:
+        from ..energy import open_meter
+
+        meter = open_meter("cpu")
+    log = log or (lambda msg: None)
+    n_vocab = int(model.n_vocab)
+    rng = np.random.default_rng(seed)
+    pp_tokens = rng.integers(0, n_vocab, n_prompt, dtype=np.int64).astype(np.int32)
+    tg_tokens = rng.integers(0, n_vocab, n_gen + 1, dtype=np.int64).astype(np.int32)
+
+    log(f"warm-up: pp{n_prompt}, tg{n_gen}")
+    t0 = time.perf_counter()
+    _time_pp(model, pp_tokens, n_ctx, meter)
+    _time_tg(model, tg_tokens, n_ctx, meter)  # the whole length: kernels may compile per shape
+    warmup_s = time.perf_counter() - t0
+
+    pp_s, tg_s, pp_j, tg_j = [], [], [], []
+    for r in range(repetitions):
+        seconds, m = _time_pp(model, pp_tokens, n_ctx, meter)
+        pp_s.append(seconds)
+        pp_j.append(m.joules)
+        log(f"pp{n_prompt} run {r + 1}/{repetitions}: {n_prompt / seconds:.2f} t/s, {m.joules:.3f} J ({m.source})")
+    for r in range(repetitions):
+        seconds, m = _time_tg(model, tg_tokens, n_ctx, meter)
+        tg_s.append(seconds)
+        tg_j.append(m.joules)
+        log(f"tg{n_gen} run {r + 1}/{repetitions}: {n_gen / seconds:.2f} t/s, {m.joules:.3f} J ({m.source})")
+
+    pp_tps_all = [n_prompt / s for s in pp_s]
+    tg_tps_all = [n_gen / s for s in tg_s]
+    pp_joules, tg_joules = statistics.median(pp_j), statistics.median(tg_j)
+    pp_stats, tg_stats = _stats(pp_tps_all), _stats(tg_tps_all)
+    return {
+        "pp": n_prompt,
+        "tg": n_gen,
+        "repetitions": repetitions,
+        "n_ctx": n_ctx,
+        "seed": seed,
+        "pp_tps": pp_stats["median"],
+        "tg_tps": tg_stats["median"],
+        "pp_tps_min": pp_stats["min"],
+        "pp_tps_max": pp_stats["max"],
+        "pp_tps_stdev": pp_stats["stdev"],
+        "tg_tps_min": tg_stats["min"],
+        "tg_tps_max": tg_stats["max"],
+        "tg_tps_stdev": tg_stats["stdev"],
+        "pp_tps_all": pp_tps_all,
+        "tg_tps_all": tg_tps_all,
+        "pp_seconds_all": pp_s,
+        "tg_seconds_all": tg_s,
+        "warmup_seconds": warmup_s,
+        "energy_source": meter.source,
+        "energy_note": meter.note,
+        "energy_is_estimate": "estimate" in meter.source,
+        "pp_joules": pp_joules,
+        "tg_joules": tg_joules,
+        "pp_joules_all": pp_j,
+        "tg_joules_all": tg_j,
+        "tokens_per_joule": {
+            "pp": n_prompt / pp_joules if pp_joules > 0 else None,
+            "tg": n_gen / tg_joules if tg_joules > 0 else None,
+        },
+    }
+
+
+def _model_label(llm) -> dict:
+    f = llm.gguf
+    tensors = list(f.tensors.values())
+    n_params = sum(t.n_elements for t in tensors)
+    n_bytes = sum(t.n_bytes for t in tensors)
+    counts: dict[str, int] = {}
+    for t in tensors:  # the weight type that holds the most bytes names the file, as "Q4_1"
+        counts[t.type_name] = counts.get(t.type_name, 0) + t.n_bytes
+    main_type = max(counts, key=counts.get) if counts else "?"
+    name = f.metadata.get("general.name") or Path(llm.path).stem
+    return {
+        "model": str(name),
+        "model_path": str(llm.path),
+        "model_type": f"{f.architecture or '?'} {_count(n_params)} {main_type}",
+        "architecture": f.architecture,
+        "model_size": n_bytes,
+        "model_params": n_params,
+    }
+
+
+def _count(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.0f}{unit}" if n / div >= 10 else f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def run_bench(
+    model,
+    n_prompt: int = 512,
+    n_gen: int = 128,
+    repetitions: int = 3,
+    n_threads: int | None = None,
+    backend="auto",
+    n_ctx: int | None = None,
+    meter=None,
+    energy_source: str | None = None,
+    seed: int = SEED,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Benchmark a model (a GGUF path, a registry name, or a loaded edgeinfer LLM): the dict that
+    `edgeinfer bench --json` prints. n_threads None: edgeinfer's default (affinity, cgroup quota,
+    EDGEINFER_THREADS); backend: "auto", "native", "numba", "reference" or a backend object."""
+    from .. import __version__
+    from ..system import default_threads
+
+    # check the arguments before the (slow) load
+    n_prompt = _positive("the prompt length (-p)", n_prompt)
+    n_gen = _positive("the number of generated tokens (-n)", n_gen)
+    repetitions = _positive("the number of repetitions (-r)", repetitions)
+    if n_threads is not None:
+        n_threads = _positive("the number of threads (-t)", n_threads)
+    n_ctx = bench_context(n_prompt, n_gen, n_ctx)
+    log = log or (lambda msg: None)
+
+    if hasattr(model, "model") and hasattr(model, "gguf"):  # an LLM already loaded
+        llm = model
+        threads = llm.n_threads
+        be = llm.model.backend if hasattr(llm.model, "backend") else None
+    else:
+        from ..api import load  # the engine's one look upward: loading is the api's job
+        from ..models import resolve_model
+
+        model = resolve_model(model)  # a missing file or unknown name fails before any kernel loads
+        threads = n_threads or default_threads()
+        be = resolve_backend(backend, threads)
+        log(f"loading {model} (backend {backend_name(be)}, {threads} threads)")
+        llm = load(model, n_ctx=n_ctx, n_threads=threads, backend=be, progress=True)
+    if meter is None:
+        from ..energy import open_meter
+
+        meter = open_meter("cpu", source=energy_source)
+
+    result = _model_label(llm)
+    result.update(
+        {
+            "backend": backend_name(be) if be is not None else "unknown",
+            "backend_requested": backend if isinstance(backend, str) else backend_name(backend),
+            "threads": threads,
+            "threads_effective": int(getattr(be, "n_threads", threads) or threads),
+        }
+    )
+    result.update(bench_model(llm.model, n_prompt, n_gen, repetitions, n_ctx, meter, seed, log))
+    result.update(
+        {
+            "machine": machine_info(),
+            "edgeinfer_version": __version__,
+            "commit": git_commit(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
+    return result
+
+
+def format_table(result: dict) -> str:
+    """llama-bench's table: one row per test, then the energy source and the machine."""
+    size_mib = result["model_size"] / 2**20
+    head = ["model", "size", "params", "backend", "threads", "test", "t/s", "tok/J"]
+    rows = []
+    for test, n in (("pp", result["pp"]), ("tg", result["tg"])):
+        tpj = result["tokens_per_joule"][test]
+        rows.append(
+            [
+                result["model_type"],
+                f"{size_mib:.2f} MiB",
+                _count(result["model_params"]),
+                result["backend"],
+                str(result["threads"]),
+                f"{test}{n}",
+                f"{result[test + '_tps']:.2f} ± {result[test + '_tps_stdev']:.2f}",
+                f"{tpj:.2f}" if tpj is not None else "n/a",
+            ]
+        )
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    right = {1, 2, 4, 6, 7}
+
+    def line(cells):
+        return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    sep = "| " + " | ".join(("-" * (w - 1) + ":") if i in right else "-" * w for i, w in enumerate(widths)) + " |"
+    m = result["machine"]
+    out = [line(head), sep, *(line(r) for r in rows), ""]
+    out.append(f"t/s: median of {result['repetitions']} runs ± standard deviation; "
+               f"tok/J: tokens per joule, source: {result['energy_source']}")  # fmt: skip
+    out.append(f"energy: {result['energy_note']}")
+    threads = result["threads"]
+    if result.get("threads_effective") not in (None, threads):
+        threads = f"{threads} asked, {result['threads_effective']} used"
+    out.append(
+        f"machine: {m['cpu']}, {m['cores_available']} cores available; threads: {threads}; "
+        f"edgeinfer {result['edgeinfer_version']} ({result['commit'] or 'no git checkout'})"
+    )
+    return "\n".join(out)
