@@ -129,6 +129,7 @@ def test_cli_table(tiny, capsys):
         (["-t", "0"], "threads"),
         (["-p", "16", "-n", "8", "-c", "8"], "too small"),
         (["-p", "4", "-n", "8", "-c", "8"], "too small"),
+        (["--energy", "rapl"], "RAPL"),
     ],
 )
 def test_cli_argument_errors(tiny, capsys, args, match):

@@ -66,10 +66,16 @@ def open_meter(device: str = "cpu", source: str | None = None) -> Meter:
     source = "auto" if source is None else source
     if source not in SOURCES:
         raise MeterUnavailable(f"Unknown energy source {source!r}; choose one of: {', '.join(SOURCES)}.")
-    if source == "rapl":
-        return RaplMeter()
-    if source == "nvml":
-        return NvmlMeter(device if _is_gpu(device) else 0)
+    try:
+        if source == "rapl":
+            return RaplMeter()
+        if source == "nvml":
+            return NvmlMeter(device if _is_gpu(device) else 0)
+    except MeterUnavailable as e:
+        raise MeterUnavailable(
+            f"{source.upper()} energy counters cannot be read here ({e}); use the energy source "
+            "'auto' (or 'estimate') instead."
+        ) from None
     if source == "estimate":
         return EstimateMeter()
     if not _is_gpu(device):

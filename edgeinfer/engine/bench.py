@@ -279,6 +279,10 @@ def run_bench(
         n_threads = _positive("the number of threads (-t)", n_threads)
     n_ctx = bench_context(n_prompt, n_gen, n_ctx)
     log = log or (lambda msg: None)
+    if meter is None:  # before the load: `--energy rapl` where RAPL cannot be read fails at once
+        from ..energy import open_meter
+
+        meter = open_meter("cpu", source=energy_source)
 
     if hasattr(model, "model") and hasattr(model, "gguf"):  # an LLM already loaded
         llm = model
@@ -293,11 +297,6 @@ def run_bench(
         be = resolve_backend(backend, threads)
         log(f"loading {model} (backend {backend_name(be)}, {threads} threads)")
         llm = load(model, n_ctx=n_ctx, n_threads=threads, backend=be, progress=True)
-    if meter is None:
-        from ..energy import open_meter
-
-        meter = open_meter("cpu", source=energy_source)
-
     result = _model_label(llm)
     result.update(
         {
