@@ -250,3 +250,60 @@ def test_bench_threads_default_and_override(tiny, monkeypatch):
     assert r["threads"] == 1  # the machine's default when -t is not given
     r = run_bench(tiny, n_prompt=2, n_gen=2, repetitions=1, backend="numba", n_threads=2)
     assert r["threads"] == 2
+
+
+# -- bench/compare_llamacpp.py, end to end, with a stand-in for llama-cpp-python --------------------
+
+FAKE_LLAMA_CPP = '''
+import time
+__version__ = "0.0.fake"
+
+class Llama:
+    def __init__(self, model_path, n_ctx, n_batch, n_threads, n_threads_batch, verbose):
+        assert n_ctx >= n_batch and n_threads == n_threads_batch
+        self.n_ctx, self.n_past = n_ctx, 0
+
+    def n_vocab(self):
+        return 256
+
+    def reset(self):
+        self.n_past = 0
+
+    def eval(self, tokens):
+        assert self.n_past + len(tokens) <= self.n_ctx
+        self.n_past += len(tokens)
+        time.sleep(0.001 * len(tokens))
+'''
+
+
+def test_compare_llamacpp_end_to_end(tiny, tmp_path, capsys):
+    import importlib.util
+    import os
+    import stat
+    import sys
+    from pathlib import Path
+
+    fake = tmp_path / "fake"
+    (fake / "llama_cpp").mkdir(parents=True)
+    (fake / "llama_cpp" / "__init__.py").write_text(FAKE_LLAMA_CPP)
+    python = tmp_path / "llama-python"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="{fake}" exec "{sys.executable}" "$@"\n')
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "compare_llamacpp.py"
+    spec = importlib.util.spec_from_file_location("compare_llamacpp", script)
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    out_json = tmp_path / "cmp.json"
+    rc = compare.main(["--llama-python", str(python), "--models", str(tiny), "--threads", "1", "--backends", "numba",
+                       "--rounds", "2", "-r", "1", "-p", "8", "-n", "4", "--json", str(out_json)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "llama-cpp-python 0.0.fake" in out and "pp8" in out and "tg4" in out and "ratio" in out
+    report = json.loads(out_json.read_text())
+    assert report["llama_cpp_python"] == "0.0.fake" and len(report["runs"]) == 4 and not report["failures"]
+    sides = [r["side"] for r in report["runs"]]
+    assert sides == ["edgeinfer", "llama.cpp", "llama.cpp", "edgeinfer"]  # alternating, first mover swapped
+    pp = next(r for r in report["rows"] if r["test"] == "pp8")["summary"]
+    assert pp["ratio_median"] == pytest.approx(pp["edgeinfer_median"] / pp["llamacpp_median"])
+    assert os.path.exists(out_json)
