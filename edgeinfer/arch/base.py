@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import EdgeInferError, GGUFError, UnsupportedArchitectureError
 from ..gguf import GGUFFile
 from ..kernels.base import Backend, QTensor
-from ..nn import Embedding, KVCacheLike, Linear, RMSNorm, RopeParams, causal_mask
+from ..nn import Batch, Embedding, KVCacheLike, Linear, RMSNorm, RopeParams
 
 _REQUIRED = object()
 
@@ -169,7 +169,7 @@ class Weights:
         return self.backend.dequantize(self.qtensor(name, (n,))).reshape(n)
 
     def norm(self, name: str, n: int, eps: float) -> RMSNorm:
-        return RMSNorm(self.vector(f"{name}.weight", n), eps)
+        return RMSNorm(self.vector(f"{name}.weight", n), eps, self.backend)
 
     def linear(self, name: str, n_in: int, n_out: int, bias: bool | None = None) -> Linear:
         """`{name}.weight` (n_in -> n_out); `{name}.bias` required (True), ignored (False) or used if
@@ -195,7 +195,7 @@ class DecoderModel:
         x = block(x) for each layer          (the block is the architecture's own)
         logits = output(output_norm(x))      (then softcap, if the config has one)
 
-    A block is called as block(x, positions, mask, cache, il, cb) -> x.
+    A block is called as block(x, batch, cache, il, cb) -> x (batch: nn.Batch, the positions).
     """
 
     arch: ClassVar[str]
@@ -227,11 +227,6 @@ class DecoderModel:
         """What a KV cache for this model must hold per token and layer."""
         c = self.config
         return dict(n_layer=c.n_layer, n_head_kv=c.n_head_kv, head_dim=c.head_dim, head_dim_v=c.head_dim_v)
-
-    def layer_masks(self, positions: np.ndarray, kv_pos: np.ndarray) -> list[np.ndarray]:
-        """The attention mask of each layer, bool (n_tokens, n_kv); all causal unless overridden."""
-        mask = causal_mask(positions, kv_pos)
-        return [mask] * self.config.n_layer
 
     def _cb(self, il: int) -> Callable[[str, np.ndarray], None] | None:
         trace = self.trace
@@ -269,16 +264,19 @@ class DecoderModel:
         n = tokens.size
         if positions is None:
             positions = np.arange(cache.n_past, cache.n_past + n, dtype=np.int32)
-        positions = np.asarray(positions, dtype=np.int32).reshape(n)
+        else:
+            positions = np.asarray(positions, dtype=np.int32).reshape(n)
+            if positions.min() < 0:
+                raise EdgeInferError(f"positions must be non-negative, got {int(positions.min())}.")
         kv_pos = cache.begin(positions)  # (n_kv,)
-        masks = self.layer_masks(positions, kv_pos)  # n_layer x (n_tokens, n_kv)
+        batch = Batch(positions, kv_pos, int(positions.max()))
 
         x = self.tok_embd(tokens)  # (n_tokens, n_embd)
         if self.embd_scale != 1.0:
             x *= np.float32(self.embd_scale)
         for il, block in enumerate(self.blocks):
             cb = self._cb(il)
-            x = block(x, positions, masks[il], cache, il, cb)
+            x = block(x, batch, cache, il, cb)
             if cb is not None:
                 cb("l_out", x)
         cache.commit()

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..gguf import GGUFFile
 from ..kernels.base import Backend
-from ..nn import Attention, GatedMLP, KVCacheLike, RMSNorm, Rope, causal_mask
+from ..nn import Attention, Batch, GatedMLP, KVCacheLike, RMSNorm, Rope
 from .base import BaseConfig, DecoderModel, Weights, meta
 
 
@@ -63,15 +63,14 @@ class Block:
     def __call__(
         self,
         x: np.ndarray,
-        positions: np.ndarray,
-        mask: np.ndarray,
+        batch: Batch,
         cache: KVCacheLike,
         il: int,
         cb: Callable[[str, np.ndarray], None] | None = None,
     ) -> np.ndarray:
         """x (n_tokens, n_embd) -> (n_tokens, n_embd)"""
         h = self.attn_norm(x)
-        h = self.attn(h, positions, mask, cache, il, cb)
+        h = self.attn(h, batch, cache, il, cb)
         x = x + self.post_attention_norm(h)
         if cb is not None:
             cb("sa_out", x)
@@ -118,6 +117,7 @@ class Model(DecoderModel):
             scale=c.attn_scale,
             q_norm=w.norm(p + "attn_q_norm", c.head_dim, c.rms_eps),
             k_norm=w.norm(p + "attn_k_norm", c.head_dim, c.rms_eps),
+            n_swa=c.n_swa if c.is_swa(il) else 0,
         )
         ffn = GatedMLP(
             gate=w.linear(p + "ffn_gate", c.n_embd, c.n_ff),
@@ -133,9 +133,3 @@ class Model(DecoderModel):
             ffn,
             w.norm(p + "post_ffw_norm", c.n_embd, c.rms_eps),
         )
-
-    def layer_masks(self, positions: np.ndarray, kv_pos: np.ndarray) -> list[np.ndarray]:
-        c = self.config
-        full = causal_mask(positions, kv_pos)
-        local = causal_mask(positions, kv_pos, c.n_swa) if c.n_swa > 0 else full
-        return [local if c.is_swa(il) else full for il in range(c.n_layer)]

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..gguf import GGUFFile
 from ..kernels.base import Backend
-from ..nn import Attention, GatedMLP, KVCacheLike, RMSNorm, Rope
+from ..nn import Attention, Batch, GatedMLP, KVCacheLike, RMSNorm, Rope
 from .base import BaseConfig, DecoderModel, Weights
 
 
@@ -36,8 +36,7 @@ class Block:
     def __call__(
         self,
         x: np.ndarray,
-        positions: np.ndarray,
-        mask: np.ndarray,
+        batch: Batch,
         cache: KVCacheLike,
         il: int,
         cb: Callable[[str, np.ndarray], None] | None = None,
@@ -46,7 +45,7 @@ class Block:
         h = self.attn_norm(x)
         if cb is not None:
             cb("attn_norm", h)
-        x = x + self.attn(h, positions, mask, cache, il, cb)
+        x = x + self.attn(h, batch, cache, il, cb)
         if cb is not None:
             cb("ffn_inp", x)
         return x + self.ffn(self.ffn_norm(x))

@@ -30,8 +30,11 @@ class KVCache:
         self.n_layer, self.n_ctx, self.n_head_kv = n_layer, n_ctx, n_head_kv
         self.head_dim, self.head_dim_v = head_dim, head_dim_v
         self.dtype = np.dtype(dtype)
-        self.k = np.zeros((n_layer, n_head_kv, n_ctx, head_dim), self.dtype)  # (layer, kv head, cell, head_dim)
-        self.v = np.zeros((n_layer, n_head_kv, n_ctx, head_dim_v), self.dtype)  # (layer, kv head, cell, head_dim_v)
+        # K transposed, (layer, kv head, head_dim, cell): a query's scores against all cells are then
+        # products along rows (vector code, no horizontal sums); V as (layer, cell, kv head, head_dim_v):
+        # a token's V of a layer is one contiguous row
+        self.k = np.zeros((n_layer, n_head_kv, head_dim, n_ctx), self.dtype)
+        self.v = np.zeros((n_layer, n_ctx, n_head_kv, head_dim_v), self.dtype)
         self.pos = np.zeros(n_ctx, np.int32)  # (cell,) position of the token in each cell
         self.n_past = 0
         self._n_new = 0  # cells claimed by the pass in progress
@@ -64,12 +67,12 @@ class KVCache:
 
     def update(self, il: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         start, end = self.n_past, self.n_past + self._n_new
-        self.k[il, :, start:end] = k.transpose(1, 0, 2)  # (n, n_head_kv, head_dim) -> (n_head_kv, n, head_dim)
-        self.v[il, :, start:end] = v.transpose(1, 0, 2)
-        k_all, v_all = self.k[il, :, :end], self.v[il, :, :end]  # (n_head_kv, n_kv, head_dim)
+        self.k[il, :, :, start:end] = k.transpose(1, 2, 0)  # (n, n_head_kv, head_dim) -> (n_head_kv, head_dim, n)
+        self.v[il, start:end] = v
+        k_t, v_all = self.k[il], self.v[il, :end]  # (n_head_kv, head_dim, n_ctx), (n_kv, n_head_kv, head_dim_v)
         if self.dtype != np.float32:
-            k_all, v_all = k_all.astype(np.float32), v_all.astype(np.float32)
-        return k_all, v_all
+            k_t, v_all = k_t[:, :, :end].astype(np.float32), v_all.astype(np.float32)
+        return k_t, v_all
 
     def commit(self) -> None:
         self.n_past += self._n_new

@@ -38,12 +38,26 @@ class QTensor:
         return tuple(reversed(self.ne))
 
     @classmethod
+    def concat_rows(cls, name: str, parts: "list[QTensor]") -> "QTensor":
+        """One weight whose rows are the rows of `parts` in order (same type and row length): one
+        matmul then computes all of them, with one pass over x. The bytes are copied once."""
+        first = parts[0]
+        for p in parts[1:]:
+            if p.ggml_type != first.ggml_type or p.n_cols != first.n_cols or p.raw.ndim != 2 or len(p.ne) > 2:
+                raise ValueError(f"{name}: can only stack 2-D weights of one type and row length")
+        raw = np.concatenate([p.raw for p in parts], axis=0)
+        return cls(name, first.ggml_type, (first.n_cols, raw.shape[0]), raw)
+
+    @classmethod
     def from_tensor_info(cls, t) -> "QTensor":
         raw = t.data.reshape(-1, t.data.shape[-1]) if len(t.ne) <= 2 else t.data.reshape(t.ne[2], t.ne[1], -1)
         return cls(t.name, t.ggml_type, tuple(t.ne), raw)
 
 
 class Backend(Protocol):
+    """Quantized products and the small ops of a layer (float32, C-contiguous arrays; each returns a
+    new array). kernels.numpy_ops defines the small ops' meaning; every backend matches it."""
+
     name: str
 
     def matmul(self, w: QTensor, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -54,3 +68,18 @@ class Backend(Protocol):
 
     def dequantize(self, w: QTensor) -> np.ndarray:
         """The whole tensor as float32 (numpy order shape); for small tensors (norms, biases)."""
+
+    def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+        """x (..., d) / sqrt(mean(x^2) + eps) * weight (d,)."""
+
+    def rope(self, x, positions, cos, sin, n_rot: int, neox: bool) -> np.ndarray:
+        """x (n, h, d) rotated: pairs (NORM: consecutive, NEOX: half apart) of the first n_rot values by
+        the angles of the tables' rows cos/sin (n_pos, n_rot / 2) at `positions` (n,)."""
+
+    def attention(self, q, k_t, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
+        """q (n, H, D) against the cache: K transposed k_t (Hkv, D, >= n_kv), its first n_kv cells in
+        use, and v (n_kv, Hkv, Dv), n_kv = len(kv_pos) -> (n, H * Dv); causal by position, with a
+        sliding window of n_swa positions when n_swa > 0."""
+
+    def glu(self, gu: np.ndarray, act: str) -> np.ndarray:
+        """gu (n, 2 f) = [gate | up] -> act(gate) * up, act "silu" or "gelu_tanh"."""

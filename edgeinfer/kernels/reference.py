@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from .base import QTensor
+from .numpy_ops import NumpyOps
 from .numba.dequant import dequantize, dequantize_rows
 
 
-class ReferenceBackend:
+class ReferenceBackend(NumpyOps):
     name = "reference"
 
     def __init__(self, block_bytes: int = 16 << 20):

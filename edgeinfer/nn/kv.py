@@ -26,7 +26,8 @@ class KVCacheLike(Protocol):
 
     def update(self, il: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Store layer il's k (n, n_head_kv, head_dim) and v (n, n_head_kv, head_dim_v) in the claimed
-        cells; return float32 views of all cells: (n_head_kv, n_kv, head_dim), (n_head_kv, n_kv, head_dim_v)."""
+        cells; return float32 views: K transposed (n_head_kv, head_dim, >= n_kv) whose first n_kv cells are
+        those in use, and V (n_kv, n_head_kv, head_dim_v)."""
 
     def commit(self) -> None:
         """Make the claimed cells part of the sequence."""

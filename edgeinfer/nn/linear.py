@@ -23,6 +23,22 @@ class Linear:
     def n_out(self) -> int:
         return self.weight.n_rows
 
+    @classmethod
+    def stack(cls, parts: "list[Linear]") -> "Linear | None":
+        """One Linear computing all of `parts` (outputs side by side), or None when their weights
+        differ in format or input size (then they run one by one)."""
+        first = parts[0].weight
+        if any(p.weight.ggml_type != first.ggml_type or p.weight.raw.ndim != 2 for p in parts):
+            return None
+        if any(p.n_in != parts[0].n_in or p.backend is not parts[0].backend for p in parts):
+            return None
+        name = "+".join(p.weight.name for p in parts)
+        weight = QTensor.concat_rows(name, [p.weight for p in parts])
+        bias = None
+        if any(p.bias is not None for p in parts):
+            bias = np.concatenate([p.bias if p.bias is not None else np.zeros(p.n_out, np.float32) for p in parts])
+        return cls(weight, parts[0].backend, bias)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         y = self.backend.matmul(self.weight, x)  # (n_tokens, n_out)
         if self.bias is not None:

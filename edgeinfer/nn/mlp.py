@@ -1,4 +1,5 @@
-"""Gated feed-forward: down(act(gate(x)) * up(x)), llama.cpp's LLM_FFN_PAR. SwiGLU and GeGLU."""
+"""Gated feed-forward: down(act(gate(x)) * up(x)), llama.cpp's LLM_FFN_PAR. SwiGLU and GeGLU.
+Gate and up come from one matmul when their weights share a format (the rows stacked at load)."""
 
 from __future__ import annotations
 
@@ -6,30 +7,22 @@ import numpy as np
 
 from .linear import Linear
 
-_SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
-
-
-def silu(x: np.ndarray) -> np.ndarray:
-    """x * sigmoid(x), with sigmoid(x) = (1 + tanh(x / 2)) / 2 (no overflow for large |x|)."""
-    return x * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.5) * x))
-
-
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    """GELU, tanh approximation (ggml_gelu)."""
-    inner = _SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x)
-    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(inner))
-
-
-ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh}
+ACTIVATIONS = ("silu", "gelu_tanh")
 
 
 class GatedMLP:
     def __init__(self, gate: Linear, up: Linear, down: Linear, act: str):
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {act!r}; known: {', '.join(ACTIVATIONS)}")
         self.gate, self.up, self.down = gate, up, down
-        self.act = ACTIVATIONS[act]
+        self.gate_up = Linear.stack([gate, up])
+        self.backend = down.backend
+        self.act = act
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """x (n_tokens, n_embd) -> (n_tokens, n_embd)."""
-        h = self.act(self.gate(x))  # (n_tokens, n_ff)
-        h *= self.up(x)
-        return self.down(h)
+        if self.gate_up is not None:
+            gu = self.gate_up(x)  # (n, 2 n_ff)
+        else:
+            gu = np.concatenate([self.gate(x), self.up(x)], axis=1)
+        return self.down(self.backend.glu(gu, self.act))

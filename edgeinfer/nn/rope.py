@@ -67,7 +67,8 @@ class Rope:
         self._cos = np.empty((0, half), np.float32)  # (n_pos, half)
         self._sin = np.empty((0, half), np.float32)
 
-    def _tables(self, max_pos: int) -> tuple[np.ndarray, np.ndarray]:
+    def tables(self, max_pos: int) -> tuple[np.ndarray, np.ndarray]:
+        """cos, sin float32 (n_pos, n_rot / 2), n_pos > max_pos (grown by doubling)."""
         if max_pos >= len(self._cos):
             n = max(2 * len(self._cos), max_pos + 1, 256)
             angles = np.arange(n, dtype=np.float64)[:, None] * self._inv_freq  # (n, half)
@@ -75,19 +76,7 @@ class Rope:
             self._sin = (np.sin(angles) * self._mscale).astype(np.float32)
         return self._cos, self._sin
 
-    def __call__(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """x (n_tokens, n_head, head_dim), positions int (n_tokens,) -> rotated copy, same shape."""
-        n_rot = self.params.n_rot
-        cos_t, sin_t = self._tables(int(positions.max()))
-        cos = cos_t[positions][:, None, :]  # (n_tokens, 1, half)
-        sin = sin_t[positions][:, None, :]
-        out = x.copy()
-        if self.params.neox:
-            x0, x1 = x[..., : n_rot // 2], x[..., n_rot // 2 : n_rot]
-            out[..., : n_rot // 2] = x0 * cos - x1 * sin
-            out[..., n_rot // 2 : n_rot] = x0 * sin + x1 * cos
-        else:
-            x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
-            out[..., 0:n_rot:2] = x0 * cos - x1 * sin
-            out[..., 1:n_rot:2] = x0 * sin + x1 * cos
-        return out
+    def __call__(self, x: np.ndarray, positions: np.ndarray, max_pos: int, backend) -> np.ndarray:
+        """x (n_tokens, n_head, head_dim), positions int (n_tokens,) in 0..max_pos -> rotated copy."""
+        cos, sin = self.tables(max_pos)
+        return backend.rope(x, positions, cos, sin, self.params.n_rot, self.params.neox)

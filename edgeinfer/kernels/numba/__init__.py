@@ -10,6 +10,7 @@ import numpy as np
 from ...system import default_threads
 from ..base import QTensor
 from . import matmul as _matmul
+from . import ops as _ops
 
 _THREADS_SET: dict[int, int] = {}  # Python thread id -> the Numba thread count a backend set there
 
@@ -46,6 +47,21 @@ class NumbaBackend:
     def dequantize(self, w: QTensor) -> np.ndarray:
         """The whole tensor as float32 (numpy order shape)."""
         return _matmul.dequantize(w)
+
+    def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+        self._use_threads()
+        return _ops.rms_norm(x, weight, eps)
+
+    def rope(self, x, positions, cos, sin, n_rot: int, neox: bool) -> np.ndarray:
+        return _ops.rope(x, positions, cos, sin, n_rot, neox)
+
+    def attention(self, q, k_t, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
+        self._use_threads()
+        return _ops.attention(q, k_t, v, q_pos, kv_pos, n_swa, scale)
+
+    def glu(self, gu: np.ndarray, act: str) -> np.ndarray:
+        self._use_threads()
+        return _ops.glu(gu, act)
 
     def __repr__(self) -> str:
         return f"NumbaBackend(n_threads={self.n_threads})"

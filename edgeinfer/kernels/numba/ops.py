@@ -1,0 +1,259 @@
+"""The small operations of a layer, compiled: RMSNorm, RoPE, attention over the KV cache, gated
+activations. Same shapes and meaning as edgeinfer.kernels.numpy_ops (their oracle); one compiled call
+each, so that a decode step pays microseconds, not the dozens of numpy calls the same math costs.
+
+RMSNorm sums squares in float64 and scales in float32, as ggml_compute_forward_rms_norm_f32 does.
+Attention: two passes per (query, head): scores into a scratch row, then softmax and the weighted sum
+of V; the mask comes from positions (causal, optional sliding window), no (n, n_kv) mask is built.
+Every (query, head) pair is computed by the same code whatever the batch, so a token's result does not
+depend on the batch it came in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .simd import f32_from_bits
+
+PARALLEL_MIN_WORK = 1 << 15  # below this many multiply-adds, one thread (a parallel region costs more)
+ACT_SILU, ACT_GELU_TANH = 0, 1
+ACTS = {"silu": ACT_SILU, "gelu_tanh": ACT_GELU_TANH}
+_SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
+
+
+# -- RMSNorm -------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _rms_row(x, w, eps, out, i):
+    d = x.shape[1]
+    s = 0.0
+    for j in range(d):
+        v = np.float64(x[i, j])
+        s += v * v
+    scale = np.float32(1.0) / np.float32(math.sqrt(np.float32(s / d) + eps))
+    for j in range(d):
+        out[i, j] = (x[i, j] * scale) * w[j]
+
+
+@njit(cache=True)
+def _rms_norm(x, w, eps, out):
+    for i in range(x.shape[0]):
+        _rms_row(x, w, eps, out, i)
+
+
+@njit(cache=True, parallel=True)
+def _rms_norm_par(x, w, eps, out):
+    for i in prange(x.shape[0]):
+        _rms_row(x, w, eps, out, i)
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x (..., d) -> x / sqrt(mean(x^2) + eps) * weight, a new float32 array."""
+    shape = x.shape
+    x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, shape[-1])
+    out = np.empty_like(x2)
+    if x2.size >= PARALLEL_MIN_WORK:
+        _rms_norm_par(x2, weight, np.float32(eps), out)
+    else:
+        _rms_norm(x2, weight, np.float32(eps), out)
+    return out.reshape(shape)
+
+
+# -- RoPE ----------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _rope(x, positions, cos_t, sin_t, n_rot, neox, out):
+    n, h, d = x.shape
+    half = n_rot // 2
+    for t in range(n):
+        p = positions[t]
+        for hh in range(h):
+            for j in range(n_rot, d):
+                out[t, hh, j] = x[t, hh, j]
+            for i in range(half):
+                c = cos_t[p, i]
+                s = sin_t[p, i]
+                if neox:
+                    a, b = i, i + half
+                else:
+                    a, b = 2 * i, 2 * i + 1
+                x0 = x[t, hh, a]
+                x1 = x[t, hh, b]
+                out[t, hh, a] = x0 * c - x1 * s
+                out[t, hh, b] = x0 * s + x1 * c
+
+
+def rope(x, positions, cos_t, sin_t, n_rot: int, neox: bool) -> np.ndarray:
+    """x (n, h, d) rotated by the tables' rows at positions -> a new float32 array."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    _rope(x, positions, cos_t, sin_t, n_rot, neox, out)
+    return out
+
+
+# -- exp, vectorizable --------------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always", fastmath=True)
+def _exp32(x):
+    """e^x in float32 (relative error ~2e-7), 0 below -87.3 (so a masked -inf gives 0), inf above 88.7.
+    Branch-free arithmetic that LLVM vectorizes (libm's expf is one call per value): x = n ln2 + r,
+    e^r by its Taylor polynomial on |r| <= ln2 / 2, 2^n built in the exponent bits."""
+    xc = min(max(x, np.float32(-87.0)), np.float32(88.0))
+    n = np.float32(math.floor(xc * np.float32(1.4426950408889634) + np.float32(0.5)))
+    r = xc - n * np.float32(0.693145751953125) - n * np.float32(1.428606765330187e-06)
+    p = np.float32(1.0 / 720.0)
+    p = p * r + np.float32(1.0 / 120.0)
+    p = p * r + np.float32(1.0 / 24.0)
+    p = p * r + np.float32(1.0 / 6.0)
+    p = p * r + np.float32(0.5)
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    y = p * f32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+    y = np.float32(0.0) if x < np.float32(-87.3) else y
+    return np.float32(np.inf) if x > np.float32(88.7) else y
+
+
+# -- attention -----------------------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always", fastmath=True)
+def _softmax_row(scores, n_kv, qp, kv_pos, n_swa, scale):
+    """scores[:n_kv] (raw q.k) -> softmax of scale * q.k over the cells query position qp sees, 0 for
+    the others; returns False when it sees none."""
+    best = -np.inf
+    for j in range(n_kv):
+        delta = qp - kv_pos[j]
+        visible = delta >= 0 and (n_swa <= 0 or delta < n_swa)
+        s = scores[j] * scale if visible else -np.inf
+        scores[j] = s
+        best = max(best, s)
+    if best == -np.inf:
+        return False
+    total = np.float32(0.0)
+    for j in range(n_kv):
+        e = _exp32(scores[j] - best)
+        scores[j] = e
+        total += e
+    inv = np.float32(1.0) / total
+    for j in range(n_kv):
+        scores[j] *= inv
+    return True
+
+
+@njit(cache=True, inline="always", fastmath=True)
+def _attend_tg(q, k_t, v, q_pos, kv_pos, n_swa, scale, t, g, scores, acc, out):
+    """Query t, the query heads of KV head g: scores along rows of K^T (vector code over the cells),
+    masked softmax, then the rows of V summed with those weights."""
+    head_dim = q.shape[2]
+    n_kv, n_head_kv, head_dim_v = v.shape
+    group = q.shape[1] // n_head_kv
+    for a in range(group):
+        h = g * group + a
+        for j in range(n_kv):
+            scores[a, j] = 0.0
+        for e in range(head_dim):
+            qe = q[t, h, e]
+            for j in range(n_kv):
+                scores[a, j] += qe * k_t[g, e, j]
+        _softmax_row(scores[a], n_kv, q_pos[t], kv_pos, n_swa, scale)
+        for e in range(head_dim_v):
+            acc[a, e] = 0.0
+    for j in range(n_kv):
+        for a in range(group):
+            p = scores[a, j]
+            for e in range(head_dim_v):
+                acc[a, e] += p * v[j, g, e]
+    for a in range(group):
+        o = (g * group + a) * head_dim_v
+        for e in range(head_dim_v):
+            out[t, o + e] = acc[a, e]
+
+
+@njit(cache=True, fastmath=True)
+def _attention_serial(q, k_t, v, q_pos, kv_pos, n_swa, scale, out):
+    n_kv, n_head_kv, head_dim_v = v.shape
+    group = q.shape[1] // n_head_kv
+    scores = np.empty((group, n_kv), np.float32)
+    acc = np.empty((group, head_dim_v), np.float32)
+    for t in range(q.shape[0]):
+        for g in range(n_head_kv):
+            _attend_tg(q, k_t, v, q_pos, kv_pos, n_swa, scale, t, g, scores, acc, out)
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def _attention_parallel(q, k_t, v, q_pos, kv_pos, n_swa, scale, out):
+    n_kv, n_head_kv, head_dim_v = v.shape
+    group = q.shape[1] // n_head_kv
+    n_items = q.shape[0] * n_head_kv
+    n_chunks = min(n_items, 256)
+    for c in prange(n_chunks):
+        scores = np.empty((group, n_kv), np.float32)
+        acc = np.empty((group, head_dim_v), np.float32)
+        for i in range(c * n_items // n_chunks, (c + 1) * n_items // n_chunks):
+            _attend_tg(q, k_t, v, q_pos, kv_pos, n_swa, scale, i // n_head_kv, i % n_head_kv, scores, acc, out)
+
+
+PARALLEL_MIN_CELLS = 4096  # query heads x cells from which attention runs on all threads
+
+
+def attention(q, k_t, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
+    """q (n, H, D), k_t (Hkv, D, >= n_kv), v (n_kv, Hkv, Dv) float32 -> (n, H * Dv)."""
+    n, n_head, _ = q.shape
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    if not k_t.flags.c_contiguous or k_t.dtype != np.float32:
+        k_t = np.ascontiguousarray(k_t, dtype=np.float32)
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    q_pos = np.ascontiguousarray(q_pos, dtype=np.int32)
+    kv_pos = np.ascontiguousarray(kv_pos, dtype=np.int32)
+    out = np.empty((n, n_head * v.shape[2]), np.float32)
+    if n * n_head * v.shape[0] >= PARALLEL_MIN_CELLS and n * v.shape[1] > 1:
+        _attention_parallel(q, k_t, v, q_pos, kv_pos, n_swa, np.float32(scale), out)
+    else:
+        _attention_serial(q, k_t, v, q_pos, kv_pos, n_swa, np.float32(scale), out)
+    return out
+
+
+# -- gated activations ---------------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always", fastmath=True)
+def _glu_row(gu, f, act, out, i):
+    for j in range(f):
+        g = gu[i, j]
+        if act == ACT_SILU:  # x sigmoid(x), as ggml_vec_swiglu_f32
+            a = g / (np.float32(1.0) + _exp32(-g))
+        else:  # 0.5 x (1 + tanh(u)), tanh(u) = 1 - 2 / (1 + e^(2u))
+            u = _SQRT_2_OVER_PI * (g + np.float32(0.044715) * g * g * g)
+            a = np.float32(0.5) * g * (np.float32(2.0) - np.float32(2.0) / (np.float32(1.0) + _exp32(np.float32(2.0) * u)))
+        out[i, j] = a * gu[i, f + j]
+
+
+@njit(cache=True, fastmath=True)
+def _glu(gu, act, out):
+    f = out.shape[1]
+    for i in range(gu.shape[0]):
+        _glu_row(gu, f, act, out, i)
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def _glu_par(gu, act, out):
+    f = out.shape[1]
+    for i in prange(gu.shape[0]):
+        _glu_row(gu, f, act, out, i)
+
+
+def glu(gu: np.ndarray, act: str) -> np.ndarray:
+    """gu (n, 2 f) = [gate | up] -> act(gate) * up (n, f)."""
+    n, f2 = gu.shape
+    out = np.empty((n, f2 // 2), np.float32)
+    if gu.size >= PARALLEL_MIN_WORK and n > 1:
+        _glu_par(gu, ACTS[act], out)
+    else:
+        _glu(gu, ACTS[act], out)
+    return out

@@ -1,0 +1,108 @@
+"""The small operations of a transformer layer in plain numpy: the reference backend's, and the oracle
+the compiled versions (edgeinfer.kernels.numba.ops) are tested against.
+
+Shapes (float32 unless said):
+    rms_norm(x (..., d), weight (d,), eps)                        x / sqrt(mean(x^2) + eps) * weight
+    rope(x (n, h, d), positions int (n,), cos, sin (n_pos, n_rot/2), n_rot, neox)    rotated copy
+    attention(q (n, H, D), k_t (Hkv, D, >= n_kv), v (n_kv, Hkv, Dv), q_pos (n,), kv_pos (n_kv,), n_swa, scale)
+        -> (n, H * Dv); K comes transposed, its first n_kv cells in use; query i sees cell j when kv_pos[j] <= q_pos[i] (and q_pos[i] - kv_pos[j] < n_swa
+        when n_swa > 0); query head h reads KV head h // (H / Hkv)
+    glu(gu (n, 2 f), act) -> act(gu[:, :f]) * gu[:, f:]            act: "silu" or "gelu_tanh"
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+QUERY_CHUNK = 256  # queries scored at once: bounds the (Hkv, group, chunk, n_kv) score buffer
+_SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    ms = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True)
+    return x * (1.0 / np.sqrt(ms + np.float32(eps))) * weight
+
+
+def rope(x: np.ndarray, positions: np.ndarray, cos_t: np.ndarray, sin_t: np.ndarray, n_rot: int, neox: bool):
+    cos = cos_t[positions][:, None, :]  # (n, 1, half)
+    sin = sin_t[positions][:, None, :]
+    out = x.copy()
+    half = n_rot // 2
+    if neox:
+        x0, x1 = x[..., :half], x[..., half:n_rot]
+        out[..., :half] = x0 * cos - x1 * sin
+        out[..., half:n_rot] = x0 * sin + x1 * cos
+    else:
+        x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+        out[..., 0:n_rot:2] = x0 * cos - x1 * sin
+        out[..., 1:n_rot:2] = x0 * sin + x1 * cos
+    return out
+
+
+def causal_mask(q_pos: np.ndarray, kv_pos: np.ndarray, n_swa: int = 0) -> np.ndarray:
+    """bool (n, n_kv): True where query i may attend to cell j (llama.cpp's LLAMA_SWA_TYPE_STANDARD)."""
+    delta = q_pos[:, None].astype(np.int64) - kv_pos[None, :]
+    mask = delta >= 0
+    if n_swa > 0:
+        mask &= delta < n_swa
+    return mask
+
+
+def attention(q, k_t, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
+    n, n_head, head_dim = q.shape
+    n_kv, n_head_kv, head_dim_v = v.shape
+    k = k_t[:, :, :n_kv].transpose(2, 0, 1)  # (n_kv, Hkv, D)
+    group = n_head // n_head_kv
+    mask = causal_mask(q_pos, kv_pos, n_swa)
+    lo = int(np.argmax(mask.any(axis=0)))  # a sliding window leaves a prefix no query reads
+    k = k[lo:].transpose(1, 0, 2)  # (Hkv, n_kv, D)
+    v = v[lo:].transpose(1, 0, 2)
+    mask = mask[:, lo:]
+    qg = q.reshape(n, n_head_kv, group, head_dim).transpose(1, 2, 0, 3)  # (Hkv, group, n, D)
+    out = np.empty((n_head_kv, group, n, head_dim_v), np.float32)
+    k_t = k.transpose(0, 2, 1)[:, None]  # (Hkv, 1, D, n_kv)
+    for c0 in range(0, n, QUERY_CHUNK):
+        c1 = min(c0 + QUERY_CHUNK, n)
+        scores = qg[:, :, c0:c1] @ k_t  # (Hkv, group, chunk, n_kv)
+        scores *= np.float32(scale)
+        scores[:, :, ~mask[c0:c1]] = -np.inf
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        out[:, :, c0:c1] = scores @ v[:, None]
+    return out.transpose(2, 0, 1, 3).reshape(n, n_head * head_dim_v)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """x * sigmoid(x), with sigmoid(x) = (1 + tanh(x / 2)) / 2 (no overflow for large |x|)."""
+    return x * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.5) * x))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation (ggml_gelu)."""
+    inner = _SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x)
+    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(inner))
+
+
+ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh}
+
+
+def glu(gu: np.ndarray, act: str) -> np.ndarray:
+    f = gu.shape[-1] // 2
+    return ACTIVATIONS[act](gu[:, :f]) * gu[:, f:]
+
+
+class NumpyOps:
+    """The small ops as backend methods (mixed into the reference backend)."""
+
+    def rms_norm(self, x, weight, eps):
+        return rms_norm(x, weight, eps)
+
+    def rope(self, x, positions, cos, sin, n_rot, neox):
+        return rope(x, positions, cos, sin, n_rot, neox)
+
+    def attention(self, q, k_t, v, q_pos, kv_pos, n_swa, scale):
+        return attention(q, k_t, v, q_pos, kv_pos, n_swa, scale)
+
+    def glu(self, gu, act):
+        return glu(gu, act)
