@@ -1,0 +1,302 @@
+/* edgeinfer._native: quantized matrix products y = x @ W.T in C (see edgeinfer_native.h).
+ *
+ *   matmul(ggml_type, w, x, out, n_rows, n_cols, n_threads)
+ *       w: bytes-like (n_rows * row_bytes) weight blocks, read only (an mmap view: never copied)
+ *       x: float32 C-contiguous (n_tokens, n_cols); out: writeable float32 C-contiguous (n_tokens, n_rows)
+ *       (the Python backend validates shapes and dtypes; this checks the byte sizes again)
+ *   supports(ggml_type) -> bool      isa() -> "avx2" | "neon" | "scalar"
+ *   set_isa(name) -> previous name   (tests: "scalar" or the best one the CPU has)
+ *
+ * One call: release the GIL, quantize x once (in parallel from 8 tokens up) into a scratch buffer kept
+ * between calls, then the threads of the persistent pool take chunks of rows from an atomic counter.
+ * Calls from several Python threads are serialized by a mutex (the pool and the scratch are shared).
+ * EDGEINFER_NATIVE_ISA=scalar (read at import) forces the portable code.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "edgeinfer_native.h"
+#include "threadpool.h"
+
+#define PARALLEL_QUANTIZE_MIN_TOKENS 8
+#define MIN_CHUNKS_PER_THREAD 8
+
+static const native_kernels *kernels = &native_kernels_scalar;
+static pthread_mutex_t call_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* -- ISA choice ------------------------------------------------------------------------------------- */
+
+static const native_kernels *best_kernels(void) {
+#if defined(NATIVE_X86) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return &native_kernels_avx2;
+#endif
+#if defined(__ARM_NEON)
+    return &native_kernels_neon;
+#endif
+    return &native_kernels_scalar;
+}
+
+/* -- scratch: the quantized activations, kept between calls ---------------------------------------- */
+
+static uint8_t *scratch;
+static size_t scratch_size;
+
+static uint8_t *scratch_get(size_t n) {
+    if (n > scratch_size) {
+        free(scratch);
+        size_t size = n + n / 4 + 4096;
+        size = (size + 63) & ~(size_t)63;
+        scratch = aligned_alloc(64, size);
+        scratch_size = scratch ? size : 0;
+    }
+    return scratch;
+}
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* lay out a's arrays in the scratch buffer; NULL when out of memory */
+static int act_setup(native_act *a, int kind, int64_t n_tokens, int64_t n_cols) {
+    memset(a, 0, sizeof *a);
+    a->kind = kind;
+    a->n_tokens = n_tokens;
+    a->n_cols = n_cols;
+    size_t q = 0, d = 0, s = 0, bs = 0, f = 0;
+    const size_t nt = (size_t)n_tokens, nc = (size_t)n_cols;
+    if (kind == ACT_Q8_0 || kind == ACT_Q8_1 || kind == ACT_Q8_K) {
+        a->nb = n_cols / (kind == ACT_Q8_K ? QK_K : QK);
+        q = align64(nt * nc);
+        d = align64(nt * (size_t)a->nb * sizeof(float));
+        if (kind == ACT_Q8_1) s = d;
+        if (kind == ACT_Q8_K) bs = align64(nt * (nc / 16) * sizeof(int16_t));
+    } else {
+        f = align64(nt * nc * sizeof(float));
+    }
+    uint8_t *p = scratch_get(q + d + s + bs + f);
+    if (!p) return -1;
+    a->q = (int8_t *)p; p += q;
+    a->d = (float *)p; p += d;
+    a->s = s ? (float *)p : NULL; p += s;
+    a->bsums = bs ? (int16_t *)p : NULL; p += bs;
+    a->f = f ? (float *)p : NULL;
+    return 0;
+}
+
+/* -- one matmul: a job for the pool ---------------------------------------------------------------- */
+
+typedef struct {
+    const native_kernels *k;
+    native_rows_fn rows;
+    const uint8_t *w;
+    int64_t row_bytes, n_rows, chunk_rows, n_chunks;
+    const float *x;
+    float *out;
+    native_act a;
+    _Atomic int64_t next;
+} job_t;
+
+static void quantize_job(void *p, int id, int n) {
+    job_t *job = p;
+    const int64_t T = job->a.n_tokens, per = (T + n - 1) / n;
+    const int64_t t0 = id * per, t1 = t0 + per < T ? t0 + per : T;
+    for (int64_t t = t0; t < t1; t++) job->k->quantize(job->x + t * job->a.n_cols, &job->a, t);
+}
+
+static void rows_job(void *p, int id, int n) {
+    (void)id; (void)n;
+    job_t *job = p;
+    for (;;) {
+        const int64_t c = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed);
+        if (c >= job->n_chunks) break;
+        const int64_t r0 = c * job->chunk_rows;
+        const int64_t r1 = r0 + job->chunk_rows < job->n_rows ? r0 + job->chunk_rows : job->n_rows;
+        job->rows(job->w, job->row_bytes, r0, r1, job->n_rows, &job->a, job->out);
+    }
+}
+
+/* rows per chunk: about 16 KiB of weights (they stay in L1/L2 across a prefill's token tiles), a
+ * multiple of 4 (the decode tile), and enough chunks that the threads finish together */
+static int64_t chunk_rows(int64_t n_rows, int64_t row_bytes, int n_threads) {
+    int64_t rows = 16384 / (row_bytes > 0 ? row_bytes : 1);
+    if (rows > 64) rows = 64;
+    const int64_t min_chunks = n_threads > 1 ? (int64_t)n_threads * MIN_CHUNKS_PER_THREAD : 1;
+    const int64_t balanced = (n_rows + min_chunks - 1) / min_chunks;
+    if (rows > balanced) rows = balanced;
+    rows = (rows + 3) & ~(int64_t)3;
+    return rows < 4 ? 4 : rows;
+}
+
+static void run_matmul(job_t *job, int n_threads) {
+    const int64_t T = job->a.n_tokens;
+    if (T >= PARALLEL_QUANTIZE_MIN_TOKENS && n_threads > 1) {
+        tp_run(n_threads, quantize_job, job);
+    } else {
+        for (int64_t t = 0; t < T; t++) job->k->quantize(job->x + t * job->a.n_cols, &job->a, t);
+    }
+    atomic_store(&job->next, 0);
+    const int threads = job->n_chunks < n_threads ? (int)job->n_chunks : n_threads;
+    tp_run(threads, rows_job, job);
+}
+
+/* -- Python functions ------------------------------------------------------------------------------- */
+
+static int block_size_of(int type) {
+    switch (type) {
+    case GT_F32: case GT_F16: return 1;
+    case GT_Q4_K: case GT_Q5_K: case GT_Q6_K: return QK_K;
+    default: return QK;
+    }
+}
+
+static int64_t type_size_of(int type) {
+    switch (type) {
+    case GT_F32: return 4;
+    case GT_F16: return 2;
+    case GT_Q4_0: case GT_IQ4_NL: return 18;
+    case GT_Q4_1: return 20;
+    case GT_Q5_0: return 22;
+    case GT_Q5_1: return 24;
+    case GT_Q8_0: return 34;
+    case GT_Q4_K: return 144;
+    case GT_Q5_K: return 176;
+    case GT_Q6_K: return 210;
+    default: return 0;
+    }
+}
+
+static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "matmul(ggml_type, w, x, out, n_rows, n_cols, n_threads)");
+        return NULL;
+    }
+    const long type = PyLong_AsLong(args[0]);
+    const Py_ssize_t n_rows = PyLong_AsSsize_t(args[4]);
+    const Py_ssize_t n_cols = PyLong_AsSsize_t(args[5]);
+    const long n_threads = PyLong_AsLong(args[6]);
+    if (PyErr_Occurred()) return NULL;
+    const int kind = type >= 0 && type < GT_COUNT ? native_act_kind((int)type) : ACT_NONE;
+    if (kind == ACT_NONE) {
+        PyErr_Format(PyExc_NotImplementedError, "the native backend has no matmul for ggml type %ld", type);
+        return NULL;
+    }
+    const int bsize = block_size_of((int)type);
+    if (n_rows < 0 || n_cols <= 0 || n_cols % bsize || n_threads < 1) {
+        PyErr_Format(PyExc_ValueError, "bad matmul shape: %zd rows, %zd columns (a multiple of %d), %ld threads",
+                     n_rows, n_cols, bsize, n_threads);
+        return NULL;
+    }
+    Py_buffer w, x, out;
+    if (PyObject_GetBuffer(args[1], &w, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[2], &x, PyBUF_SIMPLE) < 0) { PyBuffer_Release(&w); return NULL; }
+    if (PyObject_GetBuffer(args[3], &out, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&w); PyBuffer_Release(&x); return NULL;
+    }
+    PyObject *result = NULL;
+    const int64_t row_bytes = n_cols / bsize * type_size_of((int)type);
+    const int64_t n_tokens = (int64_t)(x.len / (Py_ssize_t)sizeof(float)) / n_cols;
+    if (w.len != n_rows * row_bytes || x.len != n_tokens * n_cols * (Py_ssize_t)sizeof(float) ||
+        out.len != n_tokens * n_rows * (Py_ssize_t)sizeof(float)) {
+        PyErr_Format(PyExc_ValueError,
+                     "matmul buffers do not fit: weight %zd bytes (expected %lld), x %zd bytes, out %zd bytes "
+                     "(expected %lld)", w.len, (long long)(n_rows * row_bytes), x.len, out.len,
+                     (long long)(n_tokens * n_rows * 4));
+        goto done;
+    }
+    if (n_tokens == 0 || n_rows == 0) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&call_mu);
+    job_t job;
+    job.k = kernels;
+    job.rows = kernels->rows[type];
+    if (!job.rows) job.rows = native_kernels_scalar.rows[type];
+    job.w = w.buf;
+    job.row_bytes = row_bytes;
+    job.n_rows = n_rows;
+    job.x = x.buf;
+    job.out = out.buf;
+    job.chunk_rows = chunk_rows(n_rows, row_bytes, (int)n_threads);
+    job.n_chunks = (n_rows + job.chunk_rows - 1) / job.chunk_rows;
+    if (act_setup(&job.a, kind, n_tokens, n_cols) != 0) failed = 1;
+    else run_matmul(&job, (int)n_threads);
+    pthread_mutex_unlock(&call_mu);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyObject *py_supports(PyObject *self, PyObject *arg) {
+    (void)self;
+    const long type = PyLong_AsLong(arg);
+    if (type == -1 && PyErr_Occurred()) return NULL;
+    return PyBool_FromLong(type >= 0 && type < GT_COUNT && native_act_kind((int)type) != ACT_NONE);
+}
+
+static PyObject *py_isa(PyObject *self, PyObject *unused) {
+    (void)self; (void)unused;
+    return PyUnicode_FromString(kernels->name);
+}
+
+static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    const native_kernels *best = best_kernels(), *k = NULL;
+    if (strcmp(name, "scalar") == 0) k = &native_kernels_scalar;
+    else if (strcmp(name, best->name) == 0 || strcmp(name, "auto") == 0) k = best;
+    if (!k) {
+        PyErr_Format(PyExc_ValueError, "ISA %R is not available here; choose 'scalar', 'auto' or %R", arg,
+                     PyUnicode_FromString(best->name));
+        return NULL;
+    }
+    PyObject *previous = PyUnicode_FromString(kernels->name);
+    pthread_mutex_lock(&call_mu);
+    kernels = k;
+    pthread_mutex_unlock(&call_mu);
+    return previous;
+}
+
+static PyObject *py_n_workers(PyObject *self, PyObject *unused) {
+    (void)self; (void)unused;
+    return PyLong_FromLong(tp_n_workers());
+}
+
+static PyMethodDef methods[] = {
+    {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_FASTCALL,
+     "matmul(ggml_type, w, x, out, n_rows, n_cols, n_threads): out = x @ W.T"},
+    {"supports", py_supports, METH_O, "supports(ggml_type) -> bool: a native kernel exists"},
+    {"isa", py_isa, METH_NOARGS, "isa() -> the instruction set in use: 'avx2', 'neon' or 'scalar'"},
+    {"set_isa", py_set_isa, METH_O, "set_isa(name) -> previous: 'scalar' or 'auto' (tests)"},
+    {"n_workers", py_n_workers, METH_NOARGS, "worker threads started so far"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "edgeinfer._native", "edgeinfer's C kernels (quantized matmul).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    const char *env = getenv("EDGEINFER_NATIVE_ISA");
+    kernels = env && strcmp(env, "scalar") == 0 ? &native_kernels_scalar : best_kernels();
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,417 @@
+/* AVX2 / FMA / F16C kernels (x86-64), after ggml's ggml_vec_dot_<type>_q8_<k> (ggml-cpu/arch/x86/quants.c).
+ *
+ * Every function carries __attribute__((target("avx2,fma,f16c"))): the file compiles with the default
+ * flags and is only called after __builtin_cpu_supports said yes.
+ *
+ * Tiles: tile_<fmt>(R, NT) computes R consecutive rows against NT consecutive tokens, decoding each
+ * weight block once for the NT tokens. Each (row, token) output has its own accumulator and sees the
+ * same operations in the same order whatever R and NT are, so the results do not depend on the tiling
+ * (decode == prefill, bit for bit). Decode runs R = 4 rows x 1 token (independent chains), prefill
+ * R x 4 tokens.
+ */
+#include "edgeinfer_native.h"
+
+#if defined(NATIVE_X86)
+#include <immintrin.h>
+
+#define FN __attribute__((target("avx2,fma,f16c")))
+#define INL static inline __attribute__((always_inline, target("avx2,fma,f16c")))
+
+INL float f16_at(const uint8_t *p) {
+    uint16_t h; memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+INL float hsum8(__m256 v) {
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+INL __m256i load256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* 16 bytes of nibbles -> 32 bytes: low nibbles, then high nibbles */
+INL __m256i nibbles32(const uint8_t *p) {
+    const __m128i t = _mm_loadu_si128((const __m128i *)p);
+    const __m256i b = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
+}
+
+/* 32 bits -> 32 bytes, 0xFF where the bit is set */
+INL __m256i bytes_from_bits32(const uint8_t *p) {
+    uint32_t x32; memcpy(&x32, p, 4);
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x32), shuf);
+    bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
+}
+
+/* unsigned x (0..255) . signed y, pairs of 4 -> int32x8 */
+INL __m256i dot_u8(__m256i x, __m256i y) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1));
+}
+
+/* -- activation quantizers, bit for bit ggml's reference ones ----------------------------------------- */
+
+INL __m256 abs8(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+
+INL float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+/* C's roundf: halves away from zero (exact: v - trunc(v) is exact below 2^23) */
+INL __m256 roundf8(__m256 v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 frac = abs8(_mm256_sub_ps(v, t));
+    const __m256 up = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, sign));
+    return _mm256_add_ps(t, _mm256_and_ps(up, one));
+}
+
+INL float f16_round(float f) { return _cvtsh_ss(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT)); }
+
+/* 32 floats holding integers in -128..127 -> 32 int8 in order */
+INL __m256i pack32(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+    __m256i i0 = _mm256_cvtps_epi32(v0), i1 = _mm256_cvtps_epi32(v1);
+    __m256i i2 = _mm256_cvtps_epi32(v2), i3 = _mm256_cvtps_epi32(v3);
+    i0 = _mm256_packs_epi32(i0, i1);
+    i2 = _mm256_packs_epi32(i2, i3);
+    i0 = _mm256_packs_epi16(i0, i2);
+    return _mm256_permutevar8x32_epi32(i0, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+FN static void quantize_q8_0(const float *x, int64_t n, int8_t *q, float *d, float *s) {
+    for (int64_t b = 0; b < n / QK; b++) {
+        const float *xb = x + QK * b;
+        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+        __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+        const float amax = hmax8(_mm256_max_ps(_mm256_max_ps(abs8(v0), abs8(v1)), _mm256_max_ps(abs8(v2), abs8(v3))));
+        const float dd = amax / 127.0f;
+        const __m256 id = _mm256_set1_ps(dd != 0 ? 1.0f / dd : 0.0f);
+        v0 = roundf8(_mm256_mul_ps(v0, id));
+        v1 = roundf8(_mm256_mul_ps(v1, id));
+        v2 = roundf8(_mm256_mul_ps(v2, id));
+        v3 = roundf8(_mm256_mul_ps(v3, id));
+        _mm256_storeu_si256((__m256i *)(q + QK * b), pack32(v0, v1, v2, v3));
+        d[b] = f16_round(dd);
+        if (s) {
+            const float sum = hsum8(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));  /* exact */
+            s[b] = f16_round((float)(int)sum * dd);
+        }
+    }
+}
+
+FN static void quantize_q8_k(const float *x, int64_t n, int8_t *q, float *d, int16_t *bsums) {
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const float *xb = x + QK_K * b;
+        int8_t *qb = q + QK_K * b;
+        __m256 m = _mm256_setzero_ps();
+        for (int j = 0; j < QK_K; j += 8) m = _mm256_max_ps(m, abs8(_mm256_loadu_ps(xb + j)));
+        const float amax = hmax8(m);
+        if (!(amax > 0)) {
+            d[b] = 0;
+            memset(qb, 0, QK_K);
+            memset(bsums + 16 * b, 0, 16 * sizeof(int16_t));
+            continue;
+        }
+        float vmax = 0;  /* the first value of largest magnitude, with its sign */
+        for (int j = 0; j < QK_K; j++)
+            if ((xb[j] < 0 ? -xb[j] : xb[j]) == amax) { vmax = xb[j]; break; }
+        const float iscale = -127.f / vmax;
+        const __m256 is = _mm256_set1_ps(iscale), top = _mm256_set1_ps(127.0f);
+        for (int j = 0; j < QK_K; j += 32) {
+            __m256 v[4];
+            for (int k = 0; k < 4; k++) {
+                v[k] = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 8 * k), is),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                v[k] = _mm256_min_ps(v[k], top);
+            }
+            const __m256i p = pack32(v[0], v[1], v[2], v[3]);
+            _mm256_storeu_si256((__m256i *)(qb + j), p);
+            /* sums of 16: int16 pair sums, then pairs of those ... */
+            __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), p);       /* 16 sums of 2 */
+            __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));       /* 8 sums of 4 */
+            __m256i s64 = _mm256_hadd_epi32(s32, s32);                       /* sums of 8: 0,1 | 4,5 per lane */
+            s64 = _mm256_hadd_epi32(s64, s64);                               /* sums of 16: lane 0 | lane 1 */
+            bsums[16 * b + j / 16] = (int16_t)_mm256_extract_epi32(s64, 0);
+            bsums[16 * b + j / 16 + 1] = (int16_t)_mm256_extract_epi32(s64, 4);
+        }
+        d[b] = 1 / iscale;
+    }
+}
+
+FN static void quantize_row(const float *x, native_act *a, int64_t t) {
+    const int64_t n = a->n_cols;
+    switch (a->kind) {
+    case ACT_Q8_0:
+    case ACT_Q8_1:
+        quantize_q8_0(x, n, a->q + t * n, a->d + t * a->nb, a->kind == ACT_Q8_1 ? a->s + t * a->nb : NULL);
+        break;
+    case ACT_Q8_K:
+        quantize_q8_k(x, n, a->q + t * n, a->d + t * a->nb, a->bsums + t * (n / 16));
+        break;
+    case ACT_F16: {
+        int64_t j = 0;
+        for (; j + 8 <= n; j += 8)
+            _mm256_storeu_ps(a->f + t * n + j,
+                             _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + j), _MM_FROUND_TO_NEAREST_INT)));
+        for (; j < n; j++) a->f[t * n + j] = f16_round(x[j]);
+        break;
+    }
+    default:
+        memcpy(a->f + t * n, x, (size_t)n * sizeof(float));
+    }
+}
+
+/* -- legacy formats: blocks of 32 against Q8_0 / Q8_1 ----------------------------------------------- */
+
+INL __m256i decode_legacy(const int type, const uint8_t *b) {
+    switch (type) {
+    case GT_Q4_0:
+        return _mm256_sub_epi8(nibbles32(b + 2), _mm256_set1_epi8(8));
+    case GT_Q4_1:
+        return nibbles32(b + 4);
+    case GT_Q5_0:  /* a clear fifth bit: nibble | 0xF0 = nibble - 16 as int8 */
+        return _mm256_or_si256(nibbles32(b + 6), _mm256_andnot_si256(bytes_from_bits32(b + 2), _mm256_set1_epi8((char)0xF0)));
+    case GT_Q5_1:
+        return _mm256_or_si256(nibbles32(b + 8), _mm256_and_si256(bytes_from_bits32(b + 4), _mm256_set1_epi8(0x10)));
+    case GT_IQ4_NL: {
+        const __m128i values = _mm_loadu_si128((const __m128i *)native_kvalues_iq4nl);
+        const __m128i t = _mm_loadu_si128((const __m128i *)(b + 2));
+        const __m128i m4 = _mm_set1_epi8(0x0F);
+        const __m128i lo = _mm_shuffle_epi8(values, _mm_and_si128(t, m4));
+        const __m128i hi = _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(t, 4), m4));
+        return _mm256_insertf128_si256(_mm256_castsi128_si256(lo), hi, 1);
+    }
+    default:  /* Q8_0 */
+        return load256(b + 2);
+    }
+}
+
+#define LEGACY_SIZE(type) ((type) == GT_Q4_0 || (type) == GT_IQ4_NL ? 18 : (type) == GT_Q4_1 ? 20 : \
+                           (type) == GT_Q5_0 ? 22 : (type) == GT_Q5_1 ? 24 : 34)
+#define LEGACY_MIN(type) ((type) == GT_Q4_1 || (type) == GT_Q5_1)
+
+INL void tile_legacy(const int type, const int R, const int NT, const uint8_t *w, int64_t row_bytes,
+                     int64_t r, const native_act *a, int64_t t, float *out, int64_t n_rows) {
+    const int ts = LEGACY_SIZE(type);
+    const int with_min = LEGACY_MIN(type);
+    const int is_signed = !with_min;
+    const int64_t nb = a->nb, nc = a->n_cols;
+    __m256 acc[4][4];
+    float summ[4][4];
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < NT; j++) { acc[i][j] = _mm256_setzero_ps(); summ[i][j] = 0; }
+    const int8_t *yq = a->q + t * nc;
+    const float *yd = a->d + t * nb;
+    const float *ys = a->s + t * nb;
+    for (int64_t b = 0; b < nb; b++) {
+        for (int i = 0; i < R; i++) {
+            const uint8_t *blk = w + (r + i) * row_bytes + ts * b;
+            const __m256i qx = decode_legacy(type, blk);
+            const __m256i ax = is_signed ? _mm256_sign_epi8(qx, qx) : qx;
+            const float dx = f16_at(blk);
+            const float mx = with_min ? f16_at(blk + 2) : 0.0f;
+            for (int j = 0; j < NT; j++) {
+                __m256i y = load256(yq + j * nc + QK * b);
+                if (is_signed) y = _mm256_sign_epi8(y, qx);
+                const __m256 p = _mm256_cvtepi32_ps(dot_u8(ax, y));
+                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dx * yd[j * nb + b]), p, acc[i][j]);
+                if (with_min) summ[i][j] += mx * ys[j * nb + b];
+            }
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < NT; j++)
+            out[(t + j) * n_rows + r + i] = with_min ? hsum8(acc[i][j]) + summ[i][j] : hsum8(acc[i][j]);
+}
+
+/* -- K-quants: super-blocks of 256 against Q8_K ----------------------------------------------------- */
+
+/* shuffle masks: int16 element k of each 128-bit lane, in every int16 of the lane */
+INL __m256i pick16(int lo, int hi) {
+    const int a = 2 * lo | (2 * lo + 1) << 8, b = 2 * hi | (2 * hi + 1) << 8;
+    return _mm256_setr_epi16(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
+}
+
+INL void tile_q45_k(const int type, const int R, const int NT, const uint8_t *w, int64_t row_bytes,
+                    int64_t r, const native_act *a, int64_t t, float *out, int64_t n_rows) {
+    const int ts = type == GT_Q4_K ? 144 : 176;
+    const int64_t nb = a->nb, nc = a->n_cols;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    __m256 acc[4][4];
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < NT; j++) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        for (int i = 0; i < R; i++) {
+            const uint8_t *blk = w + (r + i) * row_bytes + ts * b;
+            uint8_t sm[16];
+            native_scales_mins_k4(blk + 4, sm);
+            const __m256i ms16 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)sm));
+            const __m128i sc128 = _mm256_castsi256_si128(ms16), mn128 = _mm256_extracti128_si256(ms16, 1);
+            const __m256i scales = _mm256_broadcastsi128_si256(sc128);
+            /* each min twice: it applies to two sums of 16 */
+            const __m256i mins = _mm256_insertf128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi16(mn128, mn128)),
+                                                         _mm_unpackhi_epi16(mn128, mn128), 1);
+            const float dx = f16_at(blk), dmx = f16_at(blk + 2);
+            const uint8_t *qs = blk + (type == GT_Q4_K ? 16 : 48);
+            __m256i hbits = _mm256_setzero_si256();
+            if (type == GT_Q5_K) hbits = load256(blk + 16);
+            __m256i isum[4];
+            for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
+            for (int c = 0; c < 4; c++) {
+                const __m256i q = load256(qs + 32 * c);
+                __m256i lo = _mm256_and_si256(q, m4);
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                if (type == GT_Q5_K) {
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * c), one), 4));
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * c + 1), one), 4));
+                }
+                const __m256i s_lo = _mm256_shuffle_epi8(scales, pick16(2 * c, 2 * c));
+                const __m256i s_hi = _mm256_shuffle_epi8(scales, pick16(2 * c + 1, 2 * c + 1));
+                for (int j = 0; j < NT; j++) {
+                    const int8_t *y = a->q + (t + j) * nc + QK_K * b + 64 * c;
+                    const __m256i p_lo = _mm256_madd_epi16(s_lo, _mm256_maddubs_epi16(lo, load256(y)));
+                    const __m256i p_hi = _mm256_madd_epi16(s_hi, _mm256_maddubs_epi16(hi, load256(y + 32)));
+                    isum[j] = _mm256_add_epi32(isum[j], _mm256_add_epi32(p_lo, p_hi));
+                }
+            }
+            for (int j = 0; j < NT; j++) {
+                const int64_t yb = (t + j) * nb + b;
+                const float dy = a->d[yb];
+                const __m256i msum = _mm256_madd_epi16(load256(a->bsums + 16 * yb), mins);
+                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy), _mm256_cvtepi32_ps(isum[j]), acc[i][j]);
+                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(-dmx * dy), _mm256_cvtepi32_ps(msum), acc[i][j]);
+            }
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < NT; j++) out[(t + j) * n_rows + r + i] = hsum8(acc[i][j]);
+}
+
+INL void tile_q6_k(const int type, const int R, const int NT, const uint8_t *w, int64_t row_bytes,
+                   int64_t r, const native_act *a, int64_t t, float *out, int64_t n_rows) {
+    (void)type;
+    const int64_t nb = a->nb, nc = a->n_cols;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);
+    __m256 acc[4][4];
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < NT; j++) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        for (int i = 0; i < R; i++) {
+            const uint8_t *blk = w + (r + i) * row_bytes + 210 * b;
+            const float dx = f16_at(blk + 208);
+            const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
+            __m256i isum[4];
+            for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
+            for (int n = 0; n < 2; n++) {
+                const __m256i scn = _mm256_permute2x128_si256(sc16, sc16, n ? 0x11 : 0x00);
+                const __m256i ql0 = load256(blk + 64 * n), ql1 = load256(blk + 64 * n + 32);
+                const __m256i qh = load256(blk + 128 + 32 * n);
+                for (int k = 0; k < 4; k++) {
+                    const __m256i l = k == 0 ? _mm256_and_si256(ql0, m4)
+                                    : k == 1 ? _mm256_and_si256(ql1, m4)
+                                    : k == 2 ? _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4)
+                                             : _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4);
+                    const __m256i h = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m3), 4);
+                    const __m256i q = _mm256_or_si256(l, h);
+                    const __m256i s = _mm256_shuffle_epi8(scn, pick16(2 * k, 2 * k + 1));
+                    for (int j = 0; j < NT; j++) {
+                        const int8_t *y = a->q + (t + j) * nc + QK_K * b + 128 * n + 32 * k;
+                        isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(s, _mm256_maddubs_epi16(q, load256(y))));
+                    }
+                }
+            }
+            for (int j = 0; j < NT; j++) {
+                const int64_t yb = (t + j) * nb + b;
+                /* the - 32 of every quant: 32 * sum over sub-blocks of scale * bsum */
+                const __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, load256(a->bsums + 16 * yb)), 5);
+                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dx * a->d[yb]),
+                                            _mm256_cvtepi32_ps(_mm256_sub_epi32(isum[j], off)), acc[i][j]);
+            }
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < NT; j++) out[(t + j) * n_rows + r + i] = hsum8(acc[i][j]);
+}
+
+/* -- float weights ---------------------------------------------------------------------------------- */
+
+INL __m256 load_w8(const int type, const uint8_t *row, int64_t j) {
+    if (type == GT_F32) return _mm256_loadu_ps((const float *)(row + 4 * j));
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 2 * j)));
+}
+
+INL float load_w1(const int type, const uint8_t *row, int64_t j) {
+    if (type == GT_F32) { float v; memcpy(&v, row + 4 * j, 4); return v; }
+    return f16_at(row + 2 * j);
+}
+
+INL void tile_float(const int type, const int R, const int NT, const uint8_t *w, int64_t row_bytes,
+                    int64_t r, const native_act *a, int64_t t, float *out, int64_t n_rows) {
+    const int64_t n = a->n_cols, n8 = n - n % 8;
+    __m256 acc[4][4];
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < NT; j++) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < n8; k += 8)
+        for (int i = 0; i < R; i++) {
+            const __m256 wv = load_w8(type, w + (r + i) * row_bytes, k);
+            for (int j = 0; j < NT; j++)
+                acc[i][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(a->f + (t + j) * n + k), acc[i][j]);
+        }
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < NT; j++) {
+            float s = hsum8(acc[i][j]);
+            for (int64_t k = n8; k < n; k++) s += load_w1(type, w + (r + i) * row_bytes, k) * a->f[(t + j) * n + k];
+            out[(t + j) * n_rows + r + i] = s;
+        }
+}
+
+/* -- row drivers: tiles of NT_P tokens x R_P rows (prefill), then single tokens x R_D rows (decode) --- */
+
+#define ROWS(name, tile, type, R_P, NT_P, R_D)                                                         \
+    FN static void rows_##name(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,            \
+                               int64_t n_rows, const native_act *a, float *out) {                      \
+        const int64_t T = a->n_tokens;                                                                 \
+        int64_t t = 0;                                                                                 \
+        for (; t + NT_P <= T; t += NT_P) {                                                             \
+            int64_t r = r0;                                                                            \
+            for (; r + R_P <= r1; r += R_P) tile(type, R_P, NT_P, w, row_bytes, r, a, t, out, n_rows); \
+            for (; r < r1; r++) tile(type, 1, NT_P, w, row_bytes, r, a, t, out, n_rows);               \
+        }                                                                                              \
+        for (; t < T; t++) {                                                                           \
+            int64_t r = r0;                                                                            \
+            for (; r + R_D <= r1; r += R_D) tile(type, R_D, 1, w, row_bytes, r, a, t, out, n_rows);    \
+            for (; r < r1; r++) tile(type, 1, 1, w, row_bytes, r, a, t, out, n_rows);                  \
+        }                                                                                              \
+    }
+
+ROWS(q4_0, tile_legacy, GT_Q4_0, 2, 4, 4)
+ROWS(q4_1, tile_legacy, GT_Q4_1, 1, 4, 4)
+ROWS(q5_0, tile_legacy, GT_Q5_0, 2, 4, 4)
+ROWS(q5_1, tile_legacy, GT_Q5_1, 1, 4, 4)
+ROWS(q8_0, tile_legacy, GT_Q8_0, 2, 4, 4)
+ROWS(iq4_nl, tile_legacy, GT_IQ4_NL, 2, 4, 4)
+ROWS(q4_k, tile_q45_k, GT_Q4_K, 1, 4, 2)
+ROWS(q5_k, tile_q45_k, GT_Q5_K, 1, 4, 2)
+ROWS(q6_k, tile_q6_k, GT_Q6_K, 1, 4, 2)
+ROWS(f32, tile_float, GT_F32, 2, 4, 4)
+ROWS(f16, tile_float, GT_F16, 2, 4, 4)
+
+const native_kernels native_kernels_avx2 = {
+    .name = "avx2",
+    .rows = {
+        [GT_F32] = rows_f32, [GT_F16] = rows_f16,
+        [GT_Q4_0] = rows_q4_0, [GT_Q4_1] = rows_q4_1, [GT_Q5_0] = rows_q5_0, [GT_Q5_1] = rows_q5_1,
+        [GT_Q8_0] = rows_q8_0, [GT_IQ4_NL] = rows_iq4_nl,
+        [GT_Q4_K] = rows_q4_k, [GT_Q5_K] = rows_q5_k, [GT_Q6_K] = rows_q6_k,
+    },
+    .quantize = quantize_row,
+};
+
+#endif /* NATIVE_X86 */
