@@ -1,15 +1,35 @@
-"""Backends behind one small protocol (kernels.base.Backend): "numba" (portable, fast), "reference"
-(slow float32 twin for tests)."""
+"""Backends behind one small protocol (kernels.base.Backend): "native" (C kernels, the fastest, when the
+extension edgeinfer._native is built), "numba" (portable, fast), "reference" (slow float32 twin for
+tests), and "auto" (native when built, else numba)."""
 
 from __future__ import annotations
 
+from ..errors import EdgeInferError
 from .base import Backend, QTensor
 
-BACKENDS = ("numba", "reference")
+BACKENDS = ("auto", "native", "numba", "reference")
+
+
+def native_available() -> bool:
+    """Whether the C backend is built (it is whenever `pip install` found a C compiler)."""
+    from . import native
+
+    return native.available()
 
 
 def get_backend(name: str = "numba", n_threads: int | None = None) -> Backend:
     """A backend by name; n_threads for those that use threads (default: every available core)."""
+    if name == "auto":
+        name = "native" if native_available() else "numba"
+    if name == "native":
+        from . import native
+
+        if not native.available():
+            raise EdgeInferError(
+                f"The native backend is not available: the C extension edgeinfer._native is not built; "
+                f"{native.BUILD_HINT}. Or choose backend 'numba' (or 'auto', which falls back to it)."
+            )
+        return native.NativeBackend(n_threads)
     if name == "numba":
         from .numba import NumbaBackend
 
@@ -21,4 +41,4 @@ def get_backend(name: str = "numba", n_threads: int | None = None) -> Backend:
     raise ValueError(f"Unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}.")
 
 
-__all__ = ["BACKENDS", "Backend", "QTensor", "get_backend"]
+__all__ = ["BACKENDS", "Backend", "QTensor", "get_backend", "native_available"]
