@@ -3,6 +3,7 @@
  *   matmul(ggml_type, w, x, out, n_rows, n_cols, n_threads)
  *       w: bytes-like (n_rows * row_bytes) weight blocks, read only (an mmap view: never copied)
  *       x: float32 C-contiguous (n_tokens, n_cols); out: writeable float32 C-contiguous (n_tokens, n_rows)
+ *       (BufferError for a non-contiguous x or a read-only / non-contiguous out)
  *       (the Python backend validates shapes and dtypes; this checks the byte sizes again)
  *   supports(ggml_type) -> bool      isa() -> "avx2" | "neon" | "scalar"
  *   set_isa(name) -> previous name   (tests: "scalar" or the best one the CPU has)
@@ -193,8 +194,8 @@ static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     Py_buffer w, x, out;
     if (PyObject_GetBuffer(args[1], &w, PyBUF_SIMPLE) < 0) return NULL;
-    if (PyObject_GetBuffer(args[2], &x, PyBUF_SIMPLE) < 0) { PyBuffer_Release(&w); return NULL; }
-    if (PyObject_GetBuffer(args[3], &out, PyBUF_WRITABLE) < 0) {
+    if (PyObject_GetBuffer(args[2], &x, PyBUF_C_CONTIGUOUS) < 0) { PyBuffer_Release(&w); return NULL; }
+    if (PyObject_GetBuffer(args[3], &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
         PyBuffer_Release(&w); PyBuffer_Release(&x); return NULL;
     }
     PyObject *result = NULL;

@@ -10,6 +10,8 @@ there; `available()` says whether it was.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -62,6 +64,29 @@ NATIVE_TYPES = (
 _NATIVE = {t: (int(t), *GGML_QUANT_SIZES[t]) for t in NATIVE_TYPES}
 del T
 _F32 = np.dtype(np.float32)
+# id(QTensor) -> (weakref to it, ggml id or -1 (no C kernel), flat weight bytes, n_rows, n_cols): the checks
+# of a weight cost more than a small matmul, so they run once per tensor
+_PLANS: dict[int, tuple] = {}
+
+
+def _plan(w: QTensor) -> tuple:
+    entry = _NATIVE.get(w.ggml_type)
+    if entry is None:
+        plan = (weakref.ref(w), -1, None, w.n_rows, w.n_cols)
+    else:
+        type_id, block_size, type_size = entry
+        plan = (weakref.ref(w), type_id, _nm._weight_bytes(w, block_size, type_size), w.n_rows, w.n_cols)
+    _PLANS[id(w)] = plan
+    weakref.finalize(w, _PLANS.pop, id(w), None)
+    return plan
+
+
+def _bad_out(w: QTensor, x: np.ndarray, out) -> ValueError:
+    shape = (x.shape[0], w.n_rows)
+    return ValueError(
+        f"{w.name}: out must be a writeable C-contiguous float32 array of shape {shape}, "
+        f"not {getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}."
+    )
 
 
 class NativeBackend(NumbaBackend):
@@ -84,25 +109,27 @@ class NativeBackend(NumbaBackend):
 
         x of another float dtype or layout is converted; `out`, if given, must be a writeable C-contiguous
         float32 (n_tokens, n_rows) and may be x itself. Types without a C kernel go to the Numba one."""
-        entry = _NATIVE.get(w.ggml_type)
-        if entry is None:
+        plan = _PLANS.get(id(w))
+        if plan is None or plan[0]() is not w:
+            plan = _plan(w)
+        _, type_id, flat, n_rows, n_cols = plan
+        if type_id < 0:
             return super().matmul(w, x, out)
-        type_id, block_size, type_size = entry
-        flat = _nm._weight_bytes(w, block_size, type_size)
-        if type(x) is not np.ndarray or x.dtype is not _F32 or x.ndim != 2 or not x.flags.c_contiguous:
+        # fast path: the C side checks contiguity (BufferError) and byte sizes again
+        if type(x) is not np.ndarray or x.dtype is not _F32 or x.ndim != 2 or x.shape[1] != n_cols:
             x = _nm._activations(w, x)
-        elif x.shape[1] != w.ne[0]:
-            raise ValueError(f"{w.name}: x has shape {x.shape}, expected (n_tokens, {w.n_cols}).")
-        n_rows = w.n_rows
-        shape = (x.shape[0], n_rows)
         if out is None:
-            out = np.empty(shape, _F32)
-        elif type(out) is not np.ndarray or out.dtype is not _F32 or out.shape != shape or not _nm._writeable_c(out):
-            raise ValueError(
-                f"{w.name}: out must be a writeable C-contiguous float32 array of shape {shape}, "
-                f"not {getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}."
-            )
-        _native.matmul(type_id, flat, x, out, n_rows, x.shape[1], self.native_threads)
+            out = np.empty((x.shape[0], n_rows), _F32)
+        elif type(out) is not np.ndarray or out.dtype is not _F32 or out.shape != (x.shape[0], n_rows):
+            raise _bad_out(w, x, out)
+        try:
+            _native.matmul(type_id, flat, x, out, n_rows, n_cols, self.native_threads)
+        except (BufferError, ValueError):  # numpy: ValueError for a read-only buffer
+            if not _nm._writeable_c(out):
+                raise _bad_out(w, x, out) from None
+            if x.flags.c_contiguous:
+                raise
+            _native.matmul(type_id, flat, np.ascontiguousarray(x), out, n_rows, n_cols, self.native_threads)
         return out
 
     def __repr__(self) -> str:
