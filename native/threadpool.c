@@ -3,6 +3,7 @@
 #include "threadpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -84,7 +85,11 @@ static void *worker(void *arg) {
             int k = 0;
             while (atomic_load_explicit(&pool.gen, memory_order_acquire) == seen) {
                 tp_pause();
-                if (++k % 64 == 0 && now_ns() > until) {
+                /* every ~1 us: let another runnable thread have this core (on a machine with as many
+                 * threads as cores, e.g. an OpenMP pool spinning beside this one), and sleep once the
+                 * spin time is over */
+                if (++k % 64 == 0) sched_yield();
+                if (k % 64 == 0 && now_ns() > until) {
                     atomic_fetch_add(&pool.sleeping, 1);
                     wait_gen(seen);
                     atomic_fetch_sub(&pool.sleeping, 1);
@@ -147,6 +152,9 @@ int tp_run(int n_threads, tp_fn fn, void *ctx) {
     atomic_fetch_add(&pool.gen, 1);              /* seq_cst: publishes the job */
     if (atomic_load(&pool.sleeping) > 0) wake_all();
     fn(ctx, 0, n_threads);
-    while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) tp_pause();
+    for (int k = 1; atomic_load_explicit(&pool.pending, memory_order_acquire) > 0; k++) {
+        tp_pause();
+        if (k % 256 == 0) sched_yield();
+    }
     return rc;
 }
