@@ -315,3 +315,21 @@ def test_real_model_decode_with_cache(name, request):
     _assert_close(steps, batch, 1e-4)
     tail = {k: fixture[k][-n_steps:] for k in ("top_ids", "top_logits")}
     assert agreement(steps, tail)["top1_mean"] < 0.5
+
+
+def test_cache_grows_with_the_sequence(tmp_path, monkeypatch):
+    """Storage starts small and doubles as tokens arrive (up to n_ctx); nothing changes in the results."""
+    from edgeinfer.engine import kv_cache
+
+    monkeypatch.setattr(kv_cache, "INITIAL_CELLS", 4)
+    model = _model(_tiny(tmp_path, "llama", T.Q8_0))
+    tokens = _tokens(13, seed=12)
+    full = model.forward(tokens, KVCache.for_model(model, 13))
+    cache = KVCache.for_model(model, 13)
+    assert cache.capacity == 4 and cache.k.shape[-1] == 4 and cache.v.shape[1] == 4
+    steps = [model.forward(tokens[:3], cache)]
+    steps += [model.forward(tokens[i : i + 1], cache) for i in range(3, 13)]
+    assert cache.capacity == 13  # 4 -> 8 -> 13 (capped at n_ctx)
+    _assert_close(np.concatenate(steps), full, 1e-5)
+    cache.truncate(5)
+    _assert_close(model.forward(tokens[5:], cache), full[5:], 1e-5)

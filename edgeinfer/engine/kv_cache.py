@@ -14,6 +14,9 @@ import numpy as np
 from ..errors import ContextFullError
 
 
+INITIAL_CELLS = 256  # cells allocated at first; doubled as the sequence grows
+
+
 class KVCache:
     def __init__(
         self,
@@ -33,8 +36,11 @@ class KVCache:
         # K transposed, (layer, kv head, head_dim, cell): a query's scores against all cells are then
         # products along rows (vector code, no horizontal sums); V as (layer, cell, kv head, head_dim_v):
         # a token's V of a layer is one contiguous row
-        self.k = np.zeros((n_layer, n_head_kv, head_dim, n_ctx), self.dtype)
-        self.v = np.zeros((n_layer, n_ctx, n_head_kv, head_dim_v), self.dtype)
+        # Storage grows with the sequence (doubling, up to n_ctx): memory follows the tokens held, and
+        # a short chat does not pay for zeroing a long context's pages.
+        self.capacity = min(n_ctx, INITIAL_CELLS)
+        self.k = np.zeros((n_layer, n_head_kv, head_dim, self.capacity), self.dtype)
+        self.v = np.zeros((n_layer, self.capacity, n_head_kv, head_dim_v), self.dtype)
         self.pos = np.zeros(n_ctx, np.int32)  # (cell,) position of the token in each cell
         self.n_past = 0
         self._n_new = 0  # cells claimed by the pass in progress
@@ -61,15 +67,28 @@ class KVCache:
                 f"{n} more were given. Load the model with a larger n_ctx, or start a new conversation "
                 "(or shorten this one)."
             )
+        if self.n_past + n > self.capacity:
+            self._grow(self.n_past + n)
         self.pos[self.n_past : self.n_past + n] = positions
         self._n_new = n
         return self.pos[: self.n_past + n]
+
+    def _grow(self, need: int) -> None:
+        cap = self.capacity
+        while cap < need:
+            cap *= 2
+        cap = min(cap, self.n_ctx)
+        k = np.zeros(self.k.shape[:3] + (cap,), self.dtype)
+        v = np.zeros((self.n_layer, cap) + self.v.shape[2:], self.dtype)
+        k[..., : self.n_past] = self.k[..., : self.n_past]
+        v[:, : self.n_past] = self.v[:, : self.n_past]
+        self.k, self.v, self.capacity = k, v, cap
 
     def update(self, il: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         start, end = self.n_past, self.n_past + self._n_new
         self.k[il, :, :, start:end] = k.transpose(1, 2, 0)  # (n, n_head_kv, head_dim) -> (n_head_kv, head_dim, n)
         self.v[il, start:end] = v
-        k_t, v_all = self.k[il], self.v[il, :end]  # (n_head_kv, head_dim, n_ctx), (n_kv, n_head_kv, head_dim_v)
+        k_t, v_all = self.k[il], self.v[il, :end]  # (n_head_kv, head_dim, capacity), (n_kv, n_head_kv, head_dim_v)
         if self.dtype != np.float32:
             k_t, v_all = k_t[:, :, :end].astype(np.float32), v_all.astype(np.float32)
         return k_t, v_all
