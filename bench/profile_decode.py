@@ -59,6 +59,9 @@ class TimedBackend:
     def rope(self, x, positions, cos, sin, n_rot, neox):
         return self._timed("rope", self.inner.rope, x, positions, cos, sin, n_rot, neox)
 
+    def qkv_store(self, *args):
+        return self._timed("qkv_store", self.inner.qkv_store, *args)
+
     def attention(self, q, k_t, v, q_pos, kv_pos, n_swa, scale):
         return self._timed("attention", self.inner.attention, q, k_t, v, q_pos, kv_pos, n_swa, scale)
 

@@ -139,3 +139,29 @@ def test_exp32_accuracy_and_range():
     assert np.max(np.abs(got[normal] - ref[normal]) / ref[normal]) < 4e-7
     assert got[0] == 0.0 and got[-1] == np.inf and (got[x > 88.72] == np.inf).all()
     assert exp(np.array([-np.inf, 0.0], np.float32)).tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("neox,n_rot", [(False, 16), (True, 16), (True, 8)])
+def test_qkv_store(backend, qk_norm, neox, n_rot):
+    """The fused QK-norm + rope + cache write equals the ops one by one."""
+    rng = np.random.default_rng(9)
+    n, H, Hkv, D, Dv, cap, start = 3, 4, 2, 16, 12, 10, 5
+    qkv = rng.standard_normal((n, H * D + Hkv * D + Hkv * Dv)).astype(np.float32)
+    pos = np.array([5, 6, 9], np.int32)
+    ang = np.arange(12)[:, None] * 100.0 ** (-2.0 * np.arange(n_rot // 2) / n_rot)
+    cos, sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+    qw = rng.standard_normal(D).astype(np.float32) if qk_norm else None
+    kw = rng.standard_normal(D).astype(np.float32) if qk_norm else None
+    k_t = np.zeros((Hkv, D, cap), np.float32)
+    v = np.zeros((cap, Hkv, Dv), np.float32)
+    q = backend.qkv_store(qkv, H, Hkv, D, Dv, pos, cos, sin, n_rot, neox, qw, kw, 1e-6, k_t, v, start)
+    q_ref = qkv[:, : H * D].reshape(n, H, D)
+    k_ref = qkv[:, H * D : H * D + Hkv * D].reshape(n, Hkv, D)
+    if qk_norm:
+        q_ref, k_ref = numpy_ops.rms_norm(q_ref, qw, 1e-6), numpy_ops.rms_norm(k_ref, kw, 1e-6)
+    assert np.allclose(q, numpy_ops.rope(q_ref, pos, cos, sin, n_rot, neox), atol=2e-6)
+    k_rot = numpy_ops.rope(k_ref, pos, cos, sin, n_rot, neox)
+    assert np.allclose(k_t[:, :, start : start + n], k_rot.transpose(1, 2, 0), atol=2e-6)
+    assert np.array_equal(v[start : start + n], qkv[:, H * D + Hkv * D :].reshape(n, Hkv, Dv))
+    assert not k_t[:, :, :start].any() and not v[start + n :].any()  # nothing else written

@@ -84,6 +84,14 @@ class KVCache:
         v[:, : self.n_past] = self.v[:, : self.n_past]
         self.k, self.v, self.capacity = k, v, cap
 
+    def storage(self, il: int):
+        """Layer il's storage (K transposed (n_head_kv, head_dim, capacity), V (capacity, n_head_kv,
+        head_dim_v)) and the first cell of the pass in progress, for a backend to write K and V into
+        directly; None when the cache is not float32 (then update() converts)."""
+        if self.dtype != np.float32:
+            return None
+        return self.k[il], self.v[il], self.n_past
+
     def update(self, il: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         start, end = self.n_past, self.n_past + self._n_new
         self.k[il, :, :, start:end] = k.transpose(1, 2, 0)  # (n, n_head_kv, head_dim) -> (n_head_kv, head_dim, n)

@@ -7,6 +7,8 @@ Shapes (float32 unless said):
     attention(q (n, H, D), k_t (Hkv, D, >= n_kv), v (n_kv, Hkv, Dv), q_pos (n,), kv_pos (n_kv,), n_swa, scale)
         -> (n, H * Dv); K comes transposed, its first n_kv cells in use; query i sees cell j when kv_pos[j] <= q_pos[i] (and q_pos[i] - kv_pos[j] < n_swa
         when n_swa > 0); query head h reads KV head h // (H / Hkv)
+    qkv_store(qkv (n, H D + Hkv D + Hkv Dv), ..., k_t, v, start) -> q (n, H, D): QK-norm (optional) and
+        rope of the stacked Q/K/V matmul's output, K and V written into the cache storage at `start`
     glu(gu (n, 2 f), act) -> act(gu[:, :f]) * gu[:, f:]            act: "silu" or "gelu_tanh"
 """
 
@@ -36,6 +38,20 @@ def rope(x: np.ndarray, positions: np.ndarray, cos_t: np.ndarray, sin_t: np.ndar
         out[..., 0:n_rot:2] = x0 * cos - x1 * sin
         out[..., 1:n_rot:2] = x0 * sin + x1 * cos
     return out
+
+
+def qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
+              q_norm, k_norm, eps, k_t, v, start) -> np.ndarray:  # fmt: skip
+    n = qkv.shape[0]
+    nq, nk = n_head * head_dim, n_head_kv * head_dim
+    q = qkv[:, :nq].reshape(n, n_head, head_dim)
+    k = qkv[:, nq : nq + nk].reshape(n, n_head_kv, head_dim)
+    if q_norm is not None:
+        q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
+    q = rope(q, positions, cos, sin, n_rot, neox)
+    k_t[:, :, start : start + n] = rope(k, positions, cos, sin, n_rot, neox).transpose(1, 2, 0)
+    v[start : start + n] = qkv[:, nq + nk :].reshape(n, n_head_kv, head_dim_v)
+    return np.ascontiguousarray(q)
 
 
 def causal_mask(q_pos: np.ndarray, kv_pos: np.ndarray, n_swa: int = 0) -> np.ndarray:
@@ -101,6 +117,11 @@ class NumpyOps:
 
     def rope(self, x, positions, cos, sin, n_rot, neox):
         return rope(x, positions, cos, sin, n_rot, neox)
+
+    def qkv_store(self, qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
+                  q_norm, k_norm, eps, k_t, v, start):  # fmt: skip
+        return qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
+                         q_norm, k_norm, eps, k_t, v, start)  # fmt: skip
 
     def attention(self, q, k_t, v, q_pos, kv_pos, n_swa, scale):
         return attention(q, k_t, v, q_pos, kv_pos, n_swa, scale)

@@ -51,6 +51,8 @@ class Attention:
         if n_head % n_head_kv:
             raise ValueError(f"n_head ({n_head}) must be a multiple of n_head_kv ({n_head_kv})")
         self.wqkv = Linear.stack([wq, wk, wv])  # one matmul where the formats allow, else None
+        # Q and K alone when V's format differs (Gemma 3's Q8_0 V beside Q5_0 Q/K)
+        self.wqk = Linear.stack([wq, wk]) if self.wqkv is None else None
         self.wq, self.wk, self.wv, self.wo = wq, wk, wv, wo
         self.backend = wo.backend
         self.n_head, self.n_head_kv = n_head, n_head_kv
@@ -70,23 +72,42 @@ class Attention:
     ) -> np.ndarray:
         """x (n_tokens, n_embd) -> (n_tokens, n_embd)."""
         n = x.shape[0]
-        nq, nk = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
-        if self.wqkv is not None:
-            qkv = self.wqkv(x)  # (n, nq + nk + nv)
-            q, k, v = qkv[:, :nq], qkv[:, nq : nq + nk], qkv[:, nq + nk :]
+        storage = getattr(cache, "storage", None)
+        stacked = self.wqkv is not None or self.wqk is not None
+        store = storage(il) if storage is not None and stacked and cb is None else None
+        if store is not None:  # one call: QK-norm, rope, K and V into the cache
+            k_store, v_store, start = store
+            cos, sin = self.rope.tables(batch.max_pos)
+            qn, kn = self.q_norm, self.k_norm
+            if self.wqkv is not None:
+                qkv = self.wqkv(x)
+            else:
+                qkv = np.concatenate([self.wqk(x), self.wv(x)], axis=1)
+            q = self.backend.qkv_store(
+                qkv, self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v, batch.positions,
+                cos, sin, self.rope.params.n_rot, self.rope.params.neox,
+                None if qn is None else qn.weight, None if kn is None else kn.weight,
+                0.0 if qn is None else qn.eps, k_store, v_store, start,
+            )  # fmt: skip
+            k_t, v_all = k_store, v_store[: start + n]
         else:
-            q, k, v = self.wq(x), self.wk(x), self.wv(x)
-        q = q.reshape(n, self.n_head, self.head_dim)
-        k = k.reshape(n, self.n_head_kv, self.head_dim)
-        v = v.reshape(n, self.n_head_kv, self.head_dim_v)
-        if self.q_norm is not None:
-            q = self.q_norm(q)
-            k = self.k_norm(k)
-        q = self.rope(q, batch.positions, batch.max_pos, self.backend)
-        k = self.rope(k, batch.positions, batch.max_pos, self.backend)
-        if cb is not None:
-            cb("Qcur", q), cb("Kcur", k), cb("Vcur", v)
-        k_t, v_all = cache.update(il, k, v)  # (n_head_kv, head_dim, >= n_kv), (n_kv, n_head_kv, head_dim_v)
+            nq, nk = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
+            if self.wqkv is not None:
+                qkv = self.wqkv(x)  # (n, nq + nk + nv)
+                q, k, v = qkv[:, :nq], qkv[:, nq : nq + nk], qkv[:, nq + nk :]
+            else:
+                q, k, v = self.wq(x), self.wk(x), self.wv(x)
+            q = q.reshape(n, self.n_head, self.head_dim)
+            k = k.reshape(n, self.n_head_kv, self.head_dim)
+            v = v.reshape(n, self.n_head_kv, self.head_dim_v)
+            if self.q_norm is not None:
+                q = self.q_norm(q)
+                k = self.k_norm(k)
+            q = self.rope(q, batch.positions, batch.max_pos, self.backend)
+            k = self.rope(k, batch.positions, batch.max_pos, self.backend)
+            if cb is not None:
+                cb("Qcur", q), cb("Kcur", k), cb("Vcur", v)
+            k_t, v_all = cache.update(il, k, v)  # (n_head_kv, head_dim, >= n_kv), (n_kv, n_head_kv, head_dim_v)
         out = self.backend.attention(q, k_t, v_all, batch.positions, batch.kv_pos, self.n_swa, self.scale)
         if cb is not None:
             cb("kqv_out", out)

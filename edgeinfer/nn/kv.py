@@ -29,5 +29,9 @@ class KVCacheLike(Protocol):
         cells; return float32 views: K transposed (n_head_kv, head_dim, >= n_kv) whose first n_kv cells are
         those in use, and V (n_kv, n_head_kv, head_dim_v)."""
 
+    def storage(self, il: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """Layer il's float32 storage, K transposed (n_head_kv, head_dim, capacity) and V (capacity,
+        n_head_kv, head_dim_v), and the first claimed cell; None if the backend must go through update()."""
+
     def commit(self) -> None:
         """Make the claimed cells part of the sequence."""

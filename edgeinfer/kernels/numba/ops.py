@@ -29,42 +29,43 @@ _SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
 # -- RMSNorm -------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FAST)
 def _rms_row(x, w, eps, out, i):
+    # squares in float32 summed in float64, as ggml_compute_forward_rms_norm_f32 (the order of the
+    # double sum is free: vector lanes)
     d = x.shape[1]
     s = 0.0
     for j in range(d):
-        v = np.float64(x[i, j])
-        s += v * v
-    scale = np.float32(1.0) / np.float32(math.sqrt(np.float32(s / d) + np.float32(eps)))
+        v = x[i, j]
+        s += np.float64(v * v)
+    scale = np.float32(1.0) / np.float32(math.sqrt(np.float32(s / d) + eps))
     for j in range(d):
         out[i, j] = (x[i, j] * scale) * w[j]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FAST)
 def _rms_norm(x, w, eps, out):
     for i in range(x.shape[0]):
         _rms_row(x, w, eps, out, i)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, fastmath=FAST, parallel=True)
 def _rms_norm_par(x, w, eps, out):
     for i in prange(x.shape[0]):
         _rms_row(x, w, eps, out, i)
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """x (..., d) -> x / sqrt(mean(x^2) + eps) * weight, a new float32 array."""
-    shape = x.shape
-    if x.dtype != np.float32 or not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-    x2 = x.reshape(-1, shape[-1])
-    out = np.empty(x2.shape, np.float32)
-    if x2.size >= PARALLEL_MIN_WORK:
-        _rms_norm_par(x2, weight, eps, out)
+    """x (..., d) -> x / sqrt(mean(x^2) + eps) * weight, a new float32 array (any layout of x)."""
+    if x.ndim != 2:
+        out = rms_norm(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), weight, eps)
+        return out.reshape(x.shape)
+    out = np.empty(x.shape, np.float32)
+    if x.size >= PARALLEL_MIN_WORK:
+        _rms_norm_par(x, weight, eps, out)
     else:
-        _rms_norm(x2, weight, eps, out)
-    return out.reshape(shape)
+        _rms_norm(x, weight, eps, out)
+    return out
 
 
 # -- RoPE ----------------------------------------------------------------------------------------------
@@ -98,6 +99,77 @@ def rope(x, positions, cos_t, sin_t, n_rot: int, neox: bool) -> np.ndarray:
     out = np.empty_like(x)
     _rope(x, positions, cos_t, sin_t, n_rot, neox, out)
     return out
+
+
+# -- Q/K/V after their matmul: QK-norm, rope, K and V into the cache ----------------------------------
+
+
+@njit(cache=True, inline="always")
+def _norm_rope_head(src, o, d, w, has_norm, eps, c_row, s_row, n_rot, neox, dst):
+    """dst[:d] = rope(rms_norm(src[o : o + d]) * w) (the norm only when has_norm): one head of one token,
+    with the arithmetic of _rms_row and _rope."""
+    if has_norm:
+        acc = 0.0
+        for j in range(d):
+            v = np.float64(src[o + j])
+            acc += v * v
+        scale = np.float32(1.0) / np.float32(math.sqrt(np.float32(acc / d) + eps))
+        for j in range(d):
+            dst[j] = (src[o + j] * scale) * w[j]
+    else:
+        for j in range(d):
+            dst[j] = src[o + j]
+    half = n_rot // 2
+    for i in range(half):
+        c = c_row[i]
+        s = s_row[i]
+        if neox:
+            a, b = i, i + half
+        else:
+            a, b = 2 * i, 2 * i + 1
+        x0 = dst[a]
+        x1 = dst[b]
+        dst[a] = x0 * c - x1 * s
+        dst[b] = x0 * s + x1 * c
+
+
+@njit(cache=True)
+def _qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos_t, sin_t, n_rot, neox,
+               q_norm, k_norm, has_norm, eps, k_t, v_store, start, q_out):  # fmt: skip
+    nq = n_head * head_dim
+    nk = n_head_kv * head_dim
+    kbuf = np.empty(head_dim, np.float32)
+    for t in range(qkv.shape[0]):
+        row = qkv[t]
+        c_row = cos_t[positions[t]]
+        s_row = sin_t[positions[t]]
+        for h in range(n_head):
+            _norm_rope_head(row, h * head_dim, head_dim, q_norm, has_norm, eps, c_row, s_row, n_rot, neox, q_out[t, h])
+        cell = start + t
+        for g in range(n_head_kv):
+            _norm_rope_head(row, nq + g * head_dim, head_dim, k_norm, has_norm, eps, c_row, s_row, n_rot, neox, kbuf)
+            for e in range(head_dim):
+                k_t[g, e, cell] = kbuf[e]
+            o = nq + nk + g * head_dim_v
+            for e in range(head_dim_v):
+                v_store[cell, g, e] = row[o + e]
+
+
+_NO_NORM = np.ones(1, np.float32)
+
+
+def qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
+              q_norm, k_norm, eps, k_t, v, start) -> np.ndarray:  # fmt: skip
+    """qkv (n, H D + Hkv D + Hkv Dv), the output of the stacked Q/K/V matmul -> q (n, H, D), normed
+    (q_norm, k_norm: RMSNorm weights (D,) or None) and rotated; K (normed, rotated) and V written into
+    the cache storage k_t (Hkv, D, capacity), v (capacity, Hkv, Dv) at cells start..start+n-1."""
+    qkv = np.ascontiguousarray(qkv, dtype=np.float32)
+    q = np.empty((qkv.shape[0], n_head, head_dim), np.float32)
+    has_norm = q_norm is not None
+    _qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
+               q_norm if has_norm else _NO_NORM, k_norm if has_norm else _NO_NORM, has_norm,
+               np.float32(eps), k_t, v, start, q)  # fmt: skip
+    return q
 
 
 # -- exp, vectorizable --------------------------------------------------------------------------------
