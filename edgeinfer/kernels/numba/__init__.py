@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
-import numba
-import numpy as np
 
-from ...system import default_threads
-from ..base import QTensor
-from . import matmul as _matmul
-from . import ops as _ops
+def _import_numba_without_scipy_blas() -> None:
+    """Numba's first compile or cache load imports numba.np.arraymath, which imports scipy.linalg (if
+    scipy is installed) to find a BLAS for np.dot in compiled code: 0.3-0.4 s of every start-up. No
+    kernel here uses np.dot or np.linalg, so let that probe fail fast; the module entry is removed right
+    after, so a later `import scipy.linalg` anywhere else works as usual."""
+    key = "scipy.linalg.cython_blas"
+    if key in sys.modules or "numba.np.arraymath" in sys.modules:
+        return
+    sys.modules[key] = None  # makes `import scipy.linalg.cython_blas` raise ImportError at once
+    try:
+        import numba.np.arraymath  # noqa: F401
+    finally:
+        if key in sys.modules and sys.modules[key] is None:
+            del sys.modules[key]
+
+
+_import_numba_without_scipy_blas()
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ...system import default_threads  # noqa: E402
+from ..base import QTensor  # noqa: E402
+from . import matmul as _matmul  # noqa: E402
+from . import ops as _ops  # noqa: E402
 
 _THREADS_SET: dict[int, int] = {}  # Python thread id -> the Numba thread count a backend set there
 

@@ -392,6 +392,8 @@ def dequantize(
     """Raw tensor bytes -> float32 array of `shape` (numpy order), with the same checks as
     edgeinfer.quant.dequantize."""
     fmt, flat = check_raw(raw, ggml_type, shape, tensor_name)
+    if fmt.ggml_type == GGMLQuantizationType.F32:  # a copy (norm weights at load: no compiled code to load)
+        return np.array(np.ascontiguousarray(flat).view(np.float32)).reshape(tuple(shape))
     n_blocks = flat.size // fmt.type_size
     out = np.empty(n_blocks * fmt.block_size, np.float32)
     KERNELS[fmt.ggml_type](_readonly(flat), out, 0, n_blocks)
