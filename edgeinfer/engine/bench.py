@@ -234,6 +234,13 @@ def _model_label(llm) -> dict:
     for t in tensors:  # the weight type that holds the most bytes names the file, as "Q4_1"
         counts[t.type_name] = counts.get(t.type_name, 0) + t.n_bytes
     main_type = max(counts, key=counts.get) if counts else "?"
+    try:  # the file's own label (general.file_type: Q4_K_M rather than its biggest tensor's Q8_0)
+        from gguf.constants import LlamaFileType
+
+        ftype = LlamaFileType(int(f.metadata["general.file_type"])).name
+        main_type = ftype.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except (KeyError, ValueError, TypeError):
+        pass
     name = f.metadata.get("general.name") or Path(llm.path).stem
     return {
         "model": str(name),
