@@ -27,6 +27,7 @@
 #define MIN_CHUNKS_PER_THREAD 8
 
 static const native_kernels *kernels = &native_kernels_scalar;
+int native_prefetch_bytes = 2048;
 static pthread_mutex_t call_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* -- ISA choice ------------------------------------------------------------------------------------- */
@@ -90,6 +91,16 @@ static int act_setup(native_act *a, int kind, int64_t n_tokens, int64_t n_cols) 
 
 /* -- one matmul: a job for the pool ---------------------------------------------------------------- */
 
+/* Each thread owns one contiguous range of chunks (a long sequential stream of weights for the hardware
+ * prefetcher, and no cache line shared with another thread's rows), taken one chunk at a time from its own
+ * counter; a thread done with its range takes chunks from the fronts of the others' (work stealing, only
+ * at the end). Which thread computes a row never changes its value. */
+typedef struct {
+    _Atomic int64_t next;
+    int64_t end;
+    char pad[64 - 2 * sizeof(int64_t)];
+} slot_t;
+
 typedef struct {
     const native_kernels *k;
     native_rows_fn rows;
@@ -98,7 +109,8 @@ typedef struct {
     const float *x;
     float *out;
     native_act a;
-    _Atomic int64_t next;
+    int n_slots;
+    slot_t *slots;
 } job_t;
 
 static void quantize_job(void *p, int id, int n) {
@@ -108,15 +120,23 @@ static void quantize_job(void *p, int id, int n) {
     for (int64_t t = t0; t < t1; t++) job->k->quantize(job->x + t * job->a.n_cols, &job->a, t);
 }
 
+static void do_chunk(job_t *job, int64_t c) {
+    const int64_t r0 = c * job->chunk_rows;
+    const int64_t r1 = r0 + job->chunk_rows < job->n_rows ? r0 + job->chunk_rows : job->n_rows;
+    job->rows(job->w, job->row_bytes, r0, r1, job->n_rows, &job->a, job->out);
+}
+
 static void rows_job(void *p, int id, int n) {
-    (void)id; (void)n;
+    (void)n;  /* the pool may run fewer threads than there are slots: the others' ranges get stolen */
     job_t *job = p;
-    for (;;) {
-        const int64_t c = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed);
-        if (c >= job->n_chunks) break;
-        const int64_t r0 = c * job->chunk_rows;
-        const int64_t r1 = r0 + job->chunk_rows < job->n_rows ? r0 + job->chunk_rows : job->n_rows;
-        job->rows(job->w, job->row_bytes, r0, r1, job->n_rows, &job->a, job->out);
+    const int S = job->n_slots;
+    for (int k = 0; k < S; k++) {
+        slot_t *slot = &job->slots[(id + k) % S];
+        for (;;) {
+            const int64_t c = atomic_fetch_add_explicit(&slot->next, 1, memory_order_relaxed);
+            if (c >= slot->end) break;
+            do_chunk(job, c);
+        }
     }
 }
 
@@ -139,8 +159,14 @@ static void run_matmul(job_t *job, int n_threads) {
     } else {
         for (int64_t t = 0; t < T; t++) job->k->quantize(job->x + t * job->a.n_cols, &job->a, t);
     }
-    atomic_store(&job->next, 0);
     const int threads = job->n_chunks < n_threads ? (int)job->n_chunks : n_threads;
+    static slot_t slots[TP_MAX_THREADS] __attribute__((aligned(64)));  /* calls are serialized */
+    for (int i = 0; i < threads; i++) {
+        atomic_store_explicit(&slots[i].next, job->n_chunks * i / threads, memory_order_relaxed);
+        slots[i].end = job->n_chunks * (i + 1) / threads;
+    }
+    job->slots = slots;
+    job->n_slots = threads;
     tp_run(threads, rows_job, job);
 }
 
@@ -299,5 +325,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__native(void) {
     const char *env = getenv("EDGEINFER_NATIVE_ISA");
     kernels = env && strcmp(env, "scalar") == 0 ? &native_kernels_scalar : best_kernels();
+    const char *pf = getenv("EDGEINFER_NATIVE_PREFETCH");
+    if (pf) native_prefetch_bytes = atoi(pf) < 0 ? 0 : atoi(pf);
     return PyModule_Create(&module);
 }

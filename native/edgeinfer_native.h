@@ -56,6 +56,9 @@ typedef struct {
     native_quantize_fn quantize;
 } native_kernels;
 
+/* how far ahead of the rows it works on a decode prefetches the weights (bytes; 0: no prefetch) */
+extern int native_prefetch_bytes;
+
 extern const native_kernels native_kernels_scalar;
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define NATIVE_X86 1

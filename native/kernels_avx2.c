@@ -170,23 +170,34 @@ FN static void quantize_row(const float *x, native_act *a, int64_t t) {
 
 /* -- legacy formats: blocks of 32 against Q8_0 / Q8_1 ----------------------------------------------- */
 
+/* 16 bytes of nibbles -> 32 bytes (low nibbles, then high nibbles): one broadcast load, a shift of the
+ * upper lane, a mask */
+INL __m256i nibbles32_b(const uint8_t *p) {
+    const __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_and_si256(_mm256_srlv_epi64(t, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0F));
+}
+
+/* 32 bits -> 32 bytes, 0xFF where the bit is set (a broadcast load, no general-purpose register) */
+INL __m256i bytes_from_bits32_b(const uint8_t *p) {
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    __m256i bytes = _mm256_shuffle_epi8(_mm256_castps_si256(_mm256_broadcast_ss((const float *)p)), shuf);
+    bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
+}
+
 INL __m256i decode_legacy(const int type, const uint8_t *b) {
     switch (type) {
     case GT_Q4_0:
-        return _mm256_sub_epi8(nibbles32(b + 2), _mm256_set1_epi8(8));
+        return _mm256_sub_epi8(nibbles32_b(b + 2), _mm256_set1_epi8(8));
     case GT_Q4_1:
-        return nibbles32(b + 4);
+        return nibbles32_b(b + 4);
     case GT_Q5_0:  /* a clear fifth bit: nibble | 0xF0 = nibble - 16 as int8 */
-        return _mm256_or_si256(nibbles32(b + 6), _mm256_andnot_si256(bytes_from_bits32(b + 2), _mm256_set1_epi8((char)0xF0)));
+        return _mm256_or_si256(nibbles32_b(b + 6), _mm256_andnot_si256(bytes_from_bits32_b(b + 2), _mm256_set1_epi8((char)0xF0)));
     case GT_Q5_1:
-        return _mm256_or_si256(nibbles32(b + 8), _mm256_and_si256(bytes_from_bits32(b + 4), _mm256_set1_epi8(0x10)));
+        return _mm256_or_si256(nibbles32_b(b + 8), _mm256_and_si256(bytes_from_bits32_b(b + 4), _mm256_set1_epi8(0x10)));
     case GT_IQ4_NL: {
-        const __m128i values = _mm_loadu_si128((const __m128i *)native_kvalues_iq4nl);
-        const __m128i t = _mm_loadu_si128((const __m128i *)(b + 2));
-        const __m128i m4 = _mm_set1_epi8(0x0F);
-        const __m128i lo = _mm_shuffle_epi8(values, _mm_and_si128(t, m4));
-        const __m128i hi = _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(t, 4), m4));
-        return _mm256_insertf128_si256(_mm256_castsi128_si256(lo), hi, 1);
+        const __m256i values = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)native_kvalues_iq4nl));
+        return _mm256_shuffle_epi8(values, nibbles32_b(b + 2));
     }
     default:  /* Q8_0 */
         return load256(b + 2);
@@ -197,6 +208,11 @@ INL __m256i decode_legacy(const int type, const uint8_t *b) {
                            (type) == GT_Q5_0 ? 22 : (type) == GT_Q5_1 ? 24 : 34)
 #define LEGACY_MIN(type) ((type) == GT_Q4_1 || (type) == GT_Q5_1)
 
+/* The float work of a block, per (row, token): s = (dx * yd, mx * ys) in one 2-lane multiply (the fp16
+ * d and m of the weight block converted together, the activation's d and s paired once per block for
+ * every row), acc += s[0] * float(int32 dot) lane by lane, summ += s[1] (lane 1 of a 4-lane sum; the other
+ * lanes carry unused values). The same IEEE operations in the same order as the scalar formula
+ * sum_b (dx*yd) * dot_b, plus sum_b mx*ys. */
 INL void tile_legacy(const int type, const int R, const int NT, const uint8_t *w, int64_t row_bytes,
                      int64_t r, const native_act *a, int64_t t, float *out, int64_t n_rows) {
     const int ts = LEGACY_SIZE(type);
@@ -204,31 +220,38 @@ INL void tile_legacy(const int type, const int R, const int NT, const uint8_t *w
     const int is_signed = !with_min;
     const int64_t nb = a->nb, nc = a->n_cols;
     __m256 acc[4][4];
-    float summ[4][4];
+    __m128 summ[4][4];
     for (int i = 0; i < R; i++)
-        for (int j = 0; j < NT; j++) { acc[i][j] = _mm256_setzero_ps(); summ[i][j] = 0; }
+        for (int j = 0; j < NT; j++) { acc[i][j] = _mm256_setzero_ps(); summ[i][j] = _mm_setzero_ps(); }
     const int8_t *yq = a->q + t * nc;
     const float *yd = a->d + t * nb;
-    const float *ys = a->s + t * nb;
+    const float *ys = with_min ? a->s + t * nb : NULL;
+    const uint8_t *w0 = w + r * row_bytes;
     for (int64_t b = 0; b < nb; b++) {
+        __m128 yds[4];
+        for (int j = 0; j < NT; j++)
+            yds[j] = with_min ? _mm_unpacklo_ps(_mm_load_ss(yd + j * nb + b), _mm_load_ss(ys + j * nb + b))
+                              : _mm_load_ss(yd + j * nb + b);
         for (int i = 0; i < R; i++) {
-            const uint8_t *blk = w + (r + i) * row_bytes + ts * b;
+            const uint8_t *blk = w0 + i * row_bytes + ts * b;
             const __m256i qx = decode_legacy(type, blk);
             const __m256i ax = is_signed ? _mm256_sign_epi8(qx, qx) : qx;
-            const float dx = f16_at(blk);
-            const float mx = with_min ? f16_at(blk + 2) : 0.0f;
+            uint32_t dm32; memcpy(&dm32, blk, 4);  /* d (and m): fp16 */
+            const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm32));
             for (int j = 0; j < NT; j++) {
                 __m256i y = load256(yq + j * nc + QK * b);
                 if (is_signed) y = _mm256_sign_epi8(y, qx);
                 const __m256 p = _mm256_cvtepi32_ps(dot_u8(ax, y));
-                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dx * yd[j * nb + b]), p, acc[i][j]);
-                if (with_min) summ[i][j] += mx * ys[j * nb + b];
+                const __m128 s = with_min ? _mm_mul_ps(dm, yds[j]) : _mm_mul_ss(dm, yds[j]);
+                acc[i][j] = _mm256_fmadd_ps(_mm256_broadcastss_ps(s), p, acc[i][j]);
+                if (with_min) summ[i][j] = _mm_add_ps(summ[i][j], s);
             }
         }
     }
     for (int i = 0; i < R; i++)
         for (int j = 0; j < NT; j++)
-            out[(t + j) * n_rows + r + i] = with_min ? hsum8(acc[i][j]) + summ[i][j] : hsum8(acc[i][j]);
+            out[(t + j) * n_rows + r + i] =
+                with_min ? hsum8(acc[i][j]) + _mm_cvtss_f32(_mm_movehdup_ps(summ[i][j])) : hsum8(acc[i][j]);
 }
 
 /* -- K-quants: super-blocks of 256 against Q8_K ----------------------------------------------------- */
@@ -374,6 +397,12 @@ INL void tile_float(const int type, const int R, const int NT, const uint8_t *w,
 
 /* -- row drivers: tiles of NT_P tokens x R_P rows (prefill), then single tokens x R_D rows (decode) --- */
 
+/* software prefetch of the weight bytes [p, p + n) (decode streams the weights from DRAM once) */
+INL void prefetch_range(const uint8_t *p, int64_t n) {
+    const uintptr_t end = (uintptr_t)p + (uintptr_t)n;
+    for (uintptr_t l = (uintptr_t)p & ~(uintptr_t)63; l < end; l += 64) _mm_prefetch((const char *)l, _MM_HINT_T0);
+}
+
 #define ROWS(name, tile, type, R_P, NT_P, R_D)                                                         \
     FN static void rows_##name(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,            \
                                int64_t n_rows, const native_act *a, float *out) {                      \
@@ -384,9 +413,15 @@ INL void tile_float(const int type, const int R, const int NT, const uint8_t *w,
             for (; r + R_P <= r1; r += R_P) tile(type, R_P, NT_P, w, row_bytes, r, a, t, out, n_rows); \
             for (; r < r1; r++) tile(type, 1, NT_P, w, row_bytes, r, a, t, out, n_rows);               \
         }                                                                                              \
+        /* a decode (fewer tokens than a prefill tile): the rows stream from memory, prefetched */     \
+        const int64_t pf = T < NT_P ? native_prefetch_bytes : 0;                                       \
         for (; t < T; t++) {                                                                           \
             int64_t r = r0;                                                                            \
-            for (; r + R_D <= r1; r += R_D) tile(type, R_D, 1, w, row_bytes, r, a, t, out, n_rows);    \
+            if (pf) prefetch_range(w + r0 * row_bytes, pf);                                            \
+            for (; r + R_D <= r1; r += R_D) {                                                          \
+                if (pf) prefetch_range(w + r * row_bytes + pf, R_D * row_bytes);                       \
+                tile(type, R_D, 1, w, row_bytes, r, a, t, out, n_rows);                                \
+            }                                                                                          \
             for (; r < r1; r++) tile(type, 1, 1, w, row_bytes, r, a, t, out, n_rows);                  \
         }                                                                                              \
     }
