@@ -62,8 +62,8 @@ class TimedBackend:
     def qkv_store(self, *args):
         return self._timed("qkv_store", self.inner.qkv_store, *args)
 
-    def attention(self, q, k_t, v, q_pos, kv_pos, n_swa, scale):
-        return self._timed("attention", self.inner.attention, q, k_t, v, q_pos, kv_pos, n_swa, scale)
+    def attention(self, q, k, v, q_pos, kv_pos, n_swa, scale):
+        return self._timed("attention", self.inner.attention, q, k, v, q_pos, kv_pos, n_swa, scale)
 
     def glu(self, gu, act):
         return self._timed("glu", self.inner.glu, gu, act)

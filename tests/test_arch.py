@@ -326,7 +326,7 @@ def test_cache_grows_with_the_sequence(tmp_path, monkeypatch):
     tokens = _tokens(13, seed=12)
     full = model.forward(tokens, KVCache.for_model(model, 13))
     cache = KVCache.for_model(model, 13)
-    assert cache.capacity == 4 and cache.k.shape[-1] == 4 and cache.v.shape[1] == 4
+    assert cache.capacity == 4 and cache.k.shape[1] == 4 and cache.v.shape[1] == 4
     steps = [model.forward(tokens[:3], cache)]
     steps += [model.forward(tokens[i : i + 1], cache) for i in range(3, 13)]
     assert cache.capacity == 13  # 4 -> 8 -> 13 (capped at n_ctx)

@@ -57,12 +57,10 @@ def test_rope(backend, neox, n_rot, head_dim):
     assert np.array_equal(got[0], x[0])  # position 0: the identity
 
 
-def _kv(rng, n_kv, n_head_kv, head_dim, head_dim_v, spare=5):
+def _kv(rng, n_kv, n_head_kv, head_dim, head_dim_v):
     k = rng.standard_normal((n_kv, n_head_kv, head_dim)).astype(np.float32)
     v = rng.standard_normal((n_kv, n_head_kv, head_dim_v)).astype(np.float32)
-    k_t = np.full((n_head_kv, head_dim, n_kv + spare), np.nan, np.float32)  # cells past n_kv: never read
-    k_t[:, :, :n_kv] = k.transpose(1, 2, 0)
-    return k_t, v
+    return k, v
 
 
 @pytest.mark.parametrize(
@@ -79,11 +77,11 @@ def _kv(rng, n_kv, n_head_kv, head_dim, head_dim_v, spare=5):
 def test_attention(backend, n, n_kv, n_head, n_head_kv, head_dim, head_dim_v, n_swa):
     rng = np.random.default_rng(n * 1000 + n_kv)
     q = rng.standard_normal((n, n_head, head_dim)).astype(np.float32)
-    k_t, v = _kv(rng, n_kv, n_head_kv, head_dim, head_dim_v)
+    k_c, v = _kv(rng, n_kv, n_head_kv, head_dim, head_dim_v)
     kv_pos = np.arange(n_kv, dtype=np.int32)
     q_pos = kv_pos[n_kv - n :]
-    got = backend.attention(q, k_t, v, q_pos, kv_pos, n_swa, 1 / np.sqrt(head_dim))
-    want = numpy_ops.attention(q, k_t, v, q_pos, kv_pos, n_swa, 1 / np.sqrt(head_dim))
+    got = backend.attention(q, k_c, v, q_pos, kv_pos, n_swa, 1 / np.sqrt(head_dim))
+    want = numpy_ops.attention(q, k_c, v, q_pos, kv_pos, n_swa, 1 / np.sqrt(head_dim))
     assert got.shape == (n, n_head * head_dim_v)
     assert np.allclose(got, want, atol=2e-6, rtol=1e-5)
 
@@ -93,29 +91,29 @@ def test_attention_window_and_batch_invariance(backend):
     rng = np.random.default_rng(5)
     n_kv, n = 50, 20
     q = rng.standard_normal((n, 4, 32)).astype(np.float32)
-    k_t, v = _kv(rng, n_kv, 2, 32, 32)
+    k_c, v = _kv(rng, n_kv, 2, 32, 32)
     kv_pos = np.arange(n_kv, dtype=np.int32)
     q_pos = kv_pos[-n:]
-    batch = backend.attention(q, k_t, v, q_pos, kv_pos, 8, 0.2)
+    batch = backend.attention(q, k_c, v, q_pos, kv_pos, 8, 0.2)
     for t in (0, 7, 19):
-        alone = backend.attention(q[t : t + 1], k_t, v, q_pos[t : t + 1], kv_pos, 8, 0.2)
+        alone = backend.attention(q[t : t + 1], k_c, v, q_pos[t : t + 1], kv_pos, 8, 0.2)
         if backend.name == "reference":  # numpy's BLAS sums in an order that depends on the shape
             assert np.allclose(alone[0], batch[t], atol=1e-6)
         else:
             assert np.array_equal(alone[0], batch[t])
-    assert not np.allclose(batch, backend.attention(q, k_t, v, q_pos, kv_pos, 0, 0.2))
+    assert not np.allclose(batch, backend.attention(q, k_c, v, q_pos, kv_pos, 0, 0.2))
 
 
 def test_attention_extreme_scores(backend):
     """Scores far beyond float32's exp range give a softmax of one winner, no inf or nan."""
     rng = np.random.default_rng(6)
     q = (rng.standard_normal((2, 2, 8)) * 100).astype(np.float32)
-    k_t, v = _kv(rng, 10, 1, 8, 8)
-    k_t *= 100
+    k_c, v = _kv(rng, 10, 1, 8, 8)
+    k_c *= 100
     pos = np.arange(10, dtype=np.int32)
-    got = backend.attention(q, k_t, v, pos[-2:], pos, 0, 1.0)
+    got = backend.attention(q, k_c, v, pos[-2:], pos, 0, 1.0)
     assert np.isfinite(got).all()
-    assert np.allclose(got, numpy_ops.attention(q, k_t, v, pos[-2:], pos, 0, 1.0), atol=1e-5)
+    assert np.allclose(got, numpy_ops.attention(q, k_c, v, pos[-2:], pos, 0, 1.0), atol=1e-5)
 
 
 @pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
@@ -153,15 +151,15 @@ def test_qkv_store(backend, qk_norm, neox, n_rot):
     cos, sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
     qw = rng.standard_normal(D).astype(np.float32) if qk_norm else None
     kw = rng.standard_normal(D).astype(np.float32) if qk_norm else None
-    k_t = np.zeros((Hkv, D, cap), np.float32)
+    k_c = np.zeros((cap, Hkv, D), np.float32)
     v = np.zeros((cap, Hkv, Dv), np.float32)
-    q = backend.qkv_store(qkv, H, Hkv, D, Dv, pos, cos, sin, n_rot, neox, qw, kw, 1e-6, k_t, v, start)
+    q = backend.qkv_store(qkv, H, Hkv, D, Dv, pos, cos, sin, n_rot, neox, qw, kw, 1e-6, k_c, v, start)
     q_ref = qkv[:, : H * D].reshape(n, H, D)
     k_ref = qkv[:, H * D : H * D + Hkv * D].reshape(n, Hkv, D)
     if qk_norm:
         q_ref, k_ref = numpy_ops.rms_norm(q_ref, qw, 1e-6), numpy_ops.rms_norm(k_ref, kw, 1e-6)
     assert np.allclose(q, numpy_ops.rope(q_ref, pos, cos, sin, n_rot, neox), atol=2e-6)
     k_rot = numpy_ops.rope(k_ref, pos, cos, sin, n_rot, neox)
-    assert np.allclose(k_t[:, :, start : start + n], k_rot.transpose(1, 2, 0), atol=2e-6)
+    assert np.allclose(k_c[start : start + n], k_rot, atol=2e-6)
     assert np.array_equal(v[start : start + n], qkv[:, H * D + Hkv * D :].reshape(n, Hkv, Dv))
-    assert not k_t[:, :, :start].any() and not v[start + n :].any()  # nothing else written
+    assert not k_c[:start].any() and not k_c[start + n :].any() and not v[start + n :].any()  # nothing else

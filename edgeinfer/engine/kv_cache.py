@@ -33,13 +33,13 @@ class KVCache:
         self.n_layer, self.n_ctx, self.n_head_kv = n_layer, n_ctx, n_head_kv
         self.head_dim, self.head_dim_v = head_dim, head_dim_v
         self.dtype = np.dtype(dtype)
-        # K transposed, (layer, kv head, head_dim, cell): a query's scores against all cells are then
-        # products along rows (vector code, no horizontal sums); V as (layer, cell, kv head, head_dim_v):
-        # a token's V of a layer is one contiguous row
+        # (layer, cell, kv head, head_dim): a token's K (and V) of a layer is one contiguous row, and a
+        # layer's cells in use one contiguous block that attention streams through (a transposed K,
+        # rows of cells per head dimension, measured 2x slower here when it comes from memory)
         # Storage grows with the sequence (doubling, up to n_ctx): memory follows the tokens held, and
         # a short chat does not pay for zeroing a long context's pages.
         self.capacity = min(n_ctx, INITIAL_CELLS)
-        self.k = np.zeros((n_layer, n_head_kv, head_dim, self.capacity), self.dtype)
+        self.k = np.zeros((n_layer, self.capacity, n_head_kv, head_dim), self.dtype)
         self.v = np.zeros((n_layer, self.capacity, n_head_kv, head_dim_v), self.dtype)
         self.pos = np.zeros(n_ctx, np.int32)  # (cell,) position of the token in each cell
         self.n_past = 0
@@ -78,15 +78,14 @@ class KVCache:
         while cap < need:
             cap *= 2
         cap = min(cap, self.n_ctx)
-        k = np.zeros(self.k.shape[:3] + (cap,), self.dtype)
+        k = np.zeros((self.n_layer, cap) + self.k.shape[2:], self.dtype)
         v = np.zeros((self.n_layer, cap) + self.v.shape[2:], self.dtype)
-        k[..., : self.n_past] = self.k[..., : self.n_past]
+        k[:, : self.n_past] = self.k[:, : self.n_past]
         v[:, : self.n_past] = self.v[:, : self.n_past]
         self.k, self.v, self.capacity = k, v, cap
 
     def storage(self, il: int):
-        """Layer il's storage (K transposed (n_head_kv, head_dim, capacity), V (capacity, n_head_kv,
-        head_dim_v)) and the first cell of the pass in progress, for a backend to write K and V into
+        """Layer il's storage (K (capacity, n_head_kv, head_dim), V (capacity, n_head_kv, head_dim_v)) and the first cell of the pass in progress, for a backend to write K and V into
         directly; None when the cache is not float32 (then update() converts)."""
         if self.dtype != np.float32:
             return None
@@ -94,12 +93,12 @@ class KVCache:
 
     def update(self, il: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         start, end = self.n_past, self.n_past + self._n_new
-        self.k[il, :, :, start:end] = k.transpose(1, 2, 0)  # (n, n_head_kv, head_dim) -> (n_head_kv, head_dim, n)
+        self.k[il, start:end] = k  # (n, n_head_kv, head_dim)
         self.v[il, start:end] = v
-        k_t, v_all = self.k[il], self.v[il, :end]  # (n_head_kv, head_dim, capacity), (n_kv, n_head_kv, head_dim_v)
+        k_all, v_all = self.k[il, :end], self.v[il, :end]  # (n_kv, n_head_kv, head_dim), (n_kv, n_head_kv, head_dim_v)
         if self.dtype != np.float32:
-            k_t, v_all = k_t[:, :, :end].astype(np.float32), v_all.astype(np.float32)
-        return k_t, v_all
+            k_all, v_all = k_all.astype(np.float32), v_all.astype(np.float32)
+        return k_all, v_all
 
     def commit(self) -> None:
         self.n_past += self._n_new

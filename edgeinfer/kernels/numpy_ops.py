@@ -4,10 +4,10 @@ the compiled versions (edgeinfer.kernels.numba.ops) are tested against.
 Shapes (float32 unless said):
     rms_norm(x (..., d), weight (d,), eps)                        x / sqrt(mean(x^2) + eps) * weight
     rope(x (n, h, d), positions int (n,), cos, sin (n_pos, n_rot/2), n_rot, neox)    rotated copy
-    attention(q (n, H, D), k_t (Hkv, D, >= n_kv), v (n_kv, Hkv, Dv), q_pos (n,), kv_pos (n_kv,), n_swa, scale)
-        -> (n, H * Dv); K comes transposed, its first n_kv cells in use; query i sees cell j when kv_pos[j] <= q_pos[i] (and q_pos[i] - kv_pos[j] < n_swa
+    attention(q (n, H, D), k (n_kv, Hkv, D), v (n_kv, Hkv, Dv), q_pos (n,), kv_pos (n_kv,), n_swa, scale)
+        -> (n, H * Dv); query i sees cell j when kv_pos[j] <= q_pos[i] (and q_pos[i] - kv_pos[j] < n_swa
         when n_swa > 0); query head h reads KV head h // (H / Hkv)
-    qkv_store(qkv (n, H D + Hkv D + Hkv Dv), ..., k_t, v, start) -> q (n, H, D): QK-norm (optional) and
+    qkv_store(qkv (n, H D + Hkv D + Hkv Dv), ..., k, v, start) -> q (n, H, D): QK-norm (optional) and
         rope of the stacked Q/K/V matmul's output, K and V written into the cache storage at `start`
     glu(gu (n, 2 f), act) -> act(gu[:, :f]) * gu[:, f:]            act: "silu" or "gelu_tanh"
 """
@@ -41,7 +41,7 @@ def rope(x: np.ndarray, positions: np.ndarray, cos_t: np.ndarray, sin_t: np.ndar
 
 
 def qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
-              q_norm, k_norm, eps, k_t, v, start) -> np.ndarray:  # fmt: skip
+              q_norm, k_norm, eps, k_store, v, start) -> np.ndarray:  # fmt: skip
     n = qkv.shape[0]
     nq, nk = n_head * head_dim, n_head_kv * head_dim
     q = qkv[:, :nq].reshape(n, n_head, head_dim)
@@ -49,7 +49,7 @@ def qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin,
     if q_norm is not None:
         q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
     q = rope(q, positions, cos, sin, n_rot, neox)
-    k_t[:, :, start : start + n] = rope(k, positions, cos, sin, n_rot, neox).transpose(1, 2, 0)
+    k_store[start : start + n] = rope(k, positions, cos, sin, n_rot, neox)
     v[start : start + n] = qkv[:, nq + nk :].reshape(n, n_head_kv, head_dim_v)
     return np.ascontiguousarray(q)
 
@@ -63,10 +63,9 @@ def causal_mask(q_pos: np.ndarray, kv_pos: np.ndarray, n_swa: int = 0) -> np.nda
     return mask
 
 
-def attention(q, k_t, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
+def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
     n, n_head, head_dim = q.shape
     n_kv, n_head_kv, head_dim_v = v.shape
-    k = k_t[:, :, :n_kv].transpose(2, 0, 1)  # (n_kv, Hkv, D)
     group = n_head // n_head_kv
     mask = causal_mask(q_pos, kv_pos, n_swa)
     lo = int(np.argmax(mask.any(axis=0)))  # a sliding window leaves a prefix no query reads
@@ -75,10 +74,10 @@ def attention(q, k_t, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
     mask = mask[:, lo:]
     qg = q.reshape(n, n_head_kv, group, head_dim).transpose(1, 2, 0, 3)  # (Hkv, group, n, D)
     out = np.empty((n_head_kv, group, n, head_dim_v), np.float32)
-    k_t = k.transpose(0, 2, 1)[:, None]  # (Hkv, 1, D, n_kv)
+    k_tr = k.transpose(0, 2, 1)[:, None]  # (Hkv, 1, D, n_kv)
     for c0 in range(0, n, QUERY_CHUNK):
         c1 = min(c0 + QUERY_CHUNK, n)
-        scores = qg[:, :, c0:c1] @ k_t  # (Hkv, group, chunk, n_kv)
+        scores = qg[:, :, c0:c1] @ k_tr  # (Hkv, group, chunk, n_kv)
         scores *= np.float32(scale)
         scores[:, :, ~mask[c0:c1]] = -np.inf
         scores -= scores.max(axis=-1, keepdims=True)
@@ -119,12 +118,12 @@ class NumpyOps:
         return rope(x, positions, cos, sin, n_rot, neox)
 
     def qkv_store(self, qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
-                  q_norm, k_norm, eps, k_t, v, start):  # fmt: skip
+                  q_norm, k_norm, eps, k, v, start):  # fmt: skip
         return qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
-                         q_norm, k_norm, eps, k_t, v, start)  # fmt: skip
+                         q_norm, k_norm, eps, k, v, start)  # fmt: skip
 
-    def attention(self, q, k_t, v, q_pos, kv_pos, n_swa, scale):
-        return attention(q, k_t, v, q_pos, kv_pos, n_swa, scale)
+    def attention(self, q, k, v, q_pos, kv_pos, n_swa, scale):
+        return attention(q, k, v, q_pos, kv_pos, n_swa, scale)
 
     def glu(self, gu, act):
         return glu(gu, act)

@@ -89,7 +89,7 @@ class Attention:
                 None if qn is None else qn.weight, None if kn is None else kn.weight,
                 0.0 if qn is None else qn.eps, k_store, v_store, start,
             )  # fmt: skip
-            k_t, v_all = k_store, v_store[: start + n]
+            k_all, v_all = k_store[: start + n], v_store[: start + n]
         else:
             nq, nk = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
             if self.wqkv is not None:
@@ -107,8 +107,8 @@ class Attention:
             k = self.rope(k, batch.positions, batch.max_pos, self.backend)
             if cb is not None:
                 cb("Qcur", q), cb("Kcur", k), cb("Vcur", v)
-            k_t, v_all = cache.update(il, k, v)  # (n_head_kv, head_dim, >= n_kv), (n_kv, n_head_kv, head_dim_v)
-        out = self.backend.attention(q, k_t, v_all, batch.positions, batch.kv_pos, self.n_swa, self.scale)
+            k_all, v_all = cache.update(il, k, v)  # (n_kv, n_head_kv, head_dim), (n_kv, n_head_kv, head_dim_v)
+        out = self.backend.attention(q, k_all, v_all, batch.positions, batch.kv_pos, self.n_swa, self.scale)
         if cb is not None:
             cb("kqv_out", out)
         return self.wo(out)

@@ -26,12 +26,12 @@ class KVCacheLike(Protocol):
 
     def update(self, il: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Store layer il's k (n, n_head_kv, head_dim) and v (n, n_head_kv, head_dim_v) in the claimed
-        cells; return float32 views: K transposed (n_head_kv, head_dim, >= n_kv) whose first n_kv cells are
-        those in use, and V (n_kv, n_head_kv, head_dim_v)."""
+        cells; return float32 views of all cells in use: K (n_kv, n_head_kv, head_dim), V (n_kv, n_head_kv,
+        head_dim_v)."""
 
     def storage(self, il: int) -> tuple[np.ndarray, np.ndarray, int] | None:
-        """Layer il's float32 storage, K transposed (n_head_kv, head_dim, capacity) and V (capacity,
-        n_head_kv, head_dim_v), and the first claimed cell; None if the backend must go through update()."""
+        """Layer il's float32 storage, K (capacity, n_head_kv, head_dim) and V (capacity, n_head_kv,
+        head_dim_v), and the first claimed cell; None if the backend must go through update()."""
 
     def commit(self) -> None:
         """Make the claimed cells part of the sequence."""

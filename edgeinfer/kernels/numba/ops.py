@@ -135,10 +135,9 @@ def _norm_rope_head(src, o, d, w, has_norm, eps, c_row, s_row, n_rot, neox, dst)
 
 @njit(cache=True)
 def _qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos_t, sin_t, n_rot, neox,
-               q_norm, k_norm, has_norm, eps, k_t, v_store, start, q_out):  # fmt: skip
+               q_norm, k_norm, has_norm, eps, k_store, v_store, start, q_out):  # fmt: skip
     nq = n_head * head_dim
     nk = n_head_kv * head_dim
-    kbuf = np.empty(head_dim, np.float32)
     for t in range(qkv.shape[0]):
         row = qkv[t]
         c_row = cos_t[positions[t]]
@@ -147,9 +146,7 @@ def _qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos_t, s
             _norm_rope_head(row, h * head_dim, head_dim, q_norm, has_norm, eps, c_row, s_row, n_rot, neox, q_out[t, h])
         cell = start + t
         for g in range(n_head_kv):
-            _norm_rope_head(row, nq + g * head_dim, head_dim, k_norm, has_norm, eps, c_row, s_row, n_rot, neox, kbuf)
-            for e in range(head_dim):
-                k_t[g, e, cell] = kbuf[e]
+            _norm_rope_head(row, nq + g * head_dim, head_dim, k_norm, has_norm, eps, c_row, s_row, n_rot, neox, k_store[cell, g])
             o = nq + nk + g * head_dim_v
             for e in range(head_dim_v):
                 v_store[cell, g, e] = row[o + e]
@@ -159,16 +156,16 @@ _NO_NORM = np.ones(1, np.float32)
 
 
 def qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
-              q_norm, k_norm, eps, k_t, v, start) -> np.ndarray:  # fmt: skip
+              q_norm, k_norm, eps, k, v, start) -> np.ndarray:  # fmt: skip
     """qkv (n, H D + Hkv D + Hkv Dv), the output of the stacked Q/K/V matmul -> q (n, H, D), normed
     (q_norm, k_norm: RMSNorm weights (D,) or None) and rotated; K (normed, rotated) and V written into
-    the cache storage k_t (Hkv, D, capacity), v (capacity, Hkv, Dv) at cells start..start+n-1."""
+    the cache storage k (capacity, Hkv, D), v (capacity, Hkv, Dv) at cells start..start+n-1."""
     qkv = np.ascontiguousarray(qkv, dtype=np.float32)
     q = np.empty((qkv.shape[0], n_head, head_dim), np.float32)
     has_norm = q_norm is not None
     _qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
                q_norm if has_norm else _NO_NORM, k_norm if has_norm else _NO_NORM, has_norm,
-               np.float32(eps), k_t, v, start, q)  # fmt: skip
+               np.float32(eps), k, v, start, q)  # fmt: skip
     return q
 
 
@@ -224,20 +221,20 @@ def _softmax_row(scores, n_kv, qp, kv_pos, n_swa, scale):
 
 
 @njit(cache=True, inline="always", fastmath=FAST)
-def _attend_tg(q, k_t, v, q_pos, kv_pos, n_swa, scale, t, g, scores, acc, out):
-    """Query t, the query heads of KV head g: scores along rows of K^T (vector code over the cells),
-    masked softmax, then the rows of V summed with those weights."""
+def _attend_tg(q, k, v, q_pos, kv_pos, n_swa, scale, t, g, scores, acc, out):
+    """Query t, the query heads of KV head g: they read each K and V row once, together (rows of cells
+    stream from memory in order); masked softmax per head; the rows of V summed with its weights."""
     head_dim = q.shape[2]
     n_kv, n_head_kv, head_dim_v = v.shape
     group = q.shape[1] // n_head_kv
+    for j in range(n_kv):
+        for a in range(group):
+            h = g * group + a
+            s = np.float32(0.0)
+            for e in range(head_dim):
+                s += q[t, h, e] * k[j, g, e]
+            scores[a, j] = s
     for a in range(group):
-        h = g * group + a
-        for j in range(n_kv):
-            scores[a, j] = 0.0
-        for e in range(head_dim):
-            qe = q[t, h, e]
-            for j in range(n_kv):
-                scores[a, j] += qe * k_t[g, e, j]
         _softmax_row(scores[a], n_kv, q_pos[t], kv_pos, n_swa, scale)
         for e in range(head_dim_v):
             acc[a, e] = 0.0
@@ -253,18 +250,18 @@ def _attend_tg(q, k_t, v, q_pos, kv_pos, n_swa, scale, t, g, scores, acc, out):
 
 
 @njit(cache=True, fastmath=FAST)
-def _attention_serial(q, k_t, v, q_pos, kv_pos, n_swa, scale, out):
+def _attention_serial(q, k, v, q_pos, kv_pos, n_swa, scale, out):
     n_kv, n_head_kv, head_dim_v = v.shape
     group = q.shape[1] // n_head_kv
     scores = np.empty((group, n_kv), np.float32)
     acc = np.empty((group, head_dim_v), np.float32)
     for t in range(q.shape[0]):
         for g in range(n_head_kv):
-            _attend_tg(q, k_t, v, q_pos, kv_pos, n_swa, scale, t, g, scores, acc, out)
+            _attend_tg(q, k, v, q_pos, kv_pos, n_swa, scale, t, g, scores, acc, out)
 
 
 @njit(cache=True, fastmath=FAST, parallel=True)
-def _attention_parallel(q, k_t, v, q_pos, kv_pos, n_swa, scale, out):
+def _attention_parallel(q, k, v, q_pos, kv_pos, n_swa, scale, out):
     n_kv, n_head_kv, head_dim_v = v.shape
     group = q.shape[1] // n_head_kv
     n_items = q.shape[0] * n_head_kv
@@ -273,26 +270,25 @@ def _attention_parallel(q, k_t, v, q_pos, kv_pos, n_swa, scale, out):
         scores = np.empty((group, n_kv), np.float32)
         acc = np.empty((group, head_dim_v), np.float32)
         for i in range(c * n_items // n_chunks, (c + 1) * n_items // n_chunks):
-            _attend_tg(q, k_t, v, q_pos, kv_pos, n_swa, scale, i // n_head_kv, i % n_head_kv, scores, acc, out)
+            _attend_tg(q, k, v, q_pos, kv_pos, n_swa, scale, i // n_head_kv, i % n_head_kv, scores, acc, out)
 
 
 PARALLEL_MIN_CELLS = 4096  # query heads x cells from which attention runs on all threads
 
 
-def attention(q, k_t, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
-    """q (n, H, D), k_t (Hkv, D, >= n_kv), v (n_kv, Hkv, Dv) float32 -> (n, H * Dv)."""
+def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
+    """q (n, H, D), k (n_kv, Hkv, D), v (n_kv, Hkv, Dv) float32 -> (n, H * Dv)."""
     n, n_head, _ = q.shape
     q = np.ascontiguousarray(q, dtype=np.float32)
-    if not k_t.flags.c_contiguous or k_t.dtype != np.float32:
-        k_t = np.ascontiguousarray(k_t, dtype=np.float32)
+    k = np.ascontiguousarray(k, dtype=np.float32)
     v = np.ascontiguousarray(v, dtype=np.float32)
     q_pos = np.ascontiguousarray(q_pos, dtype=np.int32)
     kv_pos = np.ascontiguousarray(kv_pos, dtype=np.int32)
     out = np.empty((n, n_head * v.shape[2]), np.float32)
     if n * n_head * v.shape[0] >= PARALLEL_MIN_CELLS and n * v.shape[1] > 1:
-        _attention_parallel(q, k_t, v, q_pos, kv_pos, n_swa, np.float32(scale), out)
+        _attention_parallel(q, k, v, q_pos, kv_pos, n_swa, np.float32(scale), out)
     else:
-        _attention_serial(q, k_t, v, q_pos, kv_pos, n_swa, np.float32(scale), out)
+        _attention_serial(q, k, v, q_pos, kv_pos, n_swa, np.float32(scale), out)
     return out
 
 
