@@ -417,9 +417,9 @@ INL void prefetch_range(const uint8_t *p, int64_t n) {
         const int64_t pf = T < NT_P ? native_prefetch_bytes : 0;                                       \
         for (; t < T; t++) {                                                                           \
             int64_t r = r0;                                                                            \
-            if (pf) prefetch_range(w + r0 * row_bytes, pf);                                            \
+            if (pf) prefetch_range(w + r0 * row_bytes, pf + R_D * row_bytes);                          \
             for (; r + R_D <= r1; r += R_D) {                                                          \
-                if (pf) prefetch_range(w + r * row_bytes + pf, R_D * row_bytes);                       \
+                if (pf) prefetch_range(w + (r + R_D) * row_bytes + pf, R_D * row_bytes);               \
                 tile(type, R_D, 1, w, row_bytes, r, a, t, out, n_rows);                                \
             }                                                                                          \
             for (; r < r1; r++) tile(type, 1, 1, w, row_bytes, r, a, t, out, n_rows);                  \
