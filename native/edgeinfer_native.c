@@ -3,8 +3,8 @@
  *   matmul(ggml_type, w, x, out, n_rows, n_cols, n_threads)
  *       w: bytes-like (n_rows * row_bytes) weight blocks, read only (an mmap view: never copied)
  *       x: float32 C-contiguous (n_tokens, n_cols); out: writeable float32 C-contiguous (n_tokens, n_rows)
- *       (BufferError for a non-contiguous x or a read-only / non-contiguous out)
- *       (the Python backend validates shapes and dtypes; this checks the byte sizes again)
+ *       (BufferError for a non-contiguous x or a read-only / non-contiguous out, ValueError for another
+ *       dtype, rank or shape: checked exactly, the Python backend's fast path relies on it)
  *   supports(ggml_type) -> bool      isa() -> "avx2" | "neon" | "scalar"
  *   set_isa(name) -> previous name   (tests: "scalar" or the best one the CPU has)
  *
@@ -196,6 +196,16 @@ static int64_t type_size_of(int type) {
     }
 }
 
+/* a buffer format of native float32 ("f", "=f", "@f", or "<f" on a little-endian machine) */
+static int is_f32(const char *format) {
+    if (!format) return 0;
+    if (format[0] == '@' || format[0] == '=') format++;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    else if (format[0] == '<') format++;
+#endif
+    return format[0] == 'f' && format[1] == 0;
+}
+
 static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 7) {
@@ -220,13 +230,22 @@ static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     Py_buffer w, x, out;
     if (PyObject_GetBuffer(args[1], &w, PyBUF_SIMPLE) < 0) return NULL;
-    if (PyObject_GetBuffer(args[2], &x, PyBUF_C_CONTIGUOUS) < 0) { PyBuffer_Release(&w); return NULL; }
-    if (PyObject_GetBuffer(args[3], &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+    if (PyObject_GetBuffer(args[2], &x, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) { PyBuffer_Release(&w); return NULL; }
+    if (PyObject_GetBuffer(args[3], &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
         PyBuffer_Release(&w); PyBuffer_Release(&x); return NULL;
     }
     PyObject *result = NULL;
     const int64_t row_bytes = n_cols / bsize * type_size_of((int)type);
-    const int64_t n_tokens = (int64_t)(x.len / (Py_ssize_t)sizeof(float)) / n_cols;
+    /* x: float32 (n_tokens, n_cols), out: float32 (n_tokens, n_rows), both C-contiguous (checked exactly:
+     * the backend's fast path relies on it) */
+    if (!is_f32(x.format) || x.ndim != 2 || x.shape[1] != n_cols || !is_f32(out.format) || out.ndim != 2 ||
+        out.shape[0] != x.shape[0] || out.shape[1] != n_rows) {
+        PyErr_Format(PyExc_ValueError,
+                     "matmul: x must be float32 (n_tokens, %zd) and out float32 (n_tokens, %zd), both C-contiguous",
+                     n_cols, n_rows);
+        goto done;
+    }
+    const int64_t n_tokens = x.shape[0];
     if (w.len != n_rows * row_bytes || x.len != n_tokens * n_cols * (Py_ssize_t)sizeof(float) ||
         out.len != n_tokens * n_rows * (Py_ssize_t)sizeof(float)) {
         PyErr_Format(PyExc_ValueError,
@@ -302,6 +321,21 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
     return previous;
 }
 
+static PyObject *py_set_prefetch(PyObject *self, PyObject *arg) {
+    (void)self;
+    const long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0 || n > (1L << 20)) {
+        PyErr_SetString(PyExc_ValueError, "prefetch distance: 0 (off) to 1 MiB");
+        return NULL;
+    }
+    pthread_mutex_lock(&call_mu);
+    const int previous = native_prefetch_bytes;
+    native_prefetch_bytes = (int)n;
+    pthread_mutex_unlock(&call_mu);
+    return PyLong_FromLong(previous);
+}
+
 static PyObject *py_n_workers(PyObject *self, PyObject *unused) {
     (void)self; (void)unused;
     return PyLong_FromLong(tp_n_workers());
@@ -313,6 +347,8 @@ static PyMethodDef methods[] = {
     {"supports", py_supports, METH_O, "supports(ggml_type) -> bool: a native kernel exists"},
     {"isa", py_isa, METH_NOARGS, "isa() -> the instruction set in use: 'avx2', 'neon' or 'scalar'"},
     {"set_isa", py_set_isa, METH_O, "set_isa(name) -> previous: 'scalar' or 'auto' (tests)"},
+    {"set_prefetch", py_set_prefetch, METH_O,
+     "set_prefetch(n_bytes) -> previous: how far ahead a decode prefetches the weights (0: off; tuning)"},
     {"n_workers", py_n_workers, METH_NOARGS, "worker threads started so far"},
     {NULL, NULL, 0, NULL},
 };

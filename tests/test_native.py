@@ -268,6 +268,20 @@ def test_bad_inputs_are_clear_errors():
         _native.matmul(int(T.Q4_0), np.zeros(10, np.uint8), x, np.empty((2, 8), np.float32), 8, 64, 1)
     with pytest.raises(NotImplementedError):
         _native.matmul(int(T.Q2_K), np.zeros(84, np.uint8), random_x(1, 256), np.empty((1, 1), np.float32), 1, 256, 1)
+    # the C side checks dtype, rank and shapes exactly (the backend's fast path relies on it): a float64 x of the
+    # same byte size, a flat x, an out of the wrong shape or dtype are refused
+    q4 = random_weight(T.Q4_0, 8, 64)
+    flat = q4.raw.reshape(-1)
+    for bad_x, bad_out in [
+        (np.zeros((1, 32), np.float64), np.empty((1, 8), np.float32)),
+        (np.zeros(64, np.float32), np.empty((1, 8), np.float32)),
+        (np.zeros((1, 64), np.float32), np.empty((1, 2), np.float64)),
+        (np.zeros((1, 64), np.float32), np.empty((2, 4), np.float32)),
+        (np.zeros((1, 64), np.float32), np.empty(8, np.float32)),
+        (np.zeros((1, 64), np.float32).astype(">f4"), np.empty((1, 8), np.float32)),
+    ]:
+        with pytest.raises(ValueError, match="float32"):
+            _native.matmul(int(T.Q4_0), flat, bad_x, bad_out, 8, 64, 1)
     with pytest.raises(ValueError, match="n_threads"):
         native.NativeBackend(0)
 

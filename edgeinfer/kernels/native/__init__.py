@@ -64,6 +64,7 @@ NATIVE_TYPES = (
 _NATIVE = {t: (int(t), *GGML_QUANT_SIZES[t]) for t in NATIVE_TYPES}
 del T
 _F32 = np.dtype(np.float32)
+_empty = np.empty
 # id(QTensor) -> (weakref to it, ggml id or -1 (no C kernel), flat weight bytes, n_rows, n_cols): the checks
 # of a weight cost more than a small matmul, so they run once per tensor
 _PLANS: dict[int, tuple] = {}
@@ -115,7 +116,14 @@ class NativeBackend(NumbaBackend):
         _, type_id, flat, n_rows, n_cols = plan
         if type_id < 0:
             return super().matmul(w, x, out)
-        # fast path: the C side checks contiguity (BufferError) and byte sizes again
+        # fast path: the C side checks dtype, rank, shapes, contiguity and byte sizes exactly; anything it
+        # refuses goes through the checks and conversions below
+        try:
+            y = _empty((x.shape[0], n_rows), _F32) if out is None else out
+            _native.matmul(type_id, flat, x, y, n_rows, n_cols, self.native_threads)
+            return y
+        except Exception:
+            pass
         if type(x) is not np.ndarray or x.dtype is not _F32 or x.ndim != 2 or x.shape[1] != n_cols:
             x = _nm._activations(w, x)
         if out is None:
