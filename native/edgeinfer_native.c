@@ -7,9 +7,14 @@
  *       dtype, rank or shape: checked exactly, the Python backend's fast path relies on it)
  *   supports(ggml_type) -> bool      isa() -> "avx2" | "neon" | "scalar"
  *   set_isa(name) -> previous name   (tests: "scalar" or the best one the CPU has)
+ *   set_prefetch(n_bytes) -> previous  how far ahead a decode prefetches the weights (default 2048,
+ *                                      EDGEINFER_NATIVE_PREFETCH at import; 0: off)
  *
  * One call: release the GIL, quantize x once (in parallel from 8 tokens up) into a scratch buffer kept
- * between calls, then the threads of the persistent pool take chunks of rows from an atomic counter.
+ * between calls, then the threads of the persistent pool (the caller is one of them) each take one
+ * contiguous range of rows, chunk by chunk, and steal chunks from the others' ranges at the end (a decode
+ * streams every weight from DRAM once: long sequential streams, prefetched in software, see ROWS in
+ * kernels_avx2.c).
  * Calls from several Python threads are serialized by a mutex (the pool and the scratch are shared).
  * EDGEINFER_NATIVE_ISA=scalar (read at import) forces the portable code.
  */

@@ -6,8 +6,8 @@
  * Tiles: tile_<fmt>(R, NT) computes R consecutive rows against NT consecutive tokens, decoding each
  * weight block once for the NT tokens. Each (row, token) output has its own accumulator and sees the
  * same operations in the same order whatever R and NT are, so the results do not depend on the tiling
- * (decode == prefill, bit for bit). Decode runs R = 4 rows x 1 token (independent chains), prefill
- * R x 4 tokens.
+ * (decode == prefill, bit for bit). Decode runs R = 4 rows x 1 token (independent chains; Q8_0 1 row),
+ * prefill R x 4 tokens. A decode prefetches the weights native_prefetch_bytes ahead of the tile.
  */
 #include "edgeinfer_native.h"
 

@@ -159,6 +159,29 @@ def test_batch_and_thread_invariance(isa, ggml_type):
     assert np.array_equal(backend(3).matmul(w, x[3:8]), batch[3:8])
 
 
+@needs_native
+@pytest.mark.parametrize("ggml_type", C_TYPES, ids=lambda t: t.name)
+def test_prefetch_distance_and_threads_do_not_change_results(ggml_type):
+    """A decode's software prefetch (any distance, or none) and the per-thread row ranges (rows split
+    unevenly, stolen at the end) leave every output bit as it is."""
+    from edgeinfer import _native
+
+    w = random_weight(ggml_type, 301, cols_for(ggml_type))
+    x = random_x(3, w.n_cols)
+    expected = backend(1).matmul(w, x)
+    before = _native.set_prefetch(0)
+    try:
+        for distance in (0, 64, 2048, 100000):
+            _native.set_prefetch(distance)
+            for n in (1, 2, 3, 5):
+                for t in range(len(x)):
+                    assert np.array_equal(backend(n).matmul(w, x[t : t + 1])[0], expected[t])
+    finally:
+        _native.set_prefetch(before)
+    with pytest.raises(ValueError):
+        _native.set_prefetch(-1)
+
+
 def test_many_threads_and_back():
     """More threads than cores, then fewer: the pool copes with any count."""
     w = random_weight(T.Q4_0, 200, 256)
