@@ -333,3 +333,17 @@ def test_cache_grows_with_the_sequence(tmp_path, monkeypatch):
     _assert_close(np.concatenate(steps), full, 1e-5)
     cache.truncate(5)
     _assert_close(model.forward(tokens[5:], cache), full[5:], 1e-5)
+
+
+def test_stacked_weights_release_their_file_pages(smollm2_path):
+    """Q/K/V and gate/up are stacked into copies at load; the file's pages of the originals are handed
+    back (the model holds those bytes once), and reading them again still gives the same bytes."""
+    f = GGUFFile(smollm2_path)
+    model = build_model(f, ReferenceBackend())
+    names = model.stacked_sources()
+    assert len(names) == 30 * 5 and "blk.0.attn_q.weight" in names and "blk.29.ffn_up.weight" in names
+    attn = model.blocks[0].attn
+    assert attn.wqkv is not None and attn.wqkv.weight.raw.shape[0] == 576 + 192 + 192
+    raw = f.tensors["blk.0.attn_q.weight"].data
+    assert np.array_equal(attn.wqkv.weight.raw[:576], raw)  # re-read after release: the same bytes
+    assert f.release_pages(["blk.0.ffn_gate.weight"]) > 0

@@ -55,7 +55,9 @@ def build_model(f: GGUFFile, backend: Backend | None = None) -> DecoderModel:
         from ..kernels.reference import ReferenceBackend
 
         backend = ReferenceBackend()
-    return get_arch_module(f.architecture).Model.from_gguf(f, backend)
+    model = get_arch_module(f.architecture).Model.from_gguf(f, backend)
+    f.release_pages(model.stacked_sources())  # their bytes now live in the stacked copies
+    return model
 
 
 __all__ = [

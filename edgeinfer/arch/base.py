@@ -228,6 +228,14 @@ class DecoderModel:
         c = self.config
         return dict(n_layer=c.n_layer, n_head_kv=c.n_head_kv, head_dim=c.head_dim, head_dim_v=c.head_dim_v)
 
+    def stacked_sources(self) -> list[str]:
+        """Names of the file's weights that were copied into stacked matmuls at load (Q/K/V, gate/up)."""
+        names = []
+        for block in self.blocks:
+            for part in vars(block).values():
+                names += getattr(part, "stacked_sources", lambda: [])()
+        return names
+
     def _cb(self, il: int) -> Callable[[str, np.ndarray], None] | None:
         trace = self.trace
         if trace is None:

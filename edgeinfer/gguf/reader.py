@@ -158,6 +158,30 @@ class GGUFFile:
             counts[t.type_name] = counts.get(t.type_name, 0) + 1
         return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
+    def release_pages(self, names) -> int:
+        """Tell the OS that the named tensors' pages will not be read again soon (MADV_DONTNEED on the
+        read-only mapping): a model that copied them (weights stacked at load) then holds those bytes
+        once, not twice. Reading them later faults them back in from the page cache. Pages a tensor
+        shares with a neighbour are kept. Returns the bytes released (0 where the OS has no madvise)."""
+        mm = getattr(self, "_mmap", None)
+        if not isinstance(mm, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+            return 0
+        page = mmap.PAGESIZE
+        total = 0
+        for name in names:
+            t = self.tensors.get(name)
+            if t is None:
+                continue
+            start = -(-t.offset // page) * page
+            end = (t.offset + t.n_bytes) // page * page
+            if end > start:
+                try:
+                    mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+                    total += end - start
+                except (OSError, ValueError):
+                    pass
+        return total
+
     def close(self) -> None:
         """Release the mapping. Views handed out earlier keep it alive until they are dropped."""
         self.tensors = {}

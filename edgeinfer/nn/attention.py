@@ -62,6 +62,11 @@ class Attention:
         self.q_norm, self.k_norm = q_norm, k_norm
         self.n_swa = n_swa
 
+    def stacked_sources(self) -> list[str]:
+        """The weights whose rows were copied into wqkv / wqk."""
+        parts = [self.wq, self.wk, self.wv] if self.wqkv is not None else [self.wq, self.wk] if self.wqk is not None else []
+        return [p.weight.name for p in parts]
+
     def __call__(
         self,
         x: np.ndarray,

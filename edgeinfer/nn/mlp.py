@@ -19,6 +19,10 @@ class GatedMLP:
         self.backend = down.backend
         self.act = act
 
+    def stacked_sources(self) -> list[str]:
+        """The weights whose rows were copied into gate_up."""
+        return [self.gate.weight.name, self.up.weight.name] if self.gate_up is not None else []
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """x (n_tokens, n_embd) -> (n_tokens, n_embd)."""
         if self.gate_up is not None:
