@@ -23,6 +23,7 @@ native = Extension(
         "native/kernels_avx2.c",
         "native/kernels_neon.c",
         "native/threadpool.c",
+        "native/attention.c",
     ],
     depends=["native/edgeinfer_native.h", "native/threadpool.h"],
     include_dirs=["native"],

@@ -5,6 +5,7 @@
  *       x: float32 C-contiguous (n_tokens, n_cols); out: writeable float32 C-contiguous (n_tokens, n_rows)
  *       (BufferError for a non-contiguous x or a read-only / non-contiguous out, ValueError for another
  *       dtype, rank or shape: checked exactly, the Python backend's fast path relies on it)
+ *   attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads)   (native/attention.c)
  *   supports(ggml_type) -> bool      isa() -> "avx2" | "neon" | "scalar"
  *   set_isa(name) -> previous name   (tests: "scalar" or the best one the CPU has)
  *   set_prefetch(n_bytes) -> previous  how far ahead a decode prefetches the weights (default 2048,
@@ -295,6 +296,79 @@ done:
     return result;
 }
 
+/* a buffer format of a 4-byte signed int ("i", or "l" where long is 4 bytes), native order */
+static int is_i32(const Py_buffer *b) {
+    const char *format = b->format;
+    if (!format || b->itemsize != 4) return 0;
+    if (format[0] == '@' || format[0] == '=') format++;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    else if (format[0] == '<') format++;
+#endif
+    return (format[0] == 'i' || format[0] == 'l') && format[1] == 0;
+}
+
+/* attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads): see native_attention */
+static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads)");
+        return NULL;
+    }
+    const long n_swa = PyLong_AsLong(args[5]);
+    const double scale = PyFloat_AsDouble(args[6]);
+    const long n_threads = PyLong_AsLong(args[8]);
+    if (PyErr_Occurred()) return NULL;
+    Py_buffer b[6];
+    int got = 0;
+    static const int flags[6] = {
+        PyBUF_C_CONTIGUOUS | PyBUF_FORMAT, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT,
+        PyBUF_C_CONTIGUOUS | PyBUF_FORMAT, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT,
+        PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT,
+    };
+    static const int which[6] = {0, 1, 2, 3, 4, 7};
+    PyObject *result = NULL;
+    for (; got < 6; got++)
+        if (PyObject_GetBuffer(args[which[got]], &b[got], flags[got]) < 0) goto done;
+    const Py_buffer *q = &b[0], *k = &b[1], *v = &b[2], *qp = &b[3], *kp = &b[4], *out = &b[5];
+    if (!is_f32(q->format) || !is_f32(k->format) || !is_f32(v->format) || !is_f32(out->format) ||
+        !is_i32(qp) || !is_i32(kp) || q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || qp->ndim != 1 ||
+        kp->ndim != 1 || out->ndim != 2 || n_threads < 1 || n_swa < INT32_MIN || n_swa > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "attention: float32 q, k, v, out and int32 positions, C-contiguous");
+        goto done;
+    }
+    native_attn_args a;
+    a.n = q->shape[0]; a.H = q->shape[1]; a.D = q->shape[2];
+    a.n_kv = k->shape[0]; a.Hkv = k->shape[1]; a.Dv = v->shape[2];
+    if (a.Hkv < 1 || a.H % a.Hkv || k->shape[2] != a.D || v->shape[0] != a.n_kv || v->shape[1] != a.Hkv ||
+        qp->shape[0] != a.n || kp->shape[0] != a.n_kv || out->shape[0] != a.n || out->shape[1] != a.H * a.Dv) {
+        PyErr_SetString(PyExc_ValueError, "attention: shapes do not fit");
+        goto done;
+    }
+    a.q = q->buf; a.k = k->buf; a.v = v->buf; a.q_pos = qp->buf; a.kv_pos = kp->buf; a.out = out->buf;
+    a.n_swa = (int)n_swa;
+    a.scale = (float)scale;
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&call_mu);
+#if defined(NATIVE_X86)
+    const int avx2 = kernels == &native_kernels_avx2;
+#else
+    const int avx2 = 0;
+#endif
+    failed = native_attention(&a, (int)n_threads, avx2);
+    pthread_mutex_unlock(&call_mu);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
+    return result;
+}
+
 static PyObject *py_supports(PyObject *self, PyObject *arg) {
     (void)self;
     const long type = PyLong_AsLong(arg);
@@ -349,6 +423,8 @@ static PyObject *py_n_workers(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_FASTCALL,
      "matmul(ggml_type, w, x, out, n_rows, n_cols, n_threads): out = x @ W.T"},
+    {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL,
+     "attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads): out = softmax(scale q.k) v (masked)"},
     {"supports", py_supports, METH_O, "supports(ggml_type) -> bool: a native kernel exists"},
     {"isa", py_isa, METH_NOARGS, "isa() -> the instruction set in use: 'avx2', 'neon' or 'scalar'"},
     {"set_isa", py_set_isa, METH_O, "set_isa(name) -> previous: 'scalar' or 'auto' (tests)"},
@@ -359,7 +435,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "edgeinfer._native", "edgeinfer's C kernels (quantized matmul).", -1, methods,
+    PyModuleDef_HEAD_INIT, "edgeinfer._native", "edgeinfer's C kernels (quantized matmul, attention).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

@@ -152,4 +152,18 @@ static inline void native_scales_mins_k4(const uint8_t *q, uint8_t out[16]) {
 /* the portable activation quantizer (exact: ggml's quantize_row_q8_0/q8_1/q8_K_ref) */
 void native_quantize_row_scalar(const float *x, native_act *a, int64_t t);
 
+/* attention (native/attention.c): q (n, H, D), k (n_kv, Hkv, D), v (n_kv, Hkv, Dv), positions int32,
+ * out (n, H * Dv), all C-contiguous; on the pool, n_threads at most; avx2: the AVX2/FMA code (else the
+ * portable one). 0, or -1 when out of memory. Not reentrant (the extension's mutex serializes calls). */
+typedef struct {
+    const float *q, *k, *v;
+    const int32_t *q_pos, *kv_pos;
+    float *out;
+    int64_t n, H, Hkv, D, Dv, n_kv;
+    int n_swa;
+    float scale;
+} native_attn_args;
+
+int native_attention(const native_attn_args *a, int n_threads, int avx2);
+
 #endif

@@ -1,10 +1,11 @@
-"""The native CPU backend: quantized matmuls in C (native/*.c, the extension edgeinfer._native) with
-AVX2/FMA/F16C (x86-64), NEON (ARM, Q4_0/Q8_0) or portable scalar code, on a persistent thread pool.
+"""The native CPU backend: quantized matmuls and attention in C (native/*.c, the extension
+edgeinfer._native) with AVX2/FMA/F16C (x86-64), NEON (ARM, Q4_0/Q8_0) or portable scalar code, on a
+persistent thread pool.
 
 It computes exactly what the Numba backend computes (activations quantized once per matmul to the
 8-bit format ggml pairs with the weight type, int32 block dots, float scales), only faster; weight
-types without a C kernel (Q2_K, Q3_K, IQ4_XS, BF16) and every other operation (get_rows, dequantize,
-the small ops) come from NumbaBackend. The extension is built by `pip install` when a C compiler is
+types without a C kernel (Q2_K, Q3_K, IQ4_XS, BF16) and every other operation but attention (get_rows,
+dequantize, the small ops) come from NumbaBackend. The extension is built by `pip install` when a C compiler is
 there; `available()` says whether it was.
 """
 
@@ -151,6 +152,16 @@ class NativeBackend(NumbaBackend):
                 raise
             _native.matmul(type_id, flat, np.ascontiguousarray(x), out, n_rows, n_cols, self.native_threads)
         return out
+
+    def attention(self, q, k, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
+        """Attention in C on the pool (native/attention.c): q (n, H, D), k (n_kv, Hkv, D), v (n_kv, Hkv, Dv)
+        float32 C-contiguous, positions int32 -> (n, H * Dv). Other dtypes or layouts go to the Numba op."""
+        try:
+            out = _empty((q.shape[0], q.shape[1] * v.shape[2]), _F32)
+            _native.attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, self.native_threads)
+            return out
+        except Exception:
+            return super().attention(q, k, v, q_pos, kv_pos, n_swa, scale)
 
     def __repr__(self) -> str:
         return f"NativeBackend(n_threads={self.native_threads}, isa={native_isa()!r})"

@@ -1,0 +1,348 @@
+/* Attention on the native pool: see native_attention in edgeinfer_native.h.
+ *
+ * out[t, h*Dv:(h+1)*Dv] = sum_j p_j v[j, g] / sum_j p_j, p_j = e^(scale q[t,h].k[j,g] - max) over the cells j
+ * that query t sees (0 <= q_pos[t] - kv_pos[j] < n_swa, or no upper bound when n_swa <= 0), g = h / group.
+ *
+ * Each (token, head) output is computed by one thread, by a sequence of operations that depends only on
+ * the head size and the cell index j (never on the batch, on n_kv, on the item it falls in or on the
+ * thread): a token gives the same bits alone or in a batch, on any number of threads. The softmax sum is
+ * kept in 8 lanes indexed by j mod 8 (masked cells add an exact 0), the V rows are summed in cell order.
+ */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "edgeinfer_native.h"
+#include "threadpool.h"
+
+#if defined(NATIVE_X86)
+#include <immintrin.h>
+#define AFN __attribute__((target("avx2,fma")))
+#define AINL static inline __attribute__((always_inline, target("avx2,fma")))
+#endif
+
+/* cells of attention work (tokens x query heads x cells) under which one thread does it all */
+#define ATTN_PARALLEL_MIN_WORK 256
+/* how many cells ahead the AVX2 code prefetches K and V rows */
+#define ATTN_PREFETCH_CELLS 8
+
+typedef struct {
+    native_attn_args a;
+    int64_t group, stride;  /* query heads per KV head; floats of scratch per thread */
+    int64_t n_items, heads_per_item, parts;  /* an item: heads_per_item heads of one part of a KV group */
+    float *scratch;
+    int avx2;
+    _Atomic int64_t next;
+} attn_job;
+
+static inline int visible(int32_t qp, int32_t kp, int n_swa) {
+    const int32_t delta = qp - kp;
+    return delta >= 0 && (n_swa <= 0 || delta < n_swa);
+}
+
+/* -- portable ---------------------------------------------------------------------------------------- */
+
+/* e^x as the Numba op's _exp32: 0 below -87.3 (a masked -inf gives 0), inf above 88.7 */
+static float exp_scalar(float x) {
+    float xc = x < -87.3f ? -87.3f : x;
+    xc = xc > 88.7f ? 88.7f : xc;
+    const float n = floorf(xc * 1.4426950408889634f + 0.5f);
+    const float r = xc - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const float y = p * native_f32_from_bits((uint32_t)((int32_t)n + 127) << 23);
+    if (x < -87.3f) return 0.0f;
+    if (x > 88.7f) return INFINITY;
+    return y;
+}
+
+static void head_scalar(const attn_job *job, int64_t t, int64_t h, float *s) {
+    const native_attn_args *a = &job->a;
+    const int64_t D = a->D, Dv = a->Dv, g = h / job->group;
+    const float *qh = a->q + (t * a->H + h) * D;
+    const int32_t qp = a->q_pos[t];
+    float *o = a->out + (t * a->H + h) * Dv;
+    float best = -INFINITY;
+    for (int64_t j = 0; j < a->n_kv; j++) {
+        if (!visible(qp, a->kv_pos[j], a->n_swa)) { s[j] = -INFINITY; continue; }
+        const float *kr = a->k + (j * a->Hkv + g) * D;
+        float d = 0.0f;
+        for (int64_t e = 0; e < D; e++) d += qh[e] * kr[e];
+        s[j] = d * a->scale;
+        if (s[j] > best) best = s[j];
+    }
+    for (int64_t e = 0; e < Dv; e++) o[e] = 0.0f;
+    if (best == -INFINITY) return;  /* sees no cell */
+    float total = 0.0f;
+    for (int64_t j = 0; j < a->n_kv; j++) {
+        const float p = s[j] == -INFINITY ? 0.0f : exp_scalar(s[j] - best);
+        total += p;
+        if (p == 0.0f) continue;
+        const float *vr = a->v + (j * a->Hkv + g) * Dv;
+        for (int64_t e = 0; e < Dv; e++) o[e] += p * vr[e];
+    }
+    const float inv = 1.0f / total;
+    for (int64_t e = 0; e < Dv; e++) o[e] *= inv;
+}
+
+/* -- AVX2 / FMA -------------------------------------------------------------------------------------- */
+
+#if defined(NATIVE_X86)
+
+/* _exp32, 8 lanes: the same reduction and polynomial (FMA Horner), the same ends */
+AINL __m256 exp8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.7f);
+    const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(1.4426950408889634f), _mm256_set1_ps(0.5f)));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), xc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+    y = _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), y);  /* below -87.3 (and -inf): 0 */
+    return _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+}
+
+/* the cache lines of n floats from p into L1 */
+AINL void prefetch_row(const float *p, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) _mm_prefetch((const char *)(p + i), _MM_HINT_T0);
+}
+
+/* the four sums of a0..a3, each by the same tree: ((x0+x1)+(x2+x3)) + ((x4+x5)+(x6+x7)) */
+AINL __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+AINL float hsum8(__m256 a) { return _mm_cvtss_f32(reduce4(a, a, a, a)); }
+
+/* q.k of one cell, its tail (D not a multiple of 8) */
+AINL float dot_tail(const float *qh, const float *kr, int64_t D8, int64_t D) {
+    float d = 0.0f;
+    for (int64_t e = D8; e < D; e++) d += qh[e] * kr[e];
+    return d;
+}
+
+/* Query t, heads h0..h0+nh-1 (1 <= nh <= 4) of one KV head g: they read each K and V row once, together.
+ * s: 4 rows of job->stride floats. Every (head, cell) score is one FMA chain over the head size and the
+ * same reduction tree (reduce4 is the same for each lane), every output value one FMA chain over the
+ * cells in order: the same bits whichever heads share the call. */
+AINL void heads_body(const attn_job *job, int64_t t, int64_t h0, const int nh, float *s) {
+    const native_attn_args *a = &job->a;
+    const int64_t D = a->D, Dv = a->Dv, g = h0 / job->group, n_kv = a->n_kv, S = job->stride;
+    const int64_t D8 = D & ~(int64_t)7, kstride = a->Hkv * D, vstride = a->Hkv * Dv;
+    const float *kg = a->k + g * D, *vg = a->v + g * Dv;
+    const int32_t qp = a->q_pos[t];
+    const int n_swa = a->n_swa;
+    const float scale = a->scale;
+    const float *qh[4];
+    float *sh[4], *o[4];
+    for (int i = 0; i < 4; i++) {  /* lanes past nh repeat the last head (computed, never stored) */
+        const int64_t ih = i < nh ? i : nh - 1, h = h0 + ih;
+        qh[i] = a->q + (t * a->H + h) * D;
+        sh[i] = s + ih * S;
+        o[i] = a->out + (t * a->H + h) * Dv;
+    }
+
+    /* scores: 2 cells x 4 heads per step; -inf for the cells it does not see */
+    int any = 0;
+    int64_t j = 0;
+    for (; j < n_kv; j += 2) {
+        const int two = j + 1 < n_kv;
+        const int m0 = visible(qp, a->kv_pos[j], n_swa), m1 = two && visible(qp, a->kv_pos[j + 1], n_swa);
+        if (!(m0 | m1)) {
+            for (int i = 0; i < nh; i++) {
+                sh[i][j] = -INFINITY;
+                if (two) sh[i][j + 1] = -INFINITY;
+            }
+            continue;
+        }
+        any = 1;
+        const float *k0 = kg + j * kstride, *k1 = two ? k0 + kstride : k0;
+        if (j + ATTN_PREFETCH_CELLS + 2 <= n_kv) {  /* the cache comes from DRAM in a decode: ask ahead */
+            prefetch_row(k0 + ATTN_PREFETCH_CELLS * kstride, D);
+            prefetch_row(k1 + ATTN_PREFETCH_CELLS * kstride, D);
+        }
+        __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
+        __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+        for (int64_t e = 0; e < D8; e += 8) {
+            const __m256 x0 = _mm256_loadu_ps(k0 + e), x1 = _mm256_loadu_ps(k1 + e);
+            const __m256 q0 = _mm256_loadu_ps(qh[0] + e);
+            const __m256 q1 = nh > 1 ? _mm256_loadu_ps(qh[1] + e) : q0;
+            const __m256 q2 = nh > 2 ? _mm256_loadu_ps(qh[2] + e) : q0;
+            const __m256 q3 = nh > 3 ? _mm256_loadu_ps(qh[3] + e) : q0;
+            a00 = _mm256_fmadd_ps(q0, x0, a00);
+            a10 = _mm256_fmadd_ps(q0, x1, a10);
+            if (nh > 1) { a01 = _mm256_fmadd_ps(q1, x0, a01); a11 = _mm256_fmadd_ps(q1, x1, a11); }
+            if (nh > 2) { a02 = _mm256_fmadd_ps(q2, x0, a02); a12 = _mm256_fmadd_ps(q2, x1, a12); }
+            if (nh > 3) { a03 = _mm256_fmadd_ps(q3, x0, a03); a13 = _mm256_fmadd_ps(q3, x1, a13); }
+        }
+        float r0[4], r1[4];
+        _mm_storeu_ps(r0, reduce4(a00, a01, a02, a03));
+        _mm_storeu_ps(r1, reduce4(a10, a11, a12, a13));
+        for (int i = 0; i < nh; i++) {
+            if (D8 < D) { r0[i] += dot_tail(qh[i], k0, D8, D); r1[i] += dot_tail(qh[i], k1, D8, D); }
+            sh[i][j] = m0 ? r0[i] * scale : -INFINITY;
+            if (two) sh[i][j + 1] = m1 ? r1[i] * scale : -INFINITY;
+        }
+    }
+    if (!any) {
+        for (int i = 0; i < nh; i++)
+            for (int64_t e = 0; e < Dv; e++) o[i][e] = 0.0f;
+        return;
+    }
+    const int64_t n8 = (n_kv + 7) & ~(int64_t)7;
+
+    /* per head: max, then p = e^(s - max) in place (masked cells: exactly 0), the sum in 8 lanes by j mod 8 */
+    float inv[4];
+    for (int i = 0; i < nh; i++) {
+        float *si = sh[i];
+        for (j = n_kv; j < n8; j++) si[j] = -INFINITY;  /* the scratch has room */
+        __m256 mx = _mm256_set1_ps(-INFINITY);
+        for (j = 0; j < n8; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(si + j));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const __m256 best = _mm256_set1_ps(_mm_cvtss_f32(m4));
+        __m256 sum = _mm256_setzero_ps();
+        for (j = 0; j < n8; j += 8) {
+            const __m256 p = exp8(_mm256_sub_ps(_mm256_loadu_ps(si + j), best));
+            _mm256_storeu_ps(si + j, p);
+            sum = _mm256_add_ps(sum, p);
+        }
+        inv[i] = 1.0f / hsum8(sum);
+    }
+    for (int i = nh; i < 4; i++) inv[i] = inv[nh - 1];
+    const float *s0 = sh[0], *s1 = sh[1], *s2 = sh[2], *s3 = sh[3];
+
+    /* out = inv * sum_j p_j v_j, in cell order per output value: 16 values x 4 heads per pass over V */
+    int64_t e0 = 0;
+    for (; e0 + 16 <= Dv; e0 += 16) {
+        __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+        for (j = 0; j < n_kv; j++) {
+            if (s0[j] == 0.0f && (nh < 2 || s1[j] == 0.0f) && (nh < 3 || s2[j] == 0.0f) && (nh < 4 || s3[j] == 0.0f))
+                continue;  /* a cell none of them sees */
+            const float *vr = vg + j * vstride + e0;
+            if (j + ATTN_PREFETCH_CELLS < n_kv) _mm_prefetch((const char *)(vr + ATTN_PREFETCH_CELLS * vstride), _MM_HINT_T0);
+            const __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
+            __m256 p = _mm256_set1_ps(s0[j]);
+            c00 = _mm256_fmadd_ps(p, v0, c00); c01 = _mm256_fmadd_ps(p, v1, c01);
+            if (nh > 1) {
+                p = _mm256_set1_ps(s1[j]);
+                c10 = _mm256_fmadd_ps(p, v0, c10); c11 = _mm256_fmadd_ps(p, v1, c11);
+            }
+            if (nh > 2) {
+                p = _mm256_set1_ps(s2[j]);
+                c20 = _mm256_fmadd_ps(p, v0, c20); c21 = _mm256_fmadd_ps(p, v1, c21);
+            }
+            if (nh > 3) {
+                p = _mm256_set1_ps(s3[j]);
+                c30 = _mm256_fmadd_ps(p, v0, c30); c31 = _mm256_fmadd_ps(p, v1, c31);
+            }
+        }
+        const __m256 c[4][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
+        for (int i = 0; i < nh; i++) {
+            const __m256 iv = _mm256_set1_ps(inv[i]);
+            _mm256_storeu_ps(o[i] + e0, _mm256_mul_ps(c[i][0], iv));
+            _mm256_storeu_ps(o[i] + e0 + 8, _mm256_mul_ps(c[i][1], iv));
+        }
+    }
+    for (int i = 0; i < nh; i++) {
+        const float *si = sh[i];
+        for (int64_t e = e0; e + 8 <= Dv; e += 8) {
+            __m256 c0 = _mm256_setzero_ps();
+            for (j = 0; j < n_kv; j++)
+                c0 = _mm256_fmadd_ps(_mm256_set1_ps(si[j]), _mm256_loadu_ps(vg + j * vstride + e), c0);
+            _mm256_storeu_ps(o[i] + e, _mm256_mul_ps(c0, _mm256_set1_ps(inv[i])));
+        }
+        for (int64_t e = e0 + ((Dv - e0) & ~(int64_t)7); e < Dv; e++) {
+            float c = 0.0f;
+            for (j = 0; j < n_kv; j++) c += si[j] * vg[j * vstride + e];
+            o[i][e] = c * inv[i];
+        }
+    }
+}
+
+
+/* nh a constant in each: the lanes it does not use cost nothing */
+AFN static void heads_avx2(const attn_job *job, int64_t t, int64_t h0, int nh, float *s) {
+    switch (nh) {
+    case 1: heads_body(job, t, h0, 1, s); break;
+    case 2: heads_body(job, t, h0, 2, s); break;
+    case 3: heads_body(job, t, h0, 3, s); break;
+    default: heads_body(job, t, h0, 4, s); break;
+    }
+}
+#endif
+
+/* -- the job ----------------------------------------------------------------------------------------- */
+
+static void attn_worker(void *p, int id, int n) {
+    (void)n;
+    attn_job *job = p;
+    float *s = job->scratch + (int64_t)id * 4 * job->stride;
+    const int64_t per = job->heads_per_item, items_per_t = job->a.Hkv * job->parts;
+    for (;;) {
+        const int64_t i = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed);
+        if (i >= job->n_items) break;
+        const int64_t t = i / items_per_t, r = i % items_per_t, g = r / job->parts;
+        const int64_t h0 = g * job->group + (r % job->parts) * per;
+        const int64_t h1 = h0 + per < (g + 1) * job->group ? h0 + per : (g + 1) * job->group;
+        for (int64_t h = h0; h < h1; h += 4) {
+#if defined(NATIVE_X86)
+            if (job->avx2) { heads_avx2(job, t, h, h1 - h < 4 ? (int)(h1 - h) : 4, s); continue; }
+#endif
+            for (int64_t hh = h; hh < h1 && hh < h + 4; hh++) head_scalar(job, t, hh, s);
+        }
+    }
+}
+
+static float *attn_scratch;
+static size_t attn_scratch_size;
+
+int native_attention(const native_attn_args *a, int n_threads, int avx2) {
+    if (a->n == 0) return 0;
+    attn_job job;
+    job.a = *a;
+    job.group = a->H / a->Hkv;
+    job.avx2 = avx2;
+    const int64_t work = a->n * a->H * a->n_kv;
+    if (work < ATTN_PARALLEL_MIN_WORK) n_threads = 1;
+    /* items: (token, KV head), its query heads reading the same K and V rows once; in a decode where those
+     * are too few to share evenly between the threads, each group is cut into parts */
+    int64_t parts = 1;
+    const int64_t tg = a->n * a->Hkv;
+    if (n_threads > 1)
+        while (parts < job.group && tg * parts < 4 * n_threads && (tg * parts) % n_threads) parts++;
+    job.heads_per_item = (job.group + parts - 1) / parts;
+    job.parts = (job.group + job.heads_per_item - 1) / job.heads_per_item;
+    job.n_items = tg * job.parts;
+    if (n_threads > job.n_items) n_threads = (int)job.n_items;
+    if (n_threads > TP_MAX_THREADS) n_threads = TP_MAX_THREADS;
+    if (n_threads < 1) n_threads = 1;
+    job.stride = (((a->n_kv + 7) & ~(int64_t)7) + 15) & ~(int64_t)15;  /* 64-byte rows */
+    const size_t need = (size_t)job.stride * 4 * (size_t)n_threads * sizeof(float);
+    if (need > attn_scratch_size) {
+        free(attn_scratch);
+        const size_t size = ((need + need / 4) + 4095) & ~(size_t)63;
+        attn_scratch = aligned_alloc(64, size);
+        attn_scratch_size = attn_scratch ? size : 0;
+        if (!attn_scratch) return -1;
+    }
+    job.scratch = attn_scratch;
+    atomic_store_explicit(&job.next, 0, memory_order_relaxed);
+    if (n_threads == 1) attn_worker(&job, 0, 1);
+    else tp_run(n_threads, attn_worker, &job);
+    return 0;
+}

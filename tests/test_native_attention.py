@@ -1,0 +1,135 @@
+"""Attention in C (native/attention.c, edgeinfer._native.attention) against the numpy oracle, on the
+AVX2 and the portable code: accuracy, sliding windows, extreme scores, batch and thread-count invariance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeinfer.kernels import numpy_ops
+from edgeinfer.kernels import native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="edgeinfer._native is not built")
+
+SHAPES = [  # n, n_kv, n_head, n_head_kv, head_dim, head_dim_v, n_swa (tests/test_ops.py::test_attention and more)
+    (1, 1, 4, 1, 16, 16, 0),
+    (1, 37, 9, 3, 64, 64, 0),
+    (1, 300, 4, 1, 256, 256, 16),
+    (5, 12, 6, 2, 8, 12, 0),
+    (40, 40, 9, 3, 64, 64, 0),
+    (33, 70, 4, 4, 32, 32, 9),
+    (3, 29, 4, 2, 13, 20, 0),  # tails: D and Dv not multiples of 8, n_kv not of 4
+    (2, 600, 9, 3, 64, 64, 0),
+    (4, 200, 4, 1, 256, 256, 64),
+]
+
+
+@pytest.fixture(params=["auto", "scalar"])
+def isa(request):
+    mod = native._require()
+    previous = mod.set_isa(request.param)
+    yield request.param
+    mod.set_isa(previous)
+
+
+def _attn(q, k, v, q_pos, kv_pos, n_swa, scale, n_threads=2):
+    out = np.empty((q.shape[0], q.shape[1] * v.shape[2]), np.float32)
+    native._require().attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads)
+    return out
+
+
+def _case(seed, n, n_kv, n_head, n_head_kv, head_dim, head_dim_v):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((n, n_head, head_dim)).astype(np.float32)
+    k = rng.standard_normal((n_kv, n_head_kv, head_dim)).astype(np.float32)
+    v = rng.standard_normal((n_kv, n_head_kv, head_dim_v)).astype(np.float32)
+    kv_pos = np.arange(n_kv, dtype=np.int32)
+    return q, k, v, kv_pos[n_kv - n :].copy(), kv_pos
+
+
+@pytest.mark.parametrize("n,n_kv,n_head,n_head_kv,head_dim,head_dim_v,n_swa", SHAPES)
+def test_attention_matches_oracle(isa, n, n_kv, n_head, n_head_kv, head_dim, head_dim_v, n_swa):
+    q, k, v, q_pos, kv_pos = _case(n * 1000 + n_kv, n, n_kv, n_head, n_head_kv, head_dim, head_dim_v)
+    scale = 1 / np.sqrt(head_dim)
+    got = _attn(q, k, v, q_pos, kv_pos, n_swa, scale)
+    want = numpy_ops.attention(q, k, v, q_pos, kv_pos, n_swa, scale)
+    assert np.allclose(got, want, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_swa", [1, 4, 8, 31, 100])
+def test_sliding_window(isa, n_swa):
+    q, k, v, q_pos, kv_pos = _case(3, 24, 80, 4, 2, 32, 32)
+    got = _attn(q, k, v, q_pos, kv_pos, n_swa, 0.2)
+    assert np.allclose(got, numpy_ops.attention(q, k, v, q_pos, kv_pos, n_swa, 0.2), atol=2e-6, rtol=1e-5)
+
+
+def test_cache_slice_and_unordered_cells(isa):
+    """k and v as the first n_kv cells of a bigger cache; cells whose positions are not in order."""
+    q, k, v, q_pos, _ = _case(4, 6, 50, 6, 3, 64, 64)
+    cache_k = np.zeros((128, 3, 64), np.float32)
+    cache_v = np.zeros((128, 3, 64), np.float32)
+    cache_k[:50], cache_v[:50] = k, v
+    kv_pos = np.random.default_rng(0).permutation(50).astype(np.int32)
+    got = _attn(q, cache_k[:50], cache_v[:50], q_pos, kv_pos, 0, 0.125)
+    assert np.allclose(got, numpy_ops.attention(q, k, v, q_pos, kv_pos, 0, 0.125), atol=2e-6, rtol=1e-5)
+
+
+def test_extreme_scores(isa):
+    """q and k x100: a softmax of one winner, no inf or nan."""
+    q, k, v, q_pos, kv_pos = _case(6, 4, 40, 4, 2, 64, 64)
+    q *= 100
+    k *= 100
+    got = _attn(q, k, v, q_pos, kv_pos, 0, 1.0)
+    assert np.isfinite(got).all()
+    assert np.allclose(got, numpy_ops.attention(q, k, v, q_pos, kv_pos, 0, 1.0), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(20, 50, 4, 2, 32, 32), (12, 300, 9, 3, 64, 64), (6, 90, 4, 1, 256, 256)])
+@pytest.mark.parametrize("n_swa", [0, 8])
+def test_batch_invariance(isa, shape, n_swa):
+    """A token's output is the same bits alone, in its batch, and against a cache that holds fewer cells
+    (only the ones it sees: decode after prefill)."""
+    n, n_kv = shape[:2]
+    q, k, v, q_pos, kv_pos = _case(5, *shape)
+    batch = _attn(q, k, v, q_pos, kv_pos, n_swa, 0.2)
+    for t in (0, n // 2, n - 1):
+        alone = _attn(q[t : t + 1], k, v, q_pos[t : t + 1], kv_pos, n_swa, 0.2)
+        assert np.array_equal(alone[0], batch[t])
+        m = int(q_pos[t]) + 1  # the cells up to its own
+        short = _attn(q[t : t + 1], k[:m], v[:m], q_pos[t : t + 1], kv_pos[:m], n_swa, 0.2)
+        assert np.array_equal(short[0], batch[t])
+
+
+@pytest.mark.parametrize("shape", [(1, 300, 4, 1, 256, 256), (1, 500, 9, 3, 64, 64), (30, 100, 9, 3, 64, 64)])
+def test_thread_count_invariance(isa, shape):
+    q, k, v, q_pos, kv_pos = _case(8, *shape)
+    one = _attn(q, k, v, q_pos, kv_pos, 0, 0.125, n_threads=1)
+    for n_threads in (2, 3, 8):
+        assert np.array_equal(_attn(q, k, v, q_pos, kv_pos, 0, 0.125, n_threads=n_threads), one)
+
+
+def test_backend_uses_native_and_falls_back():
+    b = native.NativeBackend(n_threads=2)
+    q, k, v, q_pos, kv_pos = _case(9, 3, 20, 4, 2, 16, 16)
+    want = numpy_ops.attention(q, k, v, q_pos, kv_pos, 0, 0.25)
+    assert np.array_equal(b.attention(q, k, v, q_pos, kv_pos, 0, 0.25), _attn(q, k, v, q_pos, kv_pos, 0, 0.25))
+    # float64, a strided view and int64 positions go to the Numba op
+    got = b.attention(q.astype(np.float64), k[:, :, :], v, q_pos.astype(np.int64), kv_pos, 0, 0.25)
+    assert np.allclose(got, want, atol=2e-6, rtol=1e-5)
+    qs = np.concatenate([q, q], axis=2)[:, :, :16]
+    assert not qs.flags.c_contiguous
+    assert np.allclose(b.attention(qs, k, v, q_pos, kv_pos, 0, 0.25), want, atol=2e-6, rtol=1e-5)
+
+
+def test_bad_arguments_raise():
+    q, k, v, q_pos, kv_pos = _case(10, 2, 10, 4, 2, 16, 16)
+    mod = native._require()
+    out = np.empty((2, 64), np.float32)
+    with pytest.raises(ValueError):
+        mod.attention(q, k, v, q_pos.astype(np.int64), kv_pos, 0, 1.0, out, 2)
+    with pytest.raises(ValueError):
+        mod.attention(q, k, v, q_pos, kv_pos, 0, 1.0, np.empty((2, 63), np.float32), 2)
+    with pytest.raises(ValueError):
+        mod.attention(q[:, :3], k, v, q_pos, kv_pos, 0, 1.0, np.empty((2, 48), np.float32), 2)
+    with pytest.raises((BufferError, ValueError)):  # numpy: ValueError for a non-contiguous view
+        mod.attention(q[:, :, :8], k, v, q_pos, kv_pos, 0, 1.0, out, 2)
