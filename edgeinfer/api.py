@@ -191,7 +191,7 @@ def load(
 
         try:
             backend = get_backend(backend or "auto", n_threads=n_threads)
-        except ValueError as e:  # an unknown name (an unavailable one is an EdgeInferError already)
+        except (ValueError, EdgeInferError) as e:
             raise EdgeInferError(str(e)) from None
     model = build_model(gguf, backend)
     return LLM(path, gguf, tokenizer, model, n_ctx=n_ctx, n_threads=n_threads)

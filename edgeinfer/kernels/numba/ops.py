@@ -30,21 +30,16 @@ _SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
 
 
 @njit(cache=True, inline="always", fastmath=FAST)
-def _rms_scale(x, eps):
-    """1 / sqrt(mean(x^2) + eps) of a 1-D row: squares in float32 summed in float64, as
-    ggml_compute_forward_rms_norm_f32 (the order of the double sum is free: vector lanes)."""
-    d = x.shape[0]
+def _rms_row(x, w, eps, out, i):
+    # squares in float32 summed in float64, as ggml_compute_forward_rms_norm_f32 (the order of the
+    # double sum is free: vector lanes)
+    d = x.shape[1]
     s = 0.0
     for j in range(d):
-        v = x[j]
+        v = x[i, j]
         s += np.float64(v * v)
-    return np.float32(1.0) / np.float32(math.sqrt(np.float32(s / d) + eps))
-
-
-@njit(cache=True, inline="always", fastmath=FAST)
-def _rms_row(x, w, eps, out, i):
-    scale = _rms_scale(x[i], eps)
-    for j in range(x.shape[1]):
+    scale = np.float32(1.0) / np.float32(math.sqrt(np.float32(s / d) + eps))
+    for j in range(d):
         out[i, j] = (x[i, j] * scale) * w[j]
 
 
@@ -76,31 +71,26 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 # -- RoPE ----------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
-def _rotate(h, c_row, s_row, n_rot, neox):
-    """Rotate the first n_rot values of one head h (1-D, in place) by the angles of one table row:
-    NORM pairs (2i, 2i+1), NEOX pairs (i, i + n_rot/2)."""
-    half = n_rot // 2
-    for i in range(half):
-        c = c_row[i]
-        s = s_row[i]
-        if neox:
-            a, b = i, i + half
-        else:
-            a, b = 2 * i, 2 * i + 1
-        x0 = h[a]
-        x1 = h[b]
-        h[a] = x0 * c - x1 * s
-        h[b] = x0 * s + x1 * c
-
-
 @njit(cache=True)
 def _rope(x, positions, cos_t, sin_t, n_rot, neox, out):
-    out[...] = x
-    for t in range(x.shape[0]):
+    n, h, d = x.shape
+    half = n_rot // 2
+    for t in range(n):
         p = positions[t]
-        for hh in range(x.shape[1]):
-            _rotate(out[t, hh], cos_t[p], sin_t[p], n_rot, neox)
+        for hh in range(h):
+            for j in range(n_rot, d):
+                out[t, hh, j] = x[t, hh, j]
+            for i in range(half):
+                c = cos_t[p, i]
+                s = sin_t[p, i]
+                if neox:
+                    a, b = i, i + half
+                else:
+                    a, b = 2 * i, 2 * i + 1
+                x0 = x[t, hh, a]
+                x1 = x[t, hh, b]
+                out[t, hh, a] = x0 * c - x1 * s
+                out[t, hh, b] = x0 * s + x1 * c
 
 
 def rope(x, positions, cos_t, sin_t, n_rot: int, neox: bool) -> np.ndarray:
@@ -116,16 +106,31 @@ def rope(x, positions, cos_t, sin_t, n_rot: int, neox: bool) -> np.ndarray:
 
 @njit(cache=True, inline="always")
 def _norm_rope_head(src, o, d, w, has_norm, eps, c_row, s_row, n_rot, neox, dst):
-    """dst[:d] = rope(rms_norm(src[o : o + d]) * w) (the norm only when has_norm): one head of one
-    token, with the arithmetic of the rms_norm and rope ops."""
+    """dst[:d] = rope(rms_norm(src[o : o + d]) * w) (the norm only when has_norm): one head of one token,
+    with the arithmetic of _rms_row and _rope."""
     if has_norm:
-        scale = _rms_scale(src[o : o + d], eps)
+        acc = 0.0
+        for j in range(d):
+            v = np.float64(src[o + j])
+            acc += v * v
+        scale = np.float32(1.0) / np.float32(math.sqrt(np.float32(acc / d) + eps))
         for j in range(d):
             dst[j] = (src[o + j] * scale) * w[j]
     else:
         for j in range(d):
             dst[j] = src[o + j]
-    _rotate(dst, c_row, s_row, n_rot, neox)
+    half = n_rot // 2
+    for i in range(half):
+        c = c_row[i]
+        s = s_row[i]
+        if neox:
+            a, b = i, i + half
+        else:
+            a, b = 2 * i, 2 * i + 1
+        x0 = dst[a]
+        x1 = dst[b]
+        dst[a] = x0 * c - x1 * s
+        dst[b] = x0 * s + x1 * c
 
 
 @njit(cache=True)
