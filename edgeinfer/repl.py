@@ -208,3 +208,7 @@ def print_stats(stats, stream: TextIO) -> None:
         file=stream,
         flush=True,
     )
+    if getattr(stats, "expert_counts", None) is not None:
+        from .engine.experts import format_expert_counts
+
+        print(format_expert_counts(stats.expert_counts, title="experts chosen"), file=stream, flush=True)

@@ -22,6 +22,9 @@ ARCHITECTURES: dict[str, str] = {
     "gemma3": "gemma3",
     "qwen2": "qwen2",
     "qwen3": "qwen3",
+    "qwen2moe": "qwen2moe",
+    "qwen3moe": "qwen3moe",
+    "olmoe": "olmoe",
 }
 
 # other names files use for a supported family -> the name above

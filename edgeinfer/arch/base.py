@@ -16,7 +16,8 @@ import numpy as np
 from ..errors import EdgeInferError, GGUFError, UnsupportedArchitectureError
 from ..gguf import GGUFFile
 from ..kernels.base import Backend, QTensor
-from ..nn import Batch, Embedding, KVCacheLike, Linear, RMSNorm, RopeParams
+from ..nn import Batch, Embedding, GatedMLP, KVCacheLike, Linear, RMSNorm, RopeParams
+from ..nn.moe import MoE, Routing
 
 _REQUIRED = object()
 
@@ -50,6 +51,63 @@ def _per_layer_int(f: GGUFFile, suffix: str, default: Any = _REQUIRED) -> int:
     return values.pop()
 
 
+# llama.cpp's llama_expert_gating_func_type, as files store it in {arch}.expert_gating_func
+_GATING_FUNCS = {1: "softmax", 2: "sigmoid"}
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """A Mixture-of-Experts feed-forward's hyperparameters, from the file's metadata.
+
+    The routing rules come from the keys the file carries (expert_gating_func, expert_weights_norm,
+    expert_weights_scale); where it is silent, from the family's defaults (`norm_default`: whether
+    llama.cpp renormalizes the chosen experts' weights for that family)."""
+
+    n_expert: int
+    n_expert_used: int
+    n_ff_exp: int  # 0: read from the expert tensors' shape
+    n_ff_shexp: int  # 0: read from the shared expert's tensors, when there is one
+    gating: str
+    norm_weights: bool
+    weights_scale: float
+
+    @classmethod
+    def read(cls, f: GGUFFile, norm_default: bool, required: bool = False) -> "MoEConfig | None":
+        """None for a dense model (no expert_count, or 0) unless `required`."""
+        n_expert = int(meta(f, "expert_count", _REQUIRED if required else 0))
+        if n_expert == 0 and not required:
+            return None
+        n_used = int(meta(f, "expert_used_count"))
+        if not 0 < n_used <= n_expert:
+            raise GGUFError(
+                f"{f.path}: {f.architecture}.expert_used_count is {n_used}, but it must lie in 1.."
+                f"{f.architecture}.expert_count ({n_expert})."
+            )
+        func = int(meta(f, "expert_gating_func", 0))
+        if func not in (0, *_GATING_FUNCS):
+            raise UnsupportedArchitectureError(
+                f"{f.path} routes its experts with gating function {func}; edgeinfer supports softmax (1) "
+                "and sigmoid (2)."
+            )
+        if int(meta(f, "expert_group_count", 1)) > 1:
+            raise UnsupportedArchitectureError(
+                f"{f.path} routes its experts by groups (DeepSeek V3's group-limited routing), "
+                "which edgeinfer does not support."
+            )
+        return cls(
+            n_expert=n_expert,
+            n_expert_used=n_used,
+            n_ff_exp=int(meta(f, "expert_feed_forward_length", 0)),
+            n_ff_shexp=int(meta(f, "expert_shared_feed_forward_length", 0)),
+            gating=_GATING_FUNCS.get(func, "softmax"),
+            norm_weights=bool(meta(f, "expert_weights_norm", norm_default)),
+            weights_scale=float(meta(f, "expert_weights_scale", 0.0)) or 1.0,
+        )
+
+    def routing(self) -> Routing:
+        return Routing(self.n_expert_used, self.gating, self.norm_weights, self.weights_scale)
+
+
 @dataclass(frozen=True)
 class BaseConfig:
     arch: str
@@ -76,6 +134,7 @@ class BaseConfig:
     attn_scale: float  # multiplies q.k (kq_scale)
     tied_output: bool  # no output.weight: the output head is token_embd.weight
     final_logit_softcap: float  # 0: off
+    moe: MoEConfig | None = None  # a Mixture-of-Experts feed-forward in every block; None: dense
 
     @staticmethod
     def read_common(f: GGUFFile, rope_neox: bool) -> dict[str, Any]:
@@ -105,7 +164,8 @@ class BaseConfig:
             n_head_kv=n_head_kv,
             head_dim=head_dim,
             head_dim_v=int(meta(f, "attention.value_length", head_dim)),
-            n_ff=_per_layer_int(f, "feed_forward_length"),
+            # MoE files may leave it out (the experts' own size is expert_feed_forward_length)
+            n_ff=_per_layer_int(f, "feed_forward_length", 0 if meta(f, "expert_count", 0) else _REQUIRED),
             rms_eps=float(meta(f, "attention.layer_norm_rms_epsilon")),
             n_ctx_train=n_ctx_train,
             n_rot=int(meta(f, "rope.dimension_count", head_dim)),
@@ -179,6 +239,44 @@ class Weights:
             b = self.vector(f"{name}.bias", n_out)
         return Linear(self.qtensor(f"{name}.weight", (n_in, n_out)), self.backend, b)
 
+    def moe(self, p: str, c: BaseConfig, act: str = "silu") -> MoE:
+        """The routed experts of block prefix `p` ("blk.3."): router `ffn_gate_inp`, stacked experts
+        `ffn_{gate,up,down}_exps`, and a shared expert `ffn_{gate,up,down}_shexp` (scaled by the sigmoid
+        of `ffn_gate_inp_shexp` when the file has it) and DeepSeek V3's selection bias `exp_probs_b`,
+        when present."""
+        m = c.moe
+        assert m is not None
+        if not self.has(p + "ffn_gate_exps.weight") and self.has(p + "ffn_gate.0.weight"):
+            raise GGUFError(
+                f"{self.f.path} stores each expert as its own tensor (ffn_gate.0.weight, ...), an early "
+                "Mixtral layout llama.cpp no longer reads; convert the model again with a current "
+                "convert_hf_to_gguf.py."
+            )
+        n_ff = m.n_ff_exp or self._dim(p + "ffn_gate_exps.weight", 1)
+        router = self.linear(p + "ffn_gate_inp", c.n_embd, m.n_expert)
+        gate = self.qtensor(p + "ffn_gate_exps.weight", (c.n_embd, n_ff, m.n_expert))
+        up = self.qtensor(p + "ffn_up_exps.weight", (c.n_embd, n_ff, m.n_expert))
+        down = self.qtensor(p + "ffn_down_exps.weight", (n_ff, c.n_embd, m.n_expert))
+        shared = shared_gate = None
+        if self.has(p + "ffn_up_shexp.weight"):
+            n_sh = m.n_ff_shexp or self._dim(p + "ffn_up_shexp.weight", 1)
+            shared = GatedMLP(
+                self.linear(p + "ffn_gate_shexp", c.n_embd, n_sh),
+                self.linear(p + "ffn_up_shexp", c.n_embd, n_sh),
+                self.linear(p + "ffn_down_shexp", n_sh, c.n_embd),
+                act,
+            )
+            if self.has(p + "ffn_gate_inp_shexp.weight"):
+                shared_gate = Linear(self.qtensor(p + "ffn_gate_inp_shexp.weight", (c.n_embd,)), self.backend)
+        bias = self.vector(p + "exp_probs_b.bias", m.n_expert) if self.has(p + "exp_probs_b.bias") else None
+        return MoE(router, gate, up, down, m.routing(), act, shared, shared_gate, bias)
+
+    def _dim(self, name: str, axis: int) -> int:
+        t = self.f.tensors.get(name)
+        if t is None or len(t.ne) <= axis:
+            self.qtensor(name, ())  # the missing-tensor error
+        return int(t.ne[axis])
+
     def embedding(self, c: BaseConfig) -> Embedding:
         return Embedding(self.qtensor("token_embd.weight", (c.n_embd, c.n_vocab)), self.backend)
 
@@ -235,6 +333,20 @@ class DecoderModel:
             for part in vars(block).values():
                 names += getattr(part, "stacked_sources", lambda: [])()
         return names
+
+    def moe_layers(self) -> list:
+        """The blocks' MoE feed-forwards (nn.moe.MoE), in layer order; empty for a dense model."""
+        return [b.ffn for b in self.blocks if isinstance(getattr(b, "ffn", None), MoE)]
+
+    def expert_counts(self) -> np.ndarray | None:
+        """How often each expert was chosen since load (or the last reset), int64 (n_moe_layer,
+        n_expert); None for a dense model."""
+        layers = self.moe_layers()
+        return np.stack([m.counts for m in layers]) if layers else None
+
+    def reset_expert_counts(self) -> None:
+        for m in self.moe_layers():
+            m.reset_counts()
 
     def _cb(self, il: int) -> Callable[[str, np.ndarray], None] | None:
         trace = self.trace

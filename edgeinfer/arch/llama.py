@@ -1,8 +1,12 @@
-"""llama: Llama 2/3, Mistral, TinyLlama, SmolLM2 (llama.cpp's src/models/llama.cpp).
+"""llama: Llama 2/3, Mistral, TinyLlama, SmolLM2, and Mixtral (llama.cpp's src/models/llama.cpp).
 
 Pre-norm blocks with RMSNorm, GQA attention with NORM rope (consecutive pairs; the GGUF converter
 permutes Q/K rows for it), SwiGLU feed-forward. Optional: biases on any projection, Llama 3's
 rope_freqs.weight (per-pair frequency factors), attention.scale, a tied output head.
+
+Mixtral is a llama file with `llama.expert_count`: every feed-forward is a Mixture of Experts (nn.moe),
+softmax routing to the top `expert_used_count` experts, their weights renormalized to sum to one.
+The subclasses (qwen2, qwen3, qwen2moe, qwen3moe, olmoe) change the class attributes below.
 """
 
 from __future__ import annotations
@@ -16,16 +20,19 @@ import numpy as np
 from ..gguf import GGUFFile
 from ..kernels.base import Backend
 from ..nn import Attention, Batch, GatedMLP, KVCacheLike, RMSNorm, Rope
-from .base import BaseConfig, DecoderModel, Weights
+from .base import BaseConfig, DecoderModel, MoEConfig, Weights
 
 
 @dataclass(frozen=True)
 class Config(BaseConfig):
     rope_neox_default: ClassVar[bool] = False  # llama_model_rope_type: LLAMA_ROPE_TYPE_NORM
+    moe_required: ClassVar[bool] = False  # the family is MoE only (qwen2moe, qwen3moe, olmoe)
+    moe_norm_default: ClassVar[bool] = True  # renormalize the chosen experts' weights (Mixtral)
 
     @classmethod
     def from_gguf(cls, f: GGUFFile) -> "Config":
-        return cls(**cls.read_common(f, rope_neox=cls.rope_neox_default))
+        moe = MoEConfig.read(f, norm_default=cls.moe_norm_default, required=cls.moe_required)
+        return cls(**cls.read_common(f, rope_neox=cls.rope_neox_default), moe=moe)
 
 
 class Block:
@@ -56,6 +63,7 @@ class Model(DecoderModel):
     config_class: ClassVar[type[Config]] = Config
     qkv_bias: ClassVar[bool | None] = None  # q/k/v biases: None = used when the file has them
     qk_norm: ClassVar[bool] = False  # attn_q_norm / attn_k_norm per head
+    qk_norm_full: ClassVar[bool] = False  # ... over all of q and all of k instead (OLMoE)
 
     @classmethod
     def from_gguf(cls, f: GGUFFile, backend: Backend) -> "Model":
@@ -70,7 +78,10 @@ class Model(DecoderModel):
     def load_block(cls, w: Weights, c: Config, il: int, rope: Rope) -> Block:
         p = f"blk.{il}."
         q_norm = k_norm = None
-        if cls.qk_norm:
+        if cls.qk_norm_full:
+            q_norm = w.norm(p + "attn_q_norm", c.n_head * c.head_dim, c.rms_eps)
+            k_norm = w.norm(p + "attn_k_norm", c.n_head_kv * c.head_dim, c.rms_eps)
+        elif cls.qk_norm:
             q_norm = w.norm(p + "attn_q_norm", c.head_dim, c.rms_eps)
             k_norm = w.norm(p + "attn_k_norm", c.head_dim, c.rms_eps)
         attn = Attention(
@@ -86,12 +97,16 @@ class Model(DecoderModel):
             scale=c.attn_scale,
             q_norm=q_norm,
             k_norm=k_norm,
+            qk_norm_full=cls.qk_norm_full,
         )
-        ffn = GatedMLP(
-            gate=w.linear(p + "ffn_gate", c.n_embd, c.n_ff),
-            up=w.linear(p + "ffn_up", c.n_embd, c.n_ff),
-            down=w.linear(p + "ffn_down", c.n_ff, c.n_embd),
-            act="silu",
-        )
+        if c.moe is not None:
+            ffn = w.moe(p, c, act="silu")
+        else:
+            ffn = GatedMLP(
+                gate=w.linear(p + "ffn_gate", c.n_embd, c.n_ff),
+                up=w.linear(p + "ffn_up", c.n_embd, c.n_ff),
+                down=w.linear(p + "ffn_down", c.n_ff, c.n_embd),
+                act="silu",
+            )
         attn_norm = w.norm(p + "attn_norm", c.n_embd, c.rms_eps)
         return Block(attn_norm, attn, w.norm(p + "ffn_norm", c.n_embd, c.rms_eps), ffn)

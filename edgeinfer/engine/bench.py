@@ -176,17 +176,25 @@ def bench_model(
     _time_tg(model, tg_tokens, n_ctx, meter)  # the whole length: kernels may compile per shape
     warmup_s = time.perf_counter() - t0
 
+    counts = getattr(model, "expert_counts", lambda: None)
+    experts: dict[str, list] = {}
     pp_s, tg_s, pp_j, tg_j = [], [], [], []
+    base = counts()
     for r in range(repetitions):
         seconds, m = _time_pp(model, pp_tokens, n_ctx, meter)
         pp_s.append(seconds)
         pp_j.append(m.joules)
         log(f"pp{n_prompt} run {r + 1}/{repetitions}: {n_prompt / seconds:.2f} t/s, {m.joules:.3f} J ({m.source})")
+    if base is not None:
+        experts["pp"] = (counts() - base).tolist()
+        base = counts()
     for r in range(repetitions):
         seconds, m = _time_tg(model, tg_tokens, n_ctx, meter)
         tg_s.append(seconds)
         tg_j.append(m.joules)
         log(f"tg{n_gen} run {r + 1}/{repetitions}: {n_gen / seconds:.2f} t/s, {m.joules:.3f} J ({m.source})")
+    if base is not None:
+        experts["tg"] = (counts() - base).tolist()
 
     pp_tps_all = [n_prompt / s for s in pp_s]
     tg_tps_all = [n_gen / s for s in tg_s]
@@ -222,6 +230,9 @@ def bench_model(
             "pp": n_prompt / pp_joules if pp_joules > 0 else None,
             "tg": n_gen / tg_joules if tg_joules > 0 else None,
         },
+        # MoE models: how often each expert was chosen over the timed runs, per test, as int lists
+        # (n_moe_layer, n_expert); None for a dense model. The tokens are random ids, not text.
+        "expert_counts": experts or None,
     }
 
 
@@ -356,6 +367,12 @@ def format_table(result: dict) -> str:
     out.append(f"t/s: median of {result['repetitions']} runs ± standard deviation; "
                f"tok/J: tokens per joule, source: {result['energy_source']}")  # fmt: skip
     out.append(f"energy: {result['energy_note']}")
+    if result.get("expert_counts"):
+        from .experts import format_expert_counts
+
+        for test, counts in result["expert_counts"].items():
+            n = result[test]
+            out.append(format_expert_counts(np.array(counts), title=f"experts chosen in {test}{n} (random token ids)"))
     threads = result["threads"]
     if result.get("threads_effective") not in (None, threads):
         threads = f"{threads} asked, {result['threads_effective']} used"

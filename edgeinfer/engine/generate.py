@@ -28,6 +28,9 @@ class GenerationStats:
     finish_reason: str = ""  # "stop" (EOS/EOT or a stop string), "length" (max_tokens or context end)
     context_full: bool = False
     tokens: list[int] | None = None
+    # MoE models: how often each expert was chosen in this generation (prompt and generated tokens),
+    # int (n_moe_layer, n_expert); None for a dense model
+    expert_counts: np.ndarray | None = None
 
     @property
     def pp_tps(self) -> float:
@@ -103,9 +106,17 @@ def generate_stream(
     stats.tokens = generated
     stats.n_prompt = int(prompt.size)
 
+    counts = getattr(model, "expert_counts", lambda: None)
+    base = counts()
+
+    def count_experts() -> None:
+        if base is not None:
+            stats.expert_counts = counts() - base
+
     start = time.perf_counter()
     logits = model.forward(prompt, cache, all_logits=False)[-1]
     stats.prompt_s = time.perf_counter() - start
+    count_experts()
     gen_start = time.perf_counter()
     stats.finish_reason = "length"
     while True:
@@ -129,6 +140,7 @@ def generate_stream(
             stats.context_full = True
             break
         logits = model.forward(np.array([token], dtype=np.int32), cache, all_logits=False)[-1]
+        count_experts()
     tail = stops.push(detok.flush())
     if not stops.stopped:
         tail += stops.flush()

@@ -1,5 +1,5 @@
 """Multi-head self-attention with grouped KV heads (GQA), a causal mask, optional sliding window,
-optional QK-norm, K/V kept in a cache.
+optional QK-norm (per head, or over the whole projection), K/V kept in a cache.
 
 Query head h reads KV head h // (n_head / n_head_kv), as ggml's broadcast in mul_mat does. Q, K and V
 come from one matmul when their weights share a format (the rows stacked at load).
@@ -47,6 +47,7 @@ class Attention:
         q_norm: RMSNorm | None = None,
         k_norm: RMSNorm | None = None,
         n_swa: int = 0,
+        qk_norm_full: bool = False,
     ):
         if n_head % n_head_kv:
             raise ValueError(f"n_head ({n_head}) must be a multiple of n_head_kv ({n_head_kv})")
@@ -60,6 +61,9 @@ class Attention:
         self.rope = rope
         self.scale = scale
         self.q_norm, self.k_norm = q_norm, k_norm
+        # QK-norm over all of q (n_head * head_dim) and all of k, before the split into heads (OLMoE),
+        # rather than per head (Qwen 3, Gemma 3)
+        self.qk_norm_full = qk_norm_full and q_norm is not None
         self.n_swa = n_swa
 
     def stacked_sources(self) -> list[str]:
@@ -88,6 +92,11 @@ class Attention:
                 qkv = self.wqkv(x)
             else:
                 qkv = np.concatenate([self.wqk(x), self.wv(x)], axis=1)
+            if self.qk_norm_full:
+                nq, nk = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
+                qkv[:, :nq] = qn(np.ascontiguousarray(qkv[:, :nq]))
+                qkv[:, nq : nq + nk] = kn(np.ascontiguousarray(qkv[:, nq : nq + nk]))
+                qn = kn = None
             q = self.backend.qkv_store(
                 qkv, self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v, batch.positions,
                 cos, sin, self.rope.params.n_rot, self.rope.params.neox,
@@ -102,10 +111,12 @@ class Attention:
                 q, k, v = qkv[:, :nq], qkv[:, nq : nq + nk], qkv[:, nq + nk :]
             else:
                 q, k, v = self.wq(x), self.wk(x), self.wv(x)
+            if self.qk_norm_full:
+                q, k = self.q_norm(np.ascontiguousarray(q)), self.k_norm(np.ascontiguousarray(k))
             q = q.reshape(n, self.n_head, self.head_dim)
             k = k.reshape(n, self.n_head_kv, self.head_dim)
             v = v.reshape(n, self.n_head_kv, self.head_dim_v)
-            if self.q_norm is not None:
+            if self.q_norm is not None and not self.qk_norm_full:
                 q = self.q_norm(q)
                 k = self.k_norm(k)
             q = self.rope(q, batch.positions, batch.max_pos, self.backend)
