@@ -11,7 +11,8 @@ from gguf import GGMLQuantizationType as T
 from edgeinfer.kernels import get_backend
 from edgeinfer.kernels.base import QTensor
 from edgeinfer.nn import GatedMLP, Linear
-from edgeinfer.nn.moe import MoE, Routing, expert_slice, route
+from edgeinfer.kernels import numpy_ops
+from edgeinfer.nn.moe import MoE, Routing, expert_slice
 from edgeinfer.quant import get_format, quantize
 
 BACKENDS = ["reference", "numba"]
@@ -53,53 +54,71 @@ def _silu(x):
 # -- routing --------------------------------------------------------------------------------------------
 
 
+def route(logits, routing: Routing, bias=None, backend=None):
+    r = routing
+    ops = numpy_ops if backend is None else backend
+    return ops.moe_route(logits, r.n_used, r.gating, r.norm_weights, r.scale, bias)
+
+
 def _softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
 
 
-def test_route_softmax_top_k_and_renormalization():
+def test_route_softmax_top_k_and_renormalization(backend):
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 2, (6, 8)).astype(np.float32)
-    chosen, w = route(logits, Routing(n_used=3, norm_weights=False))
+    chosen, w = route(logits, Routing(n_used=3, norm_weights=False), backend=backend)
+    assert chosen.dtype == np.int32 and w.dtype == np.float32
     probs = _softmax(logits.astype(np.float64))
     want = np.argsort(-probs, axis=1)[:, :3]
     assert np.array_equal(chosen, want)
     assert np.allclose(w, np.take_along_axis(probs, want, 1), rtol=1e-5)
     assert (np.diff(w, axis=1) <= 0).all()  # largest first
-    _, wn = route(logits, Routing(n_used=3, norm_weights=True))
+    _, wn = route(logits, Routing(n_used=3, norm_weights=True), backend=backend)
     assert np.allclose(wn.sum(1), 1.0, atol=1e-6)
     assert np.allclose(wn, w / w.sum(1, keepdims=True), rtol=1e-5)
-    _, ws = route(logits, Routing(n_used=3, norm_weights=True, scale=2.5))
+    _, ws = route(logits, Routing(n_used=3, norm_weights=True, scale=2.5), backend=backend)
     assert np.allclose(ws, 2.5 * wn, rtol=1e-6)
 
 
-def test_route_ties_go_to_the_lower_expert_index():
+def test_route_ties_go_to_the_lower_expert_index(backend):
     logits = np.array([[1.0, 3.0, 3.0, 0.0, 3.0], [2.0, 2.0, 2.0, 2.0, 2.0]], np.float32)
-    chosen, w = route(logits, Routing(n_used=2))
+    chosen, w = route(logits, Routing(n_used=2), backend=backend)
     assert chosen.tolist() == [[1, 2], [0, 1]]
     assert w[0, 0] == w[0, 1] and w[1, 0] == w[1, 1]
-    chosen, _ = route(-logits, Routing(n_used=3))
+    chosen, _ = route(-logits, Routing(n_used=3), backend=backend)
     assert chosen.tolist() == [[3, 0, 1], [0, 1, 2]]
 
 
-def test_route_k_equal_one_and_all_experts():
+def test_route_k_equal_one_and_all_experts(backend):
     rng = np.random.default_rng(1)
     logits = rng.normal(0, 1, (5, 6)).astype(np.float32)
-    chosen, w = route(logits, Routing(n_used=1, norm_weights=True))
+    chosen, w = route(logits, Routing(n_used=1, norm_weights=True), backend=backend)
     assert np.array_equal(chosen[:, 0], logits.argmax(1)) and np.allclose(w, 1.0)
-    chosen, w = route(logits, Routing(n_used=6, norm_weights=False))
+    chosen, w = route(logits, Routing(n_used=6, norm_weights=False), backend=backend)
     assert all(sorted(row) == list(range(6)) for row in chosen.tolist())
     assert np.allclose(w.sum(1), 1.0, atol=1e-6)  # every softmax probability, in order
 
 
-def test_route_sigmoid_with_selection_bias():
+def test_route_sigmoid_with_selection_bias(backend):
     logits = np.array([[0.0, 1.0, -1.0, 2.0]], np.float32)
     bias = np.array([0.0, 0.0, 5.0, 0.0], np.float32)  # picks expert 2 but does not weigh it
-    chosen, w = route(logits, Routing(n_used=2, gating="sigmoid"), bias)
+    chosen, w = route(logits, Routing(n_used=2, gating="sigmoid"), bias, backend=backend)
     assert chosen.tolist() == [[2, 3]]
     sig = 1 / (1 + np.exp(-logits[0].astype(np.float64)))
     assert np.allclose(w[0], sig[[2, 3]], rtol=1e-6)
+
+
+def test_route_backends_match_numpy_on_many_tokens(backend):
+    rng = np.random.default_rng(5)
+    logits = rng.normal(0, 3, (200, 64)).astype(np.float32)
+    logits[::7, 10] = logits[::7, 20]  # some exact ties too
+    for r in (Routing(8, norm_weights=True), Routing(4, gating="sigmoid", scale=1.5)):
+        c0, w0 = route(logits, r)
+        c1, w1 = route(logits, r, backend=backend)
+        assert np.array_equal(c0, c1)
+        assert np.allclose(w0, w1, rtol=1e-5, atol=1e-7)
 
 
 def test_routing_rejects_bad_settings():
@@ -172,7 +191,7 @@ def test_layer_counts_every_routing(backend):
     rng = np.random.default_rng(3)
     layer = _layer(backend, rng, k=2)
     x = rng.normal(0, 1, (11, 64)).astype(np.float32)
-    chosen, _ = route(layer.router(x), layer.routing)
+    chosen, _ = route(layer.router(x), layer.routing, backend=backend)
     layer(x)
     assert layer.counts.sum() == 22
     assert np.array_equal(layer.counts, np.bincount(chosen.reshape(-1), minlength=6))

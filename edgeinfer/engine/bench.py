@@ -253,6 +253,13 @@ def _model_label(llm) -> dict:
     except (KeyError, ValueError, TypeError):
         pass
     name = f.metadata.get("general.name") or Path(llm.path).stem
+    # a Mixture of Experts runs n_used of n_expert experts per token: its active parameters
+    n_active = n_params
+    n_expert = int(f.metadata.get(f"{f.architecture}.expert_count", 0) or 0)
+    if n_expert:
+        n_used = int(f.metadata.get(f"{f.architecture}.expert_used_count", n_expert))
+        n_experts_params = sum(t.n_elements for t in tensors if t.name.endswith("_exps.weight"))
+        n_active = n_params - n_experts_params + n_experts_params * n_used // n_expert
     return {
         "model": str(name),
         "model_path": str(llm.path),
@@ -260,7 +267,13 @@ def _model_label(llm) -> dict:
         "architecture": f.architecture,
         "model_size": n_bytes,
         "model_params": n_params,
+        "model_params_active": n_active,
     }
+
+
+def _params(result: dict) -> str:
+    total, active = result["model_params"], result.get("model_params_active", result["model_params"])
+    return _count(total) if active == total else f"{_count(total)} ({_count(active)} active)"
 
 
 def _count(n: int) -> str:
@@ -347,7 +360,7 @@ def format_table(result: dict) -> str:
             [
                 result["model_type"],
                 f"{size_mib:.2f} MiB",
-                _count(result["model_params"]),
+                _params(result),
                 result["backend"],
                 str(result["threads"]),
                 f"{test}{n}",

@@ -89,3 +89,8 @@ class Backend(Protocol):
 
     def glu(self, gu: np.ndarray, act: str) -> np.ndarray:
         """gu (n, 2 f) = [gate | up] -> act(gate) * up, act "silu" or "gelu_tanh"."""
+
+    def moe_route(self, logits, n_used, gating, norm_weights, scale, bias=None):
+        """A Mixture-of-Experts router's choice: logits (n, n_expert) -> chosen int32 (n, n_used), the
+        experts with the largest softmax (or sigmoid) probabilities (+ bias), largest first, ties in index
+        order; weights float32 (n, n_used), renormalized to sum 1 when norm_weights, times scale."""

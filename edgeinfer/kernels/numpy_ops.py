@@ -10,6 +10,8 @@ Shapes (float32 unless said):
     qkv_store(qkv (n, H D + Hkv D + Hkv Dv), ..., k, v, start) -> q (n, H, D): QK-norm (optional) and
         rope of the stacked Q/K/V matmul's output, K and V written into the cache storage at `start`
     glu(gu (n, 2 f), act) -> act(gu[:, :f]) * gu[:, f:]            act: "silu" or "gelu_tanh"
+    moe_route(logits (n, n_expert), n_used, gating, norm_weights, scale, bias) -> chosen int32 (n, k),
+        weights (n, k): a Mixture-of-Experts router's choice, llama.cpp's build_moe_ffn
 """
 
 from __future__ import annotations
@@ -108,6 +110,31 @@ def glu(gu: np.ndarray, act: str) -> np.ndarray:
     return ACTIVATIONS[act](gu[:, :f]) * gu[:, f:]
 
 
+def moe_route(logits, n_used: int, gating: str, norm_weights: bool, scale: float, bias=None):
+    """Router logits float32 (n, n_expert) -> (chosen int32 (n, k), weights float32 (n, k)).
+
+    probs = softmax(logits) ("softmax") or sigmoid(logits) ("sigmoid"); the k = n_used experts with the
+    largest probs (plus `bias` (n_expert,), DeepSeek V3's, which picks but does not weigh), largest first,
+    equal values in index order; weights = their probs, divided by their sum when norm_weights, times
+    scale."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if gating == "softmax":
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = e / e.sum(axis=1, keepdims=True)
+    elif gating == "sigmoid":
+        probs = np.float32(1.0) / (np.float32(1.0) + np.exp(-logits))
+    else:
+        raise ValueError(f"unknown gating function {gating!r}")
+    select = probs if bias is None else probs + bias
+    chosen = np.argsort(-select, axis=1, kind="stable")[:, :n_used]  # stable: ties in index order
+    weights = np.take_along_axis(probs, chosen, axis=1)
+    if norm_weights:
+        weights = weights / weights.sum(axis=1, keepdims=True)
+    if scale != 1.0:
+        weights = weights * np.float32(scale)
+    return chosen.astype(np.int32), weights.astype(np.float32, copy=False)
+
+
 class NumpyOps:
     """The small ops as backend methods (mixed into the reference backend)."""
 
@@ -127,3 +154,6 @@ class NumpyOps:
 
     def glu(self, gu, act):
         return glu(gu, act)
+
+    def moe_route(self, logits, n_used, gating, norm_weights, scale, bias=None):
+        return moe_route(logits, n_used, gating, norm_weights, scale, bias)

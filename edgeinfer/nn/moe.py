@@ -54,29 +54,6 @@ def expert_slice(w: QTensor, e: int) -> QTensor:
     return QTensor(f"{w.name}[{e}]", w.ggml_type, tuple(w.ne[:2]), w.raw[e])
 
 
-def route(logits: np.ndarray, routing: Routing, selection_bias: np.ndarray | None = None):
-    """Router logits float32 (n, n_expert) -> (chosen int64 (n, k), weights float32 (n, k)).
-
-    Experts are chosen by probability (plus `selection_bias`, DeepSeek V3's, which picks but does not
-    weigh), largest first; among equal values the lower expert index comes first."""
-    logits = np.asarray(logits, dtype=np.float32)
-    if routing.gating == "softmax":
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = e / e.sum(axis=1, keepdims=True)
-    else:
-        probs = np.float32(1.0) / (np.float32(1.0) + np.exp(-logits))
-    select = probs if selection_bias is None else probs + selection_bias
-    k = min(routing.n_used, probs.shape[1])
-    # a stable sort of the negated values: descending, ties in index order
-    chosen = np.argsort(-select, axis=1, kind="stable")[:, :k]
-    weights = np.take_along_axis(probs, chosen, axis=1)
-    if routing.norm_weights:
-        weights = weights / weights.sum(axis=1, keepdims=True)
-    if routing.scale != 1.0:
-        weights = weights * np.float32(routing.scale)
-    return chosen, weights.astype(np.float32, copy=False)
-
-
 class MoE:
     """A routed feed-forward over stacked experts, with an optional shared expert.
 
@@ -130,16 +107,19 @@ class MoE:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """x (n_tokens, n_embd) -> (n_tokens, n_embd)."""
         n, n_embd = x.shape
-        chosen, weights = route(self.router(x), self.routing, self.selection_bias)
+        r = self.routing
+        chosen, weights = self.backend.moe_route(
+            self.router(x), r.n_used, r.gating, r.norm_weights, r.scale, self.selection_bias
+        )
         k = chosen.shape[1]
         flat = chosen.reshape(-1)
         per_expert = np.bincount(flat, minlength=self.n_expert)
         self.counts += per_expert
         if n == 1:  # decode: the token's experts, in order
             out = None
-            for i in range(k):
-                y = self.expert_ffn(int(chosen[0, i]), x)
-                y *= weights[0, i]
+            for e, w in zip(chosen[0].tolist(), weights[0].tolist()):
+                y = self.expert_ffn(e, x)
+                y *= np.float32(w)
                 out = y if out is None else out + y
         else:  # prefill: every chosen expert once, over all of its tokens
             slots = np.empty((n, k, n_embd), dtype=np.float32)  # each token's k weighted outputs
@@ -167,4 +147,4 @@ class MoE:
         self.counts[:] = 0
 
 
-__all__ = ["GATING_FUNCTIONS", "MoE", "Routing", "expert_slice", "route"]
+__all__ = ["GATING_FUNCTIONS", "MoE", "Routing", "expert_slice"]

@@ -88,6 +88,9 @@ class NumbaBackend:
         self._use_threads()
         return _ops.glu(gu, act)
 
+    def moe_route(self, logits, n_used, gating, norm_weights, scale, bias=None):
+        return _ops.moe_route(logits, n_used, gating, norm_weights, scale, bias)
+
     def __repr__(self) -> str:
         return f"NumbaBackend(n_threads={self.n_threads})"
 

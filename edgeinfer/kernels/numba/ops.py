@@ -338,3 +338,58 @@ def glu(gu: np.ndarray, act: str) -> np.ndarray:
     else:
         _glu(gu, ACTS[act], out)
     return out
+
+
+# -- Mixture-of-Experts routing --------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _moe_route(logits, n_used, sigmoid, norm_weights, scale, bias, chosen, weights):
+    n, n_expert = logits.shape
+    probs = np.empty(n_expert, np.float32)
+    select = np.empty(n_expert, np.float32)
+    taken = np.zeros(n_expert, np.bool_)
+    for t in range(n):
+        row = logits[t]
+        if sigmoid:
+            for j in range(n_expert):
+                probs[j] = np.float32(1.0) / (np.float32(1.0) + np.exp(-row[j]))
+        else:
+            m = row[0]
+            for j in range(1, n_expert):
+                m = max(m, row[j])
+            total = np.float32(0.0)
+            for j in range(n_expert):
+                probs[j] = np.exp(row[j] - m)
+                total += probs[j]
+            for j in range(n_expert):
+                probs[j] = probs[j] / total
+        for j in range(n_expert):
+            select[j] = probs[j] + bias[j]
+            taken[j] = False
+        total = np.float32(0.0)
+        for i in range(n_used):  # the largest not yet taken; equal values: the lower index
+            best = -1
+            for j in range(n_expert):
+                if not taken[j] and (best < 0 or select[j] > select[best]):
+                    best = j
+            taken[best] = True
+            chosen[t, i] = best
+            weights[t, i] = probs[best]
+            total += probs[best]
+        for i in range(n_used):
+            w = weights[t, i] / total if norm_weights else weights[t, i]
+            weights[t, i] = w * scale
+
+
+def moe_route(logits, n_used: int, gating: str, norm_weights: bool, scale: float, bias=None):
+    """numpy_ops.moe_route, compiled: one pass per token, no sort (k selections of the largest)."""
+    logits = np.ascontiguousarray(logits, dtype=np.float32)
+    n, n_expert = logits.shape
+    chosen = np.empty((n, n_used), np.int32)
+    weights = np.empty((n, n_used), np.float32)
+    if bias is None:
+        bias = np.zeros(n_expert, np.float32)
+    _moe_route(logits, n_used, gating == "sigmoid", norm_weights, np.float32(scale),
+               np.ascontiguousarray(bias, dtype=np.float32), chosen, weights)  # fmt: skip
+    return chosen, weights
