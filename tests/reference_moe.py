@@ -117,7 +117,8 @@ def write_tiny_moe(
     family: str,
     expert_type: T = T.Q8_0,
     *,
-    tokenizer_from: str | Path,
+    tokenizer_from: str | Path | None,
+    n_vocab: int = 512,
     n_embd: int = 64,
     n_layer: int = 2,
     n_head: int = 4,
@@ -132,7 +133,8 @@ def write_tiny_moe(
     router_ties=None,
     extra_metadata: dict | None = None,
 ) -> Path:
-    """A random MoE model of `family` in `path`, with the vocabulary of the GGUF file tokenizer_from.
+    """A random MoE model of `family` in `path`, with the vocabulary of the GGUF file tokenizer_from
+    (None: a placeholder vocabulary of n_vocab tokens, enough for llama.cpp to load the file).
 
     Token embedding, untied output and attention matrices in Q8_0, norms and the router in F32, the experts
     as stacked 3-D tensors in expert_type (Q8_0, Q4_0, F16, F32). qwen2moe: F32 q/k/v biases and a Q8_0
@@ -148,8 +150,19 @@ def write_tiny_moe(
     if family == "olmoe":
         n_head_kv = n_head
     head_dim = n_embd // n_head
-    tok_kv = _tokenizer_kv(str(tokenizer_from))
-    n_vocab = len(next(v for k, v, _, _ in tok_kv if k == "tokenizer.ggml.tokens"))
+    if tokenizer_from is not None:
+        tok_kv = _tokenizer_kv(str(tokenizer_from))
+        n_vocab = len(next(v for k, v, _, _ in tok_kv if k == "tokenizer.ggml.tokens"))
+    else:  # a placeholder vocabulary of n_vocab tokens "<i>", as write_tiny_model's (benchmarks)
+        tok_kv = (
+            ("tokenizer.ggml.model", "gpt2", V.STRING, None),
+            ("tokenizer.ggml.pre", "default", V.STRING, None),
+            ("tokenizer.ggml.tokens", tuple(f"<{i}>" for i in range(n_vocab)), V.ARRAY, V.STRING),
+            ("tokenizer.ggml.token_type", (1,) * n_vocab, V.ARRAY, V.INT32),
+            ("tokenizer.ggml.merges", ("< 1",), V.ARRAY, V.STRING),
+            ("tokenizer.ggml.bos_token_id", 1, V.UINT32, None),
+            ("tokenizer.ggml.eos_token_id", 2, V.UINT32, None),
+        )
 
     w = gguf.GGUFWriter(str(path), arch)
     p = arch + "."

@@ -265,6 +265,13 @@ def test_expert_tensor_of_the_wrong_shape(tmp_path, smollm2_path):
         _model(bad)
 
 
+def test_per_expert_tensors_are_explained(tmp_path, small_mixtral):
+    """Early Mixtral conversions stored blk.N.ffn_gate.E.weight per expert: a clear error, not a KeyError."""
+    bad = _rewrite(small_mixtral, tmp_path / "bad.gguf", rename=lambda n: n.replace("ffn_gate_exps", "ffn_gate.0"))
+    with pytest.raises(GGUFError, match="each expert as its own tensor"):
+        _model(bad)
+
+
 # -- what a forward pass reads --------------------------------------------------------------------------
 
 
