@@ -44,7 +44,12 @@ class TimedBackend:
         return out
 
     def matmul(self, w, x, out=None):
-        key = "matmul " + ("output" if w.n_rows > 20000 else w.ggml_type.name)
+        if w.n_rows > 20000:
+            key = "matmul output"
+        elif "_exps" in w.name:  # one expert's slice of a MoE layer
+            key = f"matmul {w.ggml_type.name} experts"
+        else:
+            key = f"matmul {w.ggml_type.name}"
         return self._timed(key, self.inner.matmul, w, x, out)
 
     def get_rows(self, w, ids):
@@ -67,6 +72,9 @@ class TimedBackend:
 
     def glu(self, gu, act):
         return self._timed("glu", self.inner.glu, gu, act)
+
+    def moe_route(self, *args):
+        return self._timed("moe_route", self.inner.moe_route, *args)
 
     def reset(self):
         self.seconds.clear()

@@ -112,16 +112,25 @@ class MoE:
             self.router(x), r.n_used, r.gating, r.norm_weights, r.scale, self.selection_bias
         )
         k = chosen.shape[1]
-        flat = chosen.reshape(-1)
-        per_expert = np.bincount(flat, minlength=self.n_expert)
-        self.counts += per_expert
-        if n == 1:  # decode: the token's experts, in order
+        if n == 1:  # decode: the token's experts in order, gate and up written side by side
+            self.counts[chosen[0]] += 1  # k distinct experts
+            be, f = self.backend, self.n_ff
+            gu = np.empty((1, 2 * f), dtype=np.float32)  # one row: both halves are C-contiguous
+            g, u = gu[:, :f], gu[:, f:]
             out = None
             for e, w in zip(chosen[0].tolist(), weights[0].tolist()):
-                y = self.expert_ffn(e, x)
+                be.matmul(self.gate[e].weight, x, g)
+                be.matmul(self.up[e].weight, x, u)
+                y = be.matmul(self.down[e].weight, be.glu(gu, self.act))
                 y *= np.float32(w)
-                out = y if out is None else out + y
+                if out is None:
+                    out = y
+                else:
+                    out += y
         else:  # prefill: every chosen expert once, over all of its tokens
+            flat = chosen.reshape(-1)
+            per_expert = np.bincount(flat, minlength=self.n_expert)
+            self.counts += per_expert
             slots = np.empty((n, k, n_embd), dtype=np.float32)  # each token's k weighted outputs
             order = np.argsort(flat, kind="stable")  # (token, slot) pairs grouped by expert
             start = 0

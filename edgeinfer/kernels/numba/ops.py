@@ -388,8 +388,17 @@ def moe_route(logits, n_used: int, gating: str, norm_weights: bool, scale: float
     n, n_expert = logits.shape
     chosen = np.empty((n, n_used), np.int32)
     weights = np.empty((n, n_used), np.float32)
-    if bias is None:
-        bias = np.zeros(n_expert, np.float32)
-    _moe_route(logits, n_used, gating == "sigmoid", norm_weights, np.float32(scale),
-               np.ascontiguousarray(bias, dtype=np.float32), chosen, weights)  # fmt: skip
+    bias = _no_bias(n_expert) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+    _moe_route(logits, n_used, gating == "sigmoid", norm_weights, np.float32(scale), bias, chosen, weights)
     return chosen, weights
+
+
+_NO_BIAS: dict[int, np.ndarray] = {}
+
+
+def _no_bias(n: int) -> np.ndarray:
+    z = _NO_BIAS.get(n)
+    if z is None:
+        z = _NO_BIAS[n] = np.zeros(n, np.float32)
+        z.flags.writeable = False
+    return z
