@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import EdgeInferError, GGUFError, UnsupportedArchitectureError
 from ..gguf import GGUFFile
 from ..kernels.base import Backend, QTensor
-from ..nn import Batch, Embedding, GatedMLP, KVCacheLike, Linear, RMSNorm, RopeParams
+from ..nn import Batch, Embedding, GatedMLP, KVCacheLike, Linear, RMSNorm, RopeParams, Segments
 from ..nn.moe import MoE, Routing
 
 _REQUIRED = object()
@@ -333,6 +333,44 @@ class DecoderModel:
             for part in vars(block).values():
                 names += getattr(part, "stacked_sources", lambda: [])()
         return names
+
+    def forward_many(self, tokens: list, caches: list, all_logits: bool = False) -> list[np.ndarray]:
+        """Several sequences in one pass (continuous batching): tokens[i] (n_i,) follow caches[i]'s
+        n_past tokens. Every weight is read once for all of them; attention runs per sequence. Returns
+        per sequence its logits: (n_i, n_vocab), or (1, n_vocab) for its last token when all_logits is
+        False. ContextFullError (before any work) when a cache cannot take its tokens."""
+        if len(tokens) != len(caches) or not tokens:
+            raise EdgeInferError("forward_many() takes as many token arrays as caches, at least one.")
+        if len(set(map(id, caches))) != len(caches):
+            raise EdgeInferError("forward_many(): each sequence needs its own cache.")
+        tokens = [self._check_tokens(t) for t in tokens]
+        for t, c in zip(tokens, caches):  # all checks first: a full cache fails before any is touched
+            if c.n_past + t.size > c.n_ctx:
+                c.begin(np.arange(c.n_past, c.n_past + t.size, dtype=np.int32))  # raises ContextFullError
+        bounds, batches, start = [], [], 0
+        for t, c in zip(tokens, caches):
+            positions = np.arange(c.n_past, c.n_past + t.size, dtype=np.int32)
+            kv_pos = c.begin(positions)
+            batches.append(Batch(positions, kv_pos, int(positions.max())))
+            bounds.append((start, start + t.size))
+            start += t.size
+        seg = Segments(tuple(bounds), tuple(batches), tuple(caches))
+        x = self.tok_embd(np.concatenate(tokens))
+        if self.embd_scale != 1.0:
+            x *= np.float32(self.embd_scale)
+        for il, block in enumerate(self.blocks):
+            x = block(x, seg, seg, il, None)
+        for c in caches:
+            c.commit()
+        if not all_logits:
+            x = x[[r1 - 1 for _, r1 in bounds]]
+        logits = self.output(self.output_norm(x))
+        cap = self.config.final_logit_softcap
+        if cap:
+            logits = np.tanh(logits / np.float32(cap)) * np.float32(cap)
+        if not all_logits:
+            return [logits[i : i + 1] for i in range(len(tokens))]
+        return [logits[r0:r1] for r0, r1 in bounds]
 
     def moe_layers(self) -> list:
         """The blocks' MoE feed-forwards (nn.moe.MoE), in layer order; empty for a dense model."""

@@ -114,6 +114,22 @@ class KVCache:
     def clear(self) -> None:
         self.truncate(0)
 
+    def copy_prefix(self, src: "KVCache", n: int) -> None:
+        """Make this cache hold src's first n tokens (a shared prompt prefix), replacing what it held:
+        a copy of their K/V, far cheaper than computing them again."""
+        if not 0 <= n <= src.n_past or n > self.n_ctx:
+            raise ValueError(f"copy_prefix({n}): the source holds {src.n_past} tokens, this cache {self.n_ctx}")
+        if (src.n_layer, src.n_head_kv, src.head_dim, src.head_dim_v) != (self.n_layer, self.n_head_kv, self.head_dim, self.head_dim_v):
+            raise ValueError("copy_prefix: the caches belong to different models")
+        if n > self.capacity:
+            self.n_past = 0
+            self._grow(n)
+        self.k[:, :n] = src.k[:, :n]
+        self.v[:, :n] = src.v[:, :n]
+        self.pos[:n] = src.pos[:n]
+        self.n_past = n
+        self._n_new = 0
+
     def __repr__(self) -> str:
         return (
             f"KVCache(n_past={self.n_past}, n_ctx={self.n_ctx}, n_layer={self.n_layer}, "

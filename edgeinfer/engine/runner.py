@@ -256,8 +256,11 @@ class SerialRunner:
 
 
 def make_runner(llm, parallel: int = 1, max_queue: int = 16, n_ctx: int | None = None):
-    """The runner `edgeinfer serve` uses: up to `parallel` sequences at once."""
-    return SerialRunner(llm, max_queue=max_queue, n_ctx=n_ctx)
+    """The runner `edgeinfer serve` uses: continuous batching of up to `parallel` sequences
+    (engine/batch.py), with prompt-prefix reuse and chunked prefill."""
+    from .batch import BatchRunner
+
+    return BatchRunner(llm, parallel=parallel, max_queue=max_queue, n_ctx=n_ctx)
 
 
 __all__ = ["Finish", "Handle", "PromptTooLongError", "QueueFullError", "RunnerStats", "SerialRunner", "make_runner"]

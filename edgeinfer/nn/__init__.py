@@ -9,7 +9,7 @@
     KVCacheLike              (kv.py)         what attention needs from a cache (the engine implements it)
 """
 
-from .attention import Attention, Batch, causal_mask
+from .attention import Attention, Batch, Segments, causal_mask
 from .kv import KVCacheLike
 from .linear import Embedding, Linear
 from .mlp import GatedMLP
@@ -19,6 +19,7 @@ from .rope import Rope, RopeParams
 __all__ = [
     "Attention",
     "Batch",
+    "Segments",
     "causal_mask",
     "KVCacheLike",
     "Embedding",

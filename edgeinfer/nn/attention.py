@@ -29,6 +29,18 @@ class Batch:
     max_pos: int
 
 
+@dataclass(frozen=True)
+class Segments:
+    """Several sequences in one forward pass (continuous batching): the rows of x are the sequences'
+    tokens one after another; bounds[i] = (first row, end row) of sequence i, batches[i] its positions,
+    caches[i] its KV cache. Matmuls run over all rows at once (each weight read once per step);
+    attention runs per sequence, on its own cache. Passed to a block as both its batch and its cache."""
+
+    bounds: tuple[tuple[int, int], ...]
+    batches: tuple[Batch, ...]
+    caches: tuple
+
+
 class Attention:
     """attn_q/k/v -> (QK-norm) -> rope -> attend over the cache -> attn_output."""
 
@@ -80,6 +92,8 @@ class Attention:
         cb: Callable[[str, np.ndarray], None] | None = None,
     ) -> np.ndarray:
         """x (n_tokens, n_embd) -> (n_tokens, n_embd)."""
+        if isinstance(batch, Segments):
+            return self._segments(x, batch, il)
         n = x.shape[0]
         storage = getattr(cache, "storage", None)
         stacked = self.wqkv is not None or self.wqk is not None
@@ -130,4 +144,49 @@ class Attention:
         return self.wo(out)
 
 
-__all__ = ["Attention", "Batch", "causal_mask"]
+    def _segments(self, x: np.ndarray, seg: Segments, il: int) -> np.ndarray:
+        """Several sequences: one projection matmul for all rows, attention per sequence, one output
+        matmul. Each sequence's result is what it gets alone, up to the matmuls' row-count paths."""
+        nq, nk = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
+        if self.wqkv is not None:
+            qkv = self.wqkv(x)
+        elif self.wqk is not None:
+            qkv = np.concatenate([self.wqk(x), self.wv(x)], axis=1)
+        else:
+            qkv = np.concatenate([self.wq(x), self.wk(x), self.wv(x)], axis=1)
+        qn, kn = self.q_norm, self.k_norm
+        if self.qk_norm_full:
+            qkv[:, :nq] = qn(np.ascontiguousarray(qkv[:, :nq]))
+            qkv[:, nq : nq + nk] = kn(np.ascontiguousarray(qkv[:, nq : nq + nk]))
+            qn = kn = None
+        outs = []
+        for (r0, r1), b, cache in zip(seg.bounds, seg.batches, seg.caches):
+            rows = qkv[r0:r1]
+            n = r1 - r0
+            storage = getattr(cache, "storage", None)
+            store = storage(il) if storage is not None else None
+            if store is not None:
+                k_store, v_store, start = store
+                cos, sin = self.rope.tables(b.max_pos)
+                q = self.backend.qkv_store(
+                    np.ascontiguousarray(rows), self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v,
+                    b.positions, cos, sin, self.rope.params.n_rot, self.rope.params.neox,
+                    None if qn is None else qn.weight, None if kn is None else kn.weight,
+                    0.0 if qn is None else qn.eps, k_store, v_store, start,
+                )  # fmt: skip
+                k_all, v_all = k_store[: start + n], v_store[: start + n]
+            else:
+                q = rows[:, :nq].reshape(n, self.n_head, self.head_dim)
+                k = rows[:, nq : nq + nk].reshape(n, self.n_head_kv, self.head_dim)
+                v = rows[:, nq + nk :].reshape(n, self.n_head_kv, self.head_dim_v)
+                if qn is not None:
+                    q, k = qn(q), kn(k)
+                q = self.rope(q, b.positions, b.max_pos, self.backend)
+                k = self.rope(k, b.positions, b.max_pos, self.backend)
+                k_all, v_all = cache.update(il, k, v)
+            outs.append(self.backend.attention(q, k_all, v_all, b.positions, b.kv_pos, self.n_swa, self.scale))
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+        return self.wo(out)
+
+
+__all__ = ["Attention", "Batch", "Segments", "causal_mask"]

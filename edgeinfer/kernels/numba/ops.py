@@ -29,27 +29,56 @@ _SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
 # -- RMSNorm -------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always", fastmath=FAST)
-def _rms_row(x, w, eps, out, i):
-    # squares in float32 summed in float64, as ggml_compute_forward_rms_norm_f32 (the order of the
-    # double sum is free: vector lanes)
+@njit(cache=True)
+def _rms_scale(x, i, eps):
+    # a separate function without fastmath (LLVM may still inline it; its instructions keep their
+    # strict flags): 1 / sqrt(mean + eps) must not become an approximate reciprocal in one loop and
+    # not in another
     d = x.shape[1]
-    s = 0.0
-    for j in range(d):
-        v = x[i, j]
-        s += np.float64(v * v)
-    scale = np.float32(1.0) / np.float32(math.sqrt(np.float32(s / d) + eps))
+    return np.float32(1.0) / np.float32(math.sqrt(np.float32(_sum_squares(x, i) / d) + eps))
+
+
+@njit(cache=True)
+def _sum_squares(x, i):
+    # squares in float32 summed in float64, as ggml_compute_forward_rms_norm_f32, in one fixed order:
+    # eight running sums (vector lanes), added pairwise. No reassociation is allowed here, so a row's
+    # sum is the same bits whichever loop (serial, parallel) and batch it is computed in: a request's
+    # result must not depend on what else runs beside it (continuous batching).
+    d = x.shape[1]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    j = 0
+    while j + 8 <= d:
+        s0 += np.float64(x[i, j] * x[i, j])
+        s1 += np.float64(x[i, j + 1] * x[i, j + 1])
+        s2 += np.float64(x[i, j + 2] * x[i, j + 2])
+        s3 += np.float64(x[i, j + 3] * x[i, j + 3])
+        s4 += np.float64(x[i, j + 4] * x[i, j + 4])
+        s5 += np.float64(x[i, j + 5] * x[i, j + 5])
+        s6 += np.float64(x[i, j + 6] * x[i, j + 6])
+        s7 += np.float64(x[i, j + 7] * x[i, j + 7])
+        j += 8
+    t = 0.0
+    while j < d:
+        t += np.float64(x[i, j] * x[i, j])
+        j += 1
+    return (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))) + t
+
+
+@njit(cache=True, inline="always")
+def _rms_row(x, w, eps, out, i):  # strict float semantics: the same bits in every loop (see above)
+    d = x.shape[1]
+    scale = _rms_scale(x, i, eps)
     for j in range(d):
         out[i, j] = (x[i, j] * scale) * w[j]
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True)
 def _rms_norm(x, w, eps, out):
     for i in range(x.shape[0]):
         _rms_row(x, w, eps, out, i)
 
 
-@njit(cache=True, fastmath=FAST, parallel=True)
+@njit(cache=True, parallel=True)
 def _rms_norm_par(x, w, eps, out):
     for i in prange(x.shape[0]):
         _rms_row(x, w, eps, out, i)

@@ -1,0 +1,228 @@
+"""The batched runner: continuous batching of up to `parallel` sequences over one model.
+
+Every step is one forward pass over all running sequences (DecoderModel.forward_many): one token for
+each decoding sequence plus a chunk of a new prompt (engine/scheduler.py plans it), so each weight is
+read once per step for all of them. Requests join and leave between steps. Each sequence has its own
+KV cache, sampler (own seed), streaming detokenizer and stop-string filter.
+
+A new prompt that starts like one the runner has seen (the same system prompt, the turns of the same
+chat) starts from a copy of that prefix's K/V instead of computing it again: from the cache of a running
+sequence, or from one kept from a finished request (the last `parallel` are kept, and reused).
+
+The caches grow with their sequences (KVCache doubles its storage up to the context), so memory follows
+the tokens held; a finished sequence's cache is reused by the next request rather than freed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..tokenizer.stream import StreamingDetokenizer
+from .generate import StopFilter
+from .kv_cache import KVCache
+from .runner import Finish, Handle, QueueFullError, SerialRunner
+from .sampling import Sampler
+from .scheduler import Scheduler, SeqState
+
+MIN_PREFIX = 4  # shorter common prefixes are computed again (not worth a copy)
+
+
+class BatchRunner(SerialRunner):
+    """SerialRunner's interface (submit, events, cancel, stats); up to `parallel` requests at once."""
+
+    def __init__(self, llm, parallel: int = 4, max_queue: int = 16, n_ctx: int | None = None,
+                 prefill_chunk: int = 128, step_tokens: int = 512):  # fmt: skip
+        super().__init__(llm, max_queue=max_queue, n_ctx=n_ctx)
+        self.parallel = parallel
+        self.sched = Scheduler(parallel, max_queue, prefill_chunk, step_tokens)
+        self._incoming: list[Handle] = []
+        self._cv = threading.Condition(self._lock)
+        self._stopping = False
+        self._kept: list[tuple[list[int], KVCache]] = []  # finished sequences' tokens and caches, newest last
+        self.prefix_tokens_reused = 0
+
+    # -- lifecycle
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="edgeinfer-batch", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            with self._cv:
+                self._stopping = True
+                self._cv.notify()
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def submit(self, prompt_ids: Sequence[int], params, max_tokens: int, stop: Sequence[str] = (), loop=None) -> Handle:
+        prompt_ids = [int(t) for t in prompt_ids]
+        self.check_prompt(prompt_ids)
+        params.validate(self.llm.n_vocab)
+        handle = Handle(prompt_ids, params, max_tokens, stop, loop)
+        with self._cv:
+            if self._stats.queue_depth >= self.max_queue:
+                raise QueueFullError(f"{self._stats.queue_depth} requests are already waiting; try again shortly.")
+            self._stats.queue_depth += 1
+            self._stats.requests_total += 1
+            self._incoming.append(handle)
+            self._cv.notify()
+        return handle
+
+    def stats(self) -> dict:
+        out = super().stats()
+        out["parallel"] = self.parallel
+        out["prefix_tokens_reused"] = self.prefix_tokens_reused
+        return out
+
+    # -- the worker
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._incoming and not self.sched.active and not self.sched.waiting and not self._stopping:
+                    self._cv.wait()
+                if self._stopping:
+                    for h in self._incoming:
+                        h.emit(Finish("cancelled", len(h.prompt_ids)))
+                    self._incoming.clear()
+                    break
+                incoming, self._incoming = self._incoming, []
+            for h in incoming:
+                self.sched.waiting.append(SeqState(list(h.prompt_ids), data={"handle": h}))
+            try:
+                self._step()
+            except Exception as e:  # a failed step fails its sequences, never the runner
+                for seq in list(self.sched.active):
+                    self._end(seq, "error", f"{type(e).__name__}: {e}")
+        for seq in list(self.sched.active) + list(self.sched.waiting):
+            self._end(seq, "cancelled")
+
+    def _step(self) -> None:
+        sched = self.sched
+        for seq in list(sched.active) + list(sched.waiting):  # clients that went away
+            if seq.data["handle"].cancelled.is_set():
+                self._end(seq, "cancelled")
+        for seq in sched.admit():
+            with self._lock:
+                self._stats.queue_depth -= 1
+                self._stats.active += 1
+            self._start(seq)
+        work = sched.plan()
+        if not work:
+            return
+        logits = self.llm.model.forward_many(
+            [np.asarray(w.tokens, np.int32) for w in work], [w.seq.data["cache"] for w in work]
+        )
+        sched.advance(work)
+        n_new = 0
+        for w, lg in zip(work, logits):
+            if w.sample:
+                n_new += 1
+                self._sample(w.seq, lg[-1])
+        self._count_tokens(n_new)
+
+    def _start(self, seq: SeqState) -> None:
+        """A sequence's cache (with the longest known prefix of its prompt), sampler and filters."""
+        h: Handle = seq.data["handle"]
+        seq.data["admitted"] = time.perf_counter()
+        prompt = seq.prompt
+        limit = len(prompt) - 1  # at least one token is computed: its logits choose the first token
+        best_n, best_src, best_kept = 0, None, None
+        for i, (tokens, cache) in enumerate(self._kept):
+            n = _common_prefix(tokens, prompt, min(limit, cache.n_past))
+            if n > best_n:
+                best_n, best_src, best_kept = n, cache, i
+        for other in self.sched.active:
+            if other is seq or "cache" not in other.data:
+                continue
+            n = _common_prefix(other.prompt, prompt, min(limit, other.n_prefilled))
+            if n > best_n:
+                best_n, best_src, best_kept = n, other.data["cache"], None
+        if best_kept is not None and best_n >= MIN_PREFIX:
+            _, cache = self._kept.pop(best_kept)  # take it over: no copy at all
+            cache.truncate(best_n)
+        else:
+            cache = self._kept.pop(0)[1] if len(self._kept) >= self.parallel else None
+            if cache is None:
+                cache = KVCache.for_model(self.llm.model, self.n_ctx)
+            cache.clear()
+            if best_n >= MIN_PREFIX:
+                cache.copy_prefix(best_src, best_n)
+        if cache.n_past < MIN_PREFIX:
+            cache.clear()
+        seq.n_prefilled = cache.n_past
+        self.prefix_tokens_reused += cache.n_past
+        seq.data.update(
+            cache=cache,
+            sampler=Sampler(h.params, self.llm.n_vocab, history=prompt),
+            detok=StreamingDetokenizer(self.llm.tokenizer),
+            stops=StopFilter(h.stop),
+            generated=[],
+        )
+
+    def _sample(self, seq: SeqState, logits: np.ndarray) -> None:
+        h: Handle = seq.data["handle"]
+        d = seq.data
+        token = d["sampler"].sample(logits)
+        d["sampler"].accept(token)
+        d["generated"].append(token)
+        if len(d["generated"]) == 1:
+            d["first"] = time.perf_counter()
+        tok = self.llm.tokenizer
+        if tok.is_eog(token):
+            return self._end(seq, "stop")
+        text = d["stops"].push(d["detok"].add(token))
+        if text:
+            h.emit(text)
+        if d["stops"].stopped:
+            return self._end(seq, "stop", flush=False)
+        if len(d["generated"]) >= h.max_tokens or d["cache"].n_past >= self.n_ctx:
+            return self._end(seq, "length")
+        seq.next_token = token
+
+    def _end(self, seq: SeqState, reason: str, error: str | None = None, flush: bool = True) -> None:
+        h: Handle = seq.data["handle"]
+        was_active = seq in self.sched.active
+        self.sched.remove(seq)
+        d = seq.data
+        if flush and "detok" in d and reason in ("stop", "length"):
+            tail = d["stops"].push(d["detok"].flush())
+            if not d["stops"].stopped:
+                tail += d["stops"].flush()
+            if tail:
+                h.emit(tail)
+        cache = d.pop("cache", None)
+        if cache is not None and reason != "error":
+            self._kept.append((list(seq.prompt) + d.get("generated", [])[:-1], cache))
+            if len(self._kept) > self.parallel:
+                self._kept.pop(0)
+        now = time.perf_counter()
+        n_gen = len(d.get("generated", []))
+        with self._lock:
+            if was_active:
+                self._stats.active -= 1
+                self._stats.prompt_tokens_total += len(seq.prompt)
+            else:
+                self._stats.queue_depth -= 1
+            self._stats.requests_finished[reason] = self._stats.requests_finished.get(reason, 0) + 1
+        h.emit(Finish(
+            reason, len(seq.prompt), n_gen, queued_s=d.get("admitted", now) - h.submitted,
+            ttft_s=d.get("first", now) - h.submitted, total_s=now - h.submitted, error=error,
+        ))  # fmt: skip
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if n >= limit or x != y:
+            break
+        n += 1
+    return n
+
+
+__all__ = ["BatchRunner"]

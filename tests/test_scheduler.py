@@ -1,0 +1,249 @@
+"""Continuous batching: the scheduler's plans without a model, then the batched runner on SmolLM2 --
+batch invariance (the same text alone and in a batch), several sequences in one forward pass against
+each alone, prefix reuse, cancellation, the queue bound, errors."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+
+from edgeinfer.engine.batch import BatchRunner
+from edgeinfer.engine.kv_cache import KVCache
+from edgeinfer.engine.runner import Finish, PromptTooLongError, QueueFullError, SerialRunner, make_runner
+from edgeinfer.engine.sampling import SamplingParams
+from edgeinfer.engine.scheduler import Scheduler, SeqState
+
+# -- the scheduler alone ----------------------------------------------------------------------------------
+
+
+def test_admits_in_order_up_to_the_slots():
+    s = Scheduler(max_active=2, max_queue=5)
+    seqs = [SeqState(list(range(5))) for _ in range(4)]
+    for q in seqs:
+        s.add(q)
+    assert s.admit() == seqs[:2] and s.queue_depth == 2
+    assert s.admit() == []  # no free slot
+    s.remove(seqs[0])
+    assert s.admit() == [seqs[2]] and s.active == [seqs[1], seqs[2]]
+
+
+def test_queue_bound():
+    s = Scheduler(max_active=1, max_queue=2)
+    s.add(SeqState([1]))
+    s.add(SeqState([1]))
+    with pytest.raises(QueueFullError):
+        s.add(SeqState([1]))
+
+
+def test_prefill_is_chunked_while_others_decode():
+    s = Scheduler(max_active=3, max_queue=4, prefill_chunk=4, step_tokens=16)
+    a = SeqState(list(range(10)))
+    s.add(a)
+    s.admit()
+    work = s.plan()  # nobody decodes: the whole prompt (up to step_tokens) at once
+    assert [len(w.tokens) for w in work] == [10] and work[0].sample
+    s.advance(work)
+    a.next_token = 7
+    b = SeqState(list(range(100, 110)))
+    s.add(b)
+    s.admit()
+    work = s.plan()  # a decodes one token, b prefills a chunk of 4
+    assert [(w.seq, w.tokens, w.sample) for w in work] == [(a, [7], True), (b, [100, 101, 102, 103], False)]
+    s.advance(work)
+    assert b.n_prefilled == 4 and a.n_prefilled == 10
+    s.advance(s.plan())
+    work = s.plan()
+    assert work[1].tokens == [108, 109] and work[1].sample  # the last chunk samples
+
+
+def test_step_budget_spreads_over_prompts_oldest_first():
+    s = Scheduler(max_active=4, max_queue=4, prefill_chunk=100, step_tokens=12)
+    seqs = [SeqState(list(range(8))) for _ in range(3)]
+    for q in seqs:
+        s.add(q)
+    s.admit()
+    work = s.plan()
+    assert [len(w.tokens) for w in work] == [8, 4]  # 12 tokens this step
+    assert [w.sample for w in work] == [True, False]
+
+
+def test_remove_from_the_queue_and_decoding_without_token_is_an_error():
+    s = Scheduler(max_active=1)
+    a, b = SeqState([1, 2]), SeqState([3])
+    s.add(a)
+    s.add(b)
+    s.remove(b)
+    assert s.queue_depth == 1 and b.done
+    s.admit()
+    a.n_prefilled = 2
+    with pytest.raises(RuntimeError, match="no next token"):
+        s.plan()
+
+
+# -- several sequences in one forward pass ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llm(smollm2_path):
+    from edgeinfer.api import load
+
+    return load(smollm2_path, n_ctx=512)
+
+
+@pytest.mark.parametrize("lens", [(10, 60), (30, 30, 1), (1, 1, 1, 1), (65, 1)])
+def test_forward_many_equals_each_alone_bit_for_bit(llm, lens):
+    """Batch invariance at the kernel level: each sequence's logits are the same bits in a batch as
+    alone (every op computes a row the same way whatever else is in the pass)."""
+    m = llm.model
+    rng = np.random.default_rng(sum(lens))
+    seqs = [rng.integers(0, m.n_vocab, n).astype(np.int32) for n in lens]
+    alone = [m.forward(s, KVCache.for_model(m, 128), all_logits=False) for s in seqs]
+    caches = [KVCache.for_model(m, 128) for _ in seqs]
+    together = m.forward_many(seqs, caches)
+    for a, b in zip(alone, together):
+        assert np.array_equal(a, b)
+    assert [c.n_past for c in caches] == list(lens)
+
+
+def test_forward_many_checks_its_arguments(llm):
+    m = llm.model
+    c = KVCache.for_model(m, 8)
+    with pytest.raises(Exception, match="own cache"):
+        m.forward_many([np.array([1]), np.array([2])], [c, c])
+    other = KVCache.for_model(m, 8)
+    from edgeinfer.errors import ContextFullError
+
+    with pytest.raises(ContextFullError):
+        m.forward_many([np.array([1, 2]), np.arange(9)], [other, c])
+    assert other.n_past == 0 and c.n_past == 0  # nothing was touched
+
+
+# -- the batched runner -----------------------------------------------------------------------------------
+
+QUESTIONS = ["Hi", "What is 2+2?", "Name three colors.", "Why is the sky blue?", "Count to five."]
+
+
+def _prompt(llm, q, system="You are a helpful assistant."):
+    return llm.tokenize_chat([{"role": "system", "content": system}, {"role": "user", "content": q}])
+
+
+def _collect(handle, timeout=120):
+    text, fin = "", None
+    for ev in handle.events_sync(timeout=timeout):
+        if isinstance(ev, Finish):
+            fin = ev
+        else:
+            text += ev
+    return text, fin
+
+
+def test_batched_text_equals_alone(llm):
+    """At temperature 0 a request's text is the same whether it ran alone or beside four others."""
+    greedy = SamplingParams(temperature=0)
+    alone = []
+    serial = SerialRunner(llm)
+    serial.start()
+    for q in QUESTIONS:
+        alone.append(_collect(serial.submit(_prompt(llm, q), greedy, 24)))
+    serial.stop()
+    runner = BatchRunner(llm, parallel=4, prefill_chunk=16)
+    runner.start()
+    try:
+        handles = [runner.submit(_prompt(llm, q), greedy, 24) for q in QUESTIONS]
+        together = [_collect(h) for h in handles]
+    finally:
+        runner.stop()
+    for (t1, f1), (t2, f2) in zip(alone, together):
+        assert t2 == t1 and f2.reason == f1.reason and f2.n_generated == f1.n_generated
+    stats = runner.stats()
+    assert stats["requests_finished"] == {"stop": 5} or sum(stats["requests_finished"].values()) == 5
+    assert stats["prefix_tokens_reused"] > 0  # the shared system prompt was not computed again
+    assert stats["active"] == 0 and stats["queue_depth"] == 0
+
+
+def test_seeds_are_per_sequence(llm):
+    """Sampling at temperature 1 with a seed gives the same text alone and in a batch."""
+    p = SamplingParams(temperature=1.0, seed=42)
+    runner = make_runner(llm, parallel=3)
+    runner.start()
+    try:
+        first = _collect(runner.submit(_prompt(llm, "Tell me a story."), p, 16))[0]
+        hs = [runner.submit(_prompt(llm, q), SamplingParams(temperature=1.0, seed=i), 16) for i, q in enumerate(QUESTIONS[:2])]
+        again = runner.submit(_prompt(llm, "Tell me a story."), p, 16)
+        assert _collect(again)[0] == first
+        for h in hs:
+            _collect(h)
+    finally:
+        runner.stop()
+
+
+def test_cancel_frees_the_slot(llm):
+    runner = BatchRunner(llm, parallel=1)
+    runner.start()
+    try:
+        long = runner.submit(_prompt(llm, "Write a long essay about the sea."), SamplingParams(temperature=0), 400)
+        first = next(long.events_sync(timeout=60))
+        assert isinstance(first, str)
+        long.cancel()
+        text, fin = _collect(long)
+        assert fin.reason == "cancelled"
+        t, f = _collect(runner.submit(_prompt(llm, "Hi"), SamplingParams(temperature=0), 8))
+        assert f.reason in ("stop", "length") and t
+    finally:
+        runner.stop()
+
+
+def test_queue_full_and_prompt_too_long(llm):
+    runner = BatchRunner(llm, parallel=1, max_queue=1)
+    with pytest.raises(PromptTooLongError, match="context holds 512"):
+        runner.submit(list(range(1, 600)), SamplingParams(), 4)
+    with pytest.raises(PromptTooLongError, match="empty"):
+        runner.submit([], SamplingParams(), 4)
+    # not started: the first request waits in the queue, the second finds it full
+    h = runner.submit(_prompt(llm, "Hi"), SamplingParams(temperature=0), 4)
+    with pytest.raises(QueueFullError):
+        runner.submit(_prompt(llm, "Hi"), SamplingParams(temperature=0), 4)
+    runner.start()
+    try:
+        assert _collect(h)[1].reason in ("stop", "length")
+    finally:
+        runner.stop()
+
+
+def test_stop_strings_and_length(llm):
+    runner = BatchRunner(llm, parallel=2)
+    runner.start()
+    try:
+        text, fin = _collect(runner.submit(_prompt(llm, "Count from 1 to 10, separated by commas."), SamplingParams(temperature=0), 64, stop=["5"]))
+        assert "5" not in text and fin.reason == "stop"
+        text, fin = _collect(runner.submit(_prompt(llm, "Why is the sky blue?"), SamplingParams(temperature=0), 3))
+        assert fin.reason == "length" and fin.n_generated == 3
+    finally:
+        runner.stop()
+
+
+def test_async_events(llm):
+    import asyncio
+
+    runner = make_runner(llm, parallel=2)
+    runner.start()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        hs = [runner.submit(_prompt(llm, q), SamplingParams(temperature=0), 8, loop=loop) for q in QUESTIONS[:2]]
+
+        async def read(h):
+            out = []
+            async for ev in h.events():
+                out.append(ev)
+            return out
+
+        return await asyncio.gather(*(read(h) for h in hs))
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        runner.stop()
+    for events in results:
+        assert isinstance(events[-1], Finish) and all(isinstance(e, str) for e in events[:-1])
