@@ -413,6 +413,14 @@ INL void prefetch_range(const uint8_t *p, int64_t n) {
             for (; r + R_P <= r1; r += R_P) tile(type, R_P, NT_P, w, row_bytes, r, a, t, out, n_rows); \
             for (; r < r1; r++) tile(type, 1, NT_P, w, row_bytes, r, a, t, out, n_rows);               \
         }                                                                                              \
+        /* 2 or 3 tokens left: one narrower tile (each weight block decoded once for all of them) */    \
+        if (T - t >= 2) {                                                                              \
+            const int nt = (int)(T - t);                                                               \
+            int64_t r = r0;                                                                            \
+            for (; r + R_P <= r1; r += R_P) tile(type, R_P, nt, w, row_bytes, r, a, t, out, n_rows);   \
+            for (; r < r1; r++) tile(type, 1, nt, w, row_bytes, r, a, t, out, n_rows);                 \
+            t = T;                                                                                     \
+        }                                                                                              \
         /* a decode (fewer tokens than a prefill tile): the rows stream from memory, prefetched */     \
         const int64_t pf = T < NT_P ? native_prefetch_bytes : 0;                                       \
         for (; t < T; t++) {                                                                           \
