@@ -1,4 +1,4 @@
-"""`edgeinfer` command line: run, bench, pull, list, info (chat and serve arrive later)."""
+"""`edgeinfer` command line: run, serve, bench, pull, list, info (chat arrives later)."""
 
 from __future__ import annotations
 
@@ -210,6 +210,17 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .server import serve
+
+    return serve(
+        args.model, host=args.host, port=args.port, parallel=args.parallel, ctx_size=args.ctx_size,
+        api_key=args.api_key or os.environ.get("EDGEINFER_API_KEY") or None, threads=args.threads,
+        max_queue=args.max_queue, max_body_bytes=args.max_body_kb * 1024, model_name=args.alias,
+        energy_source=args.energy, **_backend_kwargs(args),
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -237,6 +248,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="print prompt and generation speed after each reply")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="kernels to run on (default: auto)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP API (chat, completions, models, metrics)",
+        description="Serve MODEL over HTTP in the OpenAI dialect: /v1/chat/completions, /v1/completions, "
+        "/v1/models, /health, /metrics, /tokenize, /detokenize. Ctrl-C stops.",
+    )
+    p.add_argument("model", help="a GGUF path or a model name (fetched on first use)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("-np", "--parallel", type=int, default=1, metavar="N",
+                   help="sequences generated at once (default 1)")  # fmt: skip
+    p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context of one sequence in tokens (default 4096)")
+    p.add_argument("--max-queue", type=int, default=16, metavar="Q",
+                   help="requests that may wait for a free slot; more get 503 + Retry-After (default 16)")  # fmt: skip
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+                   "(or set EDGEINFER_API_KEY)")  # fmt: skip
+    p.add_argument("--alias", default=None, metavar="NAME",
+                   help="the model id the API reports (default: the model's name)")  # fmt: skip
+    p.add_argument("--max-body-kb", type=int, default=4096, metavar="KB",
+                   help="largest request body (default 4096 KiB)")  # fmt: skip
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: the available cores)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="kernels to run on (default: auto)")
+    p.add_argument("--energy", choices=("auto", "rapl", "estimate"), default="auto",
+                   help="energy source for /metrics (default auto: RAPL where readable, else a labelled "
+                   "estimate)")  # fmt: skip
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "bench",

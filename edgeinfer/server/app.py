@@ -1,0 +1,505 @@
+"""The OpenAI-compatible HTTP server: a Starlette app over a runner (`edgeinfer.engine.runner`).
+
+    app = create_app(llm, runner, api_key=None, model_name="smollm2-135m")   # any ASGI server runs it
+    serve("smollm2-135m", port=8080, parallel=4)                            # load, start, listen (uvicorn)
+
+The app never generates text itself: it validates a request, tokenizes it, submits it to the runner
+and turns the runner's events (text pieces, then one Finish) into OpenAI's JSON or server-sent events.
+Everything that can be refused is refused before the response starts (so a stream never begins
+with an error): bad fields (400), a prompt longer than the context (400), a full queue (503 with
+Retry-After). A client that goes away cancels its request, which frees its sequence at the runner's
+next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from ..engine.runner import Finish, PromptTooLongError, QueueFullError
+from ..engine.sampling import SamplingError
+from ..errors import EdgeInferError
+from ..tokenizer.chat import ChatTemplateError
+from . import protocol as P
+from .metrics import Metrics
+
+log = logging.getLogger("edgeinfer.server")
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+PUBLIC_PATHS = ("/health",)
+KNOWN_PATHS = {
+    "/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/tokenize", "/detokenize",
+    "/chat/completions", "/completions", "/models",
+}  # fmt: skip
+
+
+def _error(message: str, status: int, type: str = "invalid_request_error", param: str | None = None,
+           code: str | None = None, headers: dict | None = None) -> JSONResponse:  # fmt: skip
+    return JSONResponse(P.error_body(message, type, param, code), status_code=status, headers=headers)
+
+
+def _from_request_error(e: P.RequestError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers or None)
+
+
+class _Guard:
+    """Outermost layer: the API key, request counting by endpoint and status, and a JSON 500 for any
+    exception that escapes a handler (the server keeps serving)."""
+
+    def __init__(self, app, api_key: str | None, metrics: Metrics):
+        self.app = app
+        self.api_key = api_key
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        endpoint = path if path in KNOWN_PATHS else "other"
+        if path.startswith("/v1/models/"):
+            endpoint = "/v1/models/{model}"
+        status = {"code": None}
+
+        async def send_counted(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            if self.api_key is not None and path not in PUBLIC_PATHS and not self._authorized(scope):
+                response = _error("Missing or wrong API key: send the header 'Authorization: Bearer <key>' with the "
+                                  "key the server was started with (--api-key).", 401, code="invalid_api_key",
+                                  headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+                await response(scope, receive, send_counted)
+            else:
+                await self.app(scope, receive, send_counted)
+        except Exception as e:
+            log.exception("unexpected error serving %s %s", scope.get("method"), path)
+            if status["code"] is None:
+                response = _error(f"Internal server error ({type(e).__name__}: {e}); the server is still running.",
+                                  500, type="server_error")  # fmt: skip
+                await response(scope, receive, send_counted)
+        finally:
+            self.metrics.count_request(endpoint, status["code"] or 500)
+
+    def _authorized(self, scope) -> bool:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                return scheme.lower() == "bearer" and secrets.compare_digest(token.strip(), self.api_key)
+        return False
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its answer was complete."""
+
+
+class _ShuttingDown(Exception):
+    """The server is stopping (Ctrl-C, SIGTERM): running requests end now."""
+
+
+class _Stopping:
+    """Set once when the server begins to stop; `set()` may be called from any thread or a signal handler."""
+
+    def __init__(self):
+        self.is_set = False
+        self._event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def wait(self) -> None:
+        if self._event is None:
+            self._event = asyncio.Event()
+            self._loop = asyncio.get_running_loop()
+        if self.is_set:
+            return
+        await self._event.wait()
+
+    def set(self) -> None:
+        self.is_set = True
+        if self._loop is not None and self._event is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._event.set)
+            except RuntimeError:  # the loop is closed already
+                pass
+
+
+async def _guarded(items: AsyncIterator, receive, handle, stopping: _Stopping) -> AsyncIterator:
+    """The items of `items` until they end, or until the client goes away (_ClientGone) or the server
+    begins to stop (_ShuttingDown): then the request is cancelled (its sequence freed at the runner's
+    next step) at once, even while it still waits in the queue. (After the body is read, an ASGI
+    server's receive() returns only http.disconnect.)"""
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    async def interrupted() -> type[Exception]:
+        gone, stop = asyncio.ensure_future(disconnected()), asyncio.ensure_future(stopping.wait())
+        try:
+            done, _ = await asyncio.wait((gone, stop), return_when=asyncio.FIRST_COMPLETED)
+            return _ShuttingDown if stop in done else _ClientGone
+        finally:
+            gone.cancel()
+            stop.cancel()
+
+    watcher = asyncio.ensure_future(interrupted())
+    it = aiter(items)
+    nxt = None
+    try:
+        while True:
+            nxt = asyncio.ensure_future(anext(it))
+            await asyncio.wait((nxt, watcher), return_when=asyncio.FIRST_COMPLETED)
+            if not nxt.done():
+                raise watcher.result()
+            try:
+                item = nxt.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        handle.cancel()  # a no-op for a finished request
+        watcher.cancel()
+        if nxt is not None and not nxt.done():  # let the reader stop before anyone closes `items`
+            nxt.cancel()
+            await asyncio.wait((nxt,))
+
+
+class _EventStream(Response):
+    """Server-sent events from an async iterator of bytes, tied to a runner handle: a client that goes
+    away (seen as http.disconnect, or as a failed send) cancels the handle; a server that stops ends the
+    stream with an error event."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, chunks: AsyncIterator[bytes], handle, stopping: _Stopping):
+        self.chunks = chunks
+        self.handle = handle
+        self.stopping = stopping
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def __call__(self, scope, receive, send):
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        guarded = _guarded(self.chunks, receive, self.handle, self.stopping)
+        try:
+            try:
+                async for chunk in guarded:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except _ShuttingDown:
+                event = P.sse(P.error_body(SHUTDOWN_MESSAGE, "server_error", code="shutting_down"))
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except (_ClientGone, OSError):  # gone: seen as http.disconnect, or as a send that failed
+            self.handle.cancel()
+        finally:
+            await guarded.aclose()
+            await self.chunks.aclose()
+
+
+SHUTDOWN_MESSAGE = "The server is shutting down; this reply was cut short. Try again when it is back."
+
+
+def create_app(llm, runner, api_key: str | None = None, model_name: str | None = None,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, energy_source: str | None = None,
+               n_ctx: int | None = None) -> Starlette:  # fmt: skip
+    """The ASGI app. `runner` must be started by the caller (serve() does). `n_ctx`: the context of
+    one sequence (default: the runner's, else the model's)."""
+    model_name = model_name or Path(str(getattr(llm, "path", "model"))).stem
+    n_ctx = int(n_ctx or getattr(runner, "n_ctx", None) or llm.n_ctx)
+    n_vocab = llm.n_vocab
+    metrics = Metrics(model_name, energy_source)
+    stopping = _Stopping()
+    created = int(time.time())
+
+    async def read_json(request: Request) -> dict:
+        length = request.headers.get("content-length")
+        if length is not None and length.strip().isdigit() and int(length) > max_body_bytes:
+            raise P.RequestError(f"The request body is {int(length)} bytes; this server takes at most "
+                                 f"{max_body_bytes}.", status=413, code="request_too_large")  # fmt: skip
+        chunks, n = [], 0
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > max_body_bytes:
+                raise P.RequestError(f"The request body is over {max_body_bytes} bytes, the most this server takes.",
+                                     status=413, code="request_too_large")  # fmt: skip
+            chunks.append(chunk)
+        return P.parse_json_body(b"".join(chunks))
+
+    def handles_errors(fn):
+        async def endpoint(request: Request):
+            try:
+                return await fn(request)
+            except P.RequestError as e:
+                return _from_request_error(e)
+            except SamplingError as e:  # the engine's own checks, should ours ever miss one
+                return _error(str(e), 400, param=str(e).split(" ")[0] or None)
+
+        endpoint.__name__ = fn.__name__
+        return endpoint
+
+    # -- generation
+
+    async def generate(request: Request, req: P.GenerationRequest, ids: list[int], echo_text: str = ""):
+        param = "messages" if req.kind == "chat" else "prompt"
+        try:
+            runner.check_prompt(ids)
+        except PromptTooLongError as e:
+            raise P.RequestError(str(e), param, code="context_length_exceeded" if ids else None) from None
+        room = n_ctx - len(ids)
+        max_tokens = room if req.max_tokens is None else min(req.max_tokens, room)
+        try:
+            handle = runner.submit(ids, req.params, max_tokens, req.stop, loop=asyncio.get_running_loop())
+        except PromptTooLongError as e:
+            raise P.RequestError(str(e), param, code="context_length_exceeded") from None
+        except QueueFullError as e:
+            retry = str(max(1, math.ceil(getattr(e, "retry_after_s", 1))))
+            raise P.RequestError(f"The server is busy: {e}", status=503, type="server_error", code="queue_full",
+                                 headers={"Retry-After": retry}) from None  # fmt: skip
+        rid = P.new_id("chatcmpl" if req.kind == "chat" else "cmpl")
+        t = P.now()
+        if req.stream:
+            return _EventStream(stream(req, handle, rid, t, echo_text), handle, stopping)
+        return await complete(request, req, handle, rid, t, echo_text)
+
+    def observe(fin: Finish) -> None:
+        if fin.n_generated > 0 and fin.reason not in ("error", "cancelled"):
+            metrics.observe_ttft(fin.ttft_s)
+
+    async def complete(request: Request, req: P.GenerationRequest, handle, rid: str, t: int, echo_text: str):
+        pieces, fin = [], None
+        try:
+            async for event in _guarded(handle.events(), request.receive, handle, stopping):
+                if isinstance(event, Finish):
+                    fin = event
+                else:
+                    pieces.append(event)
+        except _ClientGone:
+            return Response(status_code=499)  # nobody reads it; /metrics counts it as "client closed"
+        except _ShuttingDown:
+            return _error(SHUTDOWN_MESSAGE, 503, type="server_error", code="shutting_down")
+        observe(fin)
+        if fin.reason == "error":
+            return _error(f"Generation failed: {fin.error}", 500, type="server_error")
+        text = echo_text + "".join(pieces)
+        if req.kind == "chat":
+            body = P.chat_response(rid, t, model_name, text, fin.reason, fin.n_prompt, fin.n_generated)
+        else:
+            body = P.completion_response(rid, t, model_name, text, fin.reason, fin.n_prompt, fin.n_generated)
+        return JSONResponse(body)
+
+    async def stream(req: P.GenerationRequest, handle, rid: str, t: int, echo_text: str) -> AsyncIterator[bytes]:
+        inc = req.include_usage
+        if req.kind == "chat":
+            def chunk(text, reason=None):
+                delta = {"content": text} if text else {}
+                return P.sse(P.chat_chunk(rid, t, model_name, delta, reason, include_usage=inc))
+
+            def usage_chunk(u):
+                return P.sse(P.chat_chunk(rid, t, model_name, None, usage_=u, include_usage=True))
+
+            yield P.sse(P.chat_chunk(rid, t, model_name, {"role": "assistant", "content": ""}, include_usage=inc))
+        else:
+            def chunk(text, reason=None):
+                return P.sse(P.completion_chunk(rid, t, model_name, text, reason, include_usage=inc))
+
+            def usage_chunk(u):
+                return P.sse(P.completion_chunk(rid, t, model_name, None, usage_=u, include_usage=True))
+
+            if echo_text:
+                yield chunk(echo_text)
+        fin = None
+        async for event in handle.events():
+            if isinstance(event, Finish):
+                fin = event
+            else:
+                yield chunk(event)
+        observe(fin)
+        if fin.reason == "cancelled":
+            return
+        if fin.reason == "error":
+            yield P.sse(P.error_body(f"Generation failed: {fin.error}", "server_error"))
+            return
+        yield chunk("", fin.reason)
+        if inc:
+            yield usage_chunk(P.usage(fin.n_prompt, fin.n_generated))
+        yield P.sse("[DONE]")
+
+    @handles_errors
+    async def chat_completions(request: Request):
+        req = P.parse_chat_request(await read_json(request), n_vocab)
+        try:
+            ids = await run_in_threadpool(llm.tokenize_chat, req.messages)
+        except ChatTemplateError as e:
+            raise P.RequestError(f"The model's chat template refused the messages: {e}", "messages") from None
+        return await generate(request, req, ids)
+
+    @handles_errors
+    async def completions(request: Request):
+        req = P.parse_completion_request(await read_json(request), n_vocab)
+        if isinstance(req.prompt, str):
+            ids = await run_in_threadpool(llm.tokenize, req.prompt, True, True)
+            echo = req.prompt if req.echo else ""
+        else:
+            ids = req.prompt
+            echo = (await run_in_threadpool(llm.detokenize, ids)) if req.echo else ""
+        return await generate(request, req, ids, echo)
+
+    # -- everything else
+
+    def model_card() -> dict:
+        return {
+            "id": model_name, "object": "model", "created": created, "owned_by": "edgeinfer",
+            "meta": {"n_ctx": n_ctx, "n_vocab": n_vocab, "architecture": getattr(llm, "architecture", None)},
+        }  # fmt: skip
+
+    async def models(request: Request):
+        return JSONResponse({"object": "list", "data": [model_card()]})
+
+    async def model(request: Request):
+        name = request.path_params["model"]
+        if name != model_name:
+            return _error(f"The model {name!r} does not exist here; this server serves {model_name!r}.", 404,
+                          param="model", code="model_not_found")  # fmt: skip
+        return JSONResponse(model_card())
+
+    async def health(request: Request):
+        return JSONResponse({"status": "ok"})
+
+    async def metrics_page(request: Request):
+        text = await run_in_threadpool(lambda: metrics.render(runner.stats()))
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @handles_errors
+    async def tokenize(request: Request):
+        body = await read_json(request)
+        content = body.get("content")
+        if not isinstance(content, str):
+            raise P.RequestError(f"'content' must be a string, got {P._json_type(content)}.", "content")
+        add_special = P._boolean(body, "add_special", False)
+        parse_special = P._boolean(body, "parse_special", True)
+        tokens = await run_in_threadpool(llm.tokenize, content, add_special, parse_special)
+        return JSONResponse({"tokens": tokens})
+
+    @handles_errors
+    async def detokenize(request: Request):
+        tokens = P.parse_tokens(await read_json(request), n_vocab)
+        return JSONResponse({"content": await run_in_threadpool(llm.detokenize, tokens)})
+
+    async def http_error(request: Request, exc: HTTPException):
+        if exc.status_code == 404:
+            return _error(f"There is no endpoint {request.method} {request.url.path} here.", 404, code="not_found")
+        if exc.status_code == 405:
+            return _error(f"{request.method} is not allowed on {request.url.path}.", 405,
+                          code="method_not_allowed", headers=dict(exc.headers or {}))  # fmt: skip
+        return _error(str(exc.detail), exc.status_code)
+
+    routes = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/completions", completions, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics_page, methods=["GET"]),
+        Route("/tokenize", tokenize, methods=["POST"]),
+        Route("/detokenize", detokenize, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app.state.metrics = metrics
+    app.state.runner = runner
+    app.state.llm = llm
+    app.state.model_name = model_name
+    app.state.begin_shutdown = stopping.set  # running requests end at once (serve() calls it on Ctrl-C)
+    app.add_middleware(_Guard, api_key=api_key, metrics=metrics)
+    return app
+
+
+def _model_name(model) -> str:
+    from ..models import lookup
+
+    source = lookup(str(model)) if not Path(str(model)).is_file() else None
+    return source.name if source is not None else Path(str(model)).stem
+
+
+def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, ctx_size: int = 4096,
+          api_key: str | None = None, threads: int | None = None, backend="auto", max_queue: int = 16,
+          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, model_name: str | None = None,
+          energy_source: str | None = None, print_fn=print) -> int:  # fmt: skip
+    """Load `model` (a path or a registry name), start a runner and serve the API until Ctrl-C or SIGTERM.
+    Prints one line when it listens."""
+    import signal
+
+    import uvicorn
+
+    from ..api import load
+    from ..engine.runner import make_runner
+
+    for name, value, lo in (("parallel", parallel, 1), ("ctx_size", ctx_size, 2), ("max_queue", max_queue, 1),
+                            ("max_body_bytes", max_body_bytes, 1)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise EdgeInferError(f"{name} must be an integer >= {lo}, got {value!r}.")
+    if not 0 <= int(port) <= 65535:
+        raise EdgeInferError(f"port must be in 0..65535, got {port!r}.")
+    if api_key is not None and not api_key.strip():
+        raise EdgeInferError("--api-key is empty: give a key, or leave the option out.")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as e:
+        sock.close()
+        raise EdgeInferError(f"Cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host.") \
+            from None  # fmt: skip
+    llm = load(model, n_ctx=ctx_size, n_threads=threads, backend=backend)
+    runner = make_runner(llm, parallel=parallel, max_queue=max_queue, n_ctx=ctx_size)
+    app = create_app(llm, runner, api_key=api_key, model_name=model_name or _model_name(model),
+                     max_body_bytes=max_body_bytes, energy_source=energy_source, n_ctx=ctx_size)  # fmt: skip
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                            lifespan="off")  # fmt: skip
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            app.state.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
+    sock.listen(2048)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    runner.start()
+
+    def interrupt(signum, frame):  # uvicorn re-raises the signal it stopped on: make SIGTERM a clean stop too
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        print_fn(f"edgeinfer serve: {app.state.model_name} listening on http://{shown}:{bound_port} "
+                 f"(parallel {parallel}, context {ctx_size}{', API key required' if api_key else ''}); "
+                 "Ctrl-C stops", flush=True)  # fmt: skip
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        runner.stop()
+        app.state.metrics.close()
+        sock.close()
+    print_fn("edgeinfer serve: stopped", flush=True)
+    return 0

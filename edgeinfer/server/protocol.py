@@ -1,0 +1,400 @@
+"""The OpenAI dialect, without HTTP: request bodies -> validated requests, results -> response bodies.
+
+Everything here is a plain function of its arguments, so the validation is tested without a server.
+A field that is wrong raises `RequestError` naming it; the app turns that into OpenAI's error JSON:
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": "temperature", "code": null}}
+
+Fields this server does not know are ignored (as OpenAI's clients send many). Fields it knows but
+cannot honour (n > 1, logprobs, best_of > 1) are refused rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engine.sampling import SamplingParams
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 1000
+LOGIT_BIAS_RANGE = 100.0  # as OpenAI: each bias in [-100, 100]
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+class RequestError(Exception):
+    """A request the server refuses; becomes an OpenAI-style error JSON with this status."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 type: str = "invalid_request_error", code: str | None = None,
+                 headers: dict[str, str] | None = None):  # fmt: skip
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.status = status
+        self.type = type
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:  # fmt: skip
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def parse_json_body(raw: bytes) -> dict:
+    """The request body as a JSON object (NaN and Infinity are not JSON and are refused)."""
+
+    def no_constants(name: str):
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=no_constants)
+    except UnicodeDecodeError:
+        raise RequestError("The request body is not valid UTF-8.") from None
+    except (ValueError, RecursionError) as e:
+        raise RequestError(f"The request body is not valid JSON: {e}.") from None
+    if not isinstance(body, dict):
+        raise RequestError(f"The request body must be a JSON object, not {_json_type(body)}.")
+    return body
+
+
+# -- field readers: each returns the value or the default, or raises RequestError naming the field
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _number(body: dict, name: str, default: float, lo: float | None = None, hi: float | None = None,
+            lo_open: bool = False) -> float:  # fmt: skip
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(f"'{name}' must be a number, got {_json_type(value)}: {value!r}.", name)
+    bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+    bad_hi = hi is not None and value > hi
+    if bad_lo or bad_hi:
+        left = "(" if lo_open else "["
+        raise RequestError(
+            f"'{name}' = {value!r} is out of range: it must be in {left}{_fmt(lo)}, {_fmt(hi)}].", name
+        )
+    return float(value)
+
+
+def _fmt(x: float | None) -> str:
+    return "inf" if x is None else f"{x:g}"
+
+
+def _integer(body: dict, name: str, default: int | None, lo: int | None = None, hi: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"'{name}' must be an integer, got {_json_type(value)}: {value!r}.", name)
+    if lo is not None and value < lo:
+        raise RequestError(f"'{name}' = {value} is out of range: it must be at least {lo}.", name)
+    if hi is not None and value > hi:
+        raise RequestError(f"'{name}' = {value} is out of range: it must be at most {hi}.", name)
+    return value
+
+
+def _boolean(body: dict, name: str, default: bool) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise RequestError(f"'{name}' must be a boolean, got {_json_type(value)}: {value!r}.", name)
+    return value
+
+
+def _stop(body: dict) -> list[str]:
+    value = body.get("stop")
+    if value is None:
+        return []
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise RequestError(f"'stop' must be a string or an array of strings, got {_json_type(value)}.", "stop")
+    if len(stops) > MAX_STOP_STRINGS:
+        raise RequestError(f"'stop' holds {len(stops)} strings; at most {MAX_STOP_STRINGS} are allowed.", "stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise RequestError(f"each 'stop' string must be at most {MAX_STOP_CHARS} characters.", "stop")
+    return [s for s in stops if s]
+
+
+def _logit_bias(body: dict, n_vocab: int | None) -> dict[int, float]:
+    value = body.get("logit_bias")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RequestError(f"'logit_bias' must be an object of token id -> bias, got {_json_type(value)}.",
+                           "logit_bias")  # fmt: skip
+    out: dict[int, float] = {}
+    for key, bias in value.items():
+        try:
+            tok = int(key)
+        except ValueError:
+            raise RequestError(f"'logit_bias' keys must be token ids (integers as strings), got {key!r}.",
+                               "logit_bias") from None  # fmt: skip
+        if tok < 0 or (n_vocab is not None and tok >= n_vocab):
+            limit = f"0..{n_vocab - 1}" if n_vocab is not None else "non-negative"
+            raise RequestError(f"'logit_bias' names token {tok}, outside this vocabulary ({limit}).", "logit_bias")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
+            raise RequestError(f"'logit_bias' for token {key} must be a number, got {bias!r}.", "logit_bias")
+        if not -LOGIT_BIAS_RANGE <= bias <= LOGIT_BIAS_RANGE:
+            raise RequestError(
+                f"'logit_bias' for token {key} is {bias!r}: each bias must be in [-100, 100].", "logit_bias"
+            )
+        out[tok] = float(bias)
+    return out
+
+
+def _token_ids(value: list, name: str, n_vocab: int | None) -> list[int]:
+    for t in value:
+        if isinstance(t, bool) or not isinstance(t, int):
+            raise RequestError(f"'{name}' must be an array of token ids (integers), found {t!r}.", name)
+        if t < 0 or (n_vocab is not None and t >= n_vocab):
+            limit = f"0..{n_vocab - 1}" if n_vocab is not None else "non-negative"
+            raise RequestError(f"'{name}' holds token id {t}, outside this vocabulary ({limit}).", name)
+    return list(value)
+
+
+@dataclass
+class GenerationRequest:
+    """A validated /v1/chat/completions or /v1/completions request."""
+
+    kind: str  # "chat" or "completion"
+    params: SamplingParams
+    max_tokens: int | None  # None: until the context ends
+    stop: list[str] = field(default_factory=list)
+    stream: bool = False
+    include_usage: bool = False
+    messages: list[dict] | None = None  # chat: [{"role": str, "content": str}]
+    prompt: str | list[int] | None = None  # completion: text or token ids
+    echo: bool = False  # completion: the prompt's text before the reply
+
+
+def parse_sampling(body: dict, n_vocab: int | None = None) -> tuple[SamplingParams, int | None, list[str]]:
+    """Sampling fields -> (SamplingParams, max_tokens or None, stop strings). Absent or null fields take
+    the defaults of `edgeinfer run` (SamplingParams' own: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05,
+    no penalties)."""
+    d = SamplingParams()
+    max_tokens = _integer(body, "max_completion_tokens", None, lo=1)
+    if max_tokens is None:
+        max_tokens = _integer(body, "max_tokens", None, lo=1)
+    params = SamplingParams(
+        temperature=_number(body, "temperature", d.temperature, lo=0.0),
+        top_p=_number(body, "top_p", d.top_p, lo=0.0, hi=1.0, lo_open=True),
+        top_k=_integer(body, "top_k", d.top_k),
+        min_p=_number(body, "min_p", d.min_p, lo=0.0, hi=1.0),
+        presence_penalty=_number(body, "presence_penalty", d.presence_penalty, lo=-2.0, hi=2.0),
+        frequency_penalty=_number(body, "frequency_penalty", d.frequency_penalty, lo=-2.0, hi=2.0),
+        repeat_penalty=_number(body, "repeat_penalty", d.repeat_penalty, lo=0.0, lo_open=True),
+        seed=_integer(body, "seed", None, lo=0),
+        logit_bias=_logit_bias(body, n_vocab),
+    )
+    params.validate(n_vocab)  # the engine's own rules, as a second line (the checks above already hold them)
+    return params, max_tokens, _stop(body)
+
+
+def _common(body: dict, kind: str, n_vocab: int | None) -> GenerationRequest:
+    n = _integer(body, "n", 1)
+    if n != 1:
+        raise RequestError(f"'n' = {n}: this server makes one choice per request; send n = 1 (or leave it out).", "n")
+    params, max_tokens, stop = parse_sampling(body, n_vocab)
+    stream = _boolean(body, "stream", False)
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise RequestError(f"'stream_options' must be an object, got {_json_type(options)}.", "stream_options")
+    include_usage = _boolean(options or {}, "include_usage", False) if stream else False
+    return GenerationRequest(kind, params, max_tokens, stop, stream, include_usage)
+
+
+def _message_content(content: Any, i: int) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: only text is understood
+        texts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif isinstance(part, str):
+                texts.append(part)
+            else:
+                kind = part.get("type") if isinstance(part, dict) else _json_type(part)
+                raise RequestError(
+                    f"messages[{i}].content holds a part of type {kind!r}; this model reads text parts only.",
+                    "messages",
+                )
+        return "".join(texts)
+    raise RequestError(f"messages[{i}].content must be a string or an array of text parts, got {_json_type(content)}.",
+                       "messages")  # fmt: skip
+
+
+def parse_chat_request(body: dict, n_vocab: int | None = None) -> GenerationRequest:
+    """A /v1/chat/completions body -> GenerationRequest, or RequestError naming the field."""
+    messages = body.get("messages")
+    if messages is None:
+        raise RequestError("'messages' is required: an array of {\"role\", \"content\"} objects.", "messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(f"'messages' must be a non-empty array of messages, got {_json_type(messages)}.",
+                           "messages")  # fmt: skip
+    clean = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise RequestError(f"messages[{i}] must be an object with 'role' and 'content'.", "messages")
+        role = m.get("role")
+        if not isinstance(role, str) or role not in CHAT_ROLES:
+            raise RequestError(f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}; got {role!r}.", "messages")
+        if role == "developer":  # OpenAI's newer name for the system message
+            role = "system"
+        clean.append({"role": role, "content": _message_content(m.get("content"), i)})
+    if _truthy(body.get("logprobs")) or body.get("top_logprobs") is not None:
+        raise RequestError("'logprobs' are not supported by this server.", "logprobs")
+    req = _common(body, "chat", n_vocab)
+    req.messages = clean
+    return req
+
+
+def parse_completion_request(body: dict, n_vocab: int | None = None) -> GenerationRequest:
+    """A /v1/completions body -> GenerationRequest. `prompt`: a string, an array of one string, an array of
+    token ids, or an array of one array of token ids."""
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise RequestError("'prompt' is required: a string or an array of token ids.", "prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, list):
+        if not prompt:
+            raise RequestError("'prompt' is an empty array: give a string or at least one token id.", "prompt")
+        if any(isinstance(p, (str, list)) for p in prompt):
+            raise RequestError("'prompt' holds several prompts; this server takes one per request.", "prompt")
+        prompt = _token_ids(prompt, "prompt", n_vocab)
+    elif not isinstance(prompt, str):
+        raise RequestError(f"'prompt' must be a string or an array of token ids, got {_json_type(prompt)}.", "prompt")
+    if _truthy(body.get("logprobs")):
+        raise RequestError("'logprobs' are not supported by this server.", "logprobs")
+    best_of = _integer(body, "best_of", 1)
+    if best_of != 1:
+        raise RequestError(f"'best_of' = {best_of}: this server makes one choice per request.", "best_of")
+    if body.get("suffix") not in (None, ""):
+        raise RequestError("'suffix' (insertion) is not supported by this server.", "suffix")
+    req = _common(body, "completion", n_vocab)
+    req.prompt = prompt
+    req.echo = _boolean(body, "echo", False)
+    return req
+
+
+def _truthy(value: Any) -> bool:
+    return value is not None and value is not False and value != 0
+
+
+def parse_tokens(body: dict, n_vocab: int | None = None) -> list[int]:
+    tokens = body.get("tokens")
+    if not isinstance(tokens, list):
+        raise RequestError(f"'tokens' must be an array of token ids, got {_json_type(tokens)}.", "tokens")
+    return _token_ids(tokens, "tokens", n_vocab)
+
+
+# -- responses
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def usage(n_prompt: int, n_generated: int) -> dict:
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_generated, "total_tokens": n_prompt + n_generated}
+
+
+def finish_reason(reason: str) -> str:
+    """The runner's reasons -> OpenAI's ("stop" or "length")."""
+    return "length" if reason == "length" else "stop"
+
+
+def chat_response(id: str, created: int, model: str, text: str, reason: str, n_prompt: int, n_gen: int) -> dict:
+    return {
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish_reason(reason),
+        }],  # fmt: skip
+        "usage": usage(n_prompt, n_gen),
+    }
+
+
+def chat_chunk(id: str, created: int, model: str, delta: dict | None, reason: str | None = None,
+               usage_: dict | None = None, include_usage: bool = False) -> dict:  # fmt: skip
+    chunk = {"id": id, "object": "chat.completion.chunk", "created": created, "model": model}
+    if delta is None:  # the usage chunk: no choices
+        chunk["choices"] = []
+    else:
+        chunk["choices"] = [{"index": 0, "delta": delta, "logprobs": None,
+                             "finish_reason": finish_reason(reason) if reason else None}]  # fmt: skip
+    if include_usage:
+        chunk["usage"] = usage_
+    return chunk
+
+
+def completion_response(id: str, created: int, model: str, text: str, reason: str, n_prompt: int,
+                        n_gen: int) -> dict:  # fmt: skip
+    return {
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(reason)}],
+        "usage": usage(n_prompt, n_gen),
+    }
+
+
+def completion_chunk(id: str, created: int, model: str, text: str | None, reason: str | None = None,
+                     usage_: dict | None = None, include_usage: bool = False) -> dict:  # fmt: skip
+    chunk = {"id": id, "object": "text_completion", "created": created, "model": model}
+    if text is None:
+        chunk["choices"] = []
+    else:
+        chunk["choices"] = [{"index": 0, "text": text, "logprobs": None,
+                             "finish_reason": finish_reason(reason) if reason else None}]  # fmt: skip
+    if include_usage:
+        chunk["usage"] = usage_
+    return chunk
+
+
+def sse(data: dict | str) -> bytes:
+    """One server-sent event: `data: {...}\\n\\n`."""
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+def now() -> int:
+    return int(time.time())
