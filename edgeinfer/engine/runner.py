@@ -100,8 +100,11 @@ class Handle:
                 return
 
     async def events(self) -> AsyncIterator[str | Finish]:
+        """Text pieces, then the Finish. Pieces that arrived while the consumer was busy come joined
+        as one (the same text in fewer, larger pieces: a busy server sends fewer chunks)."""
         if self._wake is None:
             raise RuntimeError("submit(..., loop=asyncio.get_running_loop()) to read events asynchronously")
+        held: Finish | None = None
         while True:
             try:
                 event = self._q.get_nowait()
@@ -110,6 +113,22 @@ class Handle:
                 if self._q.empty():
                     await self._wake.wait()
                 continue
+            if isinstance(event, str):
+                parts = [event]
+                while True:
+                    try:
+                        more = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(more, str):
+                        parts.append(more)
+                    else:
+                        held = more
+                        break
+                yield "".join(parts)
+                if held is None:
+                    continue
+                event = held
             yield event
             if isinstance(event, Finish):
                 return

@@ -72,13 +72,13 @@ def _rms_row(x, w, eps, out, i):  # strict float semantics: the same bits in eve
         out[i, j] = (x[i, j] * scale) * w[j]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _rms_norm(x, w, eps, out):
     for i in range(x.shape[0]):
         _rms_row(x, w, eps, out, i)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _rms_norm_par(x, w, eps, out):
     for i in prange(x.shape[0]):
         _rms_row(x, w, eps, out, i)
@@ -100,7 +100,7 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 # -- RoPE ----------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _rope(x, positions, cos_t, sin_t, n_rot, neox, out):
     n, h, d = x.shape
     half = n_rot // 2
@@ -162,7 +162,7 @@ def _norm_rope_head(src, o, d, w, has_norm, eps, c_row, s_row, n_rot, neox, dst)
         dst[b] = x0 * s + x1 * c
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos_t, sin_t, n_rot, neox,
                q_norm, k_norm, has_norm, eps, k_store, v_store, start, q_out):  # fmt: skip
     nq = n_head * head_dim
@@ -278,7 +278,7 @@ def _attend_tg(q, k, v, q_pos, kv_pos, n_swa, scale, t, g, scores, acc, out):
             out[t, o + e] = acc[a, e]
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def _attention_serial(q, k, v, q_pos, kv_pos, n_swa, scale, out):
     n_kv, n_head_kv, head_dim_v = v.shape
     group = q.shape[1] // n_head_kv
@@ -289,7 +289,7 @@ def _attention_serial(q, k, v, q_pos, kv_pos, n_swa, scale, out):
             _attend_tg(q, k, v, q_pos, kv_pos, n_swa, scale, t, g, scores, acc, out)
 
 
-@njit(cache=True, fastmath=FAST, parallel=True)
+@njit(cache=True, nogil=True, fastmath=FAST, parallel=True)
 def _attention_parallel(q, k, v, q_pos, kv_pos, n_swa, scale, out):
     n_kv, n_head_kv, head_dim_v = v.shape
     group = q.shape[1] // n_head_kv
@@ -344,14 +344,14 @@ def _glu_row(gu, f, act, out, i):
             o[j] = g[j] / (np.float32(1.0) + o[j]) * u[j]
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def _glu(gu, act, out):
     f = out.shape[1]
     for i in range(gu.shape[0]):
         _glu_row(gu, f, act, out, i)
 
 
-@njit(cache=True, fastmath=FAST, parallel=True)
+@njit(cache=True, nogil=True, fastmath=FAST, parallel=True)
 def _glu_par(gu, act, out):
     f = out.shape[1]
     for i in prange(gu.shape[0]):
@@ -372,7 +372,7 @@ def glu(gu: np.ndarray, act: str) -> np.ndarray:
 # -- Mixture-of-Experts routing --------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _moe_route(logits, n_used, sigmoid, norm_weights, scale, bias, chosen, weights):
     n, n_expert = logits.shape
     probs = np.empty(n_expert, np.float32)
