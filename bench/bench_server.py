@@ -4,8 +4,8 @@
         [--requests-per-client 2] [--parallel 8] [--ctx-size 4096] [--url http://127.0.0.1:PORT]
 
 Starts a server (unless --url names a running one), then for each client count N runs N threads that
-each send --requests-per-client streaming chat requests one after another (temperature 0, a different
-question each, `max_tokens` fixed, `ignore_eos` style length by a long-answer prompt), and reports:
+each send --requests-per-client streaming chat requests one after another (temperature 0, a prompt of
+its own each, `max_tokens` fixed, questions that ask for long answers), and reports:
 aggregate completion tokens per second (all tokens / wall time of the round), per-stream decode speed,
 p50 / p95 time to first token, and the server's /metrics page at the end. Standard library only.
 """
@@ -99,7 +99,8 @@ def run_round(host: str, port: int, clients: int, per_client: int, max_tokens: i
 
     def client(i: int) -> None:
         for k in range(per_client):
-            q = QUESTIONS[(i * per_client + k) % len(QUESTIONS)]
+            n = i * per_client + k  # every request its own prompt (only the chat template's start is shared)
+            q = f"{QUESTIONS[n % len(QUESTIONS)]} (Request {n + 1} of the round with {clients} clients.)"
             res = stream_chat(host, port, q, max_tokens)
             with lock:
                 results.append(res)
