@@ -288,23 +288,28 @@ AFN static void heads_avx2(const attn_job *job, int64_t t, int64_t h0, int nh, f
 
 /* -- the job ----------------------------------------------------------------------------------------- */
 
+/* one item of a job: heads_per_item query heads of one part of a KV group, for one token */
+static void attn_item(const attn_job *job, int64_t i, float *s) {
+    const int64_t per = job->heads_per_item, items_per_t = job->a.Hkv * job->parts;
+    const int64_t t = i / items_per_t, r = i % items_per_t, g = r / job->parts;
+    const int64_t h0 = g * job->group + (r % job->parts) * per;
+    const int64_t h1 = h0 + per < (g + 1) * job->group ? h0 + per : (g + 1) * job->group;
+    for (int64_t h = h0; h < h1; h += 4) {
+#if defined(NATIVE_X86)
+        if (job->avx2) { heads_avx2(job, t, h, h1 - h < 4 ? (int)(h1 - h) : 4, s); continue; }
+#endif
+        for (int64_t hh = h; hh < h1 && hh < h + 4; hh++) head_scalar(job, t, hh, s);
+    }
+}
+
 static void attn_worker(void *p, int id, int n) {
     (void)n;
     attn_job *job = p;
     float *s = job->scratch + (int64_t)id * 4 * job->stride;
-    const int64_t per = job->heads_per_item, items_per_t = job->a.Hkv * job->parts;
     for (;;) {
         const int64_t i = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed);
         if (i >= job->n_items) break;
-        const int64_t t = i / items_per_t, r = i % items_per_t, g = r / job->parts;
-        const int64_t h0 = g * job->group + (r % job->parts) * per;
-        const int64_t h1 = h0 + per < (g + 1) * job->group ? h0 + per : (g + 1) * job->group;
-        for (int64_t h = h0; h < h1; h += 4) {
-#if defined(NATIVE_X86)
-            if (job->avx2) { heads_avx2(job, t, h, h1 - h < 4 ? (int)(h1 - h) : 4, s); continue; }
-#endif
-            for (int64_t hh = h; hh < h1 && hh < h + 4; hh++) head_scalar(job, t, hh, s);
-        }
+        attn_item(job, i, s);
     }
 }
 
@@ -344,5 +349,80 @@ int native_attention(const native_attn_args *a, int n_threads, int avx2) {
     atomic_store_explicit(&job.next, 0, memory_order_relaxed);
     if (n_threads == 1) attn_worker(&job, 0, 1);
     else tp_run(n_threads, attn_worker, &job);
+    return 0;
+}
+
+/* -- several sequences at once (continuous batching) ----------------------------------------------- */
+
+typedef struct {
+    attn_job *jobs;
+    const int64_t *first;  /* first[s]: the index of sequence s's first item; first[S]: all items */
+    int S;
+    int64_t stride;  /* the largest sequence's scratch row */
+    float *scratch;
+    _Atomic int64_t next;
+} attn_many_job;
+
+static void attn_many_worker(void *p, int id, int n) {
+    (void)n;
+    attn_many_job *m = p;
+    float *sc = m->scratch + (int64_t)id * 4 * m->stride;
+    int seq = 0;
+    for (;;) {
+        const int64_t i = atomic_fetch_add_explicit(&m->next, 1, memory_order_relaxed);
+        if (i >= m->first[m->S]) break;
+        while (i >= m->first[seq + 1]) seq++;  /* items are taken in increasing order */
+        while (i < m->first[seq]) seq--;
+        attn_item(&m->jobs[seq], i - m->first[seq], sc);
+    }
+}
+
+int native_attention_many(const native_attn_args *as, int S, int n_threads, int avx2) {
+    if (S <= 0) return 0;
+    attn_job *jobs = malloc((size_t)S * sizeof *jobs);
+    int64_t *first = malloc(((size_t)S + 1) * sizeof *first);
+    if (!jobs || !first) { free(jobs); free(first); return -1; }
+    int64_t total = 0, stride = 16, work = 0;
+    for (int s = 0; s < S; s++) {
+        attn_job *job = &jobs[s];
+        job->a = as[s];
+        job->group = as[s].H / as[s].Hkv;
+        job->avx2 = avx2;
+        /* whole KV groups per item: each head's arithmetic is the same whatever the grouping, so a
+         * sequence's result does not depend on the others */
+        job->heads_per_item = job->group;
+        job->parts = 1;
+        job->n_items = as[s].n * as[s].Hkv;
+        job->stride = (((as[s].n_kv + 7) & ~(int64_t)7) + 15) & ~(int64_t)15;
+        if (job->stride > stride) stride = job->stride;
+        first[s] = total;
+        total += job->n_items;
+        work += as[s].n * as[s].H * as[s].n_kv;
+    }
+    first[S] = total;
+    if (work < ATTN_PARALLEL_MIN_WORK) n_threads = 1;
+    if (n_threads > total) n_threads = (int)total;
+    if (n_threads > TP_MAX_THREADS) n_threads = TP_MAX_THREADS;
+    if (n_threads < 1) n_threads = 1;
+    const size_t need = (size_t)stride * 4 * (size_t)n_threads * sizeof(float);
+    if (need > attn_scratch_size) {
+        free(attn_scratch);
+        const size_t size = ((need + need / 4) + 4095) & ~(size_t)63;
+        attn_scratch = aligned_alloc(64, size);
+        attn_scratch_size = attn_scratch ? size : 0;
+        if (!attn_scratch) { free(jobs); free(first); return -1; }
+    }
+    attn_many_job m;
+    m.jobs = jobs;
+    m.first = first;
+    m.S = S;
+    m.stride = stride;
+    m.scratch = attn_scratch;
+    for (int s = 0; s < S; s++) jobs[s].scratch = attn_scratch, jobs[s].stride = stride;
+    atomic_store_explicit(&m.next, 0, memory_order_relaxed);
+    if (n_threads == 1) attn_many_worker(&m, 0, 1);
+    else tp_run(n_threads, attn_many_worker, &m);
+    free(jobs);
+    free(first);
     return 0;
 }

@@ -369,6 +369,89 @@ done:
     return result;
 }
 
+/* attention_many(qs, ks, vs, q_poss, kv_poss, n_swa, scale, outs, n_threads): lists of one array per
+ * sequence, each as attention()'s; one job on the pool for all of them */
+static PyObject *py_attention_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "attention_many(qs, ks, vs, q_poss, kv_poss, n_swa, scale, outs, n_threads)");
+        return NULL;
+    }
+    const long n_swa = PyLong_AsLong(args[5]);
+    const double scale = PyFloat_AsDouble(args[6]);
+    const long n_threads = PyLong_AsLong(args[8]);
+    if (PyErr_Occurred()) return NULL;
+    static const int which[6] = {0, 1, 2, 3, 4, 7};
+    for (int i = 0; i < 6; i++)
+        if (!PyList_Check(args[which[i]])) {
+            PyErr_SetString(PyExc_TypeError, "attention_many: lists of arrays, one per sequence");
+            return NULL;
+        }
+    const Py_ssize_t S = PyList_GET_SIZE(args[0]);
+    for (int i = 1; i < 6; i++)
+        if (PyList_GET_SIZE(args[which[i]]) != S) {
+            PyErr_SetString(PyExc_ValueError, "attention_many: the lists differ in length");
+            return NULL;
+        }
+    if (n_threads < 1 || n_swa < INT32_MIN || n_swa > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "attention_many: n_threads >= 1, n_swa an int32");
+        return NULL;
+    }
+    Py_buffer *b = calloc((size_t)(S > 0 ? S : 1) * 6, sizeof *b);
+    native_attn_args *as = calloc((size_t)(S > 0 ? S : 1), sizeof *as);
+    Py_ssize_t got = 0;
+    PyObject *result = NULL;
+    if (!b || !as) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t s = 0; s < S; s++) {
+        for (int i = 0; i < 6; i++) {
+            const int flags = (i == 5 ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT;
+            if (PyObject_GetBuffer(PyList_GET_ITEM(args[which[i]], s), &b[got], flags) < 0) goto done;
+            got++;
+        }
+        const Py_buffer *q = &b[6 * s], *k = &b[6 * s + 1], *v = &b[6 * s + 2], *qp = &b[6 * s + 3],
+                        *kp = &b[6 * s + 4], *out = &b[6 * s + 5];
+        if (!is_f32(q->format) || !is_f32(k->format) || !is_f32(v->format) || !is_f32(out->format) ||
+            !is_i32(qp) || !is_i32(kp) || q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || qp->ndim != 1 ||
+            kp->ndim != 1 || out->ndim != 2) {
+            PyErr_SetString(PyExc_ValueError, "attention_many: float32 q, k, v, out and int32 positions, C-contiguous");
+            goto done;
+        }
+        native_attn_args *a = &as[s];
+        a->n = q->shape[0]; a->H = q->shape[1]; a->D = q->shape[2];
+        a->n_kv = k->shape[0]; a->Hkv = k->shape[1]; a->Dv = v->shape[2];
+        if (a->Hkv < 1 || a->H % a->Hkv || k->shape[2] != a->D || v->shape[0] != a->n_kv || v->shape[1] != a->Hkv ||
+            qp->shape[0] != a->n || kp->shape[0] != a->n_kv || out->shape[0] != a->n || out->shape[1] != a->H * a->Dv) {
+            PyErr_SetString(PyExc_ValueError, "attention_many: shapes do not fit");
+            goto done;
+        }
+        a->q = q->buf; a->k = k->buf; a->v = v->buf; a->q_pos = qp->buf; a->kv_pos = kp->buf; a->out = out->buf;
+        a->n_swa = (int)n_swa;
+        a->scale = (float)scale;
+    }
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&call_mu);
+#if defined(NATIVE_X86)
+    const int avx2 = kernels == &native_kernels_avx2;
+#else
+    const int avx2 = 0;
+#endif
+    failed = native_attention_many(as, (int)S, (int)n_threads, avx2);
+    pthread_mutex_unlock(&call_mu);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&b[i]);
+    free(b);
+    free(as);
+    return result;
+}
+
 static PyObject *py_supports(PyObject *self, PyObject *arg) {
     (void)self;
     const long type = PyLong_AsLong(arg);
@@ -423,6 +506,8 @@ static PyObject *py_n_workers(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_FASTCALL,
      "matmul(ggml_type, w, x, out, n_rows, n_cols, n_threads): out = x @ W.T"},
+    {"attention_many", (PyCFunction)(void (*)(void))py_attention_many, METH_FASTCALL,
+     "attention_many(qs, ks, vs, q_poss, kv_poss, n_swa, scale, outs, n_threads): attention() of several sequences"},
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL,
      "attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads): out = softmax(scale q.k) v (masked)"},
     {"supports", py_supports, METH_O, "supports(ggml_type) -> bool: a native kernel exists"},

@@ -166,4 +166,8 @@ typedef struct {
 
 int native_attention(const native_attn_args *a, int n_threads, int avx2);
 
+/* S sequences' attention in one job on the pool (continuous batching): as native_attention for each,
+ * every (sequence, token, KV group) an item; 0, or -1 when out of memory */
+int native_attention_many(const native_attn_args *as, int S, int n_threads, int avx2);
+
 #endif

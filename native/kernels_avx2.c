@@ -414,11 +414,15 @@ INL void prefetch_range(const uint8_t *p, int64_t n) {
             for (; r < r1; r++) tile(type, 1, NT_P, w, row_bytes, r, a, t, out, n_rows);               \
         }                                                                                              \
         /* 2 or 3 tokens left: one narrower tile (each weight block decoded once for all of them) */    \
-        if (T - t >= 2) {                                                                              \
-            const int nt = (int)(T - t);                                                               \
+        if (T - t == 2 || T - t == 3) { /* the tile's NT must be a constant (immediates inside) */     \
             int64_t r = r0;                                                                            \
-            for (; r + R_P <= r1; r += R_P) tile(type, R_P, nt, w, row_bytes, r, a, t, out, n_rows);   \
-            for (; r < r1; r++) tile(type, 1, nt, w, row_bytes, r, a, t, out, n_rows);                 \
+            if (T - t == 2) {                                                                          \
+                for (; r + R_P <= r1; r += R_P) tile(type, R_P, 2, w, row_bytes, r, a, t, out, n_rows);\
+                for (; r < r1; r++) tile(type, 1, 2, w, row_bytes, r, a, t, out, n_rows);              \
+            } else {                                                                                   \
+                for (; r + R_P <= r1; r += R_P) tile(type, R_P, 3, w, row_bytes, r, a, t, out, n_rows);\
+                for (; r < r1; r++) tile(type, 1, 3, w, row_bytes, r, a, t, out, n_rows);              \
+            }                                                                                          \
             t = T;                                                                                     \
         }                                                                                              \
         /* a decode (fewer tokens than a prefill tile): the rows stream from memory, prefetched */     \

@@ -184,7 +184,12 @@ class Attention:
                 q = self.rope(q, b.positions, b.max_pos, self.backend)
                 k = self.rope(k, b.positions, b.max_pos, self.backend)
                 k_all, v_all = cache.update(il, k, v)
-            outs.append(self.backend.attention(q, k_all, v_all, b.positions, b.kv_pos, self.n_swa, self.scale))
+            outs.append((q, k_all, v_all, b.positions, b.kv_pos))
+        many = getattr(self.backend, "attention_many", None)
+        if many is not None and len(outs) > 1:  # one call (one job on a thread pool) for all of them
+            outs = many(outs, self.n_swa, self.scale)
+        else:
+            outs = [self.backend.attention(*o, self.n_swa, self.scale) for o in outs]
         out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
         return self.wo(out)
 

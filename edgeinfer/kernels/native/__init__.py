@@ -163,6 +163,17 @@ class NativeBackend(NumbaBackend):
         except Exception:
             return super().attention(q, k, v, q_pos, kv_pos, n_swa, scale)
 
+    def attention_many(self, items, n_swa: int, scale: float) -> list[np.ndarray]:
+        """attention() of several sequences, items = [(q, k, v, q_pos, kv_pos), ...], in one job on the
+        pool (continuous batching): each result is what attention() gives for that sequence alone."""
+        try:
+            outs = [_empty((q.shape[0], q.shape[1] * v.shape[2]), _F32) for q, _, v, _, _ in items]
+            qs, ks, vs, qps, kps = (list(x) for x in zip(*items))
+            _native.attention_many(qs, ks, vs, qps, kps, n_swa, scale, outs, self.native_threads)
+            return outs
+        except Exception:
+            return [self.attention(q, k, v, qp, kp, n_swa, scale) for q, k, v, qp, kp in items]
+
     def __repr__(self) -> str:
         return f"NativeBackend(n_threads={self.native_threads}, isa={native_isa()!r})"
 
