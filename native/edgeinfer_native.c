@@ -307,6 +307,52 @@ static int is_i32(const Py_buffer *b) {
     return (format[0] == 'i' || format[0] == 'l') && format[1] == 0;
 }
 
+/* one sequence's attention arguments: objs = q, k, v, q_pos, kv_pos, out. Acquires their buffers into
+ * b[*got..] (the caller releases b[0 .. *got)), checks dtypes, layouts and shapes, fills a (but for n_swa
+ * and scale). 0, or -1 with a Python error set. */
+static int attn_args(PyObject *const objs[6], Py_buffer *b, Py_ssize_t *got, native_attn_args *a, const char *who) {
+    const Py_ssize_t first = *got;
+    for (int i = 0; i < 6; i++) {
+        const int flags = (i == 5 ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT;
+        if (PyObject_GetBuffer(objs[i], &b[first + i], flags) < 0) return -1;
+        (*got)++;
+    }
+    const Py_buffer *q = &b[first], *k = &b[first + 1], *v = &b[first + 2], *qp = &b[first + 3],
+                    *kp = &b[first + 4], *out = &b[first + 5];
+    if (!is_f32(q->format) || !is_f32(k->format) || !is_f32(v->format) || !is_f32(out->format) ||
+        !is_i32(qp) || !is_i32(kp) || q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || qp->ndim != 1 ||
+        kp->ndim != 1 || out->ndim != 2) {
+        PyErr_Format(PyExc_ValueError, "%s: float32 q, k, v, out and int32 positions, C-contiguous", who);
+        return -1;
+    }
+    a->n = q->shape[0]; a->H = q->shape[1]; a->D = q->shape[2];
+    a->n_kv = k->shape[0]; a->Hkv = k->shape[1]; a->Dv = v->shape[2];
+    if (a->Hkv < 1 || a->H % a->Hkv || k->shape[2] != a->D || v->shape[0] != a->n_kv || v->shape[1] != a->Hkv ||
+        qp->shape[0] != a->n || kp->shape[0] != a->n_kv || out->shape[0] != a->n || out->shape[1] != a->H * a->Dv) {
+        PyErr_Format(PyExc_ValueError, "%s: shapes do not fit", who);
+        return -1;
+    }
+    a->q = q->buf; a->k = k->buf; a->v = v->buf; a->q_pos = qp->buf; a->kv_pos = kp->buf; a->out = out->buf;
+    return 0;
+}
+
+/* attention (S = 1) or attention_many, on the pool, the GIL released */
+static PyObject *attn_run(native_attn_args *as, Py_ssize_t S, long n_threads) {
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&call_mu);
+#if defined(NATIVE_X86)
+    const int avx2 = kernels == &native_kernels_avx2;
+#else
+    const int avx2 = 0;
+#endif
+    failed = S == 1 ? native_attention(as, (int)n_threads, avx2) : native_attention_many(as, (int)S, (int)n_threads, avx2);
+    pthread_mutex_unlock(&call_mu);
+    Py_END_ALLOW_THREADS
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 /* attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads): see native_attention */
 static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -318,54 +364,21 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
     const double scale = PyFloat_AsDouble(args[6]);
     const long n_threads = PyLong_AsLong(args[8]);
     if (PyErr_Occurred()) return NULL;
-    Py_buffer b[6];
-    int got = 0;
-    static const int flags[6] = {
-        PyBUF_C_CONTIGUOUS | PyBUF_FORMAT, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT,
-        PyBUF_C_CONTIGUOUS | PyBUF_FORMAT, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT,
-        PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT,
-    };
-    static const int which[6] = {0, 1, 2, 3, 4, 7};
-    PyObject *result = NULL;
-    for (; got < 6; got++)
-        if (PyObject_GetBuffer(args[which[got]], &b[got], flags[got]) < 0) goto done;
-    const Py_buffer *q = &b[0], *k = &b[1], *v = &b[2], *qp = &b[3], *kp = &b[4], *out = &b[5];
-    if (!is_f32(q->format) || !is_f32(k->format) || !is_f32(v->format) || !is_f32(out->format) ||
-        !is_i32(qp) || !is_i32(kp) || q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || qp->ndim != 1 ||
-        kp->ndim != 1 || out->ndim != 2 || n_threads < 1 || n_swa < INT32_MIN || n_swa > INT32_MAX) {
+    if (n_threads < 1 || n_swa < INT32_MIN || n_swa > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "attention: float32 q, k, v, out and int32 positions, C-contiguous");
-        goto done;
+        return NULL;
     }
+    PyObject *const objs[6] = {args[0], args[1], args[2], args[3], args[4], args[7]};
+    Py_buffer b[6];
+    Py_ssize_t got = 0;
     native_attn_args a;
-    a.n = q->shape[0]; a.H = q->shape[1]; a.D = q->shape[2];
-    a.n_kv = k->shape[0]; a.Hkv = k->shape[1]; a.Dv = v->shape[2];
-    if (a.Hkv < 1 || a.H % a.Hkv || k->shape[2] != a.D || v->shape[0] != a.n_kv || v->shape[1] != a.Hkv ||
-        qp->shape[0] != a.n || kp->shape[0] != a.n_kv || out->shape[0] != a.n || out->shape[1] != a.H * a.Dv) {
-        PyErr_SetString(PyExc_ValueError, "attention: shapes do not fit");
-        goto done;
+    PyObject *result = NULL;
+    if (attn_args(objs, b, &got, &a, "attention") == 0) {
+        a.n_swa = (int)n_swa;
+        a.scale = (float)scale;
+        result = attn_run(&a, 1, n_threads);
     }
-    a.q = q->buf; a.k = k->buf; a.v = v->buf; a.q_pos = qp->buf; a.kv_pos = kp->buf; a.out = out->buf;
-    a.n_swa = (int)n_swa;
-    a.scale = (float)scale;
-    int failed = 0;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&call_mu);
-#if defined(NATIVE_X86)
-    const int avx2 = kernels == &native_kernels_avx2;
-#else
-    const int avx2 = 0;
-#endif
-    failed = native_attention(&a, (int)n_threads, avx2);
-    pthread_mutex_unlock(&call_mu);
-    Py_END_ALLOW_THREADS
-    if (failed) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
+    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&b[i]);
     return result;
 }
 
@@ -397,54 +410,23 @@ static PyObject *py_attention_many(PyObject *self, PyObject *const *args, Py_ssi
         PyErr_SetString(PyExc_ValueError, "attention_many: n_threads >= 1, n_swa an int32");
         return NULL;
     }
-    Py_buffer *b = calloc((size_t)(S > 0 ? S : 1) * 6, sizeof *b);
-    native_attn_args *as = calloc((size_t)(S > 0 ? S : 1), sizeof *as);
+    if (S == 0) Py_RETURN_NONE;
+    Py_buffer *b = calloc((size_t)S * 6, sizeof *b);
+    native_attn_args *as = calloc((size_t)S, sizeof *as);
     Py_ssize_t got = 0;
     PyObject *result = NULL;
-    if (!b || !as) { PyErr_NoMemory(); goto done; }
-    for (Py_ssize_t s = 0; s < S; s++) {
-        for (int i = 0; i < 6; i++) {
-            const int flags = (i == 5 ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT;
-            if (PyObject_GetBuffer(PyList_GET_ITEM(args[which[i]], s), &b[got], flags) < 0) goto done;
-            got++;
-        }
-        const Py_buffer *q = &b[6 * s], *k = &b[6 * s + 1], *v = &b[6 * s + 2], *qp = &b[6 * s + 3],
-                        *kp = &b[6 * s + 4], *out = &b[6 * s + 5];
-        if (!is_f32(q->format) || !is_f32(k->format) || !is_f32(v->format) || !is_f32(out->format) ||
-            !is_i32(qp) || !is_i32(kp) || q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || qp->ndim != 1 ||
-            kp->ndim != 1 || out->ndim != 2) {
-            PyErr_SetString(PyExc_ValueError, "attention_many: float32 q, k, v, out and int32 positions, C-contiguous");
-            goto done;
-        }
-        native_attn_args *a = &as[s];
-        a->n = q->shape[0]; a->H = q->shape[1]; a->D = q->shape[2];
-        a->n_kv = k->shape[0]; a->Hkv = k->shape[1]; a->Dv = v->shape[2];
-        if (a->Hkv < 1 || a->H % a->Hkv || k->shape[2] != a->D || v->shape[0] != a->n_kv || v->shape[1] != a->Hkv ||
-            qp->shape[0] != a->n || kp->shape[0] != a->n_kv || out->shape[0] != a->n || out->shape[1] != a->H * a->Dv) {
-            PyErr_SetString(PyExc_ValueError, "attention_many: shapes do not fit");
-            goto done;
-        }
-        a->q = q->buf; a->k = k->buf; a->v = v->buf; a->q_pos = qp->buf; a->kv_pos = kp->buf; a->out = out->buf;
-        a->n_swa = (int)n_swa;
-        a->scale = (float)scale;
-    }
-    int failed = 0;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&call_mu);
-#if defined(NATIVE_X86)
-    const int avx2 = kernels == &native_kernels_avx2;
-#else
-    const int avx2 = 0;
-#endif
-    failed = native_attention_many(as, (int)S, (int)n_threads, avx2);
-    pthread_mutex_unlock(&call_mu);
-    Py_END_ALLOW_THREADS
-    if (failed) {
+    if (!b || !as) {
         PyErr_NoMemory();
         goto done;
     }
-    result = Py_None;
-    Py_INCREF(result);
+    for (Py_ssize_t s = 0; s < S; s++) {
+        PyObject *objs[6];
+        for (int i = 0; i < 6; i++) objs[i] = PyList_GET_ITEM(args[which[i]], s);
+        if (attn_args(objs, b, &got, &as[s], "attention_many") < 0) goto done;
+        as[s].n_swa = (int)n_swa;
+        as[s].scale = (float)scale;
+    }
+    result = attn_run(as, S, n_threads);
 done:
     for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&b[i]);
     free(b);

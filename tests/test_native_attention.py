@@ -133,3 +133,39 @@ def test_bad_arguments_raise():
         mod.attention(q[:, :3], k, v, q_pos, kv_pos, 0, 1.0, np.empty((2, 48), np.float32), 2)
     with pytest.raises((BufferError, ValueError)):  # numpy: ValueError for a non-contiguous view
         mod.attention(q[:, :, :8], k, v, q_pos, kv_pos, 0, 1.0, out, 2)
+
+
+# -- several sequences in one call (continuous batching) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_attention_many_equals_each_alone(isa, threads):
+    """attention_many over sequences of different lengths and cache sizes gives each one the same bits
+    as attention() alone (whatever the threads and the other sequences)."""
+    cases = [_case(i, n, n_kv, 9, 3, 64, 64) for i, (n, n_kv) in enumerate([(1, 37), (1, 1), (5, 12), (1, 300), (40, 40)])]
+    mod = native._require()
+    outs = [np.empty((q.shape[0], q.shape[1] * v.shape[2]), np.float32) for q, _, v, _, _ in cases]
+    qs, ks, vs, qps, kps = (list(x) for x in zip(*cases))
+    mod.attention_many(qs, ks, vs, qps, kps, 0, 0.125, outs, threads)
+    for (q, k, v, qp, kp), out in zip(cases, outs):
+        assert np.array_equal(out, _attn(q, k, v, qp, kp, 0, 0.125, n_threads=2))
+        want = numpy_ops.attention(q, k, v, qp, kp, 0, 0.125)
+        assert np.abs(out - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
+    backend = native.NativeBackend(n_threads=threads)
+    got = backend.attention_many(cases, 0, 0.125)
+    assert all(np.array_equal(a, b) for a, b in zip(got, outs))
+
+
+def test_attention_many_rejects_bad_arguments():
+    mod = native._require()
+    q, k, v, qp, kp = _case(0, 1, 5, 4, 2, 8, 8)
+    out = np.empty((1, 32), np.float32)
+    with pytest.raises(TypeError, match="lists"):
+        mod.attention_many(q, [k], [v], [qp], [kp], 0, 1.0, [out], 1)
+    with pytest.raises(ValueError, match="differ in length"):
+        mod.attention_many([q, q], [k], [v], [qp], [kp], 0, 1.0, [out], 1)
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        mod.attention_many([q], [k], [v], [qp], [kp], 0, 1.0, [np.empty((1, 31), np.float32)], 1)
+    with pytest.raises(ValueError, match="float32"):
+        mod.attention_many([q.astype(np.float64)], [k], [v], [qp], [kp], 0, 1.0, [out], 1)
+    mod.attention_many([], [], [], [], [], 0, 1.0, [], 1)  # nothing to do
