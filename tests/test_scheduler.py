@@ -202,8 +202,13 @@ def test_queue_full_and_prompt_too_long(llm):
         runner.submit([], SamplingParams(), 4)
     # not started: the first request waits in the queue, the second finds it full
     h = runner.submit(_prompt(llm, "Hi"), SamplingParams(temperature=0), 4)
-    with pytest.raises(QueueFullError):
+    with pytest.raises(QueueFullError) as e:
         runner.submit(_prompt(llm, "Hi"), SamplingParams(temperature=0), 4)
+    assert e.value.retry_after_s == 1.0  # nothing finished yet: no estimate, the floor
+    runner._mean_request_s = 7.5  # requests took 7.5 s lately: one ahead, one slot
+    with pytest.raises(QueueFullError, match="about 8 s") as e:
+        runner.submit(_prompt(llm, "Hi"), SamplingParams(temperature=0), 4)
+    assert e.value.retry_after_s == 7.5
     runner.start()
     try:
         assert _collect(h)[1].reason in ("stop", "length")

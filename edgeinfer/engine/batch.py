@@ -24,7 +24,7 @@ import numpy as np
 from ..tokenizer.stream import StreamingDetokenizer
 from .generate import StopFilter
 from .kv_cache import KVCache
-from .runner import Finish, Handle, QueueFullError, SerialRunner
+from .runner import Finish, Handle, SerialRunner
 from .sampling import Sampler
 from .scheduler import Scheduler, SeqState
 
@@ -67,7 +67,7 @@ class BatchRunner(SerialRunner):
         handle = Handle(prompt_ids, params, max_tokens, stop, loop)
         with self._cv:
             if self._stats.queue_depth >= self.max_queue:
-                raise QueueFullError(f"{self._stats.queue_depth} requests are already waiting; try again shortly.")
+                raise self._queue_full()
             self._stats.queue_depth += 1
             self._stats.requests_total += 1
             self._incoming.append(handle)
@@ -204,6 +204,8 @@ class BatchRunner(SerialRunner):
         now = time.perf_counter()
         n_gen = len(d.get("generated", []))
         with self._lock:
+            total = now - h.submitted
+            self._mean_request_s = total if not self._mean_request_s else 0.8 * self._mean_request_s + 0.2 * total
             if was_active:
                 self._stats.active -= 1
                 self._stats.prompt_tokens_total += len(seq.prompt)

@@ -31,9 +31,12 @@ from .sampling import SamplingParams
 
 
 class QueueFullError(EdgeInferError, RuntimeError):
-    """Too many requests are waiting; try again later (HTTP 503 with Retry-After)."""
+    """Too many requests are waiting; try again later (HTTP 503 with Retry-After: retry_after_s, the
+    runner's estimate of when a place frees up)."""
 
-    retry_after_s = 1
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class PromptTooLongError(EdgeInferError, ValueError):
@@ -160,6 +163,7 @@ class SerialRunner:
         self._lock = threading.Lock()
         self._stats = RunnerStats()
         self._recent: list[tuple[float, int]] = []  # (time, tokens) of recent steps, for tokens/s
+        self._mean_request_s = 0.0  # moving mean of finished requests' time from submit to end
 
     # -- lifecycle
     def start(self) -> None:
@@ -174,6 +178,17 @@ class SerialRunner:
             self._thread = None
 
     # -- requests
+    def _queue_full(self) -> QueueFullError:
+        """The error for a full queue, with an estimate of the wait: the requests ahead times the recent
+        mean request time, over the sequences that run at once (1 s to 60 s)."""
+        depth = self._stats.queue_depth
+        mean = self._mean_request_s or 1.0
+        wait = depth * mean / max(1, getattr(self, "parallel", 1))
+        return QueueFullError(
+            f"{depth} requests are already waiting; try again in about {max(1, round(wait))} s.",
+            retry_after_s=min(60.0, max(1.0, wait)),
+        )
+
     def check_prompt(self, prompt_ids: Sequence[int]) -> None:
         n = len(prompt_ids)
         if n == 0:
@@ -191,7 +206,7 @@ class SerialRunner:
         params.validate(self.llm.n_vocab)
         with self._lock:
             if self._stats.queue_depth >= self.max_queue:
-                raise QueueFullError(f"{self._stats.queue_depth} requests are already waiting; try again shortly.")
+                raise self._queue_full()
             self._stats.queue_depth += 1
             self._stats.requests_total += 1
         handle = Handle(prompt_ids, params, max_tokens, stop, loop)
@@ -223,6 +238,7 @@ class SerialRunner:
 
     def _finish(self, h: Handle, f: Finish) -> None:
         with self._lock:
+            self._mean_request_s = f.total_s if not self._mean_request_s else 0.8 * self._mean_request_s + 0.2 * f.total_s
             self._stats.requests_finished[f.reason] = self._stats.requests_finished.get(f.reason, 0) + 1
             self._stats.active -= 1
         h.emit(f)
