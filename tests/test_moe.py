@@ -354,3 +354,20 @@ def test_bench_reports_expert_counts(moe_files, capsys):
     assert cli.main(["bench", str(paths["mixtral_q8_0"]), "-p", "4", "-n", "2", "-r", "1"]) == 0
     out = capsys.readouterr().out
     assert "active)" in out and "experts chosen in pp4" in out and "experts chosen in tg2" in out
+
+
+# -- several sequences in one pass (continuous batching) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mixtral_q4_0", "qwen2moe_q8_0", "qwen3moe_q8_0", "olmoe_q8_0"])
+def test_forward_many_equals_each_alone(name, moe_files):
+    """A batch of sequences routes every token as it routes alone, and gives it the same bits (the
+    expert matmuls see rows of several sequences; each row is computed the same way)."""
+    paths, _ = moe_files
+    model = _model(paths[name], FAST_BACKENDS[-1])
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, model.n_vocab, n).astype(np.int32) for n in (7, 1, 20)]
+    alone = [model.forward(s, KVCache.for_model(model, 64), all_logits=False) for s in seqs]
+    together = model.forward_many(seqs, [KVCache.for_model(model, 64) for _ in seqs])
+    for a, b in zip(alone, together):
+        assert np.array_equal(a, b)
