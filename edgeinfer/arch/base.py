@@ -355,19 +355,12 @@ class DecoderModel:
             bounds.append((start, start + t.size))
             start += t.size
         seg = Segments(tuple(bounds), tuple(batches), tuple(caches))
-        x = self.tok_embd(np.concatenate(tokens))
-        if self.embd_scale != 1.0:
-            x *= np.float32(self.embd_scale)
+        x = self._embed(np.concatenate(tokens))
         for il, block in enumerate(self.blocks):
             x = block(x, seg, seg, il, None)
         for c in caches:
             c.commit()
-        if not all_logits:
-            x = x[[r1 - 1 for _, r1 in bounds]]
-        logits = self.output(self.output_norm(x))
-        cap = self.config.final_logit_softcap
-        if cap:
-            logits = np.tanh(logits / np.float32(cap)) * np.float32(cap)
+        logits = self._logits(x if all_logits else x[[r1 - 1 for _, r1 in bounds]])
         if not all_logits:
             return [logits[i : i + 1] for i in range(len(tokens))]
         return [logits[r0:r1] for r0, r1 in bounds]
@@ -429,20 +422,25 @@ class DecoderModel:
         kv_pos = cache.begin(positions)  # (n_kv,)
         batch = Batch(positions, kv_pos, int(positions.max()))
 
-        x = self.tok_embd(tokens)  # (n_tokens, n_embd)
-        if self.embd_scale != 1.0:
-            x *= np.float32(self.embd_scale)
+        x = self._embed(tokens)  # (n_tokens, n_embd)
         for il, block in enumerate(self.blocks):
             cb = self._cb(il)
             x = block(x, batch, cache, il, cb)
             if cb is not None:
                 cb("l_out", x)
         cache.commit()
+        return self._logits(x if all_logits else x[-1:])
 
-        if not all_logits:
-            x = x[-1:]
-        x = self.output_norm(x)  # (n_out, n_embd)
-        logits = self.output(x)  # (n_out, n_vocab)
+    def _embed(self, tokens: np.ndarray) -> np.ndarray:
+        x = self.tok_embd(tokens)
+        if self.embd_scale != 1.0:
+            x *= np.float32(self.embd_scale)
+        return x
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        """The last hidden states (n_out, n_embd) -> logits (n_out, n_vocab): output norm, head, softcap."""
+        x = self.output_norm(x)
+        logits = self.output(x)
         cap = self.config.final_logit_softcap
         if cap:
             logits = np.tanh(logits / np.float32(cap)) * np.float32(cap)

@@ -60,19 +60,9 @@ class BatchRunner(SerialRunner):
             self._thread.join(timeout=30)
             self._thread = None
 
-    def submit(self, prompt_ids: Sequence[int], params, max_tokens: int, stop: Sequence[str] = (), loop=None) -> Handle:
-        prompt_ids = [int(t) for t in prompt_ids]
-        self.check_prompt(prompt_ids)
-        params.validate(self.llm.n_vocab)
-        handle = Handle(prompt_ids, params, max_tokens, stop, loop)
-        with self._cv:
-            if self._stats.queue_depth >= self.max_queue:
-                raise self._queue_full()
-            self._stats.queue_depth += 1
-            self._stats.requests_total += 1
-            self._incoming.append(handle)
-            self._cv.notify()
-        return handle
+    def _enqueue(self, handle: Handle) -> None:
+        self._incoming.append(handle)
+        self._cv.notify()  # the condition shares the runner's lock, held here
 
     def stats(self) -> dict:
         out = super().stats()

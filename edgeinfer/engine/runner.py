@@ -204,14 +204,18 @@ class SerialRunner:
         prompt_ids = [int(t) for t in prompt_ids]
         self.check_prompt(prompt_ids)
         params.validate(self.llm.n_vocab)
+        handle = Handle(prompt_ids, params, max_tokens, stop, loop)
         with self._lock:
             if self._stats.queue_depth >= self.max_queue:
                 raise self._queue_full()
             self._stats.queue_depth += 1
             self._stats.requests_total += 1
-        handle = Handle(prompt_ids, params, max_tokens, stop, loop)
-        self._queue.put(handle)
+            self._enqueue(handle)
         return handle
+
+    def _enqueue(self, handle: Handle) -> None:
+        """Hand an accepted request to the worker (called with the lock held)."""
+        self._queue.put(handle)
 
     def stats(self) -> dict:
         with self._lock:

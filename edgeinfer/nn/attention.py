@@ -86,112 +86,76 @@ class Attention:
     def __call__(
         self,
         x: np.ndarray,
-        batch: Batch,
-        cache: KVCacheLike,
+        batch: Batch | Segments,
+        cache: KVCacheLike | Segments,
         il: int,
         cb: Callable[[str, np.ndarray], None] | None = None,
     ) -> np.ndarray:
-        """x (n_tokens, n_embd) -> (n_tokens, n_embd)."""
+        """x (n_tokens, n_embd) -> (n_tokens, n_embd). One sequence (batch: Batch, cache: its cache), or
+        several (both Segments): one projection matmul for all rows, attention per sequence, one output
+        matmul; each sequence gets what it gets alone."""
         if isinstance(batch, Segments):
-            return self._segments(x, batch, il)
-        n = x.shape[0]
-        storage = getattr(cache, "storage", None)
-        stacked = self.wqkv is not None or self.wqk is not None
-        store = storage(il) if storage is not None and stacked and cb is None else None
-        if store is not None:  # one call: QK-norm, rope, K and V into the cache
-            k_store, v_store, start = store
-            cos, sin = self.rope.tables(batch.max_pos)
-            qn, kn = self.q_norm, self.k_norm
-            if self.wqkv is not None:
-                qkv = self.wqkv(x)
-            else:
-                qkv = np.concatenate([self.wqk(x), self.wv(x)], axis=1)
-            if self.qk_norm_full:
-                nq, nk = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
-                qkv[:, :nq] = qn(np.ascontiguousarray(qkv[:, :nq]))
-                qkv[:, nq : nq + nk] = kn(np.ascontiguousarray(qkv[:, nq : nq + nk]))
-                qn = kn = None
-            q = self.backend.qkv_store(
-                qkv, self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v, batch.positions,
-                cos, sin, self.rope.params.n_rot, self.rope.params.neox,
-                None if qn is None else qn.weight, None if kn is None else kn.weight,
-                0.0 if qn is None else qn.eps, k_store, v_store, start,
-            )  # fmt: skip
-            k_all, v_all = k_store[: start + n], v_store[: start + n]
+            parts = list(zip(batch.bounds, batch.batches, batch.caches))
+            fused = True
         else:
-            nq, nk = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
-            if self.wqkv is not None:
-                qkv = self.wqkv(x)  # (n, nq + nk + nv)
-                q, k, v = qkv[:, :nq], qkv[:, nq : nq + nk], qkv[:, nq + nk :]
-            else:
-                q, k, v = self.wq(x), self.wk(x), self.wv(x)
-            if self.qk_norm_full:
-                q, k = self.q_norm(np.ascontiguousarray(q)), self.k_norm(np.ascontiguousarray(k))
-            q = q.reshape(n, self.n_head, self.head_dim)
-            k = k.reshape(n, self.n_head_kv, self.head_dim)
-            v = v.reshape(n, self.n_head_kv, self.head_dim_v)
-            if self.q_norm is not None and not self.qk_norm_full:
-                q = self.q_norm(q)
-                k = self.k_norm(k)
-            q = self.rope(q, batch.positions, batch.max_pos, self.backend)
-            k = self.rope(k, batch.positions, batch.max_pos, self.backend)
-            if cb is not None:
-                cb("Qcur", q), cb("Kcur", k), cb("Vcur", v)
-            k_all, v_all = cache.update(il, k, v)  # (n_kv, n_head_kv, head_dim), (n_kv, n_head_kv, head_dim_v)
-        out = self.backend.attention(q, k_all, v_all, batch.positions, batch.kv_pos, self.n_swa, self.scale)
+            parts = [((0, x.shape[0]), batch, cache)]
+            # the fused op where the projections come from one matmul and nobody traces the steps
+            fused = (self.wqkv is not None or self.wqk is not None) and cb is None
+        qkv = self._project(x)
+        qn, kn = (None, None) if self.qk_norm_full else (self.q_norm, self.k_norm)
+        items = [self._store(qkv[r0:r1], b, c, il, qn, kn, fused, cb) for (r0, r1), b, c in parts]
+        many = getattr(self.backend, "attention_many", None)
+        if many is not None and len(items) > 1:  # one call (one job on a thread pool) for all of them
+            outs = many(items, self.n_swa, self.scale)
+        else:
+            outs = [self.backend.attention(*item, self.n_swa, self.scale) for item in items]
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
         if cb is not None:
             cb("kqv_out", out)
         return self.wo(out)
 
-
-    def _segments(self, x: np.ndarray, seg: Segments, il: int) -> np.ndarray:
-        """Several sequences: one projection matmul for all rows, attention per sequence, one output
-        matmul. Each sequence's result is what it gets alone, up to the matmuls' row-count paths."""
-        nq, nk = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
+    def _project(self, x: np.ndarray) -> np.ndarray:
+        """[q | k | v] (n, H D + Hkv D + Hkv Dv), with OLMoE's whole-projection QK-norm applied."""
         if self.wqkv is not None:
             qkv = self.wqkv(x)
         elif self.wqk is not None:
             qkv = np.concatenate([self.wqk(x), self.wv(x)], axis=1)
         else:
             qkv = np.concatenate([self.wq(x), self.wk(x), self.wv(x)], axis=1)
-        qn, kn = self.q_norm, self.k_norm
         if self.qk_norm_full:
-            qkv[:, :nq] = qn(np.ascontiguousarray(qkv[:, :nq]))
-            qkv[:, nq : nq + nk] = kn(np.ascontiguousarray(qkv[:, nq : nq + nk]))
-            qn = kn = None
-        outs = []
-        for (r0, r1), b, cache in zip(seg.bounds, seg.batches, seg.caches):
-            rows = qkv[r0:r1]
-            n = r1 - r0
-            storage = getattr(cache, "storage", None)
-            store = storage(il) if storage is not None else None
-            if store is not None:
-                k_store, v_store, start = store
-                cos, sin = self.rope.tables(b.max_pos)
-                q = self.backend.qkv_store(
-                    np.ascontiguousarray(rows), self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v,
-                    b.positions, cos, sin, self.rope.params.n_rot, self.rope.params.neox,
-                    None if qn is None else qn.weight, None if kn is None else kn.weight,
-                    0.0 if qn is None else qn.eps, k_store, v_store, start,
-                )  # fmt: skip
-                k_all, v_all = k_store[: start + n], v_store[: start + n]
-            else:
-                q = rows[:, :nq].reshape(n, self.n_head, self.head_dim)
-                k = rows[:, nq : nq + nk].reshape(n, self.n_head_kv, self.head_dim)
-                v = rows[:, nq + nk :].reshape(n, self.n_head_kv, self.head_dim_v)
-                if qn is not None:
-                    q, k = qn(q), kn(k)
-                q = self.rope(q, b.positions, b.max_pos, self.backend)
-                k = self.rope(k, b.positions, b.max_pos, self.backend)
-                k_all, v_all = cache.update(il, k, v)
-            outs.append((q, k_all, v_all, b.positions, b.kv_pos))
-        many = getattr(self.backend, "attention_many", None)
-        if many is not None and len(outs) > 1:  # one call (one job on a thread pool) for all of them
-            outs = many(outs, self.n_swa, self.scale)
-        else:
-            outs = [self.backend.attention(*o, self.n_swa, self.scale) for o in outs]
-        out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
-        return self.wo(out)
+            nq, nk = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
+            qkv[:, :nq] = self.q_norm(np.ascontiguousarray(qkv[:, :nq]))
+            qkv[:, nq : nq + nk] = self.k_norm(np.ascontiguousarray(qkv[:, nq : nq + nk]))
+        return qkv
+
+    def _store(self, rows, b: Batch, cache, il: int, qn, kn, fused: bool, cb):
+        """One sequence's rows of [q | k | v]: per-head QK-norm (qn, kn or None) and rope; K and V into
+        its cache. Returns attention()'s arguments (q, k_all, v_all, q_pos, kv_pos)."""
+        n = rows.shape[0]
+        storage = getattr(cache, "storage", None) if fused else None
+        store = storage(il) if storage is not None else None
+        if store is not None:  # one call: QK-norm, rope, K and V into the cache
+            k_store, v_store, start = store
+            cos, sin = self.rope.tables(b.max_pos)
+            q = self.backend.qkv_store(
+                np.ascontiguousarray(rows), self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v,
+                b.positions, cos, sin, self.rope.params.n_rot, self.rope.params.neox,
+                None if qn is None else qn.weight, None if kn is None else kn.weight,
+                0.0 if qn is None else qn.eps, k_store, v_store, start,
+            )  # fmt: skip
+            return q, k_store[: start + n], v_store[: start + n], b.positions, b.kv_pos
+        nq, nk = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
+        q = rows[:, :nq].reshape(n, self.n_head, self.head_dim)
+        k = rows[:, nq : nq + nk].reshape(n, self.n_head_kv, self.head_dim)
+        v = rows[:, nq + nk :].reshape(n, self.n_head_kv, self.head_dim_v)
+        if qn is not None:
+            q, k = qn(q), kn(k)
+        q = self.rope(q, b.positions, b.max_pos, self.backend)
+        k = self.rope(k, b.positions, b.max_pos, self.backend)
+        if cb is not None:
+            cb("Qcur", q), cb("Kcur", k), cb("Vcur", v)
+        k_all, v_all = cache.update(il, k, v)  # (n_kv, n_head_kv, head_dim), (n_kv, n_head_kv, head_dim_v)
+        return q, k_all, v_all, b.positions, b.kv_pos
 
 
 __all__ = ["Attention", "Batch", "Segments", "causal_mask"]
