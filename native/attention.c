@@ -70,7 +70,7 @@ static void head_scalar(const attn_job *job, int64_t t, int64_t h, float *s) {
     float best = -INFINITY;
     for (int64_t j = 0; j < a->n_kv; j++) {
         if (!visible(qp, a->kv_pos[j], a->n_swa)) { s[j] = -INFINITY; continue; }
-        const float *kr = a->k + (j * a->Hkv + g) * D;
+        const float *kr = a->k + ((int64_t)a->cells[j] * a->Hkv + g) * D;
         float d = 0.0f;
         for (int64_t e = 0; e < D; e++) d += qh[e] * kr[e];
         s[j] = d * a->scale;
@@ -83,7 +83,7 @@ static void head_scalar(const attn_job *job, int64_t t, int64_t h, float *s) {
         const float p = s[j] == -INFINITY ? 0.0f : exp_scalar(s[j] - best);
         total += p;
         if (p == 0.0f) continue;
-        const float *vr = a->v + (j * a->Hkv + g) * Dv;
+        const float *vr = a->v + ((int64_t)a->cells[j] * a->Hkv + g) * Dv;
         for (int64_t e = 0; e < Dv; e++) o[e] += p * vr[e];
     }
     const float inv = 1.0f / total;
@@ -143,6 +143,7 @@ AINL void heads_body(const attn_job *job, int64_t t, int64_t h0, const int nh, f
     const int64_t D = a->D, Dv = a->Dv, g = h0 / job->group, n_kv = a->n_kv, S = job->stride;
     const int64_t D8 = D & ~(int64_t)7, kstride = a->Hkv * D, vstride = a->Hkv * Dv;
     const float *kg = a->k + g * D, *vg = a->v + g * Dv;
+    const int32_t *cells = a->cells;
     const int32_t qp = a->q_pos[t];
     const int n_swa = a->n_swa;
     const float scale = a->scale;
@@ -169,10 +170,10 @@ AINL void heads_body(const attn_job *job, int64_t t, int64_t h0, const int nh, f
             continue;
         }
         any = 1;
-        const float *k0 = kg + j * kstride, *k1 = two ? k0 + kstride : k0;
+        const float *k0 = kg + cells[j] * kstride, *k1 = two ? kg + cells[j + 1] * kstride : k0;
         if (j + ATTN_PREFETCH_CELLS + 2 <= n_kv) {  /* the cache comes from DRAM in a decode: ask ahead */
-            prefetch_row(k0 + ATTN_PREFETCH_CELLS * kstride, D);
-            prefetch_row(k1 + ATTN_PREFETCH_CELLS * kstride, D);
+            prefetch_row(kg + cells[j + ATTN_PREFETCH_CELLS] * kstride, D);
+            prefetch_row(kg + cells[j + 1 + ATTN_PREFETCH_CELLS] * kstride, D);
         }
         __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
         __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
@@ -233,8 +234,8 @@ AINL void heads_body(const attn_job *job, int64_t t, int64_t h0, const int nh, f
         for (j = 0; j < n_kv; j++) {
             if (s0[j] == 0.0f && (nh < 2 || s1[j] == 0.0f) && (nh < 3 || s2[j] == 0.0f) && (nh < 4 || s3[j] == 0.0f))
                 continue;  /* a cell none of them sees */
-            const float *vr = vg + j * vstride + e0;
-            if (j + ATTN_PREFETCH_CELLS < n_kv) _mm_prefetch((const char *)(vr + ATTN_PREFETCH_CELLS * vstride), _MM_HINT_T0);
+            const float *vr = vg + cells[j] * vstride + e0;
+            if (j + ATTN_PREFETCH_CELLS < n_kv) _mm_prefetch((const char *)(vg + cells[j + ATTN_PREFETCH_CELLS] * vstride + e0), _MM_HINT_T0);
             const __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
             __m256 p = _mm256_set1_ps(s0[j]);
             c00 = _mm256_fmadd_ps(p, v0, c00); c01 = _mm256_fmadd_ps(p, v1, c01);
@@ -263,12 +264,12 @@ AINL void heads_body(const attn_job *job, int64_t t, int64_t h0, const int nh, f
         for (int64_t e = e0; e + 8 <= Dv; e += 8) {
             __m256 c0 = _mm256_setzero_ps();
             for (j = 0; j < n_kv; j++)
-                c0 = _mm256_fmadd_ps(_mm256_set1_ps(si[j]), _mm256_loadu_ps(vg + j * vstride + e), c0);
+                c0 = _mm256_fmadd_ps(_mm256_set1_ps(si[j]), _mm256_loadu_ps(vg + cells[j] * vstride + e), c0);
             _mm256_storeu_ps(o[i] + e, _mm256_mul_ps(c0, _mm256_set1_ps(inv[i])));
         }
         for (int64_t e = e0 + ((Dv - e0) & ~(int64_t)7); e < Dv; e++) {
             float c = 0.0f;
-            for (j = 0; j < n_kv; j++) c += si[j] * vg[j * vstride + e];
+            for (j = 0; j < n_kv; j++) c += si[j] * vg[cells[j] * vstride + e];
             o[i][e] = c * inv[i];
         }
     }

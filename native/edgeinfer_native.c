@@ -307,32 +307,39 @@ static int is_i32(const Py_buffer *b) {
     return (format[0] == 'i' || format[0] == 'l') && format[1] == 0;
 }
 
-/* one sequence's attention arguments: objs = q, k, v, q_pos, kv_pos, out. Acquires their buffers into
- * b[*got..] (the caller releases b[0 .. *got)), checks dtypes, layouts and shapes, fills a (but for n_swa
- * and scale). 0, or -1 with a Python error set. */
-static int attn_args(PyObject *const objs[6], Py_buffer *b, Py_ssize_t *got, native_attn_args *a, const char *who) {
+/* one sequence's attention arguments: objs = q, k, v, q_pos, kv_pos, cells, out. Acquires their buffers
+ * into b[*got..] (the caller releases b[0 .. *got)), checks dtypes, layouts, shapes and that every cell
+ * is a row of k and v, fills a (but for n_swa and scale). 0, or -1 with a Python error set. */
+static int attn_args(PyObject *const objs[7], Py_buffer *b, Py_ssize_t *got, native_attn_args *a, const char *who) {
     const Py_ssize_t first = *got;
-    for (int i = 0; i < 6; i++) {
-        const int flags = (i == 5 ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT;
+    for (int i = 0; i < 7; i++) {
+        const int flags = (i == 6 ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT;
         if (PyObject_GetBuffer(objs[i], &b[first + i], flags) < 0) return -1;
         (*got)++;
     }
     const Py_buffer *q = &b[first], *k = &b[first + 1], *v = &b[first + 2], *qp = &b[first + 3],
-                    *kp = &b[first + 4], *out = &b[first + 5];
+                    *kp = &b[first + 4], *cl = &b[first + 5], *out = &b[first + 6];
     if (!is_f32(q->format) || !is_f32(k->format) || !is_f32(v->format) || !is_f32(out->format) ||
-        !is_i32(qp) || !is_i32(kp) || q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || qp->ndim != 1 ||
-        kp->ndim != 1 || out->ndim != 2) {
-        PyErr_Format(PyExc_ValueError, "%s: float32 q, k, v, out and int32 positions, C-contiguous", who);
+        !is_i32(qp) || !is_i32(kp) || !is_i32(cl) || q->ndim != 3 || k->ndim != 3 || v->ndim != 3 ||
+        qp->ndim != 1 || kp->ndim != 1 || cl->ndim != 1 || out->ndim != 2) {
+        PyErr_Format(PyExc_ValueError, "%s: float32 q, k, v, out and int32 positions and cells, C-contiguous", who);
         return -1;
     }
     a->n = q->shape[0]; a->H = q->shape[1]; a->D = q->shape[2];
-    a->n_kv = k->shape[0]; a->Hkv = k->shape[1]; a->Dv = v->shape[2];
-    if (a->Hkv < 1 || a->H % a->Hkv || k->shape[2] != a->D || v->shape[0] != a->n_kv || v->shape[1] != a->Hkv ||
-        qp->shape[0] != a->n || kp->shape[0] != a->n_kv || out->shape[0] != a->n || out->shape[1] != a->H * a->Dv) {
+    a->n_kv = kp->shape[0]; a->Hkv = k->shape[1]; a->Dv = v->shape[2];
+    if (a->Hkv < 1 || a->H % a->Hkv || k->shape[2] != a->D || v->shape[0] != k->shape[0] || v->shape[1] != a->Hkv ||
+        qp->shape[0] != a->n || cl->shape[0] != a->n_kv || out->shape[0] != a->n || out->shape[1] != a->H * a->Dv) {
         PyErr_Format(PyExc_ValueError, "%s: shapes do not fit", who);
         return -1;
     }
-    a->q = q->buf; a->k = k->buf; a->v = v->buf; a->q_pos = qp->buf; a->kv_pos = kp->buf; a->out = out->buf;
+    const int32_t *cells = cl->buf;
+    for (int64_t j = 0; j < a->n_kv; j++)
+        if (cells[j] < 0 || cells[j] >= k->shape[0]) {
+            PyErr_Format(PyExc_ValueError, "%s: cell %d is not a row of k and v", who, (int)cells[j]);
+            return -1;
+        }
+    a->q = q->buf; a->k = k->buf; a->v = v->buf; a->q_pos = qp->buf; a->kv_pos = kp->buf; a->cells = cells;
+    a->out = out->buf;
     return 0;
 }
 
@@ -353,23 +360,23 @@ static PyObject *attn_run(native_attn_args *as, Py_ssize_t S, long n_threads) {
     Py_RETURN_NONE;
 }
 
-/* attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads): see native_attention */
+/* attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads): see native_attention */
 static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads)");
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads)");
         return NULL;
     }
-    const long n_swa = PyLong_AsLong(args[5]);
-    const double scale = PyFloat_AsDouble(args[6]);
-    const long n_threads = PyLong_AsLong(args[8]);
+    const long n_swa = PyLong_AsLong(args[6]);
+    const double scale = PyFloat_AsDouble(args[7]);
+    const long n_threads = PyLong_AsLong(args[9]);
     if (PyErr_Occurred()) return NULL;
     if (n_threads < 1 || n_swa < INT32_MIN || n_swa > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "attention: float32 q, k, v, out and int32 positions, C-contiguous");
         return NULL;
     }
-    PyObject *const objs[6] = {args[0], args[1], args[2], args[3], args[4], args[7]};
-    Py_buffer b[6];
+    PyObject *const objs[7] = {args[0], args[1], args[2], args[3], args[4], args[5], args[8]};
+    Py_buffer b[7];
     Py_ssize_t got = 0;
     native_attn_args a;
     PyObject *result = NULL;
@@ -382,26 +389,26 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
     return result;
 }
 
-/* attention_many(qs, ks, vs, q_poss, kv_poss, n_swa, scale, outs, n_threads): lists of one array per
- * sequence, each as attention()'s; one job on the pool for all of them */
+/* attention_many(qs, ks, vs, q_poss, kv_poss, cellss, n_swa, scale, outs, n_threads): lists of one array
+ * per sequence, each as attention()'s; one job on the pool for all of them */
 static PyObject *py_attention_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "attention_many(qs, ks, vs, q_poss, kv_poss, n_swa, scale, outs, n_threads)");
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "attention_many(qs, ks, vs, q_poss, kv_poss, cellss, n_swa, scale, outs, n_threads)");
         return NULL;
     }
-    const long n_swa = PyLong_AsLong(args[5]);
-    const double scale = PyFloat_AsDouble(args[6]);
-    const long n_threads = PyLong_AsLong(args[8]);
+    const long n_swa = PyLong_AsLong(args[6]);
+    const double scale = PyFloat_AsDouble(args[7]);
+    const long n_threads = PyLong_AsLong(args[9]);
     if (PyErr_Occurred()) return NULL;
-    static const int which[6] = {0, 1, 2, 3, 4, 7};
-    for (int i = 0; i < 6; i++)
+    static const int which[7] = {0, 1, 2, 3, 4, 5, 8};
+    for (int i = 0; i < 7; i++)
         if (!PyList_Check(args[which[i]])) {
             PyErr_SetString(PyExc_TypeError, "attention_many: lists of arrays, one per sequence");
             return NULL;
         }
     const Py_ssize_t S = PyList_GET_SIZE(args[0]);
-    for (int i = 1; i < 6; i++)
+    for (int i = 1; i < 7; i++)
         if (PyList_GET_SIZE(args[which[i]]) != S) {
             PyErr_SetString(PyExc_ValueError, "attention_many: the lists differ in length");
             return NULL;
@@ -411,7 +418,7 @@ static PyObject *py_attention_many(PyObject *self, PyObject *const *args, Py_ssi
         return NULL;
     }
     if (S == 0) Py_RETURN_NONE;
-    Py_buffer *b = calloc((size_t)S * 6, sizeof *b);
+    Py_buffer *b = calloc((size_t)S * 7, sizeof *b);
     native_attn_args *as = calloc((size_t)S, sizeof *as);
     Py_ssize_t got = 0;
     PyObject *result = NULL;
@@ -420,8 +427,8 @@ static PyObject *py_attention_many(PyObject *self, PyObject *const *args, Py_ssi
         goto done;
     }
     for (Py_ssize_t s = 0; s < S; s++) {
-        PyObject *objs[6];
-        for (int i = 0; i < 6; i++) objs[i] = PyList_GET_ITEM(args[which[i]], s);
+        PyObject *objs[7];
+        for (int i = 0; i < 7; i++) objs[i] = PyList_GET_ITEM(args[which[i]], s);
         if (attn_args(objs, b, &got, &as[s], "attention_many") < 0) goto done;
         as[s].n_swa = (int)n_swa;
         as[s].scale = (float)scale;
@@ -489,9 +496,9 @@ static PyMethodDef methods[] = {
     {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_FASTCALL,
      "matmul(ggml_type, w, x, out, n_rows, n_cols, n_threads): out = x @ W.T"},
     {"attention_many", (PyCFunction)(void (*)(void))py_attention_many, METH_FASTCALL,
-     "attention_many(qs, ks, vs, q_poss, kv_poss, n_swa, scale, outs, n_threads): attention() of several sequences"},
+     "attention_many(qs, ks, vs, q_poss, kv_poss, cellss, n_swa, scale, outs, n_threads): attention() of several sequences"},
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL,
-     "attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads): out = softmax(scale q.k) v (masked)"},
+     "attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads): out = softmax(scale q.k) v (masked); token j is row cells[j] of k and v"},
     {"supports", py_supports, METH_O, "supports(ggml_type) -> bool: a native kernel exists"},
     {"isa", py_isa, METH_NOARGS, "isa() -> the instruction set in use: 'avx2', 'neon' or 'scalar'"},
     {"set_isa", py_set_isa, METH_O, "set_isa(name) -> previous: 'scalar' or 'auto' (tests)"},

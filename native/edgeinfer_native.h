@@ -152,12 +152,14 @@ static inline void native_scales_mins_k4(const uint8_t *q, uint8_t out[16]) {
 /* the portable activation quantizer (exact: ggml's quantize_row_q8_0/q8_1/q8_K_ref) */
 void native_quantize_row_scalar(const float *x, native_act *a, int64_t t);
 
-/* attention (native/attention.c): q (n, H, D), k (n_kv, Hkv, D), v (n_kv, Hkv, Dv), positions int32,
- * out (n, H * Dv), all C-contiguous; on the pool, n_threads at most; avx2: the AVX2/FMA code (else the
- * portable one). 0, or -1 when out of memory. Not reentrant (the extension's mutex serializes calls). */
+/* attention (native/attention.c): q (n, H, D), k (n_cells, Hkv, D), v (n_cells, Hkv, Dv), positions
+ * int32 q_pos (n,), kv_pos (n_kv,), cells int32 (n_kv,): the sequence's token j is row cells[j] of k and v
+ * (a paged cache's block table), out (n, H * Dv), all C-contiguous; on the pool, n_threads at most; avx2:
+ * the AVX2/FMA code (else the portable one). 0, or -1 when out of memory. Not reentrant (the extension's
+ * mutex serializes calls). */
 typedef struct {
     const float *q, *k, *v;
-    const int32_t *q_pos, *kv_pos;
+    const int32_t *q_pos, *kv_pos, *cells;
     float *out;
     int64_t n, H, Hkv, D, Dv, n_kv;
     int n_swa;

@@ -222,7 +222,7 @@ def test_f16_cache(tmp_path):
     tokens = _tokens(9, seed=11)
     ref = model.forward(tokens, KVCache.for_model(model, 16))
     cache = KVCache.for_model(model, 16, dtype=np.float16)
-    assert cache.k.dtype == np.float16
+    assert cache.pool.k.dtype == np.float16 and cache.dtype == np.float16
     _assert_close(model.forward(tokens, cache), ref, 5e-3)
 
 
@@ -317,21 +317,24 @@ def test_real_model_decode_with_cache(name, request):
     assert agreement(steps, tail)["top1_mean"] < 0.5
 
 
-def test_cache_grows_with_the_sequence(tmp_path, monkeypatch):
-    """Storage starts small and doubles as tokens arrive (up to n_ctx); nothing changes in the results."""
-    from edgeinfer.engine import kv_cache
+def test_cache_takes_blocks_as_the_sequence_grows(tmp_path):
+    """A cache holds blocks for the tokens it has (not its whole context), and gives them back on a
+    rollback; nothing changes in the results."""
+    from edgeinfer.engine.kv_cache import BlockPool
 
-    monkeypatch.setattr(kv_cache, "INITIAL_CELLS", 4)
     model = _model(_tiny(tmp_path, "llama", T.Q8_0))
     tokens = _tokens(13, seed=12)
     full = model.forward(tokens, KVCache.for_model(model, 13))
-    cache = KVCache.for_model(model, 13)
-    assert cache.capacity == 4 and cache.k.shape[1] == 4 and cache.v.shape[1] == 4
+    pool = BlockPool.for_model(model, 64, block_size=4)
+    cache = KVCache.for_model(model, 13, pool=pool)
+    assert pool.n_used == 0
     steps = [model.forward(tokens[:3], cache)]
+    assert pool.n_used == 1
     steps += [model.forward(tokens[i : i + 1], cache) for i in range(3, 13)]
-    assert cache.capacity == 13  # 4 -> 8 -> 13 (capped at n_ctx)
+    assert pool.n_used == 4 and cache.nbytes == 4 * pool.block_nbytes  # 13 tokens in blocks of 4
     _assert_close(np.concatenate(steps), full, 1e-5)
     cache.truncate(5)
+    assert pool.n_used == 2
     _assert_close(model.forward(tokens[5:], cache), full[5:], 1e-5)
 
 

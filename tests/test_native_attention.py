@@ -32,10 +32,15 @@ def isa(request):
     mod.set_isa(previous)
 
 
-def _attn(q, k, v, q_pos, kv_pos, n_swa, scale, n_threads=2):
+def _attn(q, k, v, q_pos, kv_pos, n_swa, scale, n_threads=2, cells=None):
     out = np.empty((q.shape[0], q.shape[1] * v.shape[2]), np.float32)
-    native._require().attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads)
+    cells = np.arange(len(kv_pos), dtype=np.int32) if cells is None else cells
+    native._require().attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads)
     return out
+
+
+def _arange(n):
+    return np.arange(n, dtype=np.int32)
 
 
 def _case(seed, n, n_kv, n_head, n_head_kv, head_dim, head_dim_v):
@@ -72,6 +77,46 @@ def test_cache_slice_and_unordered_cells(isa):
     kv_pos = np.random.default_rng(0).permutation(50).astype(np.int32)
     got = _attn(q, cache_k[:50], cache_v[:50], q_pos, kv_pos, 0, 0.125)
     assert np.allclose(got, numpy_ops.attention(q, k, v, q_pos, kv_pos, 0, 0.125), atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_swa", [0, 8])
+def test_paged_cells_give_the_same_bits(isa, n_swa):
+    """A paged cache: the sequence's tokens scattered in blocks over a bigger pool, read through its
+    cell table, give the same bits as the same K and V in token order; the numpy oracle agrees."""
+    q, k, v, q_pos, kv_pos = _case(11, 5, 70, 9, 3, 64, 64)
+    rng = np.random.default_rng(1)
+    blocks = rng.permutation(16)[:3]  # 3 blocks of 32 out of a pool of 16
+    cells = np.concatenate([np.arange(b * 32, b * 32 + 32) for b in blocks])[:70].astype(np.int32)
+    pool_k = rng.standard_normal((16 * 32, 3, 64)).astype(np.float32)
+    pool_v = rng.standard_normal((16 * 32, 3, 64)).astype(np.float32)
+    pool_k[cells], pool_v[cells] = k, v
+    want = _attn(q, k, v, q_pos, kv_pos, n_swa, 0.125)
+    assert np.array_equal(_attn(q, pool_k, pool_v, q_pos, kv_pos, n_swa, 0.125, cells=cells), want)
+    oracle = numpy_ops.attention(q, pool_k, pool_v, q_pos, kv_pos, n_swa, 0.125, cells)
+    assert np.allclose(oracle, want, atol=2e-6, rtol=1e-5)
+    backend = native.NativeBackend(n_threads=2)
+    assert np.array_equal(backend.attention(q, pool_k, pool_v, q_pos, kv_pos, n_swa, 0.125, cells), want)
+    got = backend.attention_many([(q, pool_k, pool_v, q_pos, kv_pos, cells), (q, k, v, q_pos, kv_pos, None)], n_swa, 0.125)
+    assert np.array_equal(got[0], want) and np.array_equal(got[1], want)
+    from edgeinfer.kernels.numba import ops as numba_ops
+
+    numba_got = numba_ops.attention(q, pool_k, pool_v, q_pos, kv_pos, n_swa, 0.125, cells)
+    assert np.array_equal(numba_got, numba_ops.attention(q, k, v, q_pos, kv_pos, n_swa, 0.125))
+
+
+def test_cells_outside_the_storage_are_refused():
+    q, k, v, q_pos, kv_pos = _case(12, 2, 10, 4, 2, 16, 16)
+    out = np.empty((2, 64), np.float32)
+    bad = _arange(10)
+    bad[3] = 10
+    with pytest.raises(ValueError, match="not a row"):
+        native._require().attention(q, k, v, q_pos, kv_pos, bad, 0, 1.0, out, 2)
+    with pytest.raises(ValueError, match="shapes"):
+        native._require().attention(q, k, v, q_pos, kv_pos, bad[:5], 0, 1.0, out, 2)
+    from edgeinfer.kernels.numba import ops as numba_ops
+
+    with pytest.raises(ValueError):
+        numba_ops.attention(q, k, v, q_pos, kv_pos, 0, 1.0, bad)
 
 
 def test_extreme_scores(isa):
@@ -126,13 +171,13 @@ def test_bad_arguments_raise():
     mod = native._require()
     out = np.empty((2, 64), np.float32)
     with pytest.raises(ValueError):
-        mod.attention(q, k, v, q_pos.astype(np.int64), kv_pos, 0, 1.0, out, 2)
+        mod.attention(q, k, v, q_pos.astype(np.int64), kv_pos, _arange(10), 0, 1.0, out, 2)
     with pytest.raises(ValueError):
-        mod.attention(q, k, v, q_pos, kv_pos, 0, 1.0, np.empty((2, 63), np.float32), 2)
+        mod.attention(q, k, v, q_pos, kv_pos, _arange(10), 0, 1.0, np.empty((2, 63), np.float32), 2)
     with pytest.raises(ValueError):
-        mod.attention(q[:, :3], k, v, q_pos, kv_pos, 0, 1.0, np.empty((2, 48), np.float32), 2)
+        mod.attention(q[:, :3], k, v, q_pos, kv_pos, _arange(10), 0, 1.0, np.empty((2, 48), np.float32), 2)
     with pytest.raises((BufferError, ValueError)):  # numpy: ValueError for a non-contiguous view
-        mod.attention(q[:, :, :8], k, v, q_pos, kv_pos, 0, 1.0, out, 2)
+        mod.attention(q[:, :, :8], k, v, q_pos, kv_pos, _arange(10), 0, 1.0, out, 2)
 
 
 # -- several sequences in one call (continuous batching) ---------------------------------------------------
@@ -146,13 +191,13 @@ def test_attention_many_equals_each_alone(isa, threads):
     mod = native._require()
     outs = [np.empty((q.shape[0], q.shape[1] * v.shape[2]), np.float32) for q, _, v, _, _ in cases]
     qs, ks, vs, qps, kps = (list(x) for x in zip(*cases))
-    mod.attention_many(qs, ks, vs, qps, kps, 0, 0.125, outs, threads)
+    mod.attention_many(qs, ks, vs, qps, kps, [_arange(len(kp)) for kp in kps], 0, 0.125, outs, threads)
     for (q, k, v, qp, kp), out in zip(cases, outs):
         assert np.array_equal(out, _attn(q, k, v, qp, kp, 0, 0.125, n_threads=2))
         want = numpy_ops.attention(q, k, v, qp, kp, 0, 0.125)
         assert np.abs(out - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
     backend = native.NativeBackend(n_threads=threads)
-    got = backend.attention_many(cases, 0, 0.125)
+    got = backend.attention_many([c + (None,) for c in cases], 0, 0.125)
     assert all(np.array_equal(a, b) for a, b in zip(got, outs))
 
 
@@ -160,12 +205,13 @@ def test_attention_many_rejects_bad_arguments():
     mod = native._require()
     q, k, v, qp, kp = _case(0, 1, 5, 4, 2, 8, 8)
     out = np.empty((1, 32), np.float32)
+    c = [_arange(5)]
     with pytest.raises(TypeError, match="lists"):
-        mod.attention_many(q, [k], [v], [qp], [kp], 0, 1.0, [out], 1)
+        mod.attention_many(q, [k], [v], [qp], [kp], c, 0, 1.0, [out], 1)
     with pytest.raises(ValueError, match="differ in length"):
-        mod.attention_many([q, q], [k], [v], [qp], [kp], 0, 1.0, [out], 1)
+        mod.attention_many([q, q], [k], [v], [qp], [kp], c, 0, 1.0, [out], 1)
     with pytest.raises(ValueError, match="shapes do not fit"):
-        mod.attention_many([q], [k], [v], [qp], [kp], 0, 1.0, [np.empty((1, 31), np.float32)], 1)
+        mod.attention_many([q], [k], [v], [qp], [kp], c, 0, 1.0, [np.empty((1, 31), np.float32)], 1)
     with pytest.raises(ValueError, match="float32"):
-        mod.attention_many([q.astype(np.float64)], [k], [v], [qp], [kp], 0, 1.0, [out], 1)
-    mod.attention_many([], [], [], [], [], 0, 1.0, [], 1)  # nothing to do
+        mod.attention_many([q.astype(np.float64)], [k], [v], [qp], [kp], c, 0, 1.0, [out], 1)
+    mod.attention_many([], [], [], [], [], [], 0, 1.0, [], 1)  # nothing to do

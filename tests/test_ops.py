@@ -142,9 +142,11 @@ def test_exp32_accuracy_and_range():
 @pytest.mark.parametrize("qk_norm", [False, True])
 @pytest.mark.parametrize("neox,n_rot", [(False, 16), (True, 16), (True, 8)])
 def test_qkv_store(backend, qk_norm, neox, n_rot):
-    """The fused QK-norm + rope + cache write equals the ops one by one."""
+    """The fused QK-norm + rope + cache write equals the ops one by one; K and V land in the given
+    cells (a paged cache's, not in order) and nowhere else."""
     rng = np.random.default_rng(9)
-    n, H, Hkv, D, Dv, cap, start = 3, 4, 2, 16, 12, 10, 5
+    n, H, Hkv, D, Dv, cap = 3, 4, 2, 16, 12, 10
+    cells = np.array([7, 2, 5], np.int32)
     qkv = rng.standard_normal((n, H * D + Hkv * D + Hkv * Dv)).astype(np.float32)
     pos = np.array([5, 6, 9], np.int32)
     ang = np.arange(12)[:, None] * 100.0 ** (-2.0 * np.arange(n_rot // 2) / n_rot)
@@ -153,13 +155,14 @@ def test_qkv_store(backend, qk_norm, neox, n_rot):
     kw = rng.standard_normal(D).astype(np.float32) if qk_norm else None
     k_c = np.zeros((cap, Hkv, D), np.float32)
     v = np.zeros((cap, Hkv, Dv), np.float32)
-    q = backend.qkv_store(qkv, H, Hkv, D, Dv, pos, cos, sin, n_rot, neox, qw, kw, 1e-6, k_c, v, start)
+    q = backend.qkv_store(qkv, H, Hkv, D, Dv, pos, cos, sin, n_rot, neox, qw, kw, 1e-6, k_c, v, cells)
     q_ref = qkv[:, : H * D].reshape(n, H, D)
     k_ref = qkv[:, H * D : H * D + Hkv * D].reshape(n, Hkv, D)
     if qk_norm:
         q_ref, k_ref = numpy_ops.rms_norm(q_ref, qw, 1e-6), numpy_ops.rms_norm(k_ref, kw, 1e-6)
     assert np.allclose(q, numpy_ops.rope(q_ref, pos, cos, sin, n_rot, neox), atol=2e-6)
     k_rot = numpy_ops.rope(k_ref, pos, cos, sin, n_rot, neox)
-    assert np.allclose(k_c[start : start + n], k_rot, atol=2e-6)
-    assert np.array_equal(v[start : start + n], qkv[:, H * D + Hkv * D :].reshape(n, Hkv, Dv))
-    assert not k_c[:start].any() and not k_c[start + n :].any() and not v[start + n :].any()  # nothing else
+    assert np.allclose(k_c[cells], k_rot, atol=2e-6)
+    assert np.array_equal(v[cells], qkv[:, H * D + Hkv * D :].reshape(n, Hkv, Dv))
+    others = np.setdiff1d(np.arange(cap), cells)
+    assert not k_c[others].any() and not v[others].any()  # nothing else

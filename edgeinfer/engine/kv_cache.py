@@ -1,23 +1,128 @@
-"""The key/value cache of one sequence: every layer's K and V for the tokens seen so far.
+"""The key/value cache: every layer's K and V for the tokens of a sequence, in blocks of a shared pool.
 
-Cell c holds the token at position pos[c]; cells 0..n_past-1 are in use. A forward pass claims the next
-cells with begin(), stores each layer's K/V with update() and makes them part of the sequence with
-commit() (the protocol `edgeinfer.nn.KVCacheLike`). Growing past n_ctx raises ContextFullError; nothing
-is ever dropped silently. truncate(n) rolls the sequence back to its first n tokens (speculative
-decoding rejects drafted tokens this way).
+Paged, as vLLM's PagedAttention and llama.cpp's unified cache do it: a `BlockPool` holds K and V for
+`n_blocks * block_size` cells; a sequence's `KVCache` holds a table of the blocks it uses, and
+`cells[i]` is the pool cell of its token i. Attention reads the cells through that table, so
+
+- memory follows the tokens held: a sequence takes a block when its tokens reach it and gives its blocks
+  back when it ends; the pool's storage is allocated zeroed (calloc), so its pages only become resident
+  when a block is first written;
+- a shared prompt prefix is not copied: two sequences point at the same full blocks (reference counted);
+  only the last, partly filled block is copied, and a block is never written while shared (copy on
+  write at `truncate`, the only way a sequence can write into a block it shares).
+
+A KVCache made without a pool gets a private pool of n_ctx cells (a single sequence: `generate`,
+`LLM.logits`). One forward pass over n tokens (the protocol `edgeinfer.nn.KVCacheLike`): begin() claims
+the next n cells (taking blocks as needed), storage()/update() store each layer's K/V, commit() makes
+them part of the sequence. Growing past n_ctx raises ContextFullError; a pool with no free block left
+raises PoolFullError (a runner reserves blocks so that this never happens to a running request);
+nothing is ever dropped silently. truncate(n) rolls the sequence back to its first n tokens.
 """
 
 from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
 
 import numpy as np
 
 from ..errors import ContextFullError
 
+BLOCK_SIZE = 32  # cells per block
 
-INITIAL_CELLS = 256  # cells allocated at first; doubled as the sequence grows
+
+class PoolFullError(ContextFullError):
+    """The shared pool has no free block left."""
+
+
+class BlockPool:
+    """K and V storage for n_blocks blocks of block_size cells, handed out to sequences.
+
+    k (n_layer, n_blocks * block_size, n_head_kv, head_dim), v (..., head_dim_v): cell c of block b is
+    row b * block_size + c, a token's K (and V) of a layer one contiguous row. Free blocks are handed
+    out lowest first (the pages in use stay together). `reclaim`, when set, is called when no block is
+    free, and may free some (a runner drops caches it kept for prefix reuse); it returns whether it did.
+    """
+
+    def __init__(self, n_layer: int, n_cells: int, n_head_kv: int, head_dim: int, head_dim_v: int | None = None,
+                 dtype=np.float32, block_size: int = BLOCK_SIZE):  # fmt: skip
+        if n_cells <= 0 or block_size <= 0:
+            raise ValueError(f"a pool needs cells and blocks: n_cells={n_cells}, block_size={block_size}")
+        head_dim_v = head_dim if head_dim_v is None else head_dim_v
+        self.n_layer, self.n_head_kv, self.head_dim, self.head_dim_v = n_layer, n_head_kv, head_dim, head_dim_v
+        self.dtype = np.dtype(dtype)
+        self.block_size = block_size
+        self.n_blocks = -(-n_cells // block_size)
+        cells = self.n_blocks * block_size
+        # np.zeros is calloc: untouched pages cost no memory
+        self.k = np.zeros((n_layer, cells, n_head_kv, head_dim), self.dtype)
+        self.v = np.zeros((n_layer, cells, n_head_kv, head_dim_v), self.dtype)
+        self.refs = np.zeros(self.n_blocks, np.int32)
+        self._free = list(range(self.n_blocks))  # a heap
+        self.reclaim: Callable[[], bool] | None = None
+
+    @classmethod
+    def for_model(cls, model, n_cells: int, dtype=np.float32, block_size: int = BLOCK_SIZE) -> "BlockPool":
+        d = model.kv_dims()
+        return cls(d["n_layer"], n_cells, d["n_head_kv"], d["head_dim"], d["head_dim_v"], dtype, block_size)
+
+    @property
+    def n_cells(self) -> int:
+        return self.n_blocks * self.block_size
+
+    @property
+    def n_free(self) -> int:
+        """Blocks free now."""
+        return len(self._free)
+
+    @property
+    def n_used(self) -> int:
+        return self.n_blocks - len(self._free)
+
+    @property
+    def block_nbytes(self) -> int:
+        """Bytes of K and V one block holds (all layers)."""
+        per_cell = self.n_layer * self.n_head_kv * (self.head_dim + self.head_dim_v) * self.dtype.itemsize
+        return per_cell * self.block_size
+
+    def alloc(self) -> int:
+        if not self._free and self.reclaim is not None:
+            while not self._free and self.reclaim():
+                pass
+        if not self._free:
+            raise PoolFullError(
+                f"The KV cache pool is full: all {self.n_blocks} blocks of {self.block_size} tokens are in use. "
+                "Give it more cells (the server's --kv-size), or run fewer sequences at once."
+            )
+        b = heapq.heappop(self._free)
+        self.refs[b] = 1
+        return b
+
+    def incref(self, b: int) -> None:
+        self.refs[b] += 1
+
+    def decref(self, b: int) -> None:
+        self.refs[b] -= 1
+        if self.refs[b] == 0:
+            heapq.heappush(self._free, b)
+
+    def copy_cells(self, dst: np.ndarray, src: np.ndarray) -> None:
+        """K and V of cells src into cells dst, every layer."""
+        self.k[:, dst] = self.k[:, src]
+        self.v[:, dst] = self.v[:, src]
+
+    def same_shape(self, other: "BlockPool") -> bool:
+        return (self.n_layer, self.n_head_kv, self.head_dim, self.head_dim_v, self.dtype) == (
+            other.n_layer, other.n_head_kv, other.head_dim, other.head_dim_v, other.dtype)  # fmt: skip
+
+    def __repr__(self) -> str:
+        return (f"BlockPool({self.n_used}/{self.n_blocks} blocks of {self.block_size} cells in use, "
+                f"n_layer={self.n_layer}, n_head_kv={self.n_head_kv}, dtype={self.dtype.name})")  # fmt: skip
 
 
 class KVCache:
+    """One sequence's K/V: a block table into a pool (its own, or one shared with other sequences)."""
+
     def __init__(
         self,
         n_layer: int,
@@ -26,30 +131,31 @@ class KVCache:
         head_dim: int,
         dtype=np.float32,
         head_dim_v: int | None = None,
+        pool: BlockPool | None = None,
     ):
         if n_ctx <= 0:
             raise ValueError(f"n_ctx must be positive, not {n_ctx}")
         head_dim_v = head_dim if head_dim_v is None else head_dim_v
+        if pool is None:
+            pool = BlockPool(n_layer, n_ctx, n_head_kv, head_dim, head_dim_v, dtype)
+        elif (pool.n_layer, pool.n_head_kv, pool.head_dim, pool.head_dim_v) != (n_layer, n_head_kv, head_dim, head_dim_v):
+            raise ValueError("KVCache: the pool is shaped for another model")
+        self.pool = pool
         self.n_layer, self.n_ctx, self.n_head_kv = n_layer, n_ctx, n_head_kv
         self.head_dim, self.head_dim_v = head_dim, head_dim_v
-        self.dtype = np.dtype(dtype)
-        # (layer, cell, kv head, head_dim): a token's K (and V) of a layer is one contiguous row, and a
-        # layer's cells in use one contiguous block that attention streams through (a transposed K,
-        # rows of cells per head dimension, measured 2x slower here when it comes from memory)
-        # Storage grows with the sequence (doubling, up to n_ctx): memory follows the tokens held, and
-        # a short chat does not pay for zeroing a long context's pages.
-        self.capacity = min(n_ctx, INITIAL_CELLS)
-        self.k = np.zeros((n_layer, self.capacity, n_head_kv, head_dim), self.dtype)
-        self.v = np.zeros((n_layer, self.capacity, n_head_kv, head_dim_v), self.dtype)
-        self.pos = np.zeros(n_ctx, np.int32)  # (cell,) position of the token in each cell
+        self.dtype = pool.dtype
+        self.blocks: list[int] = []  # the block table
+        self.cells = np.zeros(n_ctx, np.int32)  # (token,) the pool cell holding token i
+        self.pos = np.zeros(n_ctx, np.int32)  # (token,) its position
         self.n_past = 0
         self._n_new = 0  # cells claimed by the pass in progress
 
     @classmethod
-    def for_model(cls, model, n_ctx: int, dtype=np.float32) -> "KVCache":
-        """A cache shaped for `model` (anything with `kv_dims()`: n_layer, n_head_kv, head_dim, head_dim_v)."""
+    def for_model(cls, model, n_ctx: int, dtype=np.float32, pool: BlockPool | None = None) -> "KVCache":
+        """A cache shaped for `model` (anything with `kv_dims()`: n_layer, n_head_kv, head_dim, head_dim_v),
+        in `pool` when given (shared with other sequences), else in a private pool of n_ctx cells."""
         d = model.kv_dims()
-        return cls(d["n_layer"], n_ctx, d["n_head_kv"], d["head_dim"], dtype, d["head_dim_v"])
+        return cls(d["n_layer"], n_ctx, d["n_head_kv"], d["head_dim"], dtype, d["head_dim_v"], pool)
 
     @property
     def n_free(self) -> int:
@@ -57,8 +163,48 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        """Bytes of the blocks this sequence holds (shared blocks counted in full)."""
+        return len(self.blocks) * self.pool.block_nbytes
 
+    # -- blocks
+    def _reserve(self, n_tokens: int) -> None:
+        """Hold enough blocks for n_tokens tokens; all or none (PoolFullError)."""
+        bs = self.pool.block_size
+        need = -(-n_tokens // bs) - len(self.blocks)
+        got = []
+        try:
+            for _ in range(need):
+                got.append(self.pool.alloc())
+        except PoolFullError:
+            for b in got:
+                self.pool.decref(b)
+            raise
+        for b in got:
+            i = len(self.blocks)
+            self.blocks.append(b)
+            self.cells[i * bs : (i + 1) * bs] = np.arange(b * bs, (b + 1) * bs, dtype=np.int32)[: self.n_ctx - i * bs]
+
+    def _release_from(self, n_blocks: int) -> None:
+        """Give back the blocks past the first n_blocks."""
+        for b in self.blocks[n_blocks:]:
+            self.pool.decref(b)
+        del self.blocks[n_blocks:]
+
+    def _own_last(self, n: int) -> None:
+        """The block holding token n (the next to be written) must not be shared: copy it if it is."""
+        bs = self.pool.block_size
+        i = n // bs
+        if n % bs == 0 or i >= len(self.blocks) or self.pool.refs[self.blocks[i]] == 1:
+            return
+        old = self.blocks[i]
+        new = self.pool.alloc()
+        lo = i * bs
+        self.pool.copy_cells(np.arange(new * bs, new * bs + n - lo), np.arange(old * bs, old * bs + n - lo))
+        self.pool.decref(old)
+        self.blocks[i] = new
+        self.cells[lo : lo + bs] = np.arange(new * bs, (new + 1) * bs, dtype=np.int32)[: self.n_ctx - lo]
+
+    # -- one forward pass
     def begin(self, positions: np.ndarray) -> np.ndarray:
         n = len(positions)
         if self.n_past + n > self.n_ctx:
@@ -67,35 +213,28 @@ class KVCache:
                 f"{n} more were given. Load the model with a larger n_ctx, or start a new conversation "
                 "(or shorten this one)."
             )
-        if self.n_past + n > self.capacity:
-            self._grow(self.n_past + n)
+        self._reserve(self.n_past + n)
         self.pos[self.n_past : self.n_past + n] = positions
         self._n_new = n
         return self.pos[: self.n_past + n]
 
-    def _grow(self, need: int) -> None:
-        cap = self.capacity
-        while cap < need:
-            cap *= 2
-        cap = min(cap, self.n_ctx)
-        k = np.zeros((self.n_layer, cap) + self.k.shape[2:], self.dtype)
-        v = np.zeros((self.n_layer, cap) + self.v.shape[2:], self.dtype)
-        k[:, : self.n_past] = self.k[:, : self.n_past]
-        v[:, : self.n_past] = self.v[:, : self.n_past]
-        self.k, self.v, self.capacity = k, v, cap
-
     def storage(self, il: int):
-        """Layer il's storage (K (capacity, n_head_kv, head_dim), V (capacity, n_head_kv, head_dim_v)) and the first cell of the pass in progress, for a backend to write K and V into
-        directly; None when the cache is not float32 (then update() converts)."""
+        """Layer il's pool storage (K (pool cells, n_head_kv, head_dim), V (pool cells, n_head_kv,
+        head_dim_v)), the cells of the pass in progress (n,) and the cells of all tokens in use (n_kv,),
+        int32: a backend writes K and V into the first and reads attention through the second. None when
+        the cache is not float32 (then update() converts)."""
         if self.dtype != np.float32:
             return None
-        return self.k[il], self.v[il], self.n_past
+        end = self.n_past + self._n_new
+        return self.pool.k[il], self.pool.v[il], self.cells[self.n_past : end], self.cells[:end]
 
     def update(self, il: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        start, end = self.n_past, self.n_past + self._n_new
-        self.k[il, start:end] = k  # (n, n_head_kv, head_dim)
-        self.v[il, start:end] = v
-        k_all, v_all = self.k[il, :end], self.v[il, :end]  # (n_kv, n_head_kv, head_dim), (n_kv, n_head_kv, head_dim_v)
+        end = self.n_past + self._n_new
+        new = self.cells[self.n_past : end]
+        self.pool.k[il, new] = k  # (n, n_head_kv, head_dim)
+        self.pool.v[il, new] = v
+        cells = self.cells[:end]
+        k_all, v_all = self.pool.k[il, cells], self.pool.v[il, cells]  # gathered copies, in token order
         if self.dtype != np.float32:
             k_all, v_all = k_all.astype(np.float32), v_all.astype(np.float32)
         return k_all, v_all
@@ -104,34 +243,64 @@ class KVCache:
         self.n_past += self._n_new
         self._n_new = 0
 
+    # -- the sequence
     def truncate(self, n: int) -> None:
-        """Keep the first n tokens of the sequence, forget the rest."""
+        """Keep the first n tokens of the sequence, forget the rest (their blocks go back to the pool)."""
         if not 0 <= n <= self.n_past:
             raise ValueError(f"truncate({n}): the cache holds {self.n_past} tokens")
+        self._release_from(-(-n // self.pool.block_size))
+        self._own_last(n)
         self.n_past = n
         self._n_new = 0
 
     def clear(self) -> None:
         self.truncate(0)
 
+    def release(self) -> None:
+        """Forget everything and give every block back (the cache stays usable)."""
+        self.truncate(0)
+
     def copy_prefix(self, src: "KVCache", n: int) -> None:
-        """Make this cache hold src's first n tokens (a shared prompt prefix), replacing what it held:
-        a copy of their K/V, far cheaper than computing them again."""
+        """Make this cache hold src's first n tokens (a shared prompt prefix), replacing what it held.
+        In the same pool, the full blocks are shared (nothing copied) and the rest copied; from another
+        pool, everything is copied. Either way far cheaper than computing them again."""
         if not 0 <= n <= src.n_past or n > self.n_ctx:
             raise ValueError(f"copy_prefix({n}): the source holds {src.n_past} tokens, this cache {self.n_ctx}")
         if (src.n_layer, src.n_head_kv, src.head_dim, src.head_dim_v) != (self.n_layer, self.n_head_kv, self.head_dim, self.head_dim_v):
             raise ValueError("copy_prefix: the caches belong to different models")
-        if n > self.capacity:
-            self.n_past = 0
-            self._grow(n)
-        self.k[:, :n] = src.k[:, :n]
-        self.v[:, :n] = src.v[:, :n]
+        if src is self:
+            return self.truncate(n)
+        self.release()
+        bs = self.pool.block_size
+        shared = n // bs if src.pool is self.pool else 0
+        for b in src.blocks[:shared]:
+            self.pool.incref(b)
+            self.blocks.append(b)
+        self.cells[: shared * bs] = src.cells[: shared * bs]
+        self._reserve(n)
+        lo = shared * bs
+        if n > lo:
+            if src.pool is self.pool:
+                self.pool.copy_cells(self.cells[lo:n], src.cells[lo:n])
+            else:
+                self.pool.k[:, self.cells[lo:n]] = src.pool.k[:, src.cells[lo:n]]
+                self.pool.v[:, self.cells[lo:n]] = src.pool.v[:, src.cells[lo:n]]
         self.pos[:n] = src.pos[:n]
         self.n_past = n
         self._n_new = 0
 
+    def __del__(self):
+        try:
+            if self.blocks:
+                self.release()
+        except Exception:
+            pass
+
     def __repr__(self) -> str:
         return (
-            f"KVCache(n_past={self.n_past}, n_ctx={self.n_ctx}, n_layer={self.n_layer}, "
+            f"KVCache(n_past={self.n_past}, n_ctx={self.n_ctx}, blocks={len(self.blocks)}, n_layer={self.n_layer}, "
             f"n_head_kv={self.n_head_kv}, head_dim={self.head_dim}, dtype={self.dtype.name})"
         )
+
+
+__all__ = ["BLOCK_SIZE", "BlockPool", "KVCache", "PoolFullError"]

@@ -77,15 +77,18 @@ class Backend(Protocol):
         the angles of the tables' rows cos/sin (n_pos, n_rot / 2) at `positions` (n,)."""
 
     def qkv_store(self, qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
-                  q_norm, k_norm, eps, k, v, start) -> np.ndarray:  # fmt: skip
+                  q_norm, k_norm, eps, k, v, cells) -> np.ndarray:  # fmt: skip
         """qkv (n, H D + Hkv D + Hkv Dv), the stacked Q/K/V matmul's output -> q (n, H, D) after the
         optional QK-norm (RMSNorm weights (D,) or None, eps) and rope; K (normed, rotated) and V are
-        written into a cache's storage k (capacity, Hkv, D), v (capacity, Hkv, Dv) at cells
-        start..start+n-1. One call for what rms_norm, rope and a cache update do one by one."""
+        written into a cache's storage k (n_cells, Hkv, D), v (n_cells, Hkv, Dv) at rows cells (int32
+        (n,), a paged cache's cells for these tokens). One call for what rms_norm, rope and a cache
+        update do one by one."""
 
-    def attention(self, q, k, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
-        """q (n, H, D) against the cache k (n_kv, Hkv, D), v (n_kv, Hkv, Dv), n_kv = len(kv_pos)
-        -> (n, H * Dv); causal by position, with a sliding window of n_swa positions when n_swa > 0."""
+    def attention(self, q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None) -> np.ndarray:
+        """q (n, H, D) against the cache k (n_cells, Hkv, D), v (n_cells, Hkv, Dv): the sequence's
+        token j (position kv_pos[j], n_kv = len(kv_pos)) is row cells[j] (int32, a paged cache's block
+        table), or row j when cells is None -> (n, H * Dv); causal by position, with a sliding window of
+        n_swa positions when n_swa > 0."""
 
     def glu(self, gu: np.ndarray, act: str) -> np.ndarray:
         """gu (n, 2 f) = [gate | up] -> act(gate) * up, act "silu" or "gelu_tanh"."""

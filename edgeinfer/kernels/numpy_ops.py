@@ -4,11 +4,12 @@ the compiled versions (edgeinfer.kernels.numba.ops) are tested against.
 Shapes (float32 unless said):
     rms_norm(x (..., d), weight (d,), eps)                        x / sqrt(mean(x^2) + eps) * weight
     rope(x (n, h, d), positions int (n,), cos, sin (n_pos, n_rot/2), n_rot, neox)    rotated copy
-    attention(q (n, H, D), k (n_kv, Hkv, D), v (n_kv, Hkv, Dv), q_pos (n,), kv_pos (n_kv,), n_swa, scale)
-        -> (n, H * Dv); query i sees cell j when kv_pos[j] <= q_pos[i] (and q_pos[i] - kv_pos[j] < n_swa
-        when n_swa > 0); query head h reads KV head h // (H / Hkv)
-    qkv_store(qkv (n, H D + Hkv D + Hkv Dv), ..., k, v, start) -> q (n, H, D): QK-norm (optional) and
-        rope of the stacked Q/K/V matmul's output, K and V written into the cache storage at `start`
+    attention(q (n, H, D), k (n_cells, Hkv, D), v (n_cells, Hkv, Dv), q_pos (n,), kv_pos (n_kv,), n_swa,
+        scale, cells=None) -> (n, H * Dv); the sequence's token j is row cells[j] of k and v (a paged
+        cache's block table; None: row j, n_cells = n_kv); query i sees token j when kv_pos[j] <= q_pos[i]
+        (and q_pos[i] - kv_pos[j] < n_swa when n_swa > 0); query head h reads KV head h // (H / Hkv)
+    qkv_store(qkv (n, H D + Hkv D + Hkv Dv), ..., k, v, cells) -> q (n, H, D): QK-norm (optional) and
+        rope of the stacked Q/K/V matmul's output, K and V written into the cache storage at rows cells (n,)
     glu(gu (n, 2 f), act) -> act(gu[:, :f]) * gu[:, f:]            act: "silu" or "gelu_tanh"
     moe_route(logits (n, n_expert), n_used, gating, norm_weights, scale, bias) -> chosen int32 (n, k),
         weights (n, k): a Mixture-of-Experts router's choice, llama.cpp's build_moe_ffn
@@ -43,7 +44,7 @@ def rope(x: np.ndarray, positions: np.ndarray, cos_t: np.ndarray, sin_t: np.ndar
 
 
 def qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
-              q_norm, k_norm, eps, k_store, v, start) -> np.ndarray:  # fmt: skip
+              q_norm, k_norm, eps, k_store, v, cells) -> np.ndarray:  # fmt: skip
     n = qkv.shape[0]
     nq, nk = n_head * head_dim, n_head_kv * head_dim
     q = qkv[:, :nq].reshape(n, n_head, head_dim)
@@ -51,8 +52,9 @@ def qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin,
     if q_norm is not None:
         q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
     q = rope(q, positions, cos, sin, n_rot, neox)
-    k_store[start : start + n] = rope(k, positions, cos, sin, n_rot, neox)
-    v[start : start + n] = qkv[:, nq + nk :].reshape(n, n_head_kv, head_dim_v)
+    cells = np.asarray(cells, np.int64)
+    k_store[cells] = rope(k, positions, cos, sin, n_rot, neox)
+    v[cells] = qkv[:, nq + nk :].reshape(n, n_head_kv, head_dim_v)
     return np.ascontiguousarray(q)
 
 
@@ -65,7 +67,9 @@ def causal_mask(q_pos: np.ndarray, kv_pos: np.ndarray, n_swa: int = 0) -> np.nda
     return mask
 
 
-def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
+def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None) -> np.ndarray:
+    if cells is not None:
+        k, v = k[cells], v[cells]
     n, n_head, head_dim = q.shape
     n_kv, n_head_kv, head_dim_v = v.shape
     group = n_head // n_head_kv
@@ -145,12 +149,12 @@ class NumpyOps:
         return rope(x, positions, cos, sin, n_rot, neox)
 
     def qkv_store(self, qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
-                  q_norm, k_norm, eps, k, v, start):  # fmt: skip
+                  q_norm, k_norm, eps, k, v, cells):  # fmt: skip
         return qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
-                         q_norm, k_norm, eps, k, v, start)  # fmt: skip
+                         q_norm, k_norm, eps, k, v, cells)  # fmt: skip
 
-    def attention(self, q, k, v, q_pos, kv_pos, n_swa, scale):
-        return attention(q, k, v, q_pos, kv_pos, n_swa, scale)
+    def attention(self, q, k, v, q_pos, kv_pos, n_swa, scale, cells=None):
+        return attention(q, k, v, q_pos, kv_pos, n_swa, scale, cells)
 
     def glu(self, gu, act):
         return glu(gu, act)

@@ -108,7 +108,7 @@ class Attention:
         if many is not None and len(items) > 1:  # one call (one job on a thread pool) for all of them
             outs = many(items, self.n_swa, self.scale)
         else:
-            outs = [self.backend.attention(*item, self.n_swa, self.scale) for item in items]
+            outs = [self.backend.attention(*item[:5], self.n_swa, self.scale, cells=item[5]) for item in items]
         out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
         if cb is not None:
             cb("kqv_out", out)
@@ -130,20 +130,21 @@ class Attention:
 
     def _store(self, rows, b: Batch, cache, il: int, qn, kn, fused: bool, cb):
         """One sequence's rows of [q | k | v]: per-head QK-norm (qn, kn or None) and rope; K and V into
-        its cache. Returns attention()'s arguments (q, k_all, v_all, q_pos, kv_pos)."""
+        its cache. Returns attention()'s arguments (q, k, v, q_pos, kv_pos, cells): K and V the cache's
+        storage read through cells (its block table), or gathered copies in token order (cells None)."""
         n = rows.shape[0]
         storage = getattr(cache, "storage", None) if fused else None
         store = storage(il) if storage is not None else None
         if store is not None:  # one call: QK-norm, rope, K and V into the cache
-            k_store, v_store, start = store
+            k_store, v_store, new_cells, cells = store
             cos, sin = self.rope.tables(b.max_pos)
             q = self.backend.qkv_store(
                 np.ascontiguousarray(rows), self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v,
                 b.positions, cos, sin, self.rope.params.n_rot, self.rope.params.neox,
                 None if qn is None else qn.weight, None if kn is None else kn.weight,
-                0.0 if qn is None else qn.eps, k_store, v_store, start,
+                0.0 if qn is None else qn.eps, k_store, v_store, new_cells,
             )  # fmt: skip
-            return q, k_store[: start + n], v_store[: start + n], b.positions, b.kv_pos
+            return q, k_store, v_store, b.positions, b.kv_pos, cells
         nq, nk = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
         q = rows[:, :nq].reshape(n, self.n_head, self.head_dim)
         k = rows[:, nq : nq + nk].reshape(n, self.n_head_kv, self.head_dim)
@@ -155,7 +156,7 @@ class Attention:
         if cb is not None:
             cb("Qcur", q), cb("Kcur", k), cb("Vcur", v)
         k_all, v_all = cache.update(il, k, v)  # (n_kv, n_head_kv, head_dim), (n_kv, n_head_kv, head_dim_v)
-        return q, k_all, v_all, b.positions, b.kv_pos
+        return q, k_all, v_all, b.positions, b.kv_pos, None
 
 
 __all__ = ["Attention", "Batch", "Segments", "causal_mask"]

@@ -153,29 +153,36 @@ class NativeBackend(NumbaBackend):
             _native.matmul(type_id, flat, np.ascontiguousarray(x), out, n_rows, n_cols, self.native_threads)
         return out
 
-    def attention(self, q, k, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
-        """Attention in C on the pool (native/attention.c): q (n, H, D), k (n_kv, Hkv, D), v (n_kv, Hkv, Dv)
-        float32 C-contiguous, positions int32 -> (n, H * Dv). Other dtypes or layouts go to the Numba op."""
+    def attention(self, q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None) -> np.ndarray:
+        """Attention in C on the pool (native/attention.c): q (n, H, D), k (n_cells, Hkv, D), v (n_cells,
+        Hkv, Dv) float32 C-contiguous, positions and cells int32 -> (n, H * Dv). Other dtypes or layouts
+        go to the Numba op."""
         try:
             out = _empty((q.shape[0], q.shape[1] * v.shape[2]), _F32)
-            _native.attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, self.native_threads)
+            _native.attention(q, k, v, q_pos, kv_pos, _cells(cells, kv_pos), n_swa, scale, out, self.native_threads)
             return out
         except Exception:
-            return super().attention(q, k, v, q_pos, kv_pos, n_swa, scale)
+            return super().attention(q, k, v, q_pos, kv_pos, n_swa, scale, cells)
 
     def attention_many(self, items, n_swa: int, scale: float) -> list[np.ndarray]:
-        """attention() of several sequences, items = [(q, k, v, q_pos, kv_pos), ...], in one job on the
-        pool (continuous batching): each result is what attention() gives for that sequence alone."""
+        """attention() of several sequences, items = [(q, k, v, q_pos, kv_pos, cells), ...], in one job on
+        the pool (continuous batching): each result is what attention() gives for that sequence alone."""
         try:
-            outs = [_empty((q.shape[0], q.shape[1] * v.shape[2]), _F32) for q, _, v, _, _ in items]
-            qs, ks, vs, qps, kps = (list(x) for x in zip(*items))
-            _native.attention_many(qs, ks, vs, qps, kps, n_swa, scale, outs, self.native_threads)
+            outs = [_empty((it[0].shape[0], it[0].shape[1] * it[2].shape[2]), _F32) for it in items]
+            qs, ks, vs, qps, kps, cls = (list(x) for x in zip(*items))
+            cls = [_cells(c, kp) for c, kp in zip(cls, kps)]
+            _native.attention_many(qs, ks, vs, qps, kps, cls, n_swa, scale, outs, self.native_threads)
             return outs
         except Exception:
-            return [self.attention(q, k, v, qp, kp, n_swa, scale) for q, k, v, qp, kp in items]
+            return [self.attention(q, k, v, qp, kp, n_swa, scale, c) for q, k, v, qp, kp, c in items]
 
     def __repr__(self) -> str:
         return f"NativeBackend(n_threads={self.native_threads}, isa={native_isa()!r})"
+
+
+def _cells(cells, kv_pos) -> np.ndarray:
+    """The rows attention reads: the cache's cells, or 0..n_kv-1 when it gets K and V in token order."""
+    return np.arange(len(kv_pos), dtype=np.int32) if cells is None else cells
 
 
 __all__ = ["NATIVE_TYPES", "NativeBackend", "NativeUnavailableError", "available", "native_isa"]

@@ -76,13 +76,13 @@ class NumbaBackend:
         return _ops.rope(x, positions, cos, sin, n_rot, neox)
 
     def qkv_store(self, qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
-                  q_norm, k_norm, eps, k, v, start):  # fmt: skip
+                  q_norm, k_norm, eps, k, v, cells):  # fmt: skip
         return _ops.qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot,
-                              neox, q_norm, k_norm, eps, k, v, start)  # fmt: skip
+                              neox, q_norm, k_norm, eps, k, v, cells)  # fmt: skip
 
-    def attention(self, q, k, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
+    def attention(self, q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None) -> np.ndarray:
         self._use_threads()
-        return _ops.attention(q, k, v, q_pos, kv_pos, n_swa, scale)
+        return _ops.attention(q, k, v, q_pos, kv_pos, n_swa, scale, cells)
 
     def glu(self, gu: np.ndarray, act: str) -> np.ndarray:
         self._use_threads()

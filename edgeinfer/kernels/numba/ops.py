@@ -164,7 +164,7 @@ def _norm_rope_head(src, o, d, w, has_norm, eps, c_row, s_row, n_rot, neox, dst)
 
 @njit(cache=True, nogil=True)
 def _qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos_t, sin_t, n_rot, neox,
-               q_norm, k_norm, has_norm, eps, k_store, v_store, start, q_out):  # fmt: skip
+               q_norm, k_norm, has_norm, eps, k_store, v_store, cells, q_out):  # fmt: skip
     nq = n_head * head_dim
     nk = n_head_kv * head_dim
     for t in range(qkv.shape[0]):
@@ -173,7 +173,9 @@ def _qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos_t, s
         s_row = sin_t[positions[t]]
         for h in range(n_head):
             _norm_rope_head(row, h * head_dim, head_dim, q_norm, has_norm, eps, c_row, s_row, n_rot, neox, q_out[t, h])
-        cell = start + t
+        cell = cells[t]
+        if cell < 0 or cell >= k_store.shape[0] or cell >= v_store.shape[0]:
+            raise ValueError("qkv_store: a cell outside the storage")
         for g in range(n_head_kv):
             _norm_rope_head(row, nq + g * head_dim, head_dim, k_norm, has_norm, eps, c_row, s_row, n_rot, neox, k_store[cell, g])
             o = nq + nk + g * head_dim_v
@@ -185,16 +187,19 @@ _NO_NORM = np.ones(1, np.float32)
 
 
 def qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
-              q_norm, k_norm, eps, k, v, start) -> np.ndarray:  # fmt: skip
+              q_norm, k_norm, eps, k, v, cells) -> np.ndarray:  # fmt: skip
     """qkv (n, H D + Hkv D + Hkv Dv), the output of the stacked Q/K/V matmul -> q (n, H, D), normed
     (q_norm, k_norm: RMSNorm weights (D,) or None) and rotated; K (normed, rotated) and V written into
-    the cache storage k (capacity, Hkv, D), v (capacity, Hkv, Dv) at cells start..start+n-1."""
+    the cache storage k (n_cells, Hkv, D), v (n_cells, Hkv, Dv) at rows cells (n,)."""
+    cells = np.ascontiguousarray(cells, dtype=np.int32)
+    if cells.shape[0] != qkv.shape[0]:
+        raise ValueError("qkv_store: one cell per token")
     qkv = np.ascontiguousarray(qkv, dtype=np.float32)
     q = np.empty((qkv.shape[0], n_head, head_dim), np.float32)
     has_norm = q_norm is not None
     _qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
                q_norm if has_norm else _NO_NORM, k_norm if has_norm else _NO_NORM, has_norm,
-               np.float32(eps), k, v, start, q)  # fmt: skip
+               np.float32(eps), k, v, cells, q)  # fmt: skip
     return q
 
 
@@ -250,48 +255,61 @@ def _softmax_row(scores, n_kv, qp, kv_pos, n_swa, scale):
 
 
 @njit(cache=True, inline="always", fastmath=FAST)
-def _attend_tg(q, k, v, q_pos, kv_pos, n_swa, scale, t, g, scores, acc, out):
+def _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, t, g, scores, acc, out):
     """Query t, the query heads of KV head g: they read each K and V row once, together (rows of cells
-    stream from memory in order); masked softmax per head; the rows of V summed with its weights."""
+    stream from memory in order); masked softmax per head; the rows of V summed with its weights.
+    The sequence's token j is row cells[j] of k and v."""
     head_dim = q.shape[2]
-    n_kv, n_head_kv, head_dim_v = v.shape
+    n_kv = kv_pos.shape[0]
+    n_head_kv, head_dim_v = v.shape[1], v.shape[2]
     group = q.shape[1] // n_head_kv
     for j in range(n_kv):
+        c = cells[j]
         for a in range(group):
             h = g * group + a
             s = np.float32(0.0)
             for e in range(head_dim):
-                s += q[t, h, e] * k[j, g, e]
+                s += q[t, h, e] * k[c, g, e]
             scores[a, j] = s
     for a in range(group):
         _softmax_row(scores[a], n_kv, q_pos[t], kv_pos, n_swa, scale)
         for e in range(head_dim_v):
             acc[a, e] = 0.0
     for j in range(n_kv):
+        c = cells[j]
         for a in range(group):
             p = scores[a, j]
             for e in range(head_dim_v):
-                acc[a, e] += p * v[j, g, e]
+                acc[a, e] += p * v[c, g, e]
     for a in range(group):
         o = (g * group + a) * head_dim_v
         for e in range(head_dim_v):
             out[t, o + e] = acc[a, e]
 
 
+@njit(cache=True, nogil=True)
+def _check_cells(cells, n_cells):
+    for j in range(cells.shape[0]):
+        if cells[j] < 0 or cells[j] >= n_cells:
+            raise ValueError("attention: a cell outside k and v")
+
+
 @njit(cache=True, nogil=True, fastmath=FAST)
-def _attention_serial(q, k, v, q_pos, kv_pos, n_swa, scale, out):
-    n_kv, n_head_kv, head_dim_v = v.shape
+def _attention_serial(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out):
+    n_kv = kv_pos.shape[0]
+    n_head_kv, head_dim_v = v.shape[1], v.shape[2]
     group = q.shape[1] // n_head_kv
     scores = np.empty((group, n_kv), np.float32)
     acc = np.empty((group, head_dim_v), np.float32)
     for t in range(q.shape[0]):
         for g in range(n_head_kv):
-            _attend_tg(q, k, v, q_pos, kv_pos, n_swa, scale, t, g, scores, acc, out)
+            _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, t, g, scores, acc, out)
 
 
 @njit(cache=True, nogil=True, fastmath=FAST, parallel=True)
-def _attention_parallel(q, k, v, q_pos, kv_pos, n_swa, scale, out):
-    n_kv, n_head_kv, head_dim_v = v.shape
+def _attention_parallel(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out):
+    n_kv = kv_pos.shape[0]
+    n_head_kv, head_dim_v = v.shape[1], v.shape[2]
     group = q.shape[1] // n_head_kv
     n_items = q.shape[0] * n_head_kv
     n_chunks = min(n_items, 256)
@@ -299,25 +317,36 @@ def _attention_parallel(q, k, v, q_pos, kv_pos, n_swa, scale, out):
         scores = np.empty((group, n_kv), np.float32)
         acc = np.empty((group, head_dim_v), np.float32)
         for i in range(c * n_items // n_chunks, (c + 1) * n_items // n_chunks):
-            _attend_tg(q, k, v, q_pos, kv_pos, n_swa, scale, i // n_head_kv, i % n_head_kv, scores, acc, out)
+            _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, i // n_head_kv, i % n_head_kv, scores, acc, out)
 
 
 PARALLEL_MIN_CELLS = 4096  # query heads x cells from which attention runs on all threads
 
 
-def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float) -> np.ndarray:
-    """q (n, H, D), k (n_kv, Hkv, D), v (n_kv, Hkv, Dv) float32 -> (n, H * Dv)."""
+def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None) -> np.ndarray:
+    """q (n, H, D), k (n_cells, Hkv, D), v (n_cells, Hkv, Dv) float32 -> (n, H * Dv); token j of the
+    sequence (kv_pos[j]) is row cells[j] of k and v, or row j when cells is None."""
     n, n_head, _ = q.shape
+    n_kv = len(kv_pos)
+    if cells is None:
+        if k.shape[0] != n_kv or v.shape[0] != n_kv:
+            raise ValueError("attention: k and v need one row per kv position (or give cells)")
+        cells = np.arange(n_kv, dtype=np.int32)
+    else:
+        cells = np.ascontiguousarray(cells, dtype=np.int32)
+        if cells.shape[0] != n_kv:
+            raise ValueError("attention: one cell per kv position")
+        _check_cells(cells, min(k.shape[0], v.shape[0]))
     q = np.ascontiguousarray(q, dtype=np.float32)
     k = np.ascontiguousarray(k, dtype=np.float32)
     v = np.ascontiguousarray(v, dtype=np.float32)
     q_pos = np.ascontiguousarray(q_pos, dtype=np.int32)
     kv_pos = np.ascontiguousarray(kv_pos, dtype=np.int32)
     out = np.empty((n, n_head * v.shape[2]), np.float32)
-    if n * n_head * v.shape[0] >= PARALLEL_MIN_CELLS and n * v.shape[1] > 1:
-        _attention_parallel(q, k, v, q_pos, kv_pos, n_swa, np.float32(scale), out)
+    if n * n_head * n_kv >= PARALLEL_MIN_CELLS and n * v.shape[1] > 1:
+        _attention_parallel(q, k, v, q_pos, kv_pos, cells, n_swa, np.float32(scale), out)
     else:
-        _attention_serial(q, k, v, q_pos, kv_pos, n_swa, np.float32(scale), out)
+        _attention_serial(q, k, v, q_pos, kv_pos, cells, n_swa, np.float32(scale), out)
     return out
 
 
