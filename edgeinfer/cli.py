@@ -217,7 +217,7 @@ def cmd_serve(args) -> int:
         args.model, host=args.host, port=args.port, parallel=args.parallel, ctx_size=args.ctx_size,
         api_key=args.api_key or os.environ.get("EDGEINFER_API_KEY") or None, threads=args.threads,
         max_queue=args.max_queue, max_body_bytes=args.max_body_kb * 1024, model_name=args.alias,
-        energy_source=args.energy, **_backend_kwargs(args),
+        energy_source=args.energy, kv_size=args.kv_size, **_backend_kwargs(args),
     )  # fmt: skip
 
 
@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_info)
 
+    p.add_argument("--kv-size", type=int, default=None, metavar="TOKENS",
+                   help="KV cache of all sequences together, in tokens, shared in blocks (default: ctx-size x parallel; "
+                   "a request waits until the blocks it may need are free)")  # fmt: skip
     p = sub.add_parser("pull", help="download named models into the cache")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--force", action="store_true", help="download again even if cached")

@@ -4,6 +4,7 @@ each alone, prefix reuse, cancellation, the queue bound, errors."""
 
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import pytest
@@ -34,6 +35,21 @@ def test_queue_bound():
     s.add(SeqState([1]))
     with pytest.raises(QueueFullError):
         s.add(SeqState([1]))
+
+
+def test_admission_waits_for_kv_blocks_first_come_first_served():
+    """With a KV budget, a request is admitted only when its reserved blocks fit beside the running
+    ones'; it waits (and the ones behind it wait too) until blocks come back."""
+    s = Scheduler(max_active=4, max_queue=5, kv_blocks=10)
+    big, small, tiny = SeqState([1], reserve=6), SeqState([1], reserve=5), SeqState([1], reserve=1)
+    for q in (big, small, tiny):
+        s.add(q)
+    assert s.admit() == [big] and s.reserved == 6  # small does not fit; tiny waits behind it
+    assert s.admit() == []
+    s.remove(big)
+    assert s.admit() == [small, tiny] and s.reserved == 6
+    with pytest.raises(ValueError):
+        Scheduler(max_active=1, kv_blocks=0)
 
 
 def test_prefill_is_chunked_while_others_decode():
@@ -252,3 +268,53 @@ def test_async_events(llm):
         runner.stop()
     for events in results:
         assert isinstance(events[-1], Finish) and all(isinstance(e, str) for e in events[:-1])
+
+
+def test_paged_pool_memory_follows_tokens_and_shares_prefixes(llm):
+    """Sequences take blocks from one pool as their tokens arrive and give them back (or keep them for
+    prefix reuse, dropped when the pool runs short); a shared system prompt is held once (its full blocks
+    shared by reference); a pool too small for two requests at once runs them one after the other, with
+    the same text as alone."""
+    greedy = SamplingParams(temperature=0)
+    system = "You are a helpful assistant. Answer in one short sentence, and be precise and polite. " * 6
+    prompts = [_prompt(llm, q, system) for q in QUESTIONS[:3]]
+    serial = SerialRunner(llm)
+    serial.start()
+    alone = [_collect(serial.submit(p, greedy, 12))[0] for p in prompts]
+    serial.stop()
+
+    runner = BatchRunner(llm, parallel=3, prefill_chunk=32)
+    pool = runner.pool
+    assert pool.n_cells >= 3 * 512 and pool.n_used == 0
+    runner.start()
+    try:
+        texts = [_collect(runner.submit(prompts[0], greedy, 12))[0]]
+        assert pool.n_used == -(-(len(prompts[0]) + 11) // pool.block_size)  # kept for prefix reuse
+        handles = [runner.submit(p, greedy, 12) for p in prompts[1:]]  # these two start from its prefix
+        texts += [_collect(h)[0] for h in handles]
+        assert texts == alone
+        stats = runner.stats()
+        common = [len(os.path.commonprefix([prompts[0], p])) for p in prompts[1:]]
+        assert min(common) >= 3 * pool.block_size
+        assert stats["prefix_tokens_reused"] == sum(common)  # the system prompt, not computed again
+        # what is held now: the kept caches of the three, their shared prefix counted once
+        held = sum(-(-(len(p) + 11) // pool.block_size) for p in prompts)
+        assert 0 < pool.n_used < held
+        assert stats["kv_blocks_used"] == pool.n_used and stats["kv_bytes_used"] == pool.n_used * pool.block_nbytes
+        assert stats["kv_blocks_reserved"] == 0
+    finally:
+        runner.stop()
+
+    need = -(-(max(len(p) for p in prompts) + 12) // 32)  # blocks one request reserves
+    small = BatchRunner(llm, parallel=3, kv_cells=(need + 1) * 32)  # room for one request at a time
+    small.start()
+    try:
+        handles = [small.submit(p, greedy, 12) for p in prompts]
+        got = [_collect(h) for h in handles]
+        assert [t for t, _ in got] == alone
+        assert all(f.reason in ("stop", "length") for _, f in got)
+        assert got[2][1].queued_s > got[0][1].queued_s  # the third waited for blocks, not for a slot
+    finally:
+        small.stop()
+    with pytest.raises(PromptTooLongError, match="KV cache holds"):
+        BatchRunner(llm, parallel=1, kv_cells=64).submit(list(range(1, 100)), greedy, 4)

@@ -5,12 +5,15 @@ each decoding sequence plus a chunk of a new prompt (engine/scheduler.py plans i
 read once per step for all of them. Requests join and leave between steps. Each sequence has its own
 KV cache, sampler (own seed), streaming detokenizer and stop-string filter.
 
-A new prompt that starts like one the runner has seen (the same system prompt, the turns of the same
-chat) starts from a copy of that prefix's K/V instead of computing it again: from the cache of a running
-sequence, or from one kept from a finished request (the last `parallel` are kept, and reused).
+The KV cache is paged: every sequence's cache is a block table into one shared BlockPool of `kv_cells`
+cells (default: n_ctx for each of the `parallel` sequences), so memory follows the tokens held. A request
+is admitted when a slot is free and the blocks it may need (prompt + max_tokens, up to the context)
+fit beside the reservations of the running ones; otherwise it waits in the queue.
 
-The caches grow with their sequences (KVCache doubles its storage up to the context), so memory follows
-the tokens held; a finished sequence's cache is reused by the next request rather than freed.
+A new prompt that starts like one the runner has seen (the same system prompt, the turns of the same
+chat) starts from that prefix's K/V instead of computing it again: the full blocks are shared (nothing
+copied, copy on write), the rest copied; from the cache of a running sequence, or from one kept from a
+finished request (the last `parallel` are kept, and dropped first when the pool runs short of blocks).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import numpy as np
 
 from ..tokenizer.stream import StreamingDetokenizer
 from .generate import StopFilter
-from .kv_cache import KVCache
-from .runner import Finish, Handle, SerialRunner
+from .kv_cache import BlockPool, KVCache
+from .runner import Finish, Handle, PromptTooLongError, SerialRunner
 from .sampling import Sampler
 from .scheduler import Scheduler, SeqState
 
@@ -35,10 +38,12 @@ class BatchRunner(SerialRunner):
     """SerialRunner's interface (submit, events, cancel, stats); up to `parallel` requests at once."""
 
     def __init__(self, llm, parallel: int = 4, max_queue: int = 16, n_ctx: int | None = None,
-                 prefill_chunk: int = 128, step_tokens: int = 512):  # fmt: skip
+                 prefill_chunk: int = 128, step_tokens: int = 512, kv_cells: int | None = None):  # fmt: skip
         super().__init__(llm, max_queue=max_queue, n_ctx=n_ctx)
         self.parallel = parallel
-        self.sched = Scheduler(parallel, max_queue, prefill_chunk, step_tokens)
+        self.pool = BlockPool.for_model(llm.model, int(kv_cells or self.n_ctx * parallel))
+        self.pool.reclaim = self._reclaim
+        self.sched = Scheduler(parallel, max_queue, prefill_chunk, step_tokens, kv_blocks=self.pool.n_blocks)
         self._incoming: list[Handle] = []
         self._cv = threading.Condition(self._lock)
         self._stopping = False
@@ -64,11 +69,33 @@ class BatchRunner(SerialRunner):
         self._incoming.append(handle)
         self._cv.notify()  # the condition shares the runner's lock, held here
 
+    def check_prompt(self, prompt_ids: Sequence[int]) -> None:
+        super().check_prompt(prompt_ids)
+        if len(prompt_ids) >= self.pool.n_cells:
+            raise PromptTooLongError(
+                f"The prompt is {len(prompt_ids)} tokens long but the server's KV cache holds {self.pool.n_cells} "
+                "(and needs room for at least one generated token): shorten the prompt or start the server "
+                "with a larger --kv-size."
+            )
+
     def stats(self) -> dict:
         out = super().stats()
         out["parallel"] = self.parallel
         out["prefix_tokens_reused"] = self.prefix_tokens_reused
+        pool = self.pool
+        out["kv_blocks_total"] = pool.n_blocks
+        out["kv_blocks_used"] = pool.n_used
+        out["kv_block_tokens"] = pool.block_size
+        out["kv_bytes_used"] = pool.n_used * pool.block_nbytes
+        out["kv_blocks_reserved"] = self.sched.reserved
         return out
+
+    def _reclaim(self) -> bool:
+        """The pool is out of blocks: drop the oldest cache kept for prefix reuse."""
+        if not self._kept:
+            return False
+        self._kept.pop(0)[1].release()
+        return True
 
     # -- the worker
     def _loop(self) -> None:
@@ -82,8 +109,11 @@ class BatchRunner(SerialRunner):
                     self._incoming.clear()
                     break
                 incoming, self._incoming = self._incoming, []
-            for h in incoming:
-                self.sched.waiting.append(SeqState(list(h.prompt_ids), data={"handle": h}))
+            bs = self.pool.block_size
+            for h in incoming:  # blocks for the prompt and the longest reply it may get, up to the context
+                longest = min(self.n_ctx, len(h.prompt_ids) + max(1, h.max_tokens))
+                reserve = min(-(-longest // bs), self.pool.n_blocks)
+                self.sched.waiting.append(SeqState(list(h.prompt_ids), reserve=reserve, data={"handle": h}))
             try:
                 self._step()
             except Exception as e:  # a failed step fails its sequences, never the runner
@@ -117,38 +147,30 @@ class BatchRunner(SerialRunner):
         self._count_tokens(n_new)
 
     def _start(self, seq: SeqState) -> None:
-        """A sequence's cache (with the longest known prefix of its prompt), sampler and filters."""
+        """A sequence's cache (holding the longest known prefix of its prompt), sampler and filters."""
         h: Handle = seq.data["handle"]
         seq.data["admitted"] = time.perf_counter()
         prompt = seq.prompt
         limit = len(prompt) - 1  # at least one token is computed: its logits choose the first token
-        best_n, best_src, best_kept = 0, None, None
-        for i, (tokens, cache) in enumerate(self._kept):
-            n = _common_prefix(tokens, prompt, min(limit, cache.n_past))
+        best_n, best_src = 0, None
+        sources = [(tokens, c.n_past, c) for tokens, c in self._kept]
+        sources += [(o.prompt, o.n_prefilled, o.data["cache"]) for o in self.sched.active if o is not seq and "cache" in o.data]
+        for tokens, n_held, c in sources:
+            n = _common_prefix(tokens, prompt, min(limit, n_held))
             if n > best_n:
-                best_n, best_src, best_kept = n, cache, i
-        for other in self.sched.active:
-            if other is seq or "cache" not in other.data:
-                continue
-            n = _common_prefix(other.prompt, prompt, min(limit, other.n_prefilled))
-            if n > best_n:
-                best_n, best_src, best_kept = n, other.data["cache"], None
-        if best_kept is not None and best_n >= MIN_PREFIX:
-            _, cache = self._kept.pop(best_kept)  # take it over: no copy at all
-            cache.truncate(best_n)
-        else:
-            cache = self._kept.pop(0)[1] if len(self._kept) >= self.parallel else None
-            if cache is None:
-                cache = KVCache.for_model(self.llm.model, self.n_ctx)
-            cache.clear()
-            if best_n >= MIN_PREFIX:
-                cache.copy_prefix(best_src, best_n)
-        if cache.n_past < MIN_PREFIX:
-            cache.clear()
+                best_n, best_src = n, c
+        cache = KVCache.for_model(self.llm.model, self.n_ctx, pool=self.pool)
+        if best_n >= MIN_PREFIX:
+            kept = [k for k in self._kept if k[1] is best_src]
+            for k in kept:  # out of the pool's reach while it is read
+                self._kept.remove(k)
+            cache.copy_prefix(best_src, best_n)  # full blocks shared, the rest copied
+            self._kept.extend(kept)  # the most recently used now
         seq.n_prefilled = cache.n_past
         self.prefix_tokens_reused += cache.n_past
         seq.data.update(
             cache=cache,
+            limit=min(self.n_ctx, seq.reserve * self.pool.block_size),  # tokens it may hold
             sampler=Sampler(h.params, self.llm.n_vocab, history=prompt),
             detok=StreamingDetokenizer(self.llm.tokenizer),
             stops=StopFilter(h.stop),
@@ -171,7 +193,7 @@ class BatchRunner(SerialRunner):
             h.emit(text)
         if d["stops"].stopped:
             return self._end(seq, "stop", flush=False)
-        if len(d["generated"]) >= h.max_tokens or d["cache"].n_past >= self.n_ctx:
+        if len(d["generated"]) >= h.max_tokens or d["cache"].n_past >= d["limit"]:
             return self._end(seq, "length")
         seq.next_token = token
 
@@ -187,10 +209,12 @@ class BatchRunner(SerialRunner):
             if tail:
                 h.emit(tail)
         cache = d.pop("cache", None)
-        if cache is not None and reason != "error":
+        if cache is not None and reason != "error":  # kept for the prefix of a later request
             self._kept.append((list(seq.prompt) + d.get("generated", [])[:-1], cache))
             if len(self._kept) > self.parallel:
-                self._kept.pop(0)
+                self._kept.pop(0)[1].release()
+        elif cache is not None:
+            cache.release()
         now = time.perf_counter()
         n_gen = len(d.get("generated", []))
         with self._lock:

@@ -294,12 +294,13 @@ class SerialRunner:
 
 
 
-def make_runner(llm, parallel: int = 1, max_queue: int = 16, n_ctx: int | None = None):
+def make_runner(llm, parallel: int = 1, max_queue: int = 16, n_ctx: int | None = None, kv_cells: int | None = None):
     """The runner `edgeinfer serve` uses: continuous batching of up to `parallel` sequences
-    (engine/batch.py), with prompt-prefix reuse and chunked prefill."""
+    (engine/batch.py) over a paged KV cache of `kv_cells` cells (default n_ctx * parallel), with
+    prompt-prefix reuse and chunked prefill."""
     from .batch import BatchRunner
 
-    return BatchRunner(llm, parallel=parallel, max_queue=max_queue, n_ctx=n_ctx)
+    return BatchRunner(llm, parallel=parallel, max_queue=max_queue, n_ctx=n_ctx, kv_cells=kv_cells)
 
 
 __all__ = ["Finish", "Handle", "PromptTooLongError", "QueueFullError", "RunnerStats", "SerialRunner", "make_runner"]

@@ -6,7 +6,9 @@ Up to `max_active` sequences run at once. Each step feeds one forward pass with
   budget (a chunk of at most `prefill_chunk` tokens while others decode, so their streams keep
   flowing; up to `step_tokens` when nobody decodes).
 New requests wait in a bounded queue (QueueFullError past `max_queue`) and join between steps, in the
-order they came.
+order they came, when a slot is free and, with a KV budget (`kv_blocks`), when the blocks the request
+reserves (`SeqState.reserve`: enough for its prompt and its longest reply) fit beside those of the running
+ones; a request that does not fit waits, and the ones behind it wait too (first come, first served).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class SeqState:
     n_prefilled: int = 0  # prompt tokens already in the cache (a reused prefix counts)
     next_token: int | None = None  # the sampled token the next decode step feeds
     done: bool = False
+    reserve: int = 0  # KV blocks it may need at most (counted against the scheduler's kv_blocks)
     data: dict = field(default_factory=dict)
 
     @property
@@ -43,10 +46,14 @@ class Work:
 
 
 class Scheduler:
-    def __init__(self, max_active: int, max_queue: int = 16, prefill_chunk: int = 128, step_tokens: int = 512):
+    def __init__(self, max_active: int, max_queue: int = 16, prefill_chunk: int = 128, step_tokens: int = 512,
+                 kv_blocks: int | None = None):  # fmt: skip
         if max_active < 1 or max_queue < 0 or prefill_chunk < 1 or step_tokens < 1:
             raise ValueError("max_active, prefill_chunk and step_tokens must be >= 1, max_queue >= 0")
+        if kv_blocks is not None and kv_blocks < 1:
+            raise ValueError("kv_blocks must be >= 1 (or None: no KV budget)")
         self.max_active = max_active
+        self.kv_blocks = kv_blocks
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
         self.step_tokens = max(step_tokens, max_active)
@@ -59,11 +66,21 @@ class Scheduler:
             raise QueueFullError(f"{len(self.waiting)} requests are already waiting; try again shortly.")
         self.waiting.append(seq)
 
+    @property
+    def reserved(self) -> int:
+        """KV blocks reserved by the running sequences."""
+        return sum(s.reserve for s in self.active)
+
     def admit(self) -> list[SeqState]:
-        """Move waiting requests into free slots (oldest first); returns the ones admitted."""
+        """Move waiting requests into free slots (oldest first) while their KV reservations fit;
+        returns the ones admitted."""
         admitted = []
+        reserved = self.reserved
         while self.waiting and len(self.active) < self.max_active:
+            if self.kv_blocks is not None and reserved + self.waiting[0].reserve > self.kv_blocks:
+                break  # it waits for blocks to come back, and the ones behind it wait with it
             seq = self.waiting.popleft()
+            reserved += seq.reserve
             self.active.append(seq)
             admitted.append(seq)
         return admitted

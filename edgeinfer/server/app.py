@@ -437,10 +437,17 @@ def _model_name(model) -> str:
     return source.name if source is not None else Path(str(model)).stem
 
 
+def _kv_summary(runner) -> str:
+    pool = getattr(runner, "pool", None)
+    if pool is None:
+        return "per request"
+    return f"{pool.n_cells} tokens in blocks of {pool.block_size}, up to {pool.n_cells * pool.block_nbytes // pool.block_size / 2**20:.0f} MiB"
+
+
 def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, ctx_size: int = 4096,
           api_key: str | None = None, threads: int | None = None, backend="auto", max_queue: int = 16,
           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, model_name: str | None = None,
-          energy_source: str | None = None, print_fn=print) -> int:  # fmt: skip
+          energy_source: str | None = None, kv_size: int | None = None, print_fn=print) -> int:  # fmt: skip
     """Load `model` (a path or a registry name), start a runner and serve the API until Ctrl-C or SIGTERM.
     Prints one line when it listens."""
     import signal
@@ -454,6 +461,8 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, c
                             ("max_body_bytes", max_body_bytes, 1)):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
             raise EdgeInferError(f"{name} must be an integer >= {lo}, got {value!r}.")
+    if kv_size is not None and (isinstance(kv_size, bool) or not isinstance(kv_size, int) or kv_size < 2):
+        raise EdgeInferError(f"kv_size must be an integer >= 2 (tokens of KV cache in all), got {kv_size!r}.")
     if not 0 <= int(port) <= 65535:
         raise EdgeInferError(f"port must be in 0..65535, got {port!r}.")
     if api_key is not None and not api_key.strip():
@@ -467,7 +476,7 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, c
         raise EdgeInferError(f"Cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host.") \
             from None  # fmt: skip
     llm = load(model, n_ctx=ctx_size, n_threads=threads, backend=backend)
-    runner = make_runner(llm, parallel=parallel, max_queue=max_queue, n_ctx=ctx_size)
+    runner = make_runner(llm, parallel=parallel, max_queue=max_queue, n_ctx=ctx_size, kv_cells=kv_size)
     app = create_app(llm, runner, api_key=api_key, model_name=model_name or _model_name(model),
                      max_body_bytes=max_body_bytes, energy_source=energy_source, n_ctx=ctx_size)  # fmt: skip
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
@@ -490,7 +499,8 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, c
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         print_fn(f"edgeinfer serve: {app.state.model_name} listening on http://{shown}:{bound_port} "
-                 f"(parallel {parallel}, context {ctx_size}{', API key required' if api_key else ''}); "
+                 f"(parallel {parallel}, context {ctx_size}, KV cache {_kv_summary(runner)}"
+                 f"{', API key required' if api_key else ''}); "
                  "Ctrl-C stops", flush=True)  # fmt: skip
         try:
             server.run(sockets=[sock])
