@@ -1,4 +1,4 @@
-"""`edgeinfer` command line: run, serve, bench, pull, list, info (chat arrives later)."""
+"""`edgeinfer` command line: run, chat, serve, bench, pull, list, info."""
 
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ def model_info(path: str) -> dict:
     return info
 
 
-def _print_info(info: dict) -> None:
+def format_info(info: dict) -> str:
+    """`edgeinfer info`'s text for a model_info() dict (also shown by the chat app)."""
     rows = [
         ("name", info["name"]),
         ("architecture", info["architecture"]),
@@ -87,9 +88,11 @@ def _print_info(info: dict) -> None:
         ("opened in", f"{info['open_seconds'] * 1000:.0f} ms"),
     ]
     width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        if value is not None:
-            print(f"{key:>{width}}  {value}")
+    return "\n".join(f"{key:>{width}}  {value}" for key, value in rows if value is not None)
+
+
+def _print_info(info: dict) -> None:
+    print(format_info(info))
 
 
 def cmd_info(args) -> int:
@@ -210,6 +213,18 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_chat(args) -> int:
+    try:  # the TUI (and textual) load only for this command
+        from tui.app import run_chat
+    except ImportError as e:
+        raise EdgeInferError(f"`edgeinfer chat` needs the textual package ({e}); pip install textual") from None
+
+    return run_chat(
+        args.model, n_ctx=args.ctx_size, n_threads=args.threads, backend=args.backend, draft=args.draft,
+        params=_sampling_kwargs(args), system=args.system, energy_source=args.energy,
+    )  # fmt: skip
+
+
 def cmd_serve(args) -> int:
     from .server import serve
 
@@ -250,6 +265,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
+        "chat",
+        help="a chat in the terminal (Textual app): streaming Markdown replies, settings, save/load",
+        description="Chat with MODEL in a full-screen terminal app. Enter sends, Ctrl+J breaks the line, "
+        "Escape stops a reply, F1 lists the keys and /commands, Ctrl+Q quits.",
+    )
+    p.add_argument("model", help="a GGUF path or a model name (fetched on first use)")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("-n", "--max-tokens", type=int, default=512, help="most tokens per reply (default 512)")
+    p.add_argument("--temp", type=float, default=0.8, help="temperature, 0 for greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: the available cores)")
+    p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="kernels to run on (default: auto)")
+    p.add_argument("--draft", default=None, metavar="MODEL",
+                   help="a small draft model for speculative decoding (a path or a name)")  # fmt: skip
+    p.add_argument("--energy", choices=("auto", "rapl", "estimate"), default="auto",
+                   help="where tokens per joule come from (default auto: RAPL where readable, else a labelled "
+                   "estimate)")  # fmt: skip
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser(
         "serve",
         help="an OpenAI-compatible HTTP API (chat, completions, models, metrics)",
         description="Serve MODEL over HTTP in the OpenAI dialect: /v1/chat/completions, /v1/completions, "
@@ -261,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-np", "--parallel", type=int, default=1, metavar="N",
                    help="sequences generated at once (default 1)")  # fmt: skip
     p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context of one sequence in tokens (default 4096)")
+    p.add_argument("--kv-size", type=int, default=None, metavar="TOKENS",
+                   help="KV cache of all sequences together, in tokens, shared in blocks (default: ctx-size x parallel; "
+                   "a request waits until the blocks it may need are free)")  # fmt: skip
     p.add_argument("--max-queue", type=int, default=16, metavar="Q",
                    help="requests that may wait for a free slot; more get 503 + Retry-After (default 16)")  # fmt: skip
     p.add_argument("--api-key", default=None, metavar="KEY",
@@ -301,9 +344,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_info)
 
-    p.add_argument("--kv-size", type=int, default=None, metavar="TOKENS",
-                   help="KV cache of all sequences together, in tokens, shared in blocks (default: ctx-size x parallel; "
-                   "a request waits until the blocks it may need are free)")  # fmt: skip
     p = sub.add_parser("pull", help="download named models into the cache")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--force", action="store_true", help="download again even if cached")
