@@ -403,11 +403,43 @@ INL void prefetch_range(const uint8_t *p, int64_t n) {
     for (uintptr_t l = (uintptr_t)p & ~(uintptr_t)63; l < end; l += 64) _mm_prefetch((const char *)l, _MM_HINT_T0);
 }
 
+/* Up to SMALL_BATCH tokens (continuous batching: one token of each of a few sequences), rows outer and
+ * token tiles inner: a block of rows comes from memory once (prefetched ahead, as in a decode) and is
+ * used for every token while it is in L1. The tiles compute each (row, token) as they always do. */
+#define SMALL_BATCH 16
+#define SMALL(name, tile, type, R_P, NT_P)                                                              \
+    FN static void small_##name(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,           \
+                                int64_t n_rows, const native_act *a, float *out) {                     \
+        const int64_t T = a->n_tokens, pf = native_prefetch_bytes;                                     \
+        int64_t r = r0;                                                                                \
+        prefetch_range(w + r0 * row_bytes, pf + R_P * row_bytes);                                      \
+        for (; r + R_P <= r1; r += R_P) {                                                              \
+            prefetch_range(w + (r + R_P) * row_bytes + pf, R_P * row_bytes);                           \
+            int64_t t = 0;                                                                             \
+            for (; t + NT_P <= T; t += NT_P) tile(type, R_P, NT_P, w, row_bytes, r, a, t, out, n_rows);\
+            if (T - t == 3) tile(type, R_P, 3, w, row_bytes, r, a, t, out, n_rows);                    \
+            else if (T - t == 2) tile(type, R_P, 2, w, row_bytes, r, a, t, out, n_rows);               \
+            else if (T - t == 1) tile(type, R_P, 1, w, row_bytes, r, a, t, out, n_rows);               \
+        }                                                                                              \
+        for (; r < r1; r++) {                                                                          \
+            int64_t t = 0;                                                                             \
+            for (; t + NT_P <= T; t += NT_P) tile(type, 1, NT_P, w, row_bytes, r, a, t, out, n_rows);  \
+            if (T - t == 3) tile(type, 1, 3, w, row_bytes, r, a, t, out, n_rows);                      \
+            else if (T - t == 2) tile(type, 1, 2, w, row_bytes, r, a, t, out, n_rows);                 \
+            else if (T - t == 1) tile(type, 1, 1, w, row_bytes, r, a, t, out, n_rows);                 \
+        }                                                                                              \
+    }
+
 #define ROWS(name, tile, type, R_P, NT_P, R_D)                                                         \
+    SMALL(name, tile, type, R_P, NT_P)                                                                 \
     FN static void rows_##name(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,            \
                                int64_t n_rows, const native_act *a, float *out) {                      \
         const int64_t T = a->n_tokens;                                                                 \
         int64_t t = 0;                                                                                 \
+        if (T >= NT_P && T <= SMALL_BATCH) { /* a few sequences' decode step: every row once for all */ \
+            small_##name(w, row_bytes, r0, r1, n_rows, a, out);                                        \
+            return;                                                                                    \
+        }                                                                                              \
         for (; t + NT_P <= T; t += NT_P) {                                                             \
             int64_t r = r0;                                                                            \
             for (; r + R_P <= r1; r += R_P) tile(type, R_P, NT_P, w, row_bytes, r, a, t, out, n_rows); \

@@ -93,7 +93,7 @@ def backend(n_threads: int = 2) -> native.NativeBackend:
 # -- every C format against the emulation ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n_tokens", [1, 3, 4, 5, 17])
+@pytest.mark.parametrize("n_tokens", [1, 3, 4, 5, 8, 16, 17])
 @pytest.mark.parametrize("ggml_type", C_TYPES, ids=lambda t: t.name)
 def test_matmul_random(isa, ggml_type, n_tokens):
     n_cols = cols_for(ggml_type)
@@ -137,7 +137,7 @@ def test_odd_shapes(isa, ggml_type, n_rows):
     """Row counts that are no multiple of the tile, the chunk or the thread count; F32 rows of odd length."""
     n_cols = 77 if ggml_type == T.F32 else cols_for(ggml_type)
     w = random_weight(ggml_type, n_rows, n_cols, seed=n_rows)
-    for n_tokens in (1, 4, 5, 9):
+    for n_tokens in (1, 4, 5, 8, 9, 16, 17):
         x = random_x(n_tokens, n_cols, seed=n_tokens)
         assert_matches_emulation(w, x, backend().matmul(w, x))
 

@@ -11,7 +11,7 @@ import pytest
 
 from edgeinfer.engine.batch import BatchRunner
 from edgeinfer.engine.kv_cache import KVCache
-from edgeinfer.engine.runner import Finish, PromptTooLongError, QueueFullError, SerialRunner, make_runner
+from edgeinfer.engine.runner import Finish, InvalidPromptError, PromptTooLongError, QueueFullError, SerialRunner, make_runner
 from edgeinfer.engine.sampling import SamplingParams
 from edgeinfer.engine.scheduler import Scheduler, SeqState
 
@@ -216,6 +216,10 @@ def test_queue_full_and_prompt_too_long(llm):
         runner.submit(list(range(1, 600)), SamplingParams(), 4)
     with pytest.raises(PromptTooLongError, match="empty"):
         runner.submit([], SamplingParams(), 4)
+    with pytest.raises(InvalidPromptError, match="token id 49152, outside the vocabulary"):
+        runner.submit([1, 2, 49152], SamplingParams(), 4)
+    with pytest.raises(InvalidPromptError, match="token id -1"):
+        SerialRunner(llm).submit([-1], SamplingParams(), 4)
     # not started: the first request waits in the queue, the second finds it full
     h = runner.submit(_prompt(llm, "Hi"), SamplingParams(temperature=0), 4)
     with pytest.raises(QueueFullError) as e:

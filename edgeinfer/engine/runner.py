@@ -43,6 +43,10 @@ class PromptTooLongError(EdgeInferError, ValueError):
     """The prompt does not fit the context (HTTP 400)."""
 
 
+class InvalidPromptError(EdgeInferError, ValueError):
+    """The prompt holds token ids outside the vocabulary (HTTP 400)."""
+
+
 @dataclass
 class Finish:
     """The last event of a request."""
@@ -193,6 +197,10 @@ class SerialRunner:
         n = len(prompt_ids)
         if n == 0:
             raise PromptTooLongError("The prompt is empty: give at least one token.")
+        n_vocab = self.llm.n_vocab
+        bad = next((t for t in prompt_ids if not 0 <= t < n_vocab), None)
+        if bad is not None:
+            raise InvalidPromptError(f"The prompt holds token id {bad}, outside the vocabulary (0..{n_vocab - 1}).")
         if n >= self.n_ctx:
             raise PromptTooLongError(
                 f"The prompt is {n} tokens long but the context holds {self.n_ctx} (and needs room for at least "
@@ -303,4 +311,4 @@ def make_runner(llm, parallel: int = 1, max_queue: int = 16, n_ctx: int | None =
     return BatchRunner(llm, parallel=parallel, max_queue=max_queue, n_ctx=n_ctx, kv_cells=kv_cells)
 
 
-__all__ = ["Finish", "Handle", "PromptTooLongError", "QueueFullError", "RunnerStats", "SerialRunner", "make_runner"]
+__all__ = ["Finish", "Handle", "InvalidPromptError", "PromptTooLongError", "QueueFullError", "RunnerStats", "SerialRunner", "make_runner"]

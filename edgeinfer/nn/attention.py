@@ -103,7 +103,9 @@ class Attention:
             fused = (self.wqkv is not None or self.wqk is not None) and cb is None
         qkv = self._project(x)
         qn, kn = (None, None) if self.qk_norm_full else (self.q_norm, self.k_norm)
-        items = [self._store(qkv[r0:r1], b, c, il, qn, kn, fused, cb) for (r0, r1), b, c in parts]
+        items = self._store_many(qkv, parts, il, qn, kn) if len(parts) > 1 else None
+        if items is None:
+            items = [self._store(qkv[r0:r1], b, c, il, qn, kn, fused, cb) for (r0, r1), b, c in parts]
         many = getattr(self.backend, "attention_many", None)
         if many is not None and len(items) > 1:  # one call (one job on a thread pool) for all of them
             outs = many(items, self.n_swa, self.scale)
@@ -127,6 +129,27 @@ class Attention:
             qkv[:, :nq] = self.q_norm(np.ascontiguousarray(qkv[:, :nq]))
             qkv[:, nq : nq + nk] = self.k_norm(np.ascontiguousarray(qkv[:, nq : nq + nk]))
         return qkv
+
+    def _store_many(self, qkv, parts, il: int, qn, kn):
+        """Several sequences whose caches share one float32 pool: QK-norm, rope and the K/V writes of
+        all their rows in one qkv_store call (each row as it would be alone). None when they do not."""
+        stores = []
+        for _, _, c in parts:
+            storage = getattr(c, "storage", None)
+            store = storage(il) if storage is not None else None
+            if store is None or (stores and store[0] is not stores[0][0]):
+                return None
+            stores.append(store)
+        k_store, v_store = stores[0][0], stores[0][1]
+        positions = np.concatenate([b.positions for _, b, _ in parts])
+        cos, sin = self.rope.tables(max(b.max_pos for _, b, _ in parts))
+        q = self.backend.qkv_store(
+            np.ascontiguousarray(qkv), self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v, positions,
+            cos, sin, self.rope.params.n_rot, self.rope.params.neox, None if qn is None else qn.weight,
+            None if kn is None else kn.weight, 0.0 if qn is None else qn.eps, k_store, v_store,
+            np.concatenate([st[2] for st in stores]),
+        )  # fmt: skip
+        return [(q[r0:r1], k_store, v_store, b.positions, b.kv_pos, st[3]) for ((r0, r1), b, _), st in zip(parts, stores)]
 
     def _store(self, rows, b: Batch, cache, il: int, qn, kn, fused: bool, cb):
         """One sequence's rows of [q | k | v]: per-head QK-norm (qn, kn or None) and rope; K and V into

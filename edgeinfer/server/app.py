@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..engine.runner import Finish, PromptTooLongError, QueueFullError
+from ..engine.runner import Finish, InvalidPromptError, PromptTooLongError, QueueFullError
 from ..engine.sampling import SamplingError
 from ..errors import EdgeInferError
 from ..tokenizer.chat import ChatTemplateError
@@ -259,6 +259,8 @@ def create_app(llm, runner, api_key: str | None = None, model_name: str | None =
             runner.check_prompt(ids)
         except PromptTooLongError as e:
             raise P.RequestError(str(e), param, code="context_length_exceeded" if ids else None) from None
+        except InvalidPromptError as e:
+            raise P.RequestError(str(e), param) from None
         room = n_ctx - len(ids)
         max_tokens = room if req.max_tokens is None else min(req.max_tokens, room)
         try:
