@@ -15,6 +15,7 @@ import contextlib
 import io
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,7 +214,7 @@ def _error_text(e: BaseException) -> str:
 class ChatApp(App):
     """The chat. `model` is a GGUF path or a registry name; or pass an already loaded `llm`."""
 
-    CSS_PATH = "app.tcss"
+    CSS_PATH = str(Path(__file__).with_name("app.tcss"))  # absolute: subclasses elsewhere find it too
     TITLE = "edgeinfer chat"
     ENABLE_COMMAND_PALETTE = False
 
@@ -477,7 +478,9 @@ class ChatApp(App):
         joules = source = None
         meter = self.meter
         try:
-            with (meter.measure() if meter is not None else contextlib.nullcontext()) as measurement:
+            with warnings.catch_warnings(), (meter.measure() if meter is not None else contextlib.nullcontext()) as measurement:
+                # the end of the context is shown as a notice (stats.context_full), not as a Python warning
+                warnings.filterwarnings("ignore", message="Generation stopped at the end of the")
                 stream = self.llm.chat(messages, stream=True, **params)
                 try:
                     pending, last_post = [], 0.0
