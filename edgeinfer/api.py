@@ -19,6 +19,7 @@ from .arch import build_model
 from .engine.generate import GenerationStats, generate_stream
 from .engine.kv_cache import KVCache
 from .engine.sampling import SamplingParams
+from .engine.speculative import CostModel, SpecConfig, Speculator, check_vocab_compatible, generate_speculative
 from .errors import ContextFullError, EdgeInferError
 from .gguf import GGUFFile
 from .models import resolve_model
@@ -33,8 +34,14 @@ SPECULATIVE_MODES = ("auto", "draft", "ngram", None)
 class LLM:
     """A loaded model: its weights (memory-mapped), tokenizer, chat template and backend."""
 
-    def __init__(self, path: Path, gguf: GGUFFile, tokenizer: Tokenizer, model, n_ctx: int, n_threads: int):
+    def __init__(self, path: Path, gguf: GGUFFile, tokenizer: Tokenizer, model, n_ctx: int, n_threads: int,
+                 draft: "LLM | None" = None):
         self.path = path
+        # speculative decoding: the draft model (None without one), the defaults of its settings, and
+        # the costs measured on this machine (shared by all requests; engine/speculative.py)
+        self.draft = draft
+        self.spec_config = SpecConfig()
+        self.spec_costs = CostModel()
         self.gguf = gguf
         self.tokenizer = tokenizer
         self.model = model
@@ -112,10 +119,18 @@ class LLM:
         stream: bool = False,
         speculative: str | None = "auto",
         logit_bias: dict[int, float] | None = None,
+        draft_max: int | None = None,
+        draft_p_min: float | None = None,
     ) -> str | Iterator[str]:
         """The continuation of a prompt (text, tokenized with BOS and special tokens parsed, or ids).
         Returns the text, or an iterator of text pieces when stream=True. `last_stats` holds the
-        timings and finish reason of the latest call."""
+        timings and finish reason of the latest call.
+
+        speculative: "auto" (the draft model when one was loaded, else plain decoding), "draft",
+        "ngram" (prompt lookup: drafts copied from the prompt and the reply so far), or None (plain).
+        With temperature 0 the text is the same with and without. draft_max: the most tokens drafted
+        per pass (default llm.spec_config.draft_max, 16; the tuner picks the length up to it);
+        draft_p_min: a draft model stops drafting under this top probability (default 0.75)."""
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_special=True, parse_special=True)
         else:
@@ -133,8 +148,20 @@ class LLM:
             raise EdgeInferError(f"max_tokens must be a non-negative integer, got {kw['max_tokens']!r}.")
         if kw["speculative"] not in SPECULATIVE_MODES:
             raise EdgeInferError(f"speculative must be one of {SPECULATIVE_MODES}, got {kw['speculative']!r}.")
-        if kw["speculative"] in ("draft", "ngram"):
-            raise EdgeInferError(f"speculative={kw['speculative']!r} is not available yet in this version.")
+        mode = kw["speculative"]
+        if mode == "auto":
+            mode = "draft" if self.draft is not None else None
+        if mode == "draft" and self.draft is None:
+            raise EdgeInferError(
+                "speculative='draft' needs a draft model: load with edgeinfer.load(model, draft=PATH_OR_NAME) "
+                "(or use speculative='ngram', which needs none)."
+            )
+        cfg = self.spec_config
+        if kw["draft_max"] is not None or kw["draft_p_min"] is not None:
+            from dataclasses import replace
+
+            cfg = replace(cfg, **{k: kw[k] for k in ("draft_max", "draft_p_min") if kw[k] is not None})
+        cfg.validate()
         stop = kw["stop"]
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         params = SamplingParams(
@@ -144,9 +171,26 @@ class LLM:
         ).validate(self.n_vocab)  # fmt: skip
         stats = GenerationStats()
         self.last_stats = stats
-        pieces = generate_stream(self.model, self.tokenizer, ids, self.n_ctx, params, kw["max_tokens"], stops, stats)
+        if mode is None:
+            pieces = generate_stream(self.model, self.tokenizer, ids, self.n_ctx, params, kw["max_tokens"], stops, stats)
+        else:
+            costs = self.spec_costs
+            if params.seed is not None and not params.greedy:  # reproducible: no clock in the choices
+                costs = CostModel.nominal(self._draft_ratio() if mode == "draft" else 0.0)
+            if mode == "draft":
+                spec = Speculator.draft(self.draft.model, self.n_ctx, costs, cfg, seed=kw["seed"])
+            else:
+                spec = Speculator.ngram(costs, cfg)
+            pieces = generate_speculative(
+                self.model, self.tokenizer, ids, self.n_ctx, params, spec, kw["max_tokens"], stops, stats
+            )
         pieces = self._warn_on_context_end(pieces, stats)
         return pieces if stream else "".join(pieces)
+
+    def _draft_ratio(self) -> float:
+        """Bytes of the draft's weights over the model's: what a draft step costs beside a decode step."""
+        size = lambda llm: sum(t.n_bytes for t in llm.gguf.tensors.values())  # noqa: E731
+        return size(self.draft) / max(size(self), 1)
 
     def _warn_on_context_end(self, pieces: Iterator[str], stats: GenerationStats) -> Iterator[str]:
         yield from pieces
@@ -158,7 +202,8 @@ class LLM:
             )
 
     def __repr__(self) -> str:
-        return f"LLM({str(self.path)!r}, arch={self.architecture!r}, n_ctx={self.n_ctx})"
+        draft = f", draft={str(self.draft.path)!r}" if self.draft is not None else ""
+        return f"LLM({str(self.path)!r}, arch={self.architecture!r}, n_ctx={self.n_ctx}{draft})"
 
 
 def load(
@@ -173,13 +218,13 @@ def load(
     """Load a GGUF file or a registry name (fetched on first use) and return an `LLM`.
 
     backend: "auto" (the native C kernels where they were built, else Numba), "native", "numba",
-    "reference" (slow float32 twin, for tests), or a backend object."""
+    "reference" (slow float32 twin, for tests), or a backend object. draft: a smaller model with the
+    same vocabulary (a path or a name) for speculative decoding; it runs on the same backend and
+    threads (an EdgeInferError names what differs when the vocabularies do)."""
     if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx <= 0:
         raise EdgeInferError(f"n_ctx must be a positive integer, got {n_ctx!r}.")
     if n_threads is not None and (not isinstance(n_threads, int) or n_threads <= 0):
         raise EdgeInferError(f"n_threads must be a positive integer or None, got {n_threads!r}.")
-    if draft is not None:
-        raise EdgeInferError("Speculative decoding with a draft model is not available yet in this version.")
     if n_gpu_layers:
         raise EdgeInferError("GPU offload is not available yet in this version; use n_gpu_layers=0.")
     path = resolve_model(model, progress=progress)
@@ -194,4 +239,12 @@ def load(
         except (ValueError, EdgeInferError) as e:
             raise EdgeInferError(str(e)) from None
     model = build_model(gguf, backend)
-    return LLM(path, gguf, tokenizer, model, n_ctx=n_ctx, n_threads=n_threads)
+    draft_llm = None
+    if draft is not None:
+        draft_path = resolve_model(draft, progress=progress)
+        draft_gguf = GGUFFile(draft_path)
+        draft_tok = Tokenizer.from_gguf(draft_gguf)
+        draft_model = build_model(draft_gguf, backend)
+        check_vocab_compatible(tokenizer, draft_tok, model, draft_model)
+        draft_llm = LLM(draft_path, draft_gguf, draft_tok, draft_model, n_ctx=n_ctx, n_threads=n_threads)
+    return LLM(path, gguf, tokenizer, model, n_ctx=n_ctx, n_threads=n_threads, draft=draft_llm)

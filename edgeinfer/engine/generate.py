@@ -31,6 +31,15 @@ class GenerationStats:
     # MoE models: how often each expert was chosen in this generation (prompt and generated tokens),
     # int (n_moe_layer, n_expert); None for a dense model
     expert_counts: np.ndarray | None = None
+    # speculative decoding (engine/speculative.py): tokens proposed (by a draft model or n-gram lookup)
+    # and verified by the model, and how many of them it accepted; speculative: the mode that ran
+    # ("draft", "ngram"; "" for plain decoding), spec_rounds: verify passes, spec_off: the tuner found
+    # speculation did not pay and turned it off (it may have probed again later)
+    n_drafted: int = 0
+    n_accepted: int = 0
+    speculative: str = ""
+    spec_rounds: int = 0
+    spec_off: bool = False
 
     @property
     def pp_tps(self) -> float:
@@ -39,6 +48,11 @@ class GenerationStats:
     @property
     def tg_tps(self) -> float:
         return (self.n_generated - 1) / self.gen_s if self.gen_s > 0 and self.n_generated > 1 else 0.0
+
+    @property
+    def acceptance(self) -> float:
+        """Share of the drafted tokens the model accepted (0.0 when nothing was drafted)."""
+        return self.n_accepted / self.n_drafted if self.n_drafted else 0.0
 
 
 class StopFilter:
@@ -73,6 +87,22 @@ class StopFilter:
         return out
 
 
+def check_prompt(prompt_ids: Sequence[int], n_vocab: int, n_ctx: int) -> np.ndarray:
+    """The prompt as int32 ids, or an EdgeInferError (empty, ids outside the vocabulary) or a
+    ContextFullError (no room left for a reply)."""
+    prompt = np.asarray(list(prompt_ids), dtype=np.int32)
+    if prompt.size == 0:
+        raise EdgeInferError("The prompt is empty: give at least one token (or text that tokenizes to one).")
+    if prompt.min() < 0 or prompt.max() >= n_vocab:
+        raise EdgeInferError(f"The prompt holds token ids outside the vocabulary (0..{n_vocab - 1}).")
+    if prompt.size >= n_ctx:
+        raise ContextFullError(
+            f"The prompt is {prompt.size} tokens long but the context holds {n_ctx}: shorten the prompt "
+            "or load the model with a larger n_ctx."
+        )
+    return prompt
+
+
 def generate_stream(
     model,
     tokenizer,
@@ -85,17 +115,8 @@ def generate_stream(
 ) -> Iterator[str]:
     """Text pieces of the continuation of `prompt_ids`. `stats` is filled in as it runs."""
     stats = stats if stats is not None else GenerationStats()
-    prompt = np.asarray(list(prompt_ids), dtype=np.int32)
     n_vocab = tokenizer.n_vocab
-    if prompt.size == 0:
-        raise EdgeInferError("The prompt is empty: give at least one token (or text that tokenizes to one).")
-    if prompt.min() < 0 or prompt.max() >= n_vocab:
-        raise EdgeInferError(f"The prompt holds token ids outside the vocabulary (0..{n_vocab - 1}).")
-    if prompt.size >= n_ctx:
-        raise ContextFullError(
-            f"The prompt is {prompt.size} tokens long but the context holds {n_ctx}: shorten the prompt "
-            "or load the model with a larger n_ctx."
-        )
+    prompt = check_prompt(prompt_ids, n_vocab, n_ctx)
     if max_tokens <= 0:
         return
     sampler = Sampler(params, n_vocab, history=prompt.tolist())

@@ -136,6 +136,41 @@ class Sampler:
         ids, probs = self.candidates(logits)
         return int(ids[_draw(self.rng, probs)])
 
+    def distribution(self, logits: np.ndarray) -> np.ndarray:
+        """The probability of every token after the whole chain (bias, penalties, top-k, top-p, min-p,
+        temperature): float64 (len(logits),), the distribution `sample` draws from. Greedy: one-hot at
+        the token `sample` returns. (Speculative decoding's rejection rule compares these.)"""
+        out = np.zeros(np.shape(logits)[-1], np.float64)
+        if self.params.greedy:
+            out[int(np.argmax(self.apply_penalties(logits)))] = 1.0
+            return out
+        ids, probs = self.candidates(logits)
+        out[ids] = probs
+        return out
+
+    def draw(self, probs: np.ndarray) -> int:
+        """A token drawn from a distribution over the whole vocabulary (any non-negative weights,
+        normalized here) with this sequence's generator."""
+        ids = np.flatnonzero(probs > 0)
+        if ids.size == 0:
+            raise SamplingError("draw() needs a distribution with some positive weight.")
+        return int(ids[_draw(self.rng, np.asarray(probs, np.float64)[ids])])
+
+    def fork(self, rng: np.random.Generator | None = None) -> "Sampler":
+        """A copy of this sampler's state (parameters, penalty window) with its own generator `rng`
+        (default: a copy of this one's): what a draft model samples with, so its chain sees the same
+        history; accepting tokens on the fork leaves this sampler unchanged."""
+        other = Sampler.__new__(Sampler)
+        other.params = self.params
+        other.n_vocab = self.n_vocab
+        if rng is None:
+            rng = np.random.default_rng()
+            rng.bit_generator.state = self.rng.bit_generator.state
+        other.rng = rng
+        other.window = deque(self.window, maxlen=self.window.maxlen)
+        other.counts = Counter(self.counts)
+        return other
+
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max())
