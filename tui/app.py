@@ -328,7 +328,7 @@ class ChatApp(App):
                 llm.chat([{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0.0)
                 llm.last_stats = None
                 warmup_s = time.perf_counter() - t0
-            self.post_message(Loaded(llm, meter, self._info_text(llm), warmup_s))
+            self.post_message(Loaded(llm, meter, self._info_text(llm, meter), warmup_s))
         except BaseException as e:  # noqa: BLE001 - every failure is shown in the app
             self.post_message(LoadFailed(_error_text(e)))
 
@@ -340,7 +340,7 @@ class ChatApp(App):
         except Exception:  # noqa: BLE001 - no meter: the status bar shows no tok/J
             return None
 
-    def _info_text(self, llm) -> str:
+    def _info_text(self, llm, meter=None) -> str:
         from edgeinfer.cli import format_info, model_info
 
         try:
@@ -352,12 +352,12 @@ class ChatApp(App):
             ("context here", f"{llm.n_ctx} tokens"),
             ("threads", getattr(llm, "n_threads", None)),
             ("backend", getattr(backend, "name", None) or (type(backend).__name__ if backend else None)),
-            ("chat template", getattr(getattr(llm, "chat_template", None), "name", None)),
             ("draft model", self.load_kwargs.get("draft")),
         ]
-        if self.meter is not None:
-            rows.append(("energy", self.meter.description))
-        width = max(len(k) for k, _ in rows)
+        meter = meter or self.meter
+        if meter is not None:
+            rows.append(("energy", meter.description))
+        width = max([len("context length")] + [len(k) for k, _ in rows])  # format_info's column
         extra = "\n".join(f"{k:>{width}}  {v}" for k, v in rows if v is not None)
         return f"{text}\n\n{extra}"
 
@@ -673,7 +673,7 @@ class ChatApp(App):
             self.notify("No model loaded yet.", severity="warning")
             return
         if not self.info_text:
-            self.info_text = self._info_text(self.llm)
+            self.info_text = self._info_text(self.llm, self.meter)
         self.push_screen(InfoScreen(self.info_text))
 
     def action_help(self) -> None:

@@ -8,43 +8,48 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Markdown, Static, TextArea
+from textual.widgets import Button, Input, Label, Static, TextArea
 
 from .conversation import PANEL_SETTINGS, SettingError, parse_setting, validate_params
 
-HELP = """\
-# edgeinfer chat
+KEYS = (
+    ("Enter", "send the message"),
+    ("Ctrl+J", "a new line in the message (also Shift+Enter, Alt+Enter where the terminal reports them)"),
+    ("Up / Down", "the messages sent before (on the first / last line of the box)"),
+    ("Escape, Ctrl+C", "stop the reply being written (the text so far is kept)"),
+    ("Ctrl+R", "write the last reply again"),
+    ("Ctrl+L", "clear the conversation"),
+    ("Ctrl+S", "save the conversation to edgeinfer-chat-<time>.json here"),
+    ("F2 / F3 / F1", "settings / model information / this help"),
+    ("Ctrl+Q", "quit"),
+)
+COMMANDS = (
+    ("/set NAME VALUE", "temperature, top_p, top_k, min_p, repeat_penalty, max_tokens, seed (random: a fresh"),
+    ("", "one each reply), presence_penalty, frequency_penalty; /temperature 0.2 for short"),
+    ("/system TEXT", "the system prompt from the next reply on (/system alone removes it)"),
+    ("/show", "the current settings"),
+    ("/save PATH, /load PATH", "the conversation as JSON (messages and system prompt; the file records"),
+    ("", "the settings too, but /load keeps the current ones)"),
+    ("/retry, /clear", "write the last reply again; forget the conversation"),
+    ("/settings, /info, /help", "the settings panel, the model, this help"),
+    ("/quit", "leave (/bye and /exit too)"),
+)
+NOTES = """\
+The status bar: the context the conversation fills (its tokens as the chat template renders them), the
+last reply's prompt and generation speed, its generated tokens per joule and where the joules came from
+("estimate": this process's CPU time x a stated wattage, never a measurement), and the share of drafted
+tokens accepted when a draft model is loaded. When the conversation outgrows the context, its oldest
+turns are dropped (the system prompt is kept), with a notice; the dropped turns stay on screen, dimmed."""
 
-| key | does |
-|---|---|
-| **Enter** | send the message |
-| **Ctrl+J** (or Shift+Enter, Alt+Enter where the terminal reports them) | a new line in the message |
-| **Up / Down** (on the first / last line) | earlier messages you sent |
-| **Escape**, **Ctrl+C** | stop the reply being written (the part written so far is kept) |
-| **Ctrl+R** | write the last reply again |
-| **Ctrl+L** | clear the conversation |
-| **Ctrl+S** | save the conversation to `edgeinfer-chat-<time>.json` here |
-| **F2** | settings |
-| **F3** | model information |
-| **F1** | this help |
-| **Ctrl+Q** | quit |
 
-| command | does |
-|---|---|
-| `/set temperature 0.2` | set a sampling setting: temperature, top_p, top_k, min_p, repeat_penalty, max_tokens, seed (`random` for a fresh one each reply), presence_penalty, frequency_penalty; `/temperature 0.2` works too |
-| `/set system TEXT`, `/system TEXT` | the system prompt (`/system` alone removes it); used from the next reply on |
-| `/show` | the current settings |
-| `/settings`, `/info`, `/help` | the settings, the model, this help |
-| `/save PATH`, `/load PATH` | the conversation as JSON (system prompt, settings, messages) |
-| `/retry`, `/clear` | write the last reply again; forget the conversation |
-| `/quit` | leave (`/bye` and `/exit` too) |
+def help_text() -> Content:
+    def table(rows) -> str:
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
-The status bar shows the context the conversation fills (as the model's chat template renders it),
-the last reply's prompt and generation speed in tokens per second, its tokens per joule and where the
-joules came from (`estimate` is this process's CPU time x a stated wattage, never a measurement), and
-how many drafted tokens were accepted when a draft model is loaded. When the conversation outgrows the
-context, its oldest turns are dropped (the system prompt is kept) and a notice says so.
-"""
+    return Content.assemble(
+        ("Keys\n", "bold"), table(KEYS), "\n\n", ("Commands\n", "bold"), table(COMMANDS), "\n\n", NOTES
+    )
 
 
 class HelpScreen(ModalScreen[None]):
@@ -52,8 +57,9 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="help"):
+            yield Label("edgeinfer chat", classes="title")
             with VerticalScroll():
-                yield Markdown(HELP)
+                yield Static(help_text(), id="help-text")
             yield Label("Escape closes", classes="hint")
 
 
