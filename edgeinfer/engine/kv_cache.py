@@ -57,6 +57,7 @@ class BlockPool:
         # np.zeros is calloc: untouched pages cost no memory
         self.k = np.zeros((n_layer, cells, n_head_kv, head_dim), self.dtype)
         self.v = np.zeros((n_layer, cells, n_head_kv, head_dim_v), self.dtype)
+        self.layers = list(zip(self.k, self.v))  # per layer (k, v): the same view objects every time
         self.refs = np.zeros(self.n_blocks, np.int32)
         self._free = list(range(self.n_blocks))  # a heap
         self.reclaim: Callable[[], bool] | None = None
@@ -226,7 +227,8 @@ class KVCache:
         if self.dtype != np.float32:
             return None
         end = self.n_past + self._n_new
-        return self.pool.k[il], self.pool.v[il], self.cells[self.n_past : end], self.cells[:end]
+        k, v = self.pool.layers[il]
+        return k, v, self.cells[self.n_past : end], self.cells[:end]
 
     def update(self, il: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         end = self.n_past + self._n_new

@@ -137,7 +137,7 @@ class Attention:
         for _, _, c in parts:
             storage = getattr(c, "storage", None)
             store = storage(il) if storage is not None else None
-            if store is None or (stores and store[0] is not stores[0][0]):
+            if store is None or (stores and store[0] is not stores[0][0]):  # one pool: the same layer view
                 return None
             stores.append(store)
         k_store, v_store = stores[0][0], stores[0][1]
