@@ -204,12 +204,14 @@ def test_stop_mid_stream_keeps_the_app_usable(tiny):
         async with app.run_test(size=SIZE) as pilot:
             app.send("Write something long.")
             await wait_for(pilot, lambda: len(app.query(AssistantTurn).last().source) > 5, what="some text")
+            assert app.check_action("stop", ()) and not app.check_action("regenerate", ())  # the footer's keys
             await pilot.press("escape")
             await reply_done(app, pilot)
             first = app.last_result
             assert first.stopped and first.error is None
             assert 0 < first.stats.n_generated < 400
             assert "stopped" in app.query(AssistantTurn).last().border_subtitle
+            assert not app.check_action("stop", ()) and app.check_action("regenerate", ())
             assert app.session.messages[-1] == {"role": "assistant", "content": first.text}
             # Ctrl+C stops a reply too, and does not quit
             app.send("And again.")
@@ -242,8 +244,8 @@ def test_status_bar_after_a_reply(tiny):
             used = len(tiny.tokenize_chat(app.session.conversation(), add_generation_prompt=False))
             status = str(app.query_one("#status").render())
             assert f"ctx {used}/512" in status
-            assert f"gen {tui_app.format_rate(stats.tg_tps)} tok/s" in status
-            assert f"prompt {tui_app.format_rate(stats.pp_tps)} tok/s" in status
+            rates = f"prompt {tui_app.format_rate(stats.pp_tps)} · gen {tui_app.format_rate(stats.tg_tps)} tok/s"
+            assert rates in status
             source = app.last_result.energy_source
             assert source and app.last_result.joules is not None
             assert f"tok/J ({source})" in status

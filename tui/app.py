@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import sys
 import threading
 import time
 import warnings
@@ -446,7 +448,7 @@ class ChatApp(App):
             widget.border_subtitle = "dropped: out of context"
         self.dropped_total += dropped
         turns = (dropped + 1) // 2
-        kept = " (the system prompt is kept)" if self.session.system else ""
+        kept = "; the system prompt is kept" if self.session.system else ""
         text = (f"The conversation no longer fits the {self.llm.n_ctx}-token context: dropped the "
                 f"{turns} oldest turn{'s' if turns != 1 else ''} ({dropped} message{'s' if dropped != 1 else ''})"
                 f"{kept}. The model no longer sees the dimmed messages.")  # fmt: skip
@@ -462,6 +464,7 @@ class ChatApp(App):
         self._reply_id += 1
         self._stop = threading.Event()
         self.generating = True
+        self.refresh_bindings()
         widget = AssistantTurn(title=self.model_name)
         widget.border_subtitle = "writing ..."
         self._reply_widget = widget
@@ -545,6 +548,7 @@ class ChatApp(App):
                         "/clear starts afresh (or run with a larger --ctx-size).", "warning")  # fmt: skip
         self._count_context()
         self._refresh_status()
+        self.refresh_bindings()
 
     def _reply_subtitle(self, result: ReplyResult) -> str:
         stats = result.stats
@@ -574,8 +578,18 @@ class ChatApp(App):
             box.move_cursor(box.document.end)
         self._count_context()
         self._refresh_status()
+        self.refresh_bindings()
 
     # -- actions -------------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        """The footer shows Stop only while a reply is written, Retry only when there is one to redo."""
+        if action == "stop":
+            return self.generating
+        if action == "regenerate":
+            has_reply = bool(self.session.messages) and self.session.messages[-1]["role"] == "assistant"
+            return True if has_reply and not self.generating else None
+        return True
 
     def action_stop(self) -> None:
         if self.generating:
@@ -616,6 +630,7 @@ class ChatApp(App):
             self.notice("Cleared the conversation.", "info")
         self._count_context()
         self._refresh_status()
+        self.refresh_bindings()
 
     def action_save(self, path: str | None = None) -> None:
         path = path or time.strftime("edgeinfer-chat-%Y%m%d-%H%M%S.json")
@@ -651,6 +666,7 @@ class ChatApp(App):
         self.notice(f"Loaded {n} message{'s' if n != 1 else ''} from {path}{system}.", "info")
         self._count_context()
         self._refresh_status()
+        self.refresh_bindings()
 
     def action_settings(self) -> None:
         def apply(result: dict | None) -> None:
@@ -764,23 +780,27 @@ class ChatApp(App):
             parts.append("load failed" if self.load_error else "loading ...")
         else:
             n_ctx = self.llm.n_ctx
-            if self.ctx_used is not None:
-                parts.append(f"ctx {self.ctx_used}/{n_ctx} ({100 * self.ctx_used / n_ctx:.0f}%)")
             stats = getattr(self.llm, "last_stats", None)
+            used = self.ctx_used
+            if self.generating:  # the prompt and the reply so far, as the cache fills
+                n_prompt = getattr(stats, "n_prompt", 0) if stats is not None else 0
+                used = n_prompt + getattr(stats, "n_generated", 0) if n_prompt else None
+            if used is not None:
+                parts.append(f"ctx {used}/{n_ctx} ({100 * used / n_ctx:.0f}%)")
             if self.generating:
                 n = getattr(stats, "n_generated", 0) if stats is not None else 0
                 rate = getattr(stats, "tg_tps", 0.0) if stats is not None else 0.0
                 parts.append(f"writing: {n} tokens" + (f" · {format_rate(rate)} tok/s" if rate else ""))
             elif self.last_result is not None and self.last_result.stats is not None:
                 stats = self.last_result.stats
-                parts.append(f"prompt {format_rate(stats.pp_tps)} tok/s · gen {format_rate(stats.tg_tps)} tok/s")
+                parts.append(f"prompt {format_rate(stats.pp_tps)} · gen {format_rate(stats.tg_tps)} tok/s")
                 tpj = tokens_per_joule(stats.n_generated, self.last_result.joules)
                 if tpj is not None:
                     parts.append(f"{_format_tpj(tpj)} tok/J ({self.last_result.energy_source})")
                 accepted = draft_acceptance(stats)
                 if accepted is not None:
                     parts.append(f"draft {100 * accepted:.0f}% accepted")
-        return "  │  ".join(parts)
+        return " │ ".join(parts)
 
     def _refresh_status(self) -> None:
         with contextlib.suppress(Exception):
@@ -809,4 +829,9 @@ def run_chat(model: str, **kwargs) -> int:
     """Run the chat in this terminal; returns the exit status."""
     app = ChatApp(model, **kwargs)
     app.run()
-    return 1 if app.load_error else 0
+    code = 1 if app.load_error else 0
+    if app.model_loading:  # quit while loading (or downloading): the worker thread cannot be cancelled,
+        sys.stdout.flush()  # and waiting for it to end would keep a quitting program alive
+        sys.stderr.flush()
+        os._exit(code)
+    return code
