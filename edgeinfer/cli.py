@@ -163,6 +163,9 @@ def cmd_bench(args) -> int:
     def log(msg: str) -> None:
         print(f"edgeinfer bench: {msg}", file=sys.stderr, flush=True)
 
+    spec = None if args.spec == "off" else args.spec
+    if spec is None and args.draft is not None:
+        spec = "draft"
     result = run_bench(
         args.model,
         n_prompt=args.n_prompt,
@@ -173,6 +176,9 @@ def cmd_bench(args) -> int:
         n_ctx=args.ctx_size,
         energy_source=args.energy,
         log=log if (args.verbose or args.json) else None,
+        spec=spec,
+        draft=args.draft,
+        spec_prompt=args.spec_prompt,
     )
     if args.json:
         print(json.dumps(result))
@@ -185,8 +191,12 @@ def cmd_run(args) -> int:
     from .api import load
     from .repl import ChatSession, print_stats
 
-    llm = load(args.model, n_ctx=args.ctx_size, n_threads=args.threads, **_backend_kwargs(args))
+    llm = load(args.model, n_ctx=args.ctx_size, n_threads=args.threads, draft=args.draft, **_backend_kwargs(args))
     params = _sampling_kwargs(args)
+    # speculative decoding: auto = the draft model when --draft gave one, else plain decoding
+    params["speculative"] = None if args.spec == "off" else args.spec
+    if args.draft_max is not None:
+        params["draft_max"] = args.draft_max
     if args.prompt is None:
         prompt_stdin = not sys.stdin.isatty() and args.raw
         if not prompt_stdin:
@@ -262,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
     p.add_argument("--verbose", action="store_true", help="print prompt and generation speed after each reply")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="kernels to run on (default: auto)")
+    p.add_argument("--draft", default=None, metavar="PATH_OR_NAME",
+                   help="a smaller model with the same vocabulary, for speculative decoding")  # fmt: skip
+    p.add_argument("--spec", choices=("auto", "draft", "ngram", "off"), default="auto",
+                   help="speculative decoding: auto (the draft model when --draft is given, else off), draft, "
+                   "ngram (drafts copied from the prompt and the reply so far: for replies that quote their "
+                   "input), off. At --temp 0 the reply is the same either way; --verbose shows the acceptance")  # fmt: skip
+    p.add_argument("--draft-max", type=int, default=None, metavar="N",
+                   help="most tokens drafted per pass (default 16; the tuner picks the length up to it)")  # fmt: skip
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -337,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="energy source (default auto: RAPL where readable, else a labelled estimate)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress on stderr)")
     p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    p.add_argument("--spec", choices=("off", "ngram", "draft"), default="off",
+                   help="also time greedy replies to a chat prompt, plain and with this speculative decoding "
+                   "(tokens/s, speed-up, acceptance, tokens per joule); default off (draft when --draft is given)")  # fmt: skip
+    p.add_argument("--draft", default=None, metavar="PATH_OR_NAME", help="the draft model for --spec draft")
+    p.add_argument("--spec-prompt", default=None, metavar="TEXT",
+                   help="the chat prompt for --spec (default: 'Repeat the following text exactly: ...' for "
+                   "ngram, a short story for draft)")  # fmt: skip
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("info", help="show what a model file holds")

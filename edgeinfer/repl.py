@@ -127,7 +127,8 @@ class ChatSession:
             return
         from .engine.sampling import SamplingError, SamplingParams
 
-        trial = {k: v for k, v in {**self.params, name: value}.items() if k != "max_tokens"}
+        fields = SamplingParams.__dataclass_fields__  # not max_tokens, speculative, draft_max
+        trial = {k: v for k, v in {**self.params, name: value}.items() if k in fields}
         try:
             SamplingParams(**trial).validate()
         except (SamplingError, TypeError) as e:
@@ -208,6 +209,12 @@ def print_stats(stats, stream: TextIO) -> None:
         file=stream,
         flush=True,
     )
+    if getattr(stats, "speculative", ""):
+        drafted, accepted = stats.n_drafted, stats.n_accepted
+        rate = f"{accepted / drafted:.1%}" if drafted else "n/a"
+        off = ", turned off where it did not pay" if getattr(stats, "spec_off", False) else ""
+        print(f"speculative ({stats.speculative}): {drafted} drafted, {accepted} accepted, acceptance {rate}, "
+              f"{stats.spec_rounds} verify passes{off}", file=stream, flush=True)  # fmt: skip
     if getattr(stats, "expert_counts", None) is not None:
         from .engine.experts import format_expert_counts
 

@@ -512,3 +512,41 @@ def test_api_modes_and_errors(tiny):
     assert llm.last_stats.speculative == ""
     pieces = list(llm.generate(PROMPTS[1], max_tokens=30, temperature=0, stream=True, draft_max=3, draft_p_min=0.2))
     assert "".join(pieces) == want
+
+
+# -- the command line and bench ----------------------------------------------------------------------------
+
+
+def test_cli_run_shows_acceptance(smollm2_path):
+    import subprocess
+    import sys
+
+    text = "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat."
+    base = [sys.executable, "-m", "edgeinfer", "run", str(smollm2_path), f"Repeat the following text exactly: {text}",
+            "--temp", "0", "-n", "24", "-c", "256", "--verbose"]  # fmt: skip
+    plain = subprocess.run(base + ["--spec", "off"], capture_output=True, text=True, timeout=300)
+    spec = subprocess.run(base + ["--spec", "ngram", "--draft-max", "8"], capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0 and spec.returncode == 0, spec.stderr
+    assert spec.stdout == plain.stdout and "The quick brown fox" in spec.stdout
+    assert "speculative" not in plain.stderr
+    assert "speculative (ngram):" in spec.stderr and "drafted" in spec.stderr and "acceptance" in spec.stderr
+    bad = subprocess.run(base[:6] + ["--spec", "draft"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "needs a draft model" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bench_spec_reports_speed_acceptance_and_energy(tiny):
+    from edgeinfer.engine.bench import format_table, run_bench
+
+    r = run_bench(tiny["target"], n_prompt=8, n_gen=12, repetitions=2, backend="numba", spec="draft",
+                  draft=tiny["close"], spec_prompt=PROMPTS[1], energy_source="estimate")  # fmt: skip
+    sp = r["spec"]
+    assert r["pp_tps"] > 0 and r["tg_tps"] > 0  # the usual figures stay
+    assert sp["mode"] == "draft" and sp["same_tokens"] and sp["plain_tps"] > 0 and sp["spec_tps"] > 0
+    # a tiny draft costs as much as its tiny target: the tuner may well decline to draft at all
+    assert sp["acceptance"] is None or 0 <= sp["acceptance"] <= 1
+    assert sp["speedup"] > 0
+    assert sp["tokens_per_joule"]["plain"] > 0 and sp["tokens_per_joule"]["spec"] > 0
+    table = format_table(r)
+    assert "chat12 plain" in table and "chat12 draft" in table and "acceptance" in table
+    with pytest.raises(EdgeInferError, match="needs a draft model"):
+        run_bench(tiny["target"], n_prompt=8, n_gen=4, repetitions=1, backend="numba", spec="draft")

@@ -236,6 +236,104 @@ def bench_model(
     }
 
 
+# -- speculative decoding: plain against speculative replies on a real prompt --------------------------------
+
+SPEC_MODES = ("ngram", "draft")
+SPEC_PARAGRAPH = (
+    "The old lighthouse stood at the edge of the cliff, its white paint peeling in long strips after "
+    "decades of salt wind. Every evening the keeper climbed the one hundred and twelve steps to light "
+    "the lamp, and every morning he wrote the weather in a leather book that his grandfather had begun. "
+    "Ships no longer needed the light, but the keeper believed that a promise made to the sea should "
+    "be kept, whether or not anyone was watching."
+)
+# what each mode is measured on by default: n-gram lookup on a reply that quotes its input, a draft
+# model on free text
+SPEC_PROMPTS = {
+    "ngram": f"Repeat the following text exactly:\n\n{SPEC_PARAGRAPH}",
+    "draft": "Write a short story about a robot who learns to paint.",
+}
+
+
+def bench_speculative(
+    llm,
+    mode: str,
+    n_gen: int = 128,
+    repetitions: int = 3,
+    meter=None,
+    prompt: str | list[int] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Greedy replies to one chat prompt (or a list of token ids, completed as they are), plain and with
+    speculation `mode` in turn: one untimed warm-up
+    of each (it also teaches the tuner this machine's costs), then `repetitions` rounds. Speeds are
+    decode speeds ((tokens - 1) / seconds after the first token; a draft's prefill counts with the
+    prompt), medians; tokens per joule over whole calls; acceptance over all timed runs."""
+    if mode not in SPEC_MODES:
+        raise EdgeInferError(f"The speculative mode must be one of {', '.join(SPEC_MODES)}, got {mode!r}.")
+    if mode == "draft" and getattr(llm, "draft", None) is None:
+        raise EdgeInferError("bench --spec draft needs a draft model: give --draft PATH_OR_NAME.")
+    n_gen = _positive("the number of generated tokens (-n)", n_gen)
+    repetitions = _positive("the number of repetitions (-r)", repetitions)
+    if meter is None:
+        from ..energy import open_meter
+
+        meter = open_meter("cpu")
+    log = log or (lambda msg: None)
+    prompt = prompt or SPEC_PROMPTS[mode]
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+        reply = lambda spec: llm.chat(messages, max_tokens=n_gen, temperature=0, speculative=spec)  # noqa: E731
+    else:
+        ids = [int(t) for t in prompt]
+        reply = lambda spec: llm.generate(ids, max_tokens=n_gen, temperature=0, speculative=spec)  # noqa: E731
+
+    def once(spec):
+        with meter.measure() as m:
+            reply(spec)
+        s = llm.last_stats
+        return {"tps": s.tg_tps, "n": s.n_generated, "joules": m.joules, "tokens": list(s.tokens),
+                "drafted": s.n_drafted, "accepted": s.n_accepted, "off": s.spec_off}  # fmt: skip
+
+    log(f"spec warm-up: plain and {mode}")
+    once(None)
+    once(mode)
+    runs: dict[str, list[dict]] = {"plain": [], mode: []}
+    for r in range(repetitions):
+        for label, spec in (("plain", None), (mode, mode)):
+            res = once(spec)
+            runs[label].append(res)
+            extra = f", accepted {res['accepted']}/{res['drafted']}" if spec else ""
+            log(f"spec run {r + 1}/{repetitions} {label}: {res['tps']:.2f} t/s, {res['n']} tokens{extra}")
+    plain, spec_runs = runs["plain"], runs[mode]
+    drafted = sum(x["drafted"] for x in spec_runs)
+    accepted = sum(x["accepted"] for x in spec_runs)
+
+    def tpj(rs):
+        joules = sum(x["joules"] for x in rs)
+        return sum(x["n"] for x in rs) / joules if joules > 0 else None
+
+    plain_tps = statistics.median(x["tps"] for x in plain)
+    spec_tps = statistics.median(x["tps"] for x in spec_runs)
+    return {
+        "mode": mode,
+        "prompt": prompt,
+        "n_gen": n_gen,
+        "n_generated": plain[0]["n"],
+        "plain_tps": plain_tps,
+        "spec_tps": spec_tps,
+        "plain_tps_all": [x["tps"] for x in plain],
+        "spec_tps_all": [x["tps"] for x in spec_runs],
+        "speedup": spec_tps / plain_tps if plain_tps > 0 else None,
+        "drafted": drafted,
+        "accepted": accepted,
+        "acceptance": accepted / drafted if drafted else None,
+        "turned_off": any(x["off"] for x in spec_runs),
+        "same_tokens": all(x["tokens"] == plain[0]["tokens"] for x in plain + spec_runs),
+        "tokens_per_joule": {"plain": tpj(plain), "spec": tpj(spec_runs)},
+        "draft_model": str(llm.draft.path) if mode == "draft" else None,
+    }
+
+
 def _model_label(llm) -> dict:
     f = llm.gguf
     tensors = list(f.tensors.values())
@@ -295,10 +393,15 @@ def run_bench(
     energy_source: str | None = None,
     seed: int = SEED,
     log: Callable[[str], None] | None = None,
+    spec: str | None = None,
+    draft=None,
+    spec_prompt: str | None = None,
 ) -> dict:
     """Benchmark a model (a GGUF path, a registry name, or a loaded edgeinfer LLM): the dict that
     `edgeinfer bench --json` prints. n_threads None: edgeinfer's default (affinity, cgroup quota,
-    EDGEINFER_THREADS); backend: "auto", "native", "numba", "reference" or a backend object."""
+    EDGEINFER_THREADS); backend: "auto", "native", "numba", "reference" or a backend object.
+    spec: "ngram" or "draft" adds `result["spec"]` (bench_speculative: greedy replies to a real prompt,
+    plain against speculative); draft: the draft model (a path or a name) to load with the model."""
     from .. import __version__
     from ..system import default_threads
 
@@ -309,6 +412,12 @@ def run_bench(
     if n_threads is not None:
         n_threads = _positive("the number of threads (-t)", n_threads)
     n_ctx = bench_context(n_prompt, n_gen, n_ctx)
+    if spec is not None:
+        if spec not in SPEC_MODES:
+            raise EdgeInferError(f"--spec must be one of {', '.join(SPEC_MODES)} (or off), got {spec!r}.")
+        if spec == "draft" and draft is None and not getattr(model, "draft", None):
+            raise EdgeInferError("bench --spec draft needs a draft model: give --draft PATH_OR_NAME.")
+        n_ctx = max(n_ctx, 2048)  # room for the prompt and the reply
     log = log or (lambda msg: None)
     if meter is None:  # before the load: `--energy rapl` where RAPL cannot be read fails at once
         from ..energy import open_meter
@@ -327,7 +436,9 @@ def run_bench(
         threads = n_threads or default_threads()
         be = resolve_backend(backend, threads)
         log(f"loading {model} (backend {backend_name(be)}, {threads} threads)")
-        llm = load(model, n_ctx=n_ctx, n_threads=threads, backend=be, progress=True)
+        if draft is not None:
+            draft = resolve_model(draft)
+        llm = load(model, n_ctx=n_ctx, n_threads=threads, backend=be, progress=True, draft=draft)
     result = _model_label(llm)
     result.update(
         {
@@ -338,6 +449,8 @@ def run_bench(
         }
     )
     result.update(bench_model(llm.model, n_prompt, n_gen, repetitions, n_ctx, meter, seed, log))
+    if spec is not None:
+        result["spec"] = bench_speculative(llm, spec, n_gen, repetitions, meter, spec_prompt, log)
     result.update(
         {
             "machine": machine_info(),
@@ -368,6 +481,15 @@ def format_table(result: dict) -> str:
                 f"{tpj:.2f}" if tpj is not None else "n/a",
             ]
         )
+    sp = result.get("spec")
+    if sp:
+        for label, key in (("plain", "plain_tps"), (sp["mode"], "spec_tps")):
+            tpj = sp["tokens_per_joule"]["plain" if label == "plain" else "spec"]
+            runs = sp["plain_tps_all" if label == "plain" else "spec_tps_all"]
+            sd = statistics.stdev(runs) if len(runs) > 1 else 0.0
+            rows.append([result["model_type"], f"{size_mib:.2f} MiB", _params(result), result["backend"],
+                         str(result["threads"]), f"chat{sp['n_gen']} {label}", f"{sp[key]:.2f} ± {sd:.2f}",
+                         f"{tpj:.2f}" if tpj is not None else "n/a"])  # fmt: skip
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     right = {1, 2, 4, 6, 7}
 
@@ -380,6 +502,14 @@ def format_table(result: dict) -> str:
     out.append(f"t/s: median of {result['repetitions']} runs ± standard deviation; "
                f"tok/J: tokens per joule, source: {result['energy_source']}")  # fmt: skip
     out.append(f"energy: {result['energy_note']}")
+    if sp:
+        acc = f"{sp['acceptance']:.1%} ({sp['accepted']}/{sp['drafted']} drafts)" if sp["acceptance"] is not None else "nothing drafted"
+        speedup = f"{sp['speedup']:.2f}x" if sp["speedup"] is not None else "n/a"
+        draft = f", draft {Path(sp['draft_model']).name}" if sp.get("draft_model") else ""
+        off = "; the tuner turned it off for a while" if sp["turned_off"] else ""
+        same = "same tokens as plain" if sp["same_tokens"] else "TOKENS DIFFER FROM PLAIN"
+        out.append(f"chat{sp['n_gen']}: greedy reply to a chat prompt, plain and {sp['mode']}{draft}: speed-up {speedup}, "
+                   f"acceptance {acc}{off}; {same}")  # fmt: skip
     if result.get("expert_counts"):
         from .experts import format_expert_counts
 

@@ -202,6 +202,13 @@ class DraftProposer:
             del self.tokens[m:]
         return [int(t) for t in context[m:]]
 
+    def prefill(self, prompt: Sequence[int]) -> None:
+        """Run the prompt through the draft (with the model's own prefill: it is prompt processing)."""
+        feed = self._sync(list(prompt) + [0])
+        if feed[:-1]:
+            self.model.forward(np.asarray(feed[:-1], np.int32), self.cache, all_logits=False)
+            self.tokens.extend(feed[:-1])
+
     def propose(self, context: Sequence[int], k: int, sampler: Sampler, tuner: "Tuner | None" = None):
         """Up to k drafts after context and, for a sampled request, the distribution each was drawn from."""
         self.confidences, self.step_seconds, self.catchup_seconds = [], [], 0.0
@@ -220,8 +227,8 @@ class DraftProposer:
             logits = self.model.forward(np.asarray(feed, np.int32), self.cache, all_logits=False)[-1]
             self.tokens.extend(feed)
             scores = chain.apply_penalties(logits)
-            top = float(np.max(scores))
-            confidence = 1.0 / float(np.sum(np.exp(scores.astype(np.float64) - top)))  # top probability at T=1
+            top = scores.max()
+            confidence = 1.0 / float(np.exp(scores - top).sum(dtype=np.float64))  # top probability at T=1
             keep = self.p_min is None or confidence >= self.p_min
             keep = keep and (tuner is None or tuner.keep_drafting(i + 1, confidence))
             if keep:
@@ -303,6 +310,7 @@ class CostModel:
 
     def __init__(self):
         self.passes: dict[int, float] = {}
+        self.passes_at: dict[int, float] = {}  # time.monotonic() of each pass length's latest measurement
         self.draft_step: float | None = None
         self.lookup: float = 0.0  # seconds of one n-gram lookup (a round, not per token)
         self.calibration = Calibration()
@@ -326,6 +334,13 @@ class CostModel:
     def observe_pass(self, m: int, seconds: float) -> None:
         if not self.frozen:
             self.passes[m] = self._ema(self.passes.get(m), seconds)
+            self.passes_at[m] = time.monotonic()
+
+    def age(self, m: int) -> float:
+        """Seconds since a pass of m tokens was last measured (inf: never; 0 for nominal costs)."""
+        if self.frozen:
+            return 0.0
+        return time.monotonic() - self.passes_at[m] if m in self.passes_at else math.inf
 
     def observe_draft_step(self, seconds: float) -> None:
         if not self.frozen:
@@ -384,6 +399,7 @@ class Tuner:
     MAX_COOLDOWN = 512
     K_START = 4  # the first pass of a cold cost model
     MIN_ROUNDS = 2  # measured rounds before speculation may be judged not to pay
+    REFRESH_S = 2.0  # a plain step when t_pass(1) is older than this: the machine's load drifts
 
     def __init__(self, costs: CostModel, cfg: SpecConfig, kind: str):
         self.costs, self.cfg, self.kind = costs, cfg, kind
@@ -427,8 +443,8 @@ class Tuner:
             return 0
         if not self.cfg.adaptive:
             return min(self.cfg.draft_max, k_cap)
-        if self.costs.t_pass(1) is None:
-            return 0  # measure a plain step first
+        if self.costs.t_pass(1) is None or self.costs.age(1) > self.REFRESH_S:
+            return 0  # measure a plain step (first, and now and then: what speculation must beat)
         if self.off:
             if self.off_left > 0 or not self.cfg.reprobe:
                 self.off_left -= 1
@@ -552,6 +568,13 @@ class Speculator:
     def draft_length(self, k_cap: int) -> int:
         """The most drafts worth proposing for the next pass (0: make it a plain step)."""
         return self.tuner.draft_length(k_cap)
+
+    def prefill(self, prompt: Sequence[int]) -> None:
+        """The prompt's share of the proposer's work, done with the model's prefill (a draft model's
+        prompt processing); optional: propose() catches up on whatever was not prefilled."""
+        prefill = getattr(self.proposer, "prefill", None)
+        if prefill is not None:
+            prefill(prompt)
 
     def propose(self, context: Sequence[int], k: int, sampler: Sampler) -> list[int]:
         """Up to k drafts to follow `context` (every token so far; its last one is the one the next
@@ -696,6 +719,7 @@ def generate_speculative(
 
     start = time.perf_counter()
     logits = model.forward(prompt, cache, all_logits=False)[-1]
+    speculator.prefill(prompt.tolist())
     stats.prompt_s = time.perf_counter() - start
     count_experts()
     gen_start = time.perf_counter()
