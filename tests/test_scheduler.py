@@ -120,6 +120,12 @@ def test_forward_many_equals_each_alone_bit_for_bit(llm, lens):
     for a, b in zip(alone, together):
         assert np.array_equal(a, b)
     assert [c.n_past for c in caches] == list(lens)
+    # every row for some sequences (a speculative one verifying drafts), the last for the others
+    every = [i % 2 == 0 for i in range(len(seqs))]
+    full = [m.forward(s, KVCache.for_model(m, 128)) for s in seqs]
+    mixed = m.forward_many(seqs, [KVCache.for_model(m, 128) for _ in seqs], all_logits=every)
+    for f, g, e in zip(full, mixed, every):
+        assert np.array_equal(g, f if e else f[-1:])
 
 
 def test_forward_many_checks_its_arguments(llm):
@@ -133,6 +139,8 @@ def test_forward_many_checks_its_arguments(llm):
     with pytest.raises(ContextFullError):
         m.forward_many([np.array([1, 2]), np.arange(9)], [other, c])
     assert other.n_past == 0 and c.n_past == 0  # nothing was touched
+    with pytest.raises(Exception, match="one flag per sequence"):
+        m.forward_many([np.array([1])], [other], all_logits=[True, False])
 
 
 # -- the batched runner -----------------------------------------------------------------------------------

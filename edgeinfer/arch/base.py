@@ -334,15 +334,20 @@ class DecoderModel:
                 names += getattr(part, "stacked_sources", lambda: [])()
         return names
 
-    def forward_many(self, tokens: list, caches: list, all_logits: bool = False) -> list[np.ndarray]:
+    def forward_many(self, tokens: list, caches: list, all_logits=False) -> list[np.ndarray]:
         """Several sequences in one pass (continuous batching): tokens[i] (n_i,) follow caches[i]'s
         n_past tokens. Every weight is read once for all of them; attention runs per sequence. Returns
         per sequence its logits: (n_i, n_vocab), or (1, n_vocab) for its last token when all_logits is
-        False. ContextFullError (before any work) when a cache cannot take its tokens."""
+        False; all_logits may also be one bool per sequence (a speculative sequence verifying drafts needs
+        every row, the others their last). ContextFullError (before any work) when a cache cannot take
+        its tokens."""
         if len(tokens) != len(caches) or not tokens:
             raise EdgeInferError("forward_many() takes as many token arrays as caches, at least one.")
         if len(set(map(id, caches))) != len(caches):
             raise EdgeInferError("forward_many(): each sequence needs its own cache.")
+        every = [bool(all_logits)] * len(tokens) if isinstance(all_logits, (bool, int)) else [bool(a) for a in all_logits]
+        if len(every) != len(tokens):
+            raise EdgeInferError("forward_many(): all_logits needs one flag per sequence.")
         tokens = [self._check_tokens(t) for t in tokens]
         for t, c in zip(tokens, caches):  # all checks first: a full cache fails before any is touched
             if c.n_past + t.size > c.n_ctx:
@@ -360,10 +365,14 @@ class DecoderModel:
             x = block(x, seg, seg, il, None)
         for c in caches:
             c.commit()
-        logits = self._logits(x if all_logits else x[[r1 - 1 for _, r1 in bounds]])
-        if not all_logits:
-            return [logits[i : i + 1] for i in range(len(tokens))]
-        return [logits[r0:r1] for r0, r1 in bounds]
+        rows = [r for (r0, r1), e in zip(bounds, every) for r in (range(r0, r1) if e else (r1 - 1,))]
+        logits = self._logits(x if len(rows) == x.shape[0] else x[rows])
+        out, i = [], 0
+        for (r0, r1), e in zip(bounds, every):
+            n = r1 - r0 if e else 1
+            out.append(logits[i : i + n])
+            i += n
+        return out
 
     def moe_layers(self) -> list:
         """The blocks' MoE feed-forwards (nn.moe.MoE), in layer order; empty for a dense model."""
