@@ -330,3 +330,50 @@ def test_paged_pool_memory_follows_tokens_and_shares_prefixes(llm):
         small.stop()
     with pytest.raises(PromptTooLongError, match="KV cache holds"):
         BatchRunner(llm, parallel=1, kv_cells=64).submit(list(range(1, 100)), greedy, 4)
+
+
+def test_speculation_inside_the_batch_gives_the_same_text(smollm2_path):
+    """Per-request speculation (n-gram, and a draft model: here the model drafting for itself, every
+    draft accepted) inside the continuous batch: at temperature 0 each request's text is the one plain
+    decoding gives, beside plain requests; with a seed at temperature 1 the text is reproducible. Stops
+    and max_tokens end a run of accepted drafts at exactly the right token."""
+    from edgeinfer.api import load
+
+    llm = load(smollm2_path, n_ctx=512, draft=smollm2_path)
+    text = "The quick brown fox jumps over the lazy dog. A stitch in time saves nine."
+    prompts = [_prompt(llm, f"Repeat this text exactly: {text}"), _prompt(llm, "Why is the sky blue?"),
+               _prompt(llm, f"Repeat exactly: {text} {text}")]  # fmt: skip
+    greedy = SamplingParams(temperature=0)
+    plain = BatchRunner(llm, parallel=3)
+    plain.start()
+    try:
+        want = [_collect(plain.submit(p, greedy, 40)) for p in prompts]
+        want_stop = _collect(plain.submit(prompts[0], greedy, 40, stop=["lazy"]))
+        want_short = _collect(plain.submit(prompts[2], greedy, 7))
+    finally:
+        plain.stop()
+    runner = BatchRunner(llm, parallel=3)
+    runner.start()
+    try:
+        for modes in (["ngram", None, "ngram"], ["draft", "draft", None]):
+            hs = [runner.submit(p, greedy, 40, speculative=m) for p, m in zip(prompts, modes)]
+            got = [_collect(h) for h in hs]
+            assert [t for t, _ in got] == [t for t, _ in want]
+            assert [f.n_generated for _, f in got] == [f.n_generated for _, f in want]
+        for mode in ("ngram", "draft"):
+            t, f = _collect(runner.submit(prompts[0], greedy, 40, stop=["lazy"], speculative=mode))
+            assert (t, f.reason, f.n_generated) == (want_stop[0], "stop", want_stop[1].n_generated)
+            t, f = _collect(runner.submit(prompts[2], greedy, 7, speculative=mode))
+            assert (t, f.reason, f.n_generated) == (want_short[0], "length", 7)
+        stats = runner.stats()
+        assert stats["spec_drafted_tokens_total"] > 0 and 0 < stats["spec_accepted_tokens_total"] <= stats["spec_drafted_tokens_total"]
+        seeded = SamplingParams(temperature=1.0, seed=7)
+        a = _collect(runner.submit(prompts[1], seeded, 24, speculative="draft"))[0]
+        b = _collect(runner.submit(prompts[1], seeded, 24, speculative="draft"))[0]
+        assert a == b
+    finally:
+        runner.stop()
+    with pytest.raises(Exception, match="needs a draft model"):
+        BatchRunner(load(smollm2_path, n_ctx=64)).submit([1, 2], greedy, 4, speculative="draft")
+    with pytest.raises(Exception, match="speculative must be"):
+        runner.submit([1, 2], greedy, 4, speculative="yes")

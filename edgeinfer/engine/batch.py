@@ -49,6 +49,10 @@ class BatchRunner(SerialRunner):
         self._stopping = False
         self._kept: list[tuple[list[int], KVCache]] = []  # finished sequences' tokens and caches, newest last
         self.prefix_tokens_reused = 0
+        self._stats_spec = [0, 0]  # tokens drafted, drafts accepted
+        from .speculative import CostModel
+
+        self._spec_costs = CostModel()  # this runner's pass costs (a batched pass is not a lone one)
 
     # -- lifecycle
     def start(self) -> None:
@@ -88,6 +92,8 @@ class BatchRunner(SerialRunner):
         out["kv_block_tokens"] = pool.block_size
         out["kv_bytes_used"] = pool.n_used * pool.block_nbytes
         out["kv_blocks_reserved"] = self.sched.reserved
+        with self._lock:
+            out["spec_drafted_tokens_total"], out["spec_accepted_tokens_total"] = self._stats_spec
         return out
 
     def _reclaim(self) -> bool:
@@ -135,16 +141,79 @@ class BatchRunner(SerialRunner):
         work = sched.plan()
         if not work:
             return
-        logits = self.llm.model.forward_many(
-            [np.asarray(w.tokens, np.int32) for w in work], [w.seq.data["cache"] for w in work]
-        )
+        feeds, drafts = [], []
+        for w in work:  # a speculating sequence's decode step carries its drafts
+            d = self._propose(w.seq) if w.sample and not w.seq.prefilling else []
+            feeds.append(np.asarray(list(w.tokens) + d, np.int32))
+            drafts.append(d)
+        spec = [w.seq.data.get("spec") is not None and w.sample and not w.seq.prefilling for w in work]
+        n_past = [w.seq.data["cache"].n_past for w in work]
+        start = time.perf_counter()
+        logits = self.llm.model.forward_many(feeds, [w.seq.data["cache"] for w in work], all_logits=spec)
+        step_s = time.perf_counter() - start
+        n_fed = sum(len(f) for f in feeds)
         sched.advance(work)
         n_new = 0
-        for w, lg in zip(work, logits):
-            if w.sample:
+        for w, lg, f, d, sp, n0 in zip(work, logits, feeds, drafts, spec, n_past):
+            if not w.sample:
+                continue
+            if not sp:
                 n_new += 1
                 self._sample(w.seq, lg[-1])
+                continue
+            n_new += self._verify(w.seq, lg, d, n0, step_s * len(f) / n_fed)
         self._count_tokens(n_new)
+
+    # -- speculative decoding inside the batch
+    def _speculator(self, h: Handle):
+        """The request's Speculator (engine/speculative.py), or None for plain decoding."""
+        mode = h.speculative
+        draft = getattr(self.llm, "draft", None)
+        if mode == "auto":
+            mode = "draft" if draft is not None else None
+        if mode is None:
+            return None
+        from .speculative import CostModel, Speculator
+
+        cfg = getattr(self.llm, "spec_config", None)
+        costs = self._spec_costs
+        if h.params.seed is not None and not h.params.greedy:  # reproducible: no clock in the choices
+            costs = CostModel.nominal(self.llm._draft_ratio() if mode == "draft" else 0.0)
+        if mode == "draft":
+            return Speculator.draft(draft.model, self.n_ctx, costs, cfg, seed=h.params.seed)
+        return Speculator.ngram(costs, cfg)
+
+    def _propose(self, seq: SeqState) -> list[int]:
+        """Drafts for a decoding sequence's next pass (none without speculation, or when its tuner
+        says they do not pay, or when no room is left for them)."""
+        spec = seq.data.get("spec")
+        if spec is None:
+            return []
+        d, h = seq.data, seq.data["handle"]
+        # the pass adds 1 + k tokens to the cache; the reply needs at most the tokens it has left
+        room = min(h.max_tokens - len(d["generated"]), d["limit"] - d["cache"].n_past) - 1
+        k = spec.draft_length(room) if room > 0 else 0
+        return spec.propose(seq.prompt + d["generated"], k, d["sampler"]) if k > 0 else []
+
+    def _verify(self, seq: SeqState, logits: np.ndarray, drafts: list[int], n_past: int, share_s: float) -> int:
+        """A speculating sequence's pass: the tokens its drafts yield (verify() accepts them into the
+        sampler), its cache rolled back past the first rejection, each token then taken as a sampled one
+        would be (stops and limits end it at exactly the right token). Returns the tokens taken."""
+        spec, d = seq.data["spec"], seq.data
+        out = spec.verify(d["sampler"], logits, drafts)
+        d["cache"].truncate(n_past + len(out))
+        spec.observe_pass(len(drafts) + 1, share_s)
+        if drafts:
+            spec.observe_round(len(out), spec.last_propose_seconds + share_s)
+        with self._lock:
+            self._stats_spec[0] += len(drafts)
+            self._stats_spec[1] += len(out) - 1 if drafts else 0
+        taken = 0
+        for tok in out:
+            taken += 1  # the cache as a plain decode would hold it when this token is sampled
+            if not self._take(seq, tok, n_held=n_past + taken):
+                break
+        return taken
 
     def _start(self, seq: SeqState) -> None:
         """A sequence's cache (holding the longest known prefix of its prompt), sampler and filters."""
@@ -175,27 +244,38 @@ class BatchRunner(SerialRunner):
             detok=StreamingDetokenizer(self.llm.tokenizer),
             stops=StopFilter(h.stop),
             generated=[],
+            spec=self._speculator(h),
         )
 
     def _sample(self, seq: SeqState, logits: np.ndarray) -> None:
+        token = seq.data["sampler"].sample(logits)
+        seq.data["sampler"].accept(token)
+        self._take(seq, token)
+
+    def _take(self, seq: SeqState, token: int, n_held: int | None = None) -> bool:
+        """A new token of the sequence (already accepted by its sampler): emit its text, end the
+        sequence on EOG, a stop string or a limit; else it feeds the next step. Whether it goes on.
+        n_held: the tokens in its cache when this one was chosen (default: the cache's n_past)."""
         h: Handle = seq.data["handle"]
         d = seq.data
-        token = d["sampler"].sample(logits)
-        d["sampler"].accept(token)
         d["generated"].append(token)
         if len(d["generated"]) == 1:
             d["first"] = time.perf_counter()
         tok = self.llm.tokenizer
         if tok.is_eog(token):
-            return self._end(seq, "stop")
+            self._end(seq, "stop")
+            return False
         text = d["stops"].push(d["detok"].add(token))
         if text:
             h.emit(text)
         if d["stops"].stopped:
-            return self._end(seq, "stop", flush=False)
-        if len(d["generated"]) >= h.max_tokens or d["cache"].n_past >= d["limit"]:
-            return self._end(seq, "length")
+            self._end(seq, "stop", flush=False)
+            return False
+        if len(d["generated"]) >= h.max_tokens or (d["cache"].n_past if n_held is None else n_held) >= d["limit"]:
+            self._end(seq, "length")
+            return False
         seq.next_token = token
+        return True
 
     def _end(self, seq: SeqState, reason: str, error: str | None = None, flush: bool = True) -> None:
         h: Handle = seq.data["handle"]

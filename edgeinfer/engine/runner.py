@@ -68,12 +68,13 @@ class Handle:
     """One request's stream of events: str pieces of text, then one Finish."""
 
     def __init__(self, prompt_ids: list[int], params: SamplingParams, max_tokens: int, stop: Sequence[str],
-                 loop: asyncio.AbstractEventLoop | None):  # fmt: skip
+                 loop: asyncio.AbstractEventLoop | None, speculative: str | None = None):  # fmt: skip
         self.id = next(_ids)
         self.prompt_ids = prompt_ids
         self.params = params
         self.max_tokens = max_tokens
         self.stop = list(stop)
+        self.speculative = speculative  # "auto", "draft", "ngram" or None (BatchRunner)
         self.submitted = time.perf_counter()
         self.cancelled = threading.Event()
         self.finished = False
@@ -208,11 +209,14 @@ class SerialRunner:
             )
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams, max_tokens: int, stop: Sequence[str] = (),
-               loop: asyncio.AbstractEventLoop | None = None) -> Handle:  # fmt: skip
+               loop: asyncio.AbstractEventLoop | None = None, speculative: str | None = None) -> Handle:  # fmt: skip
+        """Queue a request. speculative: "auto" (the draft model when the runner has one), "draft",
+        "ngram" or None; only the batched runner speculates (SerialRunner decodes plainly)."""
         prompt_ids = [int(t) for t in prompt_ids]
         self.check_prompt(prompt_ids)
         params.validate(self.llm.n_vocab)
-        handle = Handle(prompt_ids, params, max_tokens, stop, loop)
+        self.check_speculative(speculative)
+        handle = Handle(prompt_ids, params, max_tokens, stop, loop, speculative)
         with self._lock:
             if self._stats.queue_depth >= self.max_queue:
                 raise self._queue_full()
@@ -220,6 +224,12 @@ class SerialRunner:
             self._stats.requests_total += 1
             self._enqueue(handle)
         return handle
+
+    def check_speculative(self, mode: str | None) -> None:
+        if mode not in ("auto", "draft", "ngram", None):
+            raise EdgeInferError(f"speculative must be 'auto', 'draft', 'ngram' or None, got {mode!r}.")
+        if mode == "draft" and getattr(self.llm, "draft", None) is None:
+            raise EdgeInferError("speculative 'draft' needs a draft model: start the server with --draft MODEL.")
 
     def _enqueue(self, handle: Handle) -> None:
         """Hand an accepted request to the worker (called with the lock held)."""
