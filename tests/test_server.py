@@ -235,6 +235,23 @@ def test_sampling_fields_reach_the_engine(server):
     assert server.http.post("/tokenize", json={"content": biased.choices[0].text}).json()["tokens"][0] != first
 
 
+def test_speculative_field(server):
+    """Per-request speculation: n-gram drafts give the same text at temperature 0; a draft model this
+    server has not loaded, or an unknown mode, is a 400 naming the field."""
+    client = server.client()
+    prompt = "Repeat exactly: the cat sat on the mat, the cat sat on the mat, the cat sat on the mat."
+    plain = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0)
+    spec = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0,
+                                     extra_body={"speculative": "ngram"})  # fmt: skip
+    assert spec.choices[0].text == plain.choices[0].text
+    assert spec.usage.completion_tokens == plain.usage.completion_tokens
+    r = server.http.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "speculative": "draft"})
+    assert "draft model" in _error(r, 400, "speculative")["message"]
+    r = server.http.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "speculative": "always"})
+    _error(r, 400, "speculative")
+    assert server.http.get("/health").status_code == 200
+
+
 def test_models(server):
     client = server.client()
     models = client.models.list()
@@ -610,7 +627,10 @@ class _FakeRunner:
         if not ids or len(ids) >= self.n_ctx:
             raise PromptTooLongError(f"The prompt is {len(ids)} tokens long but the context holds {self.n_ctx}.")
 
-    def submit(self, ids, params, max_tokens, stop=(), loop=None):
+    def check_speculative(self, mode):
+        pass
+
+    def submit(self, ids, params, max_tokens, stop=(), loop=None, speculative=None):
         self.submitted.append((list(ids), max_tokens))
         if self.mode == "crash":
             raise KeyError("boom")

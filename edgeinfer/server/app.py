@@ -215,9 +215,10 @@ SHUTDOWN_MESSAGE = "The server is shutting down; this reply was cut short. Try a
 
 def create_app(llm, runner, api_key: str | None = None, model_name: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, energy_source: str | None = None,
-               n_ctx: int | None = None) -> Starlette:  # fmt: skip
+               n_ctx: int | None = None, speculative: str | None = "auto") -> Starlette:  # fmt: skip
     """The ASGI app. `runner` must be started by the caller (serve() does). `n_ctx`: the context of
-    one sequence (default: the runner's, else the model's)."""
+    one sequence (default: the runner's, else the model's). `speculative`: what a request that does not
+    say gets ("auto": the draft model when one is loaded, "draft", "ngram", or None)."""
     model_name = model_name or Path(str(getattr(llm, "path", "model"))).stem
     n_ctx = int(n_ctx or getattr(runner, "n_ctx", None) or llm.n_ctx)
     n_vocab = llm.n_vocab
@@ -261,10 +262,16 @@ def create_app(llm, runner, api_key: str | None = None, model_name: str | None =
             raise P.RequestError(str(e), param, code="context_length_exceeded" if ids else None) from None
         except InvalidPromptError as e:
             raise P.RequestError(str(e), param) from None
+        try:
+            runner.check_speculative(speculative if req.speculative == "default" else req.speculative)
+        except EdgeInferError as e:
+            raise P.RequestError(str(e), "speculative") from None
         room = n_ctx - len(ids)
         max_tokens = room if req.max_tokens is None else min(req.max_tokens, room)
+        spec = speculative if req.speculative == "default" else req.speculative
         try:
-            handle = runner.submit(ids, req.params, max_tokens, req.stop, loop=asyncio.get_running_loop())
+            handle = runner.submit(ids, req.params, max_tokens, req.stop, loop=asyncio.get_running_loop(),
+                                   speculative=spec)  # fmt: skip
         except PromptTooLongError as e:
             raise P.RequestError(str(e), param, code="context_length_exceeded") from None
         except QueueFullError as e:
@@ -449,7 +456,8 @@ def _kv_summary(runner) -> str:
 def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, ctx_size: int = 4096,
           api_key: str | None = None, threads: int | None = None, backend="auto", max_queue: int = 16,
           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, model_name: str | None = None,
-          energy_source: str | None = None, kv_size: int | None = None, print_fn=print) -> int:  # fmt: skip
+          energy_source: str | None = None, kv_size: int | None = None, draft=None, speculative: str | None = "auto",
+          print_fn=print) -> int:  # fmt: skip
     """Load `model` (a path or a registry name), start a runner and serve the API until Ctrl-C or SIGTERM.
     Prints one line when it listens."""
     import signal
@@ -477,10 +485,15 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, c
         sock.close()
         raise EdgeInferError(f"Cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host.") \
             from None  # fmt: skip
-    llm = load(model, n_ctx=ctx_size, n_threads=threads, backend=backend)
+    if speculative not in ("auto", "draft", "ngram", None):
+        raise EdgeInferError(f"speculative must be 'auto', 'draft', 'ngram' or None, got {speculative!r}.")
+    if speculative == "draft" and draft is None:
+        raise EdgeInferError("--spec draft needs a draft model: give --draft MODEL.")
+    llm = load(model, n_ctx=ctx_size, n_threads=threads, backend=backend, draft=draft)
     runner = make_runner(llm, parallel=parallel, max_queue=max_queue, n_ctx=ctx_size, kv_cells=kv_size)
     app = create_app(llm, runner, api_key=api_key, model_name=model_name or _model_name(model),
-                     max_body_bytes=max_body_bytes, energy_source=energy_source, n_ctx=ctx_size)  # fmt: skip
+                     max_body_bytes=max_body_bytes, energy_source=energy_source, n_ctx=ctx_size,
+                     speculative=speculative)  # fmt: skip
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
                             lifespan="off")  # fmt: skip
 

@@ -194,6 +194,7 @@ class GenerationRequest:
     messages: list[dict] | None = None  # chat: [{"role": str, "content": str}]
     prompt: str | list[int] | None = None  # completion: text or token ids
     echo: bool = False  # completion: the prompt's text before the reply
+    speculative: str | None = "default"  # "auto", "draft", "ngram", None (off), "default": the server's
 
 
 def parse_sampling(body: dict, n_vocab: int | None = None) -> tuple[SamplingParams, int | None, list[str]]:
@@ -229,7 +230,13 @@ def _common(body: dict, kind: str, n_vocab: int | None) -> GenerationRequest:
     if options is not None and not isinstance(options, dict):
         raise RequestError(f"'stream_options' must be an object, got {_json_type(options)}.", "stream_options")
     include_usage = _boolean(options or {}, "include_usage", False) if stream else False
-    return GenerationRequest(kind, params, max_tokens, stop, stream, include_usage)
+    spec = body.get("speculative", "default")
+    if spec not in ("default", "auto", "draft", "ngram", "off", None):
+        raise RequestError(f"'speculative' must be one of \"auto\", \"draft\", \"ngram\", \"off\" or null, got {spec!r}.",
+                           "speculative")  # fmt: skip
+    req = GenerationRequest(kind, params, max_tokens, stop, stream, include_usage)
+    req.speculative = None if spec == "off" else spec
+    return req
 
 
 def _message_content(content: Any, i: int) -> str:
