@@ -242,7 +242,8 @@ def cmd_serve(args) -> int:
         args.model, host=args.host, port=args.port, parallel=args.parallel, ctx_size=args.ctx_size,
         api_key=args.api_key or os.environ.get("EDGEINFER_API_KEY") or None, threads=args.threads,
         max_queue=args.max_queue, max_body_bytes=args.max_body_kb * 1024, model_name=args.alias,
-        energy_source=args.energy, kv_size=args.kv_size, **_backend_kwargs(args),
+        energy_source=args.energy, kv_size=args.kv_size, draft=args.draft,
+        speculative=None if args.spec == "off" else args.spec, **_backend_kwargs(args),
     )  # fmt: skip
 
 
@@ -319,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-np", "--parallel", type=int, default=1, metavar="N",
                    help="sequences generated at once (default 1)")  # fmt: skip
     p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context of one sequence in tokens (default 4096)")
+    p.add_argument("--draft", default=None, metavar="MODEL",
+                   help="a draft model for speculative decoding (same vocabulary, smaller or cheaper)")  # fmt: skip
+    p.add_argument("--spec", choices=("auto", "draft", "ngram", "off"), default="auto",
+                   help="speculation for requests that do not ask (their \"speculative\" field): auto (the draft "
+                   "model when one is given, else off), draft, ngram (prompt lookup) or off (default auto)")  # fmt: skip
     p.add_argument("--kv-size", type=int, default=None, metavar="TOKENS",
                    help="KV cache of all sequences together, in tokens, shared in blocks (default: ctx-size x parallel; "
                    "a request waits until the blocks it may need are free)")  # fmt: skip
