@@ -10,11 +10,12 @@ ARCHITECTURES (or ALIASES, when the file's name for it is an existing family).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 from ..errors import UnsupportedArchitectureError
 from ..gguf import GGUFFile
 from ..kernels.base import Backend
-from .base import BaseConfig, DecoderModel
+from .base import BaseConfig, DecoderModel, LayerBackends
 
 # general.architecture -> module in edgeinfer.arch
 ARCHITECTURES: dict[str, str] = {
@@ -51,13 +52,19 @@ def load_config(f: GGUFFile) -> BaseConfig:
     return get_arch_module(f.architecture).Config.from_gguf(f)
 
 
-def build_model(f: GGUFFile, backend: Backend | None = None) -> DecoderModel:
+def build_model(
+    f: GGUFFile, backend: Backend | None = None, layer_backend: Callable[[int], Backend] | None = None
+) -> DecoderModel:
     """The model in an open GGUF file, its weights left in the file (zero-copy) and run by `backend`
-    (default: the slow float32 ReferenceBackend)."""
+    (default: the slow float32 ReferenceBackend). layer_backend(il), when given, is the backend of layer
+    il's weights, and layer_backend(n_layer) that of the output head (GPU offload:
+    edgeinfer.kernels.cuda.offload); the embedding stays on `backend`."""
     if backend is None:
         from ..kernels.reference import ReferenceBackend
 
         backend = ReferenceBackend()
+    if layer_backend is not None:
+        backend = LayerBackends(backend, layer_backend)
     model = get_arch_module(f.architecture).Model.from_gguf(f, backend)
     f.release_pages(model.stacked_sources())  # their bytes now live in the stacked copies
     return model
@@ -69,6 +76,7 @@ __all__ = [
     "SUPPORTED_ARCHITECTURES",
     "BaseConfig",
     "DecoderModel",
+    "LayerBackends",
     "build_model",
     "get_arch_module",
     "load_config",

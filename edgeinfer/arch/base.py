@@ -7,6 +7,7 @@ An architecture file (llama.py, gemma3.py, ...) adds its own Config fields and i
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -197,15 +198,57 @@ class BaseConfig:
         )
 
 
+class LayerBackends:
+    """The backend a model is built with when its layers run on different backends (GPU offload):
+    layer il's weights run on layer_backend(il), the output head (output_norm, output) on
+    layer_backend(n_layer), everything else (the token embedding) on `backend`, which this object
+    stands for everywhere else (attributes pass through to it). build_model makes one from its
+    layer_backend argument; architectures need not know."""
+
+    def __init__(self, backend: Backend, layer_backend: Callable[[int], Backend]):
+        self.backend = backend
+        self.layer_backend = layer_backend
+
+    def __getattr__(self, name: str):
+        if name in ("backend", "layer_backend"):  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.backend, name)
+
+    def __repr__(self) -> str:
+        return f"LayerBackends({self.backend!r})"
+
+
+_LAYER_PREFIX = re.compile(r"^blk\.(\d+)\.")
+
+
 class Weights:
     """Typed access to a file's tensors by llama.cpp's names, with shapes checked against the config.
 
     Shapes are given in ggml order (ne): a linear layer from n_in to n_out is ne == (n_in, n_out).
+    Each layer built from a tensor runs on the backend of the tensor's layer (`backend_for`): one
+    backend for all, or per layer when `backend` is a LayerBackends.
     """
 
     def __init__(self, f: GGUFFile, backend: Backend):
         self.f = f
+        self._layer_backend = None
+        if isinstance(backend, LayerBackends):
+            self._layer_backend = backend.layer_backend
+            self._n_layer = int(meta(f, "block_count"))
+            backend = backend.backend
         self.backend = backend
+
+    def backend_for(self, name: str) -> Backend:
+        """The backend of the layer a tensor belongs to: blk.N.* -> layer N, output* -> the output head
+        (layer n_layer), anything else -> the model's backend."""
+        if self._layer_backend is None:
+            return self.backend
+        m = _LAYER_PREFIX.match(name)
+        if m:
+            return self._layer_backend(int(m.group(1)))
+        if name.startswith("output"):
+            return self._layer_backend(self._n_layer)
+        return self.backend
 
     def has(self, name: str) -> bool:
         return name in self.f.tensors
@@ -226,10 +269,10 @@ class Weights:
 
     def vector(self, name: str, n: int) -> np.ndarray:
         """A small tensor (norm weight, bias) as float32 (n,)."""
-        return self.backend.dequantize(self.qtensor(name, (n,))).reshape(n)
+        return self.backend_for(name).dequantize(self.qtensor(name, (n,))).reshape(n)
 
     def norm(self, name: str, n: int, eps: float) -> RMSNorm:
-        return RMSNorm(self.vector(f"{name}.weight", n), eps, self.backend)
+        return RMSNorm(self.vector(f"{name}.weight", n), eps, self.backend_for(name))
 
     def linear(self, name: str, n_in: int, n_out: int, bias: bool | None = None) -> Linear:
         """`{name}.weight` (n_in -> n_out); `{name}.bias` required (True), ignored (False) or used if
@@ -237,7 +280,7 @@ class Weights:
         b = None
         if bias or (bias is None and self.has(f"{name}.bias")):
             b = self.vector(f"{name}.bias", n_out)
-        return Linear(self.qtensor(f"{name}.weight", (n_in, n_out)), self.backend, b)
+        return Linear(self.qtensor(f"{name}.weight", (n_in, n_out)), self.backend_for(name), b)
 
     def moe(self, p: str, c: BaseConfig, act: str = "silu") -> MoE:
         """The routed experts of block prefix `p` ("blk.3."): router `ffn_gate_inp`, stacked experts
@@ -267,7 +310,7 @@ class Weights:
                 act,
             )
             if self.has(p + "ffn_gate_inp_shexp.weight"):
-                shared_gate = Linear(self.qtensor(p + "ffn_gate_inp_shexp.weight", (c.n_embd,)), self.backend)
+                shared_gate = Linear(self.qtensor(p + "ffn_gate_inp_shexp.weight", (c.n_embd,)), self.backend_for(p))
         bias = self.vector(p + "exp_probs_b.bias", m.n_expert) if self.has(p + "exp_probs_b.bias") else None
         return MoE(router, gate, up, down, m.routing(), act, shared, shared_gate, bias)
 
@@ -283,7 +326,7 @@ class Weights:
     def output(self, c: BaseConfig) -> Linear:
         """The output head: output.weight, or token_embd.weight when the file ties them."""
         name = "token_embd.weight" if c.tied_output else "output.weight"
-        return Linear(self.qtensor(name, (c.n_embd, c.n_vocab)), self.backend)
+        return Linear(self.qtensor(name, (c.n_embd, c.n_vocab)), self.backend_for("output.weight"))
 
 
 class DecoderModel:

@@ -1,6 +1,7 @@
 """Backends behind one small protocol (kernels.base.Backend): "native" (C kernels, the fastest, when the
 extension edgeinfer._native is built), "numba" (portable, fast), "reference" (slow float32 twin for
-tests), and "auto" (native when built, else numba)."""
+tests), and "auto" (native when built, else numba). "cuda" (kernels/cuda: an NVIDIA GPU, built on first
+use) is optional and never chosen by "auto"; models use it through edgeinfer.load(n_gpu_layers=...)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ def get_backend(name: str = "numba", n_threads: int | None = None) -> Backend:
         from .reference import ReferenceBackend
 
         return ReferenceBackend()
+    if name == "cuda":  # every op on the GPU (offloading some layers: edgeinfer.load(n_gpu_layers=...))
+        from . import cuda
+
+        if not cuda.available():
+            raise EdgeInferError(f"CUDA is unavailable here: {cuda.unavailable_reason()}.")
+        return cuda.CudaBackend(n_threads)
     raise ValueError(f"Unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}.")
 
 
