@@ -34,6 +34,8 @@ SPECULATIVE_MODES = ("auto", "draft", "ngram", None)
 class LLM:
     """A loaded model: its weights (memory-mapped), tokenizer, chat template and backend."""
 
+    offload = None  # the GPU offload plan (kernels.cuda.offload.OffloadPlan) when load() was asked for one
+
     def __init__(self, path: Path, gguf: GGUFFile, tokenizer: Tokenizer, model, n_ctx: int, n_threads: int,
                  draft: "LLM | None" = None):
         self.path = path
@@ -220,13 +222,19 @@ def load(
     backend: "auto" (the native C kernels where they were built, else Numba), "native", "numba",
     "reference" (slow float32 twin, for tests), or a backend object. draft: a smaller model with the
     same vocabulary (a path or a name) for speculative decoding; it runs on the same backend and
-    threads (an EdgeInferError names what differs when the vocabularies do)."""
+    threads (an EdgeInferError names what differs when the vocabularies do).
+    n_gpu_layers: layers 0..N-1 on an NVIDIA GPU (CUDA, built on first use), the rest on `backend`; -1:
+    as many as fit in the GPU's free memory (the output head too when every layer fits), or none, with a
+    warning, where CUDA is unavailable; an explicit N > 0 without CUDA is an EdgeInferError saying why.
+    The draft model gets the same setting. `llm.offload` describes the split."""
     if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx <= 0:
         raise EdgeInferError(f"n_ctx must be a positive integer, got {n_ctx!r}.")
     if n_threads is not None and (not isinstance(n_threads, int) or n_threads <= 0):
         raise EdgeInferError(f"n_threads must be a positive integer or None, got {n_threads!r}.")
     if n_gpu_layers:
-        raise EdgeInferError("GPU offload is not available yet in this version; use n_gpu_layers=0.")
+        from .kernels.cuda.offload import check_n_gpu_layers
+
+        check_n_gpu_layers(n_gpu_layers)
     path = resolve_model(model, progress=progress)
     gguf = GGUFFile(path)
     tokenizer = Tokenizer.from_gguf(gguf)
@@ -238,13 +246,24 @@ def load(
             backend = get_backend(backend or "auto", n_threads=n_threads)
         except (ValueError, EdgeInferError) as e:
             raise EdgeInferError(str(e)) from None
-    model = build_model(gguf, backend)
+    plan = None
+    if n_gpu_layers:
+        from .kernels.cuda.offload import plan_offload
+
+        plan = plan_offload(gguf, backend, n_gpu_layers)
+    model = build_model(gguf, backend, layer_backend=plan.layer_backend if plan and plan.device else None)
     draft_llm = None
     if draft is not None:
         draft_path = resolve_model(draft, progress=progress)
         draft_gguf = GGUFFile(draft_path)
         draft_tok = Tokenizer.from_gguf(draft_gguf)
-        draft_model = build_model(draft_gguf, backend)
+        draft_plan = None
+        if plan is not None and plan.device is not None:
+            draft_plan = plan_offload(draft_gguf, backend, n_gpu_layers, device=plan.device, used_bytes=plan.device_bytes)
+        draft_model = build_model(draft_gguf, backend, layer_backend=draft_plan.layer_backend if draft_plan else None)
         check_vocab_compatible(tokenizer, draft_tok, model, draft_model)
         draft_llm = LLM(draft_path, draft_gguf, draft_tok, draft_model, n_ctx=n_ctx, n_threads=n_threads)
-    return LLM(path, gguf, tokenizer, model, n_ctx=n_ctx, n_threads=n_threads, draft=draft_llm)
+        draft_llm.offload = draft_plan
+    llm = LLM(path, gguf, tokenizer, model, n_ctx=n_ctx, n_threads=n_threads, draft=draft_llm)
+    llm.offload = plan
+    return llm

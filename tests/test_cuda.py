@@ -294,7 +294,7 @@ class RecordingBackend(NumbaBackend):
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("cuda") / "llama.gguf", "llama", T.Q8_0, n_layer=4)
+    return write_tiny_model(tmp_path_factory.mktemp("cuda") / "llama.gguf", "llama", T.Q8_0, n_layer=4, vocab=True)
 
 
 def _run(path, backend, layer_backend=None, n=9):
