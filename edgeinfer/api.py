@@ -213,7 +213,7 @@ def load(
     n_ctx: int = 4096,
     n_threads: int | None = None,
     draft: str | os.PathLike | None = None,
-    n_gpu_layers: int = 0,
+    n_gpu_layers: int | None = None,
     progress: bool = True,
     backend="auto",
 ) -> LLM:
@@ -225,16 +225,17 @@ def load(
     threads (an EdgeInferError names what differs when the vocabularies do).
     n_gpu_layers: layers 0..N-1 on an NVIDIA GPU (CUDA, built on first use), the rest on `backend`; -1:
     as many as fit in the GPU's free memory (the output head too when every layer fits), or none, with a
-    warning, where CUDA is unavailable; an explicit N > 0 without CUDA is an EdgeInferError saying why.
-    The draft model gets the same setting. `llm.offload` describes the split."""
+    warning, where CUDA is unavailable; an explicit N > 0 without CUDA is an EdgeInferError saying why;
+    None (the default): $EDGEINFER_N_GPU_LAYERS when set, else 0. The draft model gets the same setting.
+    `llm.offload` describes the split."""
     if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx <= 0:
         raise EdgeInferError(f"n_ctx must be a positive integer, got {n_ctx!r}.")
     if n_threads is not None and (not isinstance(n_threads, int) or n_threads <= 0):
         raise EdgeInferError(f"n_threads must be a positive integer or None, got {n_threads!r}.")
-    if n_gpu_layers:
-        from .kernels.cuda.offload import check_n_gpu_layers
+    if n_gpu_layers != 0:
+        from .kernels.cuda.offload import default_n_gpu_layers
 
-        check_n_gpu_layers(n_gpu_layers)
+        n_gpu_layers = default_n_gpu_layers(n_gpu_layers)  # None: $EDGEINFER_N_GPU_LAYERS, else 0
     path = resolve_model(model, progress=progress)
     gguf = GGUFFile(path)
     tokenizer = Tokenizer.from_gguf(gguf)

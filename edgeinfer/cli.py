@@ -157,6 +157,21 @@ def _backend_kwargs(args) -> dict:
     return {"backend": resolve_backend(args.backend, args.threads or default_threads())}
 
 
+def _add_ngl(p) -> None:
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=None, metavar="N",
+                   help="layers on an NVIDIA GPU (CUDA, built on first use): N for the first N, -1 for as many "
+                   "as fit (none, with a warning, where CUDA is unavailable); default 0, or "
+                   "$EDGEINFER_N_GPU_LAYERS")  # fmt: skip
+
+
+def _ngl_env(args) -> None:
+    """serve and chat load the model themselves: -ngl reaches edgeinfer.load as its default."""
+    if getattr(args, "n_gpu_layers", None) is not None:
+        from .kernels.cuda.offload import ENV_N_GPU_LAYERS, check_n_gpu_layers
+
+        os.environ[ENV_N_GPU_LAYERS] = str(check_n_gpu_layers(args.n_gpu_layers))
+
+
 def cmd_bench(args) -> int:
     from .engine.bench import format_table, run_bench
 
@@ -179,6 +194,7 @@ def cmd_bench(args) -> int:
         spec=spec,
         draft=args.draft,
         spec_prompt=args.spec_prompt,
+        n_gpu_layers=args.n_gpu_layers,
     )
     if args.json:
         print(json.dumps(result))
@@ -191,7 +207,8 @@ def cmd_run(args) -> int:
     from .api import load
     from .repl import ChatSession, print_stats
 
-    llm = load(args.model, n_ctx=args.ctx_size, n_threads=args.threads, draft=args.draft, **_backend_kwargs(args))
+    llm = load(args.model, n_ctx=args.ctx_size, n_threads=args.threads, draft=args.draft,
+               n_gpu_layers=args.n_gpu_layers, **_backend_kwargs(args))  # fmt: skip
     params = _sampling_kwargs(args)
     # speculative decoding: auto = the draft model when --draft gave one, else plain decoding
     params["speculative"] = None if args.spec == "off" else args.spec
@@ -228,6 +245,7 @@ def cmd_chat(args) -> int:
         from tui.app import run_chat
     except ImportError as e:
         raise EdgeInferError(f"`edgeinfer chat` needs the textual package ({e}); pip install textual") from None
+    _ngl_env(args)
 
     return run_chat(
         args.model, n_ctx=args.ctx_size, n_threads=args.threads, backend=args.backend, draft=args.draft,
@@ -238,6 +256,7 @@ def cmd_chat(args) -> int:
 def cmd_serve(args) -> int:
     from .server import serve
 
+    _ngl_env(args)
     return serve(
         args.model, host=args.host, port=args.port, parallel=args.parallel, ctx_size=args.ctx_size,
         api_key=args.api_key or os.environ.get("EDGEINFER_API_KEY") or None, threads=args.threads,
@@ -281,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "input), off. At --temp 0 the reply is the same either way; --verbose shows the acceptance")  # fmt: skip
     p.add_argument("--draft-max", type=int, default=None, metavar="N",
                    help="most tokens drafted per pass (default 16; the tuner picks the length up to it)")  # fmt: skip
+    _add_ngl(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -303,9 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="kernels to run on (default: auto)")
     p.add_argument("--draft", default=None, metavar="MODEL",
                    help="a small draft model for speculative decoding (a path or a name)")  # fmt: skip
-    p.add_argument("--energy", choices=("auto", "rapl", "estimate"), default="auto",
+    p.add_argument("--energy", choices=("auto", "rapl", "nvml", "estimate"), default="auto",
                    help="where tokens per joule come from (default auto: RAPL where readable, else a labelled "
                    "estimate)")  # fmt: skip
+    _add_ngl(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser(
@@ -339,9 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request body (default 4096 KiB)")  # fmt: skip
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: the available cores)")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="kernels to run on (default: auto)")
-    p.add_argument("--energy", choices=("auto", "rapl", "estimate"), default="auto",
+    p.add_argument("--energy", choices=("auto", "rapl", "nvml", "estimate"), default="auto",
                    help="energy source for /metrics (default auto: RAPL where readable, else a labelled "
                    "estimate)")  # fmt: skip
+    _add_ngl(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -357,8 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: the available cores)")
     p.add_argument("-c", "--ctx-size", type=int, default=None, help="KV cache cells (default P + N)")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="kernels to run on (default: auto)")
-    p.add_argument("--energy", choices=("auto", "rapl", "estimate"), default="auto",
-                   help="energy source (default auto: RAPL where readable, else a labelled estimate)")  # fmt: skip
+    p.add_argument("--energy", choices=("auto", "rapl", "nvml", "estimate"), default="auto",
+                   help="energy source (default auto: RAPL where readable, else a labelled estimate; with -ngl, "
+                   "NVML's GPU board energy added where readable)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress on stderr)")
     p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     p.add_argument("--spec", choices=("off", "ngram", "draft"), default="off",
@@ -368,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec-prompt", default=None, metavar="TEXT",
                    help="the chat prompt for --spec (default: 'Repeat the following text exactly: ...' for "
                    "ngram, a short story for draft)")  # fmt: skip
+    _add_ngl(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("info", help="show what a model file holds")

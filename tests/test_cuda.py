@@ -759,3 +759,63 @@ def test_load_on_the_gpu(tiny_llama):
     a, b = llm.logits(ids), cpu.logits(ids)
     assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.9
     assert np.abs(a - b).max() <= 0.06 * float(np.abs(b).max())
+
+
+# -- the command line and the environment ----------------------------------------------------------------
+
+
+def _fake_devices(monkeypatch) -> list:
+    devices = []
+
+    def fake_device(host, device=0):
+        devices.append(RecordingBackend())
+        return devices[-1], ""
+
+    monkeypatch.setattr(offload, "open_device", fake_device)
+    return devices
+
+
+def test_env_sets_the_default(tiny_llama, monkeypatch):
+    devices = _fake_devices(monkeypatch)
+    monkeypatch.setenv("EDGEINFER_N_GPU_LAYERS", "2")
+    llm = edgeinfer.load(str(tiny_llama), n_ctx=32, backend="numba", n_threads=1)
+    assert llm.offload.n_gpu_layers == 2 and len(devices) == 1
+    assert edgeinfer.load(str(tiny_llama), n_ctx=32, backend="numba", n_gpu_layers=0).offload is None
+    monkeypatch.setenv("EDGEINFER_N_GPU_LAYERS", "all")
+    with pytest.raises(EdgeInferError, match="EDGEINFER_N_GPU_LAYERS"):
+        edgeinfer.load(str(tiny_llama), n_ctx=32, backend="numba")
+
+
+def test_cli_bench_with_ngl(tiny_llama, monkeypatch, capsys):
+    from edgeinfer.cli import main
+
+    devices = _fake_devices(monkeypatch)
+    monkeypatch.delenv("EDGEINFER_N_GPU_LAYERS", raising=False)
+    assert main(["bench", str(tiny_llama), "-p", "8", "-n", "4", "-r", "1", "-t", "1", "--backend", "numba",
+                 "--energy", "estimate", "-ngl", "-1", "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_gpu_layers"] == 4 and result["offload"]["output_on_gpu"]
+    assert result["backend"] == "numba+cuda" and "layers 0-3 of 4" in result["offload_description"]
+    assert devices[0].layers() == {0, 1, 2, 3}
+    # without CUDA: an explicit count is an error that says why, -1 runs on the CPU
+    monkeypatch.setattr(offload, "open_device", lambda host, device=0: (None, "no NVIDIA driver here"))
+    assert main(["bench", str(tiny_llama), "-p", "8", "-n", "4", "-r", "1", "-ngl", "2", "--json"]) == 1
+    assert "CUDA is unavailable here: no NVIDIA driver" in capsys.readouterr().err
+    with pytest.warns(RuntimeWarning, match="every layer runs on the CPU"):
+        assert main(["bench", str(tiny_llama), "-p", "8", "-n", "4", "-r", "1", "-ngl", "-1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_gpu_layers"] == 0 and "+cuda" not in result["backend"]
+    assert result["energy_source"] in ("rapl", "estimate", "nvml+rapl", "nvml+estimate")
+
+
+def test_cli_ngl_reaches_serve_and_chat(monkeypatch):
+    """serve and chat load the model in their own code: -ngl reaches load() through the environment."""
+    import edgeinfer.server as server
+    from edgeinfer.cli import main
+
+    seen = {}
+    monkeypatch.delenv("EDGEINFER_N_GPU_LAYERS", raising=False)
+    monkeypatch.setattr(server, "serve", lambda *a, **kw: seen.setdefault("serve", os.environ.get("EDGEINFER_N_GPU_LAYERS")) and 0)
+    main(["serve", "model.gguf", "-ngl", "-1"])
+    assert seen["serve"] == "-1"
+    assert main(["serve", "model.gguf", "-ngl", "-3"]) == 1

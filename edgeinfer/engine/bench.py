@@ -396,12 +396,15 @@ def run_bench(
     spec: str | None = None,
     draft=None,
     spec_prompt: str | None = None,
+    n_gpu_layers: int | None = None,
 ) -> dict:
     """Benchmark a model (a GGUF path, a registry name, or a loaded edgeinfer LLM): the dict that
     `edgeinfer bench --json` prints. n_threads None: edgeinfer's default (affinity, cgroup quota,
     EDGEINFER_THREADS); backend: "auto", "native", "numba", "reference" or a backend object.
     spec: "ngram" or "draft" adds `result["spec"]` (bench_speculative: greedy replies to a real prompt,
-    plain against speculative); draft: the draft model (a path or a name) to load with the model."""
+    plain against speculative); draft: the draft model (a path or a name) to load with the model.
+    n_gpu_layers: layers on the GPU (edgeinfer.load's; None: $EDGEINFER_N_GPU_LAYERS, else 0); with any,
+    the energy meter adds the GPU board's (NVML) to the CPU's, and the result says where the layers ran."""
     from .. import __version__
     from ..system import default_threads
 
@@ -419,10 +422,20 @@ def run_bench(
             raise EdgeInferError("bench --spec draft needs a draft model: give --draft PATH_OR_NAME.")
         n_ctx = max(n_ctx, 2048)  # room for the prompt and the reply
     log = log or (lambda msg: None)
+    gpu_asked = False
+    if n_gpu_layers != 0 and not hasattr(model, "gguf"):
+        from ..kernels.cuda.offload import default_n_gpu_layers
+
+        n_gpu_layers = default_n_gpu_layers(n_gpu_layers)
+        gpu_asked = n_gpu_layers != 0
+    elif hasattr(model, "gguf"):
+        plan = getattr(model, "offload", None)
+        gpu_asked = bool(plan is not None and plan.device is not None)
     if meter is None:  # before the load: `--energy rapl` where RAPL cannot be read fails at once
         from ..energy import open_meter
 
-        meter = open_meter("cpu", source=energy_source)
+        # layers on a GPU: its board's energy (NVML) beside the CPU's, where NVML can be read
+        meter = open_meter("cuda" if gpu_asked else "cpu", source=energy_source)
 
     if hasattr(model, "model") and hasattr(model, "gguf"):  # an LLM already loaded
         llm = model
@@ -438,11 +451,19 @@ def run_bench(
         log(f"loading {model} (backend {backend_name(be)}, {threads} threads)")
         if draft is not None:
             draft = resolve_model(draft)
-        llm = load(model, n_ctx=n_ctx, n_threads=threads, backend=be, progress=True, draft=draft)
+        llm = load(model, n_ctx=n_ctx, n_threads=threads, backend=be, progress=True, draft=draft,
+                   n_gpu_layers=n_gpu_layers or 0)  # fmt: skip
     result = _model_label(llm)
+    plan = getattr(llm, "offload", None)
+    on_gpu = plan is not None and plan.device is not None and (plan.n_gpu_layers > 0 or plan.head_on_device)
+    if plan is not None:
+        log(plan.describe())
     result.update(
         {
-            "backend": backend_name(be) if be is not None else "unknown",
+            "backend": (backend_name(be) if be is not None else "unknown") + ("+cuda" if on_gpu else ""),
+            "n_gpu_layers": plan.n_gpu_layers if plan is not None else 0,
+            "offload": plan.summary() if plan is not None else None,
+            "offload_description": plan.describe() if plan is not None else None,
             "backend_requested": backend if isinstance(backend, str) else backend_name(backend),
             "threads": threads,
             "threads_effective": int(getattr(be, "n_threads", threads) or threads),
@@ -502,6 +523,8 @@ def format_table(result: dict) -> str:
     out.append(f"t/s: median of {result['repetitions']} runs ± standard deviation; "
                f"tok/J: tokens per joule, source: {result['energy_source']}")  # fmt: skip
     out.append(f"energy: {result['energy_note']}")
+    if result.get("offload_description"):
+        out.append(f"gpu offload: {result['offload_description']}")
     if sp:
         acc = f"{sp['acceptance']:.1%} ({sp['accepted']}/{sp['drafted']} drafts)" if sp["acceptance"] is not None else "nothing drafted"
         speedup = f"{sp['speedup']:.2f}x" if sp["speedup"] is not None else "n/a"

@@ -10,7 +10,8 @@ The token embedding stays on the host. Activations cross between the two as nump
 hand-off between the last GPU layer and the first CPU layer needs nothing of its own.
 
 n_gpu_layers: 0 none; N > 0 the first N layers (more than the model has: all of them); -1 as many as fit
-in the GPU's free memory, keeping RESERVE_BYTES (or EDGEINFER_CUDA_RESERVE_MB) free for work buffers.
+in the GPU's free memory, keeping RESERVE_BYTES (or EDGEINFER_CUDA_RESERVE_MB) free for work buffers;
+None (load's default) EDGEINFER_N_GPU_LAYERS when set, else 0.
 Where CUDA is unavailable, -1 runs everything on the CPU with a warning (none fit), while an explicit
 N > 0 is an EdgeInferError that says why.
 """
@@ -54,6 +55,22 @@ def layer_sizes(gguf) -> tuple[list[int], int]:
     if "output.weight" not in names and "token_embd.weight" in names:
         head += int(gguf.tensors["token_embd.weight"].n_bytes)  # tied: the GPU gets its own copy
     return sizes, head
+
+
+ENV_N_GPU_LAYERS = "EDGEINFER_N_GPU_LAYERS"
+
+
+def default_n_gpu_layers(n_gpu_layers=None) -> int:
+    """n_gpu_layers, or when None, $EDGEINFER_N_GPU_LAYERS (a whole number), else 0; checked."""
+    if n_gpu_layers is None:
+        env = os.environ.get(ENV_N_GPU_LAYERS, "").strip()
+        if not env:
+            return 0
+        try:
+            n_gpu_layers = int(env)
+        except ValueError:
+            raise EdgeInferError(f"{ENV_N_GPU_LAYERS} must be a whole number (0, N or -1), not {env!r}.") from None
+    return check_n_gpu_layers(n_gpu_layers)
 
 
 def check_n_gpu_layers(n_gpu_layers) -> int:
