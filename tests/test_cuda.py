@@ -819,3 +819,82 @@ def test_cli_ngl_reaches_serve_and_chat(monkeypatch):
     main(["serve", "model.gguf", "-ngl", "-1"])
     assert seen["serve"] == "-1"
     assert main(["serve", "model.gguf", "-ngl", "-3"]) == 1
+
+
+# -- NVML energy (edgeinfer/energy/nvml.py) on a stand-in of libnvidia-ml ----------------------------------
+
+
+class FakeNvml:
+    """The NVML functions NvmlMeter calls, with ctypes.byref outputs, on a scripted GPU."""
+
+    def __init__(self, energy_mj=None, power_mw=250_000):
+        self.energy_mj, self.power_mw = energy_mj, power_mw
+        self.opened = []
+
+    def nvmlInit_v2(self):
+        return 0
+
+    def nvmlDeviceGetHandleByIndex_v2(self, index, ref):
+        self.opened.append(index.value)
+        ref._obj.value = 1000 + index.value
+        return 0
+
+    def nvmlDeviceGetHandleByUUID(self, uuid, ref):
+        self.opened.append(uuid.decode())
+        ref._obj.value = 7
+        return 0
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle, ref):
+        if self.energy_mj is None:
+            return 3  # NVML_ERROR_NOT_SUPPORTED
+        ref._obj.value = self.energy_mj() if callable(self.energy_mj) else self.energy_mj
+        return 0
+
+    def nvmlDeviceGetPowerUsage(self, handle, ref):
+        ref._obj.value = self.power_mw
+        return 0
+
+
+def test_nvml_energy(monkeypatch):
+    import time
+
+    from edgeinfer.energy import nvml as nvml_mod
+
+    ticks = iter([1_000, 3_500])
+    fake = FakeNvml(energy_mj=lambda: next(ticks))
+    monkeypatch.setattr(nvml_mod, "_lib", fake)
+    meter = nvml_mod.NvmlMeter("cuda:0")
+    fake.energy_mj = lambda: next(ticks)
+    ticks = iter([1_000, 3_500])
+    with meter.measure() as m:
+        pass
+    assert m.source == "nvml" and m.joules == pytest.approx(2.5) and "energy counter" in m.note
+    # a block shorter than the counter's update: power x time, not zero
+    fake.energy_mj = 5_000
+    with meter.measure() as m:
+        time.sleep(0.05)
+    assert m.joules == pytest.approx(250.0 * m.seconds, rel=0.05) and m.joules > 0
+    # no counter: power sampled over time
+    fake.energy_mj = None
+    meter = nvml_mod.NvmlMeter(0, interval_s=0.01)
+    assert not meter.has_counter and "power sampled" in meter.note
+    with meter.measure() as m:
+        time.sleep(0.1)
+    assert m.joules == pytest.approx(250.0 * m.seconds, rel=0.3)
+    # CUDA's numbering after CUDA_VISIBLE_DEVICES
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    nvml_mod.NvmlMeter("cuda:1")
+    nvml_mod.NvmlMeter("cuda:0")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1234")
+    nvml_mod.NvmlMeter("cuda")
+    assert fake.opened[-3:] == [1, 3, "GPU-1234"]
+
+
+def test_gpu_meter_adds_nvml_to_the_cpu(monkeypatch):
+    from edgeinfer import energy
+    from edgeinfer.energy import nvml as nvml_mod
+
+    monkeypatch.setattr(nvml_mod, "_lib", FakeNvml(energy_mj=1_000))
+    meter = energy.open_meter("cuda")
+    assert meter.source.startswith("nvml+")
+    assert energy.open_meter("cpu").source in ("rapl", "estimate")

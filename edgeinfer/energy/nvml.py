@@ -1,13 +1,15 @@
 """NVIDIA GPU energy through NVML, loaded with ctypes from libnvidia-ml.so.1 (no Python dependency).
 
 `nvmlDeviceGetTotalEnergyConsumption` (millijoules since the driver loaded; Volta and newer) is read
-before and after; on GPUs without that counter, a thread samples `nvmlDeviceGetPowerUsage`
+before and after (a block too short for the counter to tick gets power x time instead); on GPUs without
+that counter, a thread samples `nvmlDeviceGetPowerUsage`
 (milliwatts) every `interval_s` and integrates power over time (trapezoids). Used only when a GPU is
 asked for or in use; it counts the GPU board alone (the CPU side is measured by another meter)."""
 
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
 
@@ -42,11 +44,19 @@ def load_library():
         return lib
 
 
-def _device_index(device: str | int | None) -> int:
+def _device_index(device: str | int | None) -> int | str:
+    """NVML's index (or a GPU's UUID) for a device: an int is NVML's own index; "cuda:N" / "gpu:N" is the
+    N-th GPU CUDA sees, which CUDA_VISIBLE_DEVICES may renumber ("2,3": cuda:0 is NVML's 2; UUIDs name
+    the GPU directly)."""
     if device is None or isinstance(device, int):
         return int(device or 0)
     _, _, idx = str(device).partition(":")
-    return int(idx) if idx.strip().isdigit() else 0
+    n = int(idx) if idx.strip().isdigit() else 0
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if n < len(visible):
+        v = visible[n]
+        return int(v) if v.isdigit() else v
+    return n
 
 
 class NvmlMeter(Meter):
@@ -57,8 +67,12 @@ class NvmlMeter(Meter):
         self.index = _device_index(device)
         self.interval_s = interval_s
         handle = ctypes.c_void_p()
-        get = getattr(lib, "nvmlDeviceGetHandleByIndex_v2", None) or lib.nvmlDeviceGetHandleByIndex
-        if get(ctypes.c_uint(self.index), ctypes.byref(handle)) != NVML_SUCCESS:
+        if isinstance(self.index, str):  # a UUID from CUDA_VISIBLE_DEVICES
+            rc = lib.nvmlDeviceGetHandleByUUID(self.index.encode(), ctypes.byref(handle))
+        else:
+            get = getattr(lib, "nvmlDeviceGetHandleByIndex_v2", None) or lib.nvmlDeviceGetHandleByIndex
+            rc = get(ctypes.c_uint(self.index), ctypes.byref(handle))
+        if rc != NVML_SUCCESS:
             raise MeterUnavailable(f"NVML has no GPU {self.index}")
         self.handle = handle
         self.has_counter = self._energy_mj() is not None
@@ -85,7 +99,7 @@ class NvmlMeter(Meter):
 
     def _start(self):
         if self.has_counter:
-            return {"start_mj": self._energy_mj()}
+            return {"start_mj": self._energy_mj(), "t0": time.perf_counter(), "mw0": self._power_mw()}
         state = {"joules": 0.0, "stop": threading.Event()}
         last = [time.perf_counter(), self._power_mw() or 0]
 
@@ -106,7 +120,15 @@ class NvmlMeter(Meter):
     def _stop(self, state) -> float:
         if "start_mj" in state:
             end = self._energy_mj()
-            return max(0, (end or state["start_mj"]) - state["start_mj"]) / 1000.0
+            delta = max(0, (end or state["start_mj"]) - state["start_mj"]) / 1000.0
+            if delta > 0:
+                return delta
+            # the counter had not ticked yet (a block shorter than its update interval): the mean of the
+            # power read at both ends x the time, rather than a zero
+            mw1 = self._power_mw()
+            mws = [p for p in (state.get("mw0"), mw1) if p is not None]
+            seconds = time.perf_counter() - state["t0"]
+            return (sum(mws) / len(mws)) * seconds / 1000.0 if mws else 0.0
         state["stop"].set()
         state["thread"].join()
         return state["joules"]
