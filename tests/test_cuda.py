@@ -726,7 +726,8 @@ def test_gpu_model_equals_the_cpu(tmp_path, arch, wtype):
     be = CudaBackend(host=NumbaBackend())
     gpu = _run(path, ReferenceBackend(), lambda il: be, n=14)
     assert np.abs(gpu - cpu).max() <= 1e-4 * float(np.abs(cpu).max())
-    half = _run(path, ReferenceBackend(), lambda il: be if il < 2 else ReferenceBackend(), n=14)
+    cpu_be = ReferenceBackend()
+    half = _run(path, cpu_be, lambda il: be if il < 2 else cpu_be, n=14)
     assert np.abs(half - cpu).max() <= 1e-4 * float(np.abs(cpu).max())
 
 
