@@ -252,6 +252,10 @@ def load(
         from .kernels.cuda.offload import plan_offload
 
         plan = plan_offload(gguf, backend, n_gpu_layers)
+        if plan.device is not None and (plan.n_gpu_layers or plan.head_on_device):
+            from .energy import note_gpu_in_use
+
+            note_gpu_in_use(f"cuda:{getattr(plan.device, 'device', 0)}")  # meters count the GPU board too
     model = build_model(gguf, backend, layer_backend=plan.layer_backend if plan and plan.device else None)
     draft_llm = None
     if draft is not None:

@@ -44,6 +44,14 @@ CUDA_SOURCES = REPO / "native" / "cuda"
 KQUANTS = (T.Q4_K, T.Q5_K, T.Q6_K)
 
 
+@pytest.fixture(autouse=True)
+def _no_gpu_noted(monkeypatch):
+    """load(n_gpu_layers=...) notes a GPU in use for the process's energy meters: not past a test."""
+    from edgeinfer import energy
+
+    monkeypatch.setattr(energy, "_GPUS_IN_USE", [])
+
+
 # -- a fake nvcc ---------------------------------------------------------------------------------------
 
 FAKE_NVCC = """#!%(python)s
@@ -900,3 +908,18 @@ def test_gpu_meter_adds_nvml_to_the_cpu(monkeypatch):
     meter = energy.open_meter("cuda")
     assert meter.source.startswith("nvml+")
     assert energy.open_meter("cpu").source in ("rapl", "estimate")
+
+
+def test_meters_count_the_gpu_once_layers_run_there(tiny_llama, monkeypatch):
+    """The server's and the chat app's meters ("cpu", opened after the load) add the GPU board."""
+    from edgeinfer import energy
+    from edgeinfer.energy import nvml as nvml_mod
+
+    monkeypatch.setattr(energy, "_GPUS_IN_USE", [])
+    monkeypatch.setattr(nvml_mod, "_lib", FakeNvml(energy_mj=1_000))
+    assert not energy.open_meter("cpu").source.startswith("nvml")
+    _fake_devices(monkeypatch)
+    edgeinfer.load(str(tiny_llama), n_ctx=32, backend="numba", n_threads=1, n_gpu_layers=1)
+    assert energy.gpus_in_use() == ("cuda:0",)
+    assert energy.open_meter("cpu").source.startswith("nvml+")
+    assert energy.open_meter("cpu", "estimate").source == "estimate"

@@ -58,12 +58,29 @@ def _cpu_meter(extra_reason: str = "") -> Meter:
         return EstimateMeter(reason=reason)
 
 
+_GPUS_IN_USE: list[str] = []
+
+
+def note_gpu_in_use(device: str = "cuda:0") -> None:
+    """Say that this process runs work on a GPU (edgeinfer.load does, for n_gpu_layers): from then on an
+    automatic meter for "cpu" also counts that GPU's board (NVML), where it can be read."""
+    if device not in _GPUS_IN_USE:
+        _GPUS_IN_USE.append(device)
+
+
+def gpus_in_use() -> tuple[str, ...]:
+    return tuple(_GPUS_IN_USE)
+
+
 def open_meter(device: str = "cpu", source: str | None = None) -> Meter:
     """The best meter for `device` ("cpu", or "gpu"/"cuda[:N]" when a GPU does the work).
 
-    source: None/"auto" picks (RAPL where readable, else the estimate; NVML added for a GPU device);
-    "rapl", "nvml" or "estimate" asks for that one and raises MeterUnavailable when it cannot be read."""
+    source: None/"auto" picks (RAPL where readable, else the estimate; NVML added for a GPU device, and
+    for "cpu" too once this process runs layers on a GPU: note_gpu_in_use); "rapl", "nvml" or "estimate"
+    asks for that one and raises MeterUnavailable when it cannot be read."""
     source = "auto" if source is None else source
+    if source == "auto" and not _is_gpu(device) and _GPUS_IN_USE:
+        device = _GPUS_IN_USE[0]
     if source not in SOURCES:
         raise MeterUnavailable(f"Unknown energy source {source!r}; choose one of: {', '.join(SOURCES)}.")
     try:
@@ -111,6 +128,8 @@ __all__ = [
     "RaplMeter",
     "SOURCES",
     "available_sources",
+    "gpus_in_use",
+    "note_gpu_in_use",
     "open_meter",
     "watts_per_core",
 ]
