@@ -40,12 +40,15 @@ after a cooldown that doubles while it keeps not paying.
 
 For a batch runner the per-sequence object is `Speculator`:
 
+    spec.prefill(prompt_ids)                        # optional, with the model's prefill (a draft's prompt)
     k = spec.draft_length(k_cap)                    # 0: a plain step this time
     drafts = spec.propose(context, k, sampler)      # context: every token so far, its last one not yet in the cache
     logits = <the model over [context[-1]] + drafts after the cache, all logits>   # (len(drafts)+1, n_vocab)
     tokens = spec.verify(sampler, logits, drafts)   # the accepted drafts + one more; sampler.accept() done
     cache.truncate(n_past_before + len(tokens))     # forget the rejected drafts
     spec.observe_pass(len(drafts) + 1, seconds)     # optional: teach the cost model (alone in a pass)
+    spec.observe_round(len(tokens), seconds)        # the on/off judgement: tokens and seconds of the
+                                                    # round (drafting included: spec.last_propose_seconds)
 
 `Speculator.step` does exactly that for one sequence, and `generate_speculative` is the generation loop
 of engine/generate.py with it.
@@ -301,20 +304,27 @@ class Calibration:
 class CostModel:
     """Seconds measured on this machine, shared by the requests of one LLM: a pass of m tokens with its
     verification (m = 1: a plain decode step), one draft step, one n-gram lookup; and the draft's
-    calibration. Exponential moving averages; a pass length never measured is interpolated between
-    measured ones, or extrapolated with the measured slope (a prior of 0.3 x t(1) per extra token
-    before there are two points)."""
+    calibration.
+
+    A pass length's cost is a straight line a + b (m - 1), fitted to every length measured (weighted by
+    how often, up to 10), pulled towards that length's own moving average as it is measured more often
+    (the kernels' token tiles make some lengths cheaper than the line): one noisy reading neither sticks
+    to a length nor keeps the tuner from trying it again. Before two lengths are known the slope is a
+    prior, 0.3 x t(1) per extra token."""
 
     PRIOR_SLOPE = 0.3
     WEIGHT = 0.25
+    TRUST = 3.0  # readings of a length at which its own average and the line weigh the same
 
     def __init__(self):
-        self.passes: dict[int, float] = {}
+        self.passes: dict[int, float] = {}  # m -> moving average of its seconds
+        self.counts: dict[int, int] = {}
         self.passes_at: dict[int, float] = {}  # time.monotonic() of each pass length's latest measurement
         self.draft_step: float | None = None
         self.lookup: float = 0.0  # seconds of one n-gram lookup (a round, not per token)
         self.calibration = Calibration()
         self.frozen = False  # nominal costs that measurements do not change (see nominal())
+        self._line: tuple[float, float] | None = None
 
     @classmethod
     def nominal(cls, draft_ratio: float = 0.0, max_pass: int = 257) -> "CostModel":
@@ -323,7 +333,9 @@ class CostModel:
         bytes of weights over the model's: decoding reads each once per token). The tuner's choices
         then depend on the request's own tokens only, so the seed gives the same text every run."""
         c = cls()
-        c.passes = {m: 1.0 + cls.PRIOR_SLOPE * (m - 1) for m in range(1, max_pass + 1)}
+        c.passes = {1: 1.0}
+        c.counts = {1: 1}
+        c._line = (1.0, cls.PRIOR_SLOPE)
         c.draft_step = float(draft_ratio)
         c.frozen = True
         return c
@@ -334,13 +346,9 @@ class CostModel:
     def observe_pass(self, m: int, seconds: float) -> None:
         if not self.frozen:
             self.passes[m] = self._ema(self.passes.get(m), seconds)
+            self.counts[m] = self.counts.get(m, 0) + 1
             self.passes_at[m] = time.monotonic()
-
-    def age(self, m: int) -> float:
-        """Seconds since a pass of m tokens was last measured (inf: never; 0 for nominal costs)."""
-        if self.frozen:
-            return 0.0
-        return time.monotonic() - self.passes_at[m] if m in self.passes_at else math.inf
+            self._line = None
 
     def observe_draft_step(self, seconds: float) -> None:
         if not self.frozen:
@@ -350,23 +358,39 @@ class CostModel:
         if not self.frozen:
             self.lookup = self._ema(self.lookup or None, seconds)
 
+    def age(self, m: int) -> float:
+        """Seconds since a pass of m tokens was last measured (inf: never; 0 for nominal costs)."""
+        if self.frozen:
+            return 0.0
+        return time.monotonic() - self.passes_at[m] if m in self.passes_at else math.inf
+
+    def line(self) -> tuple[float, float] | None:
+        """(t(1), seconds per extra token) of the fitted line; None before t(1) is measured."""
+        if self._line is None and 1 in self.passes:
+            ms = sorted(self.passes)
+            if len(ms) == 1:
+                self._line = (self.passes[1], self.PRIOR_SLOPE * self.passes[1])
+            else:
+                x = np.array(ms, np.float64) - 1.0
+                y = np.array([self.passes[m] for m in ms])
+                w = np.array([min(self.counts.get(m, 1), 10) for m in ms], np.float64)
+                xm, ym = np.average(x, weights=w), np.average(y, weights=w)
+                var = np.average((x - xm) ** 2, weights=w)
+                b = max(float(np.average((x - xm) * (y - ym), weights=w) / var), 0.0) if var > 0 else 0.0
+                self._line = (float(ym - b * xm), b)
+        return self._line
+
     def t_pass(self, m: int) -> float | None:
-        known = self.passes
-        if m in known:
-            return known[m]
-        if 1 not in known:
+        """Seconds of a pass of m tokens (with its verification); None before a plain step is measured."""
+        line = self.line()
+        if line is None:
             return None
-        xs = sorted(known)
-        below = max(x for x in xs if x < m)
-        above = [x for x in xs if x > m]
-        if above:
-            hi = min(above)
-            return known[below] + (known[hi] - known[below]) * (m - below) / (hi - below)
-        if len(xs) >= 2:
-            slope = max((known[xs[-1]] - known[1]) / (xs[-1] - 1), 0.0)
-        else:
-            slope = self.PRIOR_SLOPE * known[1]
-        return known[below] + slope * (m - below)
+        fit = max(line[0] + line[1] * (m - 1), 1e-9)
+        n = self.counts.get(m, 0)
+        if n == 0:
+            return fit
+        w = n / (n + self.TRUST)
+        return w * self.passes[m] + (1.0 - w) * fit
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -388,17 +412,18 @@ class Tuner:
       pass's growth by one token.
     - on/off: the tokens per second measured over recent speculative rounds (drafting, pass and
       verification) against a plain decode step's 1 / t_pass(1). Below it, speculation is off for
-      `cooldown` tokens, then one probe round; the cooldown doubles (16 .. 512) while it keeps not paying.
+      `cooldown` tokens, then a probe of a few rounds; the cooldown doubles (16 .. 512) while it keeps
+      not paying.
     """
 
     PRIOR_ALPHA = 0.6  # belief before any evidence, worth PRIOR_WEIGHT rounds
     PRIOR_WEIGHT = 2.0
     DECAY = 0.85  # per round: recent rounds weigh most
-    RATE_DECAY = 0.7  # per round, for the measured rate
+    RATE_DECAY = 0.8  # per round, for the measured rate
     COOLDOWN = 16
     MAX_COOLDOWN = 512
     K_START = 4  # the first pass of a cold cost model
-    MIN_ROUNDS = 2  # measured rounds before speculation may be judged not to pay
+    MIN_ROUNDS = 3  # measured rounds (of a request, or of a probe) before it may be judged not to pay
     REFRESH_S = 2.0  # a plain step when t_pass(1) is older than this: the machine's load drifts
 
     def __init__(self, costs: CostModel, cfg: SpecConfig, kind: str):
@@ -449,9 +474,10 @@ class Tuner:
             if self.off_left > 0 or not self.cfg.reprobe:
                 self.off_left -= 1
                 return 0
-            self.off = False  # a probe: one speculative round, then judged again
+            self.off = False  # a probe: MIN_ROUNDS speculative rounds, then judged again
             self.rate_tokens *= 0.2
             self.rate_seconds *= 0.2
+            self.rate_rounds = 0
             self.successes *= 0.25
             self.failures *= 0.25
         cap = min(self.cfg.draft_max, k_cap)
@@ -550,6 +576,7 @@ class Speculator:
         self._drafts: list[int] = []
         self._confidences: list[float] = []
         self._propose_s = 0.0
+        self.last_propose_seconds = 0.0
 
     @property
     def mode(self) -> str:
@@ -593,6 +620,7 @@ class Speculator:
             self.costs.observe_lookup(time.perf_counter() - start)
         self._propose_s = time.perf_counter() - start
         self.draft_seconds += self._propose_s
+        self.last_propose_seconds = self._propose_s
         self._drafts, self._probs = list(drafts), probs
         return list(drafts)
 
