@@ -13,13 +13,15 @@ mkdir -p .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .whl "gguf==$(python3 -c 'import importlib.metadata as m; print(m.version("gguf"))')" platformdirs
-NVCC_DIR=${NVCC_DIR:-/tmp/nvcc13}
-if [ ! -x "$NVCC_DIR/nvidia/cu13/bin/nvcc" ]; then
-  python3 -m pip install -q --no-deps --target "$NVCC_DIR" nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 \
-    nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88
+NVCC=${EDGEINFER_NVCC:-$(command -v nvcc || true)}  # this project's machines have CUDA 13.0 in /usr/local/cuda
+if [ -z "$NVCC" ]; then
+  NVCC_DIR=${NVCC_DIR:-/tmp/nvcc13}
+  [ -x "$NVCC_DIR/nvidia/cu13/bin/nvcc" ] || python3 -m pip install -q --no-deps --target "$NVCC_DIR" \
+    nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88
+  NVCC="$NVCC_DIR/nvidia/cu13/bin/nvcc"
 fi
 rm -rf .whl/eihome
-EDGEINFER_HOME="$PWD/.whl/eihome" EDGEINFER_NVCC="$NVCC_DIR/nvidia/cu13/bin/nvcc" python3 -c '
+EDGEINFER_HOME="$PWD/.whl/eihome" EDGEINFER_NVCC="$NVCC" python3 -c '
 from edgeinfer.kernels.cuda import build
 print(build.library_path(cc=(9, 0), log=print))'
 du -sh .whl; ls -la .whl
