@@ -438,7 +438,12 @@ def test_draft_length_follows_the_calibration():
 
     def length(confidence):
         tuner.begin_round()
-        return next((i - 1 for i in range(1, 17) if not tuner.keep_drafting(i, confidence)), 16)
+        for i in range(1, 17):
+            if not tuner.include(i, confidence):
+                return i - 1
+            if not tuner.proceed(i, confidence):
+                return i
+        return 16
 
     cal = costs.calibration
     for _ in range(200):

@@ -179,8 +179,9 @@ class NgramProposer:
 class DraftProposer:
     """A draft model drafting for one sequence: its own KV cache, synced to the context each round.
 
-    How far it drafts is the tuner's call, position by position (`Tuner.keep_drafting`, from the
-    draft's confidence); with a fixed `p_min` it also stops where its top probability falls under it."""
+    How far it drafts is the tuner's call, position by position (`Tuner.include`, `Tuner.proceed`, from
+    the draft's confidence); with a fixed `p_min` it also stops where its top probability falls under it
+    (llama.cpp's rule)."""
 
     kind = "draft"
 
@@ -224,7 +225,7 @@ class DraftProposer:
         probs: list[np.ndarray] | None = None if greedy else []
         if tuner is not None:
             tuner.begin_round()
-        for i in range(k):
+        for i in range(1, k + 1):
             start = time.perf_counter()
             n_fed = len(feed)
             logits = self.model.forward(np.asarray(feed, np.int32), self.cache, all_logits=False)[-1]
@@ -233,7 +234,7 @@ class DraftProposer:
             top = scores.max()
             confidence = 1.0 / float(np.exp(scores - top).sum(dtype=np.float64))  # top probability at T=1
             keep = self.p_min is None or confidence >= self.p_min
-            keep = keep and (tuner is None or tuner.keep_drafting(i + 1, confidence))
+            keep = keep and (tuner is None or tuner.include(i, confidence))
             if keep:
                 if greedy:
                     tok = int(np.argmax(scores))
@@ -250,7 +251,9 @@ class DraftProposer:
                 self.step_seconds.append(seconds)
             else:
                 self.catchup_seconds += seconds
-            if not keep:
+            # the last draft is not fed to the draft model: if every draft stands, the next round feeds
+            # it with the bonus token (two tokens in one step, cheaper than a step that may be wasted)
+            if not keep or i == k or (tuner is not None and not tuner.proceed(i, confidence)):
                 break
         return drafts, probs
 
@@ -406,10 +409,11 @@ class Tuner:
 
     - n-gram drafts: each stands with probability alpha (decayed counts of this sequence's rounds, a
       prior of 0.6); the pass drafts the k maximizing E[tokens](alpha, k) / (t_lookup + t_pass(k+1)).
-    - draft-model drafts: decided position by position (`keep_drafting`): draft i is kept while it
-      raises the pass's expected tokens per second, its chance to stand (all drafts before it too)
-      taken from the draft's calibration at its confidence; the cost of one more: a draft step and the
-      pass's growth by one token.
+    - draft-model drafts: decided position by position. Each draft step is taken only while it is
+      expected to raise the pass's tokens per second (`proceed`: its chance to stand, all drafts before
+      it too, estimated from the draft's calibration at the last draft's confidence, against a draft
+      step and the pass's growth by one token); a draft it made is verified unless its own confidence
+      says the pass's growth is not worth it (`include`).
     - on/off: the tokens per second measured over recent speculative rounds (drafting, pass and
       verification) against a plain decode step's 1 / t_pass(1). Below it, speculation is off for
       `cooldown` tokens, then a probe of a few rounds; the cooldown doubles (16 .. 512) while it keeps
@@ -482,7 +486,7 @@ class Tuner:
             self.failures *= 0.25
         cap = min(self.cfg.draft_max, k_cap)
         if self.kind == "draft":
-            k = cap  # keep_drafting decides where to stop
+            k = cap  # include() and proceed() decide where to stop
         elif self.rounds == 0:
             k = min(self.K_START, cap)
         else:
@@ -491,21 +495,40 @@ class Tuner:
         return k
 
     def begin_round(self) -> None:
-        self._E, self._P = 1.0, 1.0
-        self._T = self.costs.t_pass(1) or 0.0
+        """A draft-model round starts: its first draft step is taken (the tuner chose k > 0)."""
+        self._E, self._P = 1.0, 1.0  # expected tokens of the pass, chance that every draft so far stands
+        t1, step = self.costs.t_pass(1), self.costs.draft_step
+        self._T = (t1 or 0.0) + (step or 0.0)  # expected seconds of the round
 
-    def keep_drafting(self, i: int, confidence: float) -> bool:
-        """Whether draft i (1-based) of this pass, with this confidence, is worth verifying."""
-        if not self.cfg.adaptive:
+    def _warm(self) -> bool:
+        return self.costs.draft_step is not None and self.costs.t_pass(1) is not None
+
+    def include(self, i: int, confidence: float) -> bool:
+        """Whether draft i (1-based, already made, with this confidence) is worth verifying: the pass
+        grows by one token."""
+        if not self.cfg.adaptive or not self._warm():
             return True
-        t_step, t_i, t_next = self.costs.draft_step, self.costs.t_pass(i), self.costs.t_pass(i + 1)
-        if t_step is None or t_i is None or t_next is None or self._T <= 0:
-            return i <= self.K_START  # cold: a short first pass, which measures the costs
         P = self._P * self.costs.calibration.estimate(confidence)
-        E, T = self._E + P, self._T + t_step + max(t_next - t_i, 0.0)
-        if E * self._T < self._E * T:  # E / T < self._E / self._T: one more lowers the rate
+        E = self._E + P
+        T = self._T + max(self.costs.t_pass(i + 1) - self.costs.t_pass(i), 0.0)
+        if E * self._T < self._E * T:  # E / T < self._E / self._T: verifying it lowers the rate
             return False
         self._E, self._T, self._P = E, T, P
+        return True
+
+    def proceed(self, i: int, confidence: float) -> bool:
+        """Whether to take draft step i + 1 after draft i (with this confidence): the next draft's chance
+        is guessed from this one's confidence; its cost is a draft step and one more token in the pass."""
+        if not self.cfg.adaptive:
+            return True
+        if not self._warm():
+            return i < self.K_START  # cold: a short first pass, which measures the costs
+        P = self._P * self.costs.calibration.estimate(confidence)
+        E = self._E + P
+        T = self._T + self.costs.draft_step + max(self.costs.t_pass(i + 2) - self.costs.t_pass(i + 1), 0.0)
+        if E * self._T < self._E * T:
+            return False
+        self._T += self.costs.draft_step  # the step is taken; include() adds the pass's growth
         return True
 
     def observe(self, n_drafted: int, n_accepted: int) -> None:
