@@ -191,10 +191,13 @@ int ei_cuda_upload(const void *host, size_t n_bytes, void **handle) {
     EI_TRY(enter());
     void *p = nullptr;
     EI_CUDA(cudaMalloc(&p, n_bytes ? n_bytes : 1));
-    cudaError_t e = cudaMemcpy(p, host, n_bytes, cudaMemcpyHostToDevice);
+    // on the library's stream, then waited for: a plain cudaMemcpy from pageable memory may return before
+    // its DMA ends, and the stream (non-blocking) would not wait for the legacy stream's copy
+    cudaError_t e = cudaMemcpyAsync(p, host, n_bytes, cudaMemcpyHostToDevice, g_stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(g_stream);
     if (e != cudaSuccess) {
         cudaFree(p);
-        return check(e, "cudaMemcpy (weight upload)");
+        return check(e, "copying a weight to the GPU");
     }
     *handle = p;
     return 0;
