@@ -31,12 +31,14 @@ Correctness (`Speculator.verify`):
   itself on nominal costs (`CostModel.nominal`) rather than on the clock, whose readings differ
   from run to run and would change the draft lengths, and so the random numbers each token uses.
 
-Self-tuning (`Tuner`, `CostModel`): the acceptance rate is tracked per sequence (a geometric model,
-recent rounds weigh most) and the costs per LLM: seconds of a pass of m tokens (m = 1 is a plain
-decode step) and of one draft step, measured as it runs. Each round drafts the k that maximizes the
-expected tokens per second, E[tokens] = (1 - a^(k+1)) / (1 - a) over (k * t_draft + t_pass(k+1)); when
-no k beats plain decoding (1 / t_pass(1)), speculation is off for the sequence, and probed again
-after a cooldown that doubles while it keeps not paying.
+Self-tuning (`Tuner`, `CostModel`, `Calibration`): costs per LLM, measured as it runs (seconds of a
+pass of m tokens, m = 1 being a plain decode step, and of a draft step; low quantiles, so that other
+programs' load does not sway the choices); how often a draft model's drafts stand at each confidence
+(per LLM); the acceptance of n-gram drafts (per sequence). n-gram rounds draft the k that maximizes
+E[tokens] / (t_lookup + t_pass(k+1)) with E[tokens] = (1 - a^(k+1)) / (1 - a); a draft model drafts
+while one more draft raises the expected tokens per second. When recent rounds yield fewer tokens per
+second than plain decoding (1 / t_pass(1)), speculation is off for the sequence, and probed again after
+a cooldown that doubles while it keeps not paying.
 
 For a batch runner the per-sequence object is `Speculator`:
 
@@ -47,8 +49,7 @@ For a batch runner the per-sequence object is `Speculator`:
     tokens = spec.verify(sampler, logits, drafts)   # the accepted drafts + one more; sampler.accept() done
     cache.truncate(n_past_before + len(tokens))     # forget the rejected drafts
     spec.observe_pass(len(drafts) + 1, seconds)     # optional: teach the cost model (alone in a pass)
-    spec.observe_round(len(tokens), seconds)        # the on/off judgement: tokens and seconds of the
-                                                    # round (drafting included: spec.last_propose_seconds)
+    spec.observe_round(len(tokens), spec.round_cost(len(drafts)))   # the on/off judgement
 
 `Speculator.step` does exactly that for one sequence, and `generate_speculative` is the generation loop
 of engine/generate.py with it.
@@ -192,7 +193,8 @@ class DraftProposer:
         self.p_min = p_min
         self.rng = np.random.default_rng(None if seed is None else [int(seed), 0x5EED])
         self.confidences: list[float] = []  # of the latest proposal's drafts
-        self.step_seconds: list[float] = []  # each draft step's time (catch-ups over many tokens left out)
+        self.step_seconds: list[tuple[int, float]] = []  # (tokens fed, seconds) of each draft step
+        # (catch-ups over more than two tokens, after plain steps, are left out)
         self.catchup_seconds = 0.0
 
     def _sync(self, context: Sequence[int]) -> list[int]:
@@ -248,7 +250,7 @@ class DraftProposer:
                 feed = [tok]
             seconds = time.perf_counter() - start
             if n_fed <= 2:
-                self.step_seconds.append(seconds)
+                self.step_seconds.append((n_fed, seconds))
             else:
                 self.catchup_seconds += seconds
             # the last draft is not fed to the draft model: if every draft stands, the next round feeds
@@ -309,25 +311,41 @@ class CostModel:
     verification (m = 1: a plain decode step), one draft step, one n-gram lookup; and the draft's
     calibration.
 
+    Every figure tracks a low quantile of its readings (it follows a faster reading at once and a
+    slower one only slowly): what the work costs on this machine when nothing else runs. Other programs'
+    load slows every pass alike and would otherwise make the tuner's choices follow the noise; the
+    choices compare costs, and the on/off judgement compares what a round yielded against these costs,
+    so a busy moment changes neither.
+
     A pass length's cost is a straight line a + b (m - 1), fitted to every length measured (weighted by
-    how often, up to 10), pulled towards that length's own moving average as it is measured more often
-    (the kernels' token tiles make some lengths cheaper than the line): one noisy reading neither sticks
-    to a length nor keeps the tuner from trying it again. Before two lengths are known the slope is a
-    prior, 0.3 x t(1) per extra token."""
+    how often, up to 10), pulled towards that length's own figure as it is measured more often (the
+    kernels' token tiles make some lengths cheaper than the line): one odd reading neither sticks to a
+    length nor keeps the tuner from trying it again. Before two lengths are known the slope is a prior,
+    0.3 x t(1) per extra token. A draft step that feeds two tokens (the last draft and the bonus token,
+    after a pass that kept every draft) has its own figure."""
 
     PRIOR_SLOPE = 0.3
-    WEIGHT = 0.25
-    TRUST = 3.0  # readings of a length at which its own average and the line weigh the same
+    DOWN, UP = 0.3, 0.03  # how far a reading below / above the figure moves it
+    TRUST = 3.0  # readings of a length at which its own figure and the line weigh the same
 
     def __init__(self):
         self.passes: dict[int, float] = {}  # m -> moving average of its seconds
         self.counts: dict[int, int] = {}
         self.passes_at: dict[int, float] = {}  # time.monotonic() of each pass length's latest measurement
-        self.draft_step: float | None = None
+        self.steps: dict[int, float] = {}  # tokens fed (1 or 2) -> seconds of a draft step
         self.lookup: float = 0.0  # seconds of one n-gram lookup (a round, not per token)
         self.calibration = Calibration()
         self.frozen = False  # nominal costs that measurements do not change (see nominal())
         self._line: tuple[float, float] | None = None
+
+    @property
+    def draft_step(self) -> float | None:
+        """Seconds of a draft step that feeds one token."""
+        return self.steps.get(1)
+
+    def step_cost(self, n_fed: int) -> float:
+        one = self.steps.get(1, 0.0)
+        return self.steps.get(n_fed, one * n_fed) if n_fed > 1 else one
 
     @classmethod
     def nominal(cls, draft_ratio: float = 0.0, max_pass: int = 257) -> "CostModel":
@@ -339,27 +357,29 @@ class CostModel:
         c.passes = {1: 1.0}
         c.counts = {1: 1}
         c._line = (1.0, cls.PRIOR_SLOPE)
-        c.draft_step = float(draft_ratio)
+        c.steps = {1: float(draft_ratio), 2: 1.5 * float(draft_ratio)}
         c.frozen = True
         return c
 
-    def _ema(self, old: float | None, new: float) -> float:
-        return new if old is None else old + self.WEIGHT * (new - old)
+    def _track(self, old: float | None, new: float) -> float:
+        if old is None:
+            return new
+        return old + (self.DOWN if new < old else self.UP) * (new - old)
 
     def observe_pass(self, m: int, seconds: float) -> None:
         if not self.frozen:
-            self.passes[m] = self._ema(self.passes.get(m), seconds)
+            self.passes[m] = self._track(self.passes.get(m), seconds)
             self.counts[m] = self.counts.get(m, 0) + 1
             self.passes_at[m] = time.monotonic()
             self._line = None
 
-    def observe_draft_step(self, seconds: float) -> None:
+    def observe_draft_step(self, seconds: float, n_fed: int = 1) -> None:
         if not self.frozen:
-            self.draft_step = self._ema(self.draft_step, seconds)
+            self.steps[n_fed] = self._track(self.steps.get(n_fed), seconds)
 
     def observe_lookup(self, seconds: float) -> None:
         if not self.frozen:
-            self.lookup = self._ema(self.lookup or None, seconds)
+            self.lookup = self._track(self.lookup or None, seconds)
 
     def age(self, m: int) -> float:
         """Seconds since a pass of m tokens was last measured (inf: never; 0 for nominal costs)."""
@@ -414,10 +434,10 @@ class Tuner:
       it too, estimated from the draft's calibration at the last draft's confidence, against a draft
       step and the pass's growth by one token); a draft it made is verified unless its own confidence
       says the pass's growth is not worth it (`include`).
-    - on/off: the tokens per second measured over recent speculative rounds (drafting, pass and
-      verification) against a plain decode step's 1 / t_pass(1). Below it, speculation is off for
-      `cooldown` tokens, then a probe of a few rounds; the cooldown doubles (16 .. 512) while it keeps
-      not paying.
+    - on/off: the tokens recent speculative rounds yielded over what they cost (their draft steps and
+      passes, by the cost model) against a plain decode step's 1 / t_pass(1). Below it, speculation is
+      off for `cooldown` tokens, then a probe of a few rounds; the cooldown doubles (16 .. 512) while it
+      keeps not paying.
     """
 
     PRIOR_ALPHA = 0.6  # belief before any evidence, worth PRIOR_WEIGHT rounds
@@ -428,7 +448,7 @@ class Tuner:
     MAX_COOLDOWN = 512
     K_START = 4  # the first pass of a cold cost model
     MIN_ROUNDS = 3  # measured rounds (of a request, or of a probe) before it may be judged not to pay
-    REFRESH_S = 2.0  # a plain step when t_pass(1) is older than this: the machine's load drifts
+    REFRESH_S = 5.0  # a plain step when t_pass(1) is older than this: the machine's speed drifts
 
     def __init__(self, costs: CostModel, cfg: SpecConfig, kind: str):
         self.costs, self.cfg, self.kind = costs, cfg, kind
@@ -636,8 +656,8 @@ class Speculator:
         elif self.proposer.kind == "draft":
             drafts, probs = self.proposer.propose(context, k, sampler, self.tuner)
             self._confidences = list(self.proposer.confidences)
-            for s in self.proposer.step_seconds:
-                self.costs.observe_draft_step(s)
+            for n_fed, s in self.proposer.step_seconds:
+                self.costs.observe_draft_step(s, n_fed)
         else:
             drafts, probs = self.proposer.propose(context, k, sampler)
             self.costs.observe_lookup(time.perf_counter() - start)
@@ -698,9 +718,17 @@ class Speculator:
         """A pass of m tokens (and its verification) took `seconds`: teach the cost model."""
         self.costs.observe_pass(m, seconds)
 
+    def round_cost(self, n_drafts: int) -> float:
+        """What the latest round cost by the cost model (not the clock): its draft steps (or lookup)
+        and a pass over n_drafts + 1 tokens."""
+        c = self.costs
+        steps = sum(c.step_cost(n) for n, _ in getattr(self.proposer, "step_seconds", ()))
+        return steps + (c.lookup if self.proposer.kind == "ngram" else 0.0) + (c.t_pass(n_drafts + 1) or 0.0)
+
     def observe_round(self, n_tokens: int, seconds: float) -> None:
-        """A round that drafted (or tried to) yielded n_tokens in `seconds`, drafting, pass and
-        verification together (a batch runner gives the sequence's share): the on/off judgement."""
+        """A round that drafted (or tried to) yielded n_tokens at a cost of `seconds` (`round_cost`: by
+        the cost model, so that others' load on the machine does not sway the judgement): whether
+        speculation pays, against a plain step's t_pass(1)."""
         self.tuner.observe_round(n_tokens, seconds)
 
     def step(self, model, cache, sampler: Sampler, context: Sequence[int], k_cap: int) -> list[int]:
@@ -715,12 +743,7 @@ class Speculator:
         pass_s = time.perf_counter() - start
         self.observe_pass(len(drafts) + 1, pass_s)
         if k > 0 and (drafts or self.proposer.kind == "draft"):
-            if self.costs.frozen:  # nominal seconds: the choices follow the tokens, not the clock
-                n_steps = len(getattr(self.proposer, "step_seconds", ()))
-                seconds = n_steps * (self.costs.draft_step or 0.0) + self.costs.lookup + self.costs.t_pass(len(drafts) + 1)
-            else:
-                seconds = self._propose_s - getattr(self.proposer, "catchup_seconds", 0.0) + pass_s
-            self.observe_round(len(out), seconds)
+            self.observe_round(len(out), self.round_cost(len(drafts)))
         if cache.n_past > n_past + len(out):
             cache.truncate(n_past + len(out))
         return out
