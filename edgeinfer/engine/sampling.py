@@ -92,6 +92,13 @@ class Sampler:
         self.window.append(int(token))
         self.counts[int(token)] += 1
 
+    @property
+    def adjusts(self) -> bool:
+        """Whether bias or penalties change the logits at all (apply_penalties is a plain copy if not)."""
+        p = self.params
+        penalize = p.repeat_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+        return bool(p.logit_bias) or (penalize and bool(self.counts))
+
     def apply_penalties(self, logits: np.ndarray) -> np.ndarray:
         """Bias and penalties on a copy of the logits (llama_sampler_penalties_apply)."""
         p = self.params

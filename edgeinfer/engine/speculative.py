@@ -232,7 +232,7 @@ class DraftProposer:
             n_fed = len(feed)
             logits = self.model.forward(np.asarray(feed, np.int32), self.cache, all_logits=False)[-1]
             self.tokens.extend(feed)
-            scores = chain.apply_penalties(logits)
+            scores = chain.apply_penalties(logits) if chain.adjusts else logits
             top = scores.max()
             confidence = 1.0 / float(np.exp(scores - top).sum(dtype=np.float64))  # top probability at T=1
             keep = self.p_min is None or confidence >= self.p_min
@@ -335,6 +335,7 @@ class CostModel:
         self.steps: dict[int, float] = {}  # tokens fed (1 or 2) -> seconds of a draft step
         self.lookup: float = 0.0  # seconds of one n-gram lookup (a round, not per token)
         self.calibration = Calibration()
+        self.cooldowns: dict[str, int] = {}  # kind -> the first cooldown of a new sequence (Tuner)
         self.frozen = False  # nominal costs that measurements do not change (see nominal())
         self._line: tuple[float, float] | None = None
 
@@ -437,7 +438,8 @@ class Tuner:
     - on/off: the tokens recent speculative rounds yielded over what they cost (their draft steps and
       passes, by the cost model) against a plain decode step's 1 / t_pass(1). Below it, speculation is
       off for `cooldown` tokens, then a probe of a few rounds; the cooldown doubles (16 .. 512) while it
-      keeps not paying.
+      keeps not paying. The first cooldown of a sequence is learned per LLM: it doubles with each
+      judgement that speculation does not pay (up to 256) and halves with each that it does.
     """
 
     PRIOR_ALPHA = 0.6  # belief before any evidence, worth PRIOR_WEIGHT rounds
@@ -446,6 +448,8 @@ class Tuner:
     RATE_DECAY = 0.8  # per round, for the measured rate
     COOLDOWN = 16
     MAX_COOLDOWN = 512
+    MAX_START = 256  # the first cooldown of a sequence, learned per LLM (a draft's catch-up after a
+    # cooldown costs about a tenth of the plain steps it skipped: where probes keep failing, fewer)
     K_START = 4  # the first pass of a cold cost model
     MIN_ROUNDS = 3  # measured rounds (of a request, or of a probe) before it may be judged not to pay
     REFRESH_S = 5.0  # a plain step when t_pass(1) is older than this: the machine's speed drifts
@@ -460,7 +464,7 @@ class Tuner:
         self.rate_rounds = 0
         self.off = False
         self.was_off = False
-        self.cooldown = self.COOLDOWN
+        self.cooldown = costs.cooldowns.get(kind, self.COOLDOWN)
         self.off_left = 0
         self.k_last = 0
         self._E = self._T = self._P = 0.0
@@ -571,12 +575,15 @@ class Tuner:
         t1 = self.costs.t_pass(1)
         if t1 is None:
             return
+        starts = self.costs.cooldowns  # per LLM: the first cooldown of the next sequences
         if self.measured_rate() < 1.0 / t1:
             self.off = self.was_off = True
             self.off_left = self.cooldown
             self.cooldown = min(2 * self.cooldown, self.MAX_COOLDOWN)
+            starts[self.kind] = min(2 * starts.get(self.kind, self.COOLDOWN), self.MAX_START)
         else:
             self.cooldown = self.COOLDOWN
+            starts[self.kind] = max(starts.get(self.kind, self.COOLDOWN) // 2, self.COOLDOWN)
 
 
 # -- the per-sequence speculator ---------------------------------------------------------------------------
