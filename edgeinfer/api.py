@@ -132,7 +132,9 @@ class LLM:
         "ngram" (prompt lookup: drafts copied from the prompt and the reply so far), or None (plain).
         With temperature 0 the text is the same with and without. draft_max: the most tokens drafted
         per pass (default llm.spec_config.draft_max, 16; the tuner picks the length up to it);
-        draft_p_min: a draft model stops drafting under this top probability (default 0.75)."""
+        draft_p_min: a draft model also stops drafting where its top probability falls under this
+        (llama.cpp's rule; default None: the tuner alone decides, from how often the draft's guesses
+        at each confidence stood)."""
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_special=True, parse_special=True)
         else:

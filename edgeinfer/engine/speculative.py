@@ -9,9 +9,11 @@ past the first rejection (`KVCache.truncate`).
 
 Proposers:
 - `DraftProposer`: a smaller model with the same vocabulary (its own KV cache per sequence). It drafts
-  up to k tokens and stops early when its top probability falls under `draft_p_min` (llama.cpp's
-  `p_min`, 0.75). Greedy requests: it drafts its argmax; sampled requests: it samples from its own
-  distribution after the request's full sampling chain.
+  up to k tokens, as far as the tuner finds another draft worth it (from the draft's confidence, its
+  top probability); with `draft_p_min` set it also stops where its confidence falls under it
+  (llama.cpp's `p_min` rule, 0.75 there; off by default here: see `Calibration`). Greedy requests:
+  it drafts its argmax; sampled requests: it samples from its own distribution after the request's
+  full sampling chain.
 - `NgramProposer` (prompt lookup, no second model): the longest recent n-gram (n_max down to n_min)
   ending the text so far is looked up earlier in the prompt and the reply, and what followed it is
   proposed. It pays on replies that quote their input (edits, code, summaries, "repeat after me").
@@ -76,7 +78,8 @@ MODES = ("draft", "ngram")
 @dataclass
 class SpecConfig:
     """Speculation settings. draft_max: the most tokens drafted per pass (the tuner picks up to this);
-    draft_p_min: a draft model stops drafting when its top probability falls under this; ngram_min,
+    draft_p_min: a draft model stops drafting when its top probability falls under this (None: the
+    tuner alone decides, from the draft's calibration); ngram_min,
     ngram_max: the n-gram lengths looked up (longest first); adaptive: let the tuner choose the draft
     length and turn speculation off when it does not pay (False: always draft_max, for tests);
     reprobe: try again after a cooldown once off."""
