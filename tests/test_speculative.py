@@ -228,6 +228,16 @@ def test_real_model_draft_and_ngram_identical(smollm2_path, tmp_path):
             assert s.speculative == mode and s.n_drafted > 0 and s.acceptance > 0.5, (mode, s)
 
 
+def test_gemma3_ngram_identical(gemma3_path):
+    """Another architecture (sliding-window attention, an SPM vocabulary): the same greedy text."""
+    llm = load(gemma3_path, n_ctx=512, progress=False)
+    text = "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat by the door."
+    prompt = f"Repeat the following text exactly: {text}\n\n{text}\n\nRepeat:"
+    want = llm.generate(prompt, max_tokens=32, temperature=0, speculative=None)
+    assert llm.generate(prompt, max_tokens=32, temperature=0, speculative="ngram") == want
+    assert llm.last_stats.n_accepted > 0
+
+
 # -- the rejection rule keeps the target's distribution ----------------------------------------------------
 
 
