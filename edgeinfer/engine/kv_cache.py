@@ -5,8 +5,8 @@ Paged, as vLLM's PagedAttention and llama.cpp's unified cache do it: a `BlockPoo
 `cells[i]` is the pool cell of its token i. Attention reads the cells through that table, so
 
 - memory follows the tokens held: a sequence takes a block when its tokens reach it and gives its blocks
-  back when it ends; the pool's storage is allocated zeroed (calloc), so its pages only become resident
-  when a block is first written;
+  back when it ends; the pool's storage is anonymous zeroed memory, so its pages only become resident
+  when a block is first written (in 4 KiB pages: see `_zeroed`);
 - a shared prompt prefix is not copied: two sequences point at the same full blocks (reference counted);
   only the last, partly filled block is copied, and a block is never written while shared (copy on
   write at `truncate`, the only way a sequence can write into a block it shares).
@@ -22,6 +22,7 @@ nothing is ever dropped silently. truncate(n) rolls the sequence back to its fir
 from __future__ import annotations
 
 import heapq
+import mmap
 from collections.abc import Callable
 
 import numpy as np
@@ -29,6 +30,27 @@ import numpy as np
 from ..errors import ContextFullError
 
 BLOCK_SIZE = 32  # cells per block
+
+
+def _zeroed(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A zeroed array on its own anonymous mapping, kept out of transparent huge pages.
+
+    numpy asks for huge pages on large arrays (madvise MADV_HUGEPAGE). For a KV pool that is the wrong
+    trade: the first write of a block then faults in a whole 2 MiB page per layer and for K and V
+    (measured in this project's VM: 8-15 ms per fault, so a batch crossing into new pages stalled about
+    0.45 s over 30 layers), and memory follows tokens in 2 MiB steps. In 4 KiB pages a block's first
+    write costs microseconds."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if nbytes == 0:
+        return np.zeros(shape, dtype)
+    buf = mmap.mmap(-1, nbytes)  # anonymous: zero pages, resident only once written
+    if hasattr(buf, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):
+        try:
+            buf.madvise(mmap.MADV_NOHUGEPAGE)
+        except OSError:  # not supported here: the default pages serve as well
+            pass
+    return np.frombuffer(buf, dtype).reshape(shape)  # the array keeps the mapping alive
 
 
 class PoolFullError(ContextFullError):
@@ -54,9 +76,8 @@ class BlockPool:
         self.block_size = block_size
         self.n_blocks = -(-n_cells // block_size)
         cells = self.n_blocks * block_size
-        # np.zeros is calloc: untouched pages cost no memory
-        self.k = np.zeros((n_layer, cells, n_head_kv, head_dim), self.dtype)
-        self.v = np.zeros((n_layer, cells, n_head_kv, head_dim_v), self.dtype)
+        self.k = _zeroed((n_layer, cells, n_head_kv, head_dim), self.dtype)  # untouched pages cost no memory
+        self.v = _zeroed((n_layer, cells, n_head_kv, head_dim_v), self.dtype)
         self.layers = list(zip(self.k, self.v))  # per layer (k, v): the same view objects every time
         self.refs = np.zeros(self.n_blocks, np.int32)
         self._free = list(range(self.n_blocks))  # a heap
