@@ -147,15 +147,16 @@ static void rows_job(void *p, int id, int n) {
 }
 
 /* rows per chunk: about 16 KiB of weights (they stay in L1/L2 across a prefill's token tiles), a
- * multiple of 4 (the decode tile), and enough chunks that the threads finish together */
+ * multiple of 8 (the decode tile's 4 rows, the 8 of Q4_1's batched one), and enough chunks that the
+ * threads finish together */
 static int64_t chunk_rows(int64_t n_rows, int64_t row_bytes, int n_threads) {
     int64_t rows = 16384 / (row_bytes > 0 ? row_bytes : 1);
     if (rows > 64) rows = 64;
     const int64_t min_chunks = n_threads > 1 ? (int64_t)n_threads * MIN_CHUNKS_PER_THREAD : 1;
     const int64_t balanced = (n_rows + min_chunks - 1) / min_chunks;
     if (rows > balanced) rows = balanced;
-    rows = (rows + 3) & ~(int64_t)3;
-    return rows < 4 ? 4 : rows;
+    rows = (rows + 7) & ~(int64_t)7;
+    return rows < 8 ? 8 : rows;
 }
 
 static void run_matmul(job_t *job, int n_threads) {

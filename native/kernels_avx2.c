@@ -470,8 +470,139 @@ INL void prefetch_range(const uint8_t *p, int64_t n) {
         }                                                                                              \
     }
 
+
+/* -- Q4_1 for several tokens: eight rows at once, in lanes -----------------------------------------------
+ *
+ * tile_legacy's arithmetic for Q4_1, (row, token) by (row, token): per block, s = (dx * yd, mx * ys),
+ * acc[k] = fma(s0, P[k], acc[k]) for the 8 int32 partial dots P[k] (bytes 4k..4k+3 of the block), summ +=
+ * s1; at the end hsum8(acc) + summ. Here eight rows' blocks are decoded and transposed as an 8x8 matrix of
+ * int32, so that vector k holds bytes 4k..4k+3 of every row (lane i: row i). A token's bytes 4k..4k+3
+ * broadcast to every lane then give P[k] of all eight rows in one maddubs + madd, the float work of eight
+ * rows is one vector, and hsum8 becomes adds between the eight accumulators: the same IEEE operations per
+ * output as tile_legacy's, so a token's outputs are the same bits alone (a decode, tile_legacy) and among
+ * others (this tile). The transposition is paid once per block for every token of the tile. A partial
+ * group of rows is padded with copies of its last row (lanes never mix). */
+
+INL void transpose8_epi32(__m256i *v) {
+    const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+    const __m256i t4 = _mm256_unpacklo_epi32(v[4], v[5]), t5 = _mm256_unpackhi_epi32(v[4], v[5]);
+    const __m256i t6 = _mm256_unpacklo_epi32(v[6], v[7]), t7 = _mm256_unpackhi_epi32(v[6], v[7]);
+    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+    v[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+    v[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+    v[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+    v[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+    v[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+    v[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+    v[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+    v[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
+INL int32_t load_i32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
+
+#define Q41_TOKENS 16  /* tokens per tile_q4_1_x8 call */
+#define Q41_CHUNK 32   /* blocks decoded and transposed at a time (8 KiB + 2 KiB of stack) */
+
+/* rows r..r+nr-1 (nr <= 8) x tokens t..t+nt-1 (nt <= Q41_TOKENS). The blocks are transposed a chunk at a
+ * time into a buffer in L1, then each token runs over the chunk with its eight accumulators in registers. */
+INL void tile_q4_1_x8(const uint8_t *w, int64_t row_bytes, int64_t r, int nr, const native_act *a,
+                      int64_t t, int nt, float *out, int64_t n_rows) {
+    const int64_t nb = a->nb, nc = a->n_cols;
+    const uint8_t *rows[8];
+    for (int i = 0; i < 8; i++) rows[i] = w + (r + (i < nr ? i : nr - 1)) * row_bytes;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i pick_dm = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                             0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    __m256i buf[Q41_CHUNK][8];
+    __m256 dxs[Q41_CHUNK], mxs[Q41_CHUNK];
+    __m256 acc[Q41_TOKENS][8], summ[Q41_TOKENS];
+    for (int j = 0; j < nt; j++) {
+        summ[j] = _mm256_setzero_ps();
+        for (int k = 0; k < 8; k++) acc[j][k] = _mm256_setzero_ps();
+    }
+    const int8_t *yq = a->q + t * nc;
+    const float *yd = a->d + t * nb, *ys = a->s + t * nb;
+    for (int64_t b0 = 0; b0 < nb; b0 += Q41_CHUNK) {
+        const int n = nb - b0 < Q41_CHUNK ? (int)(nb - b0) : Q41_CHUNK;
+        for (int c = 0; c < n; c++) {
+            const int64_t off = 20 * (b0 + c);
+            __m256i *v = buf[c];
+            for (int i = 0; i < 8; i++) v[i] = nibbles32_b(rows[i] + off + 4);
+            transpose8_epi32(v);
+            /* d and m (fp16) of the 8 rows: [d0..d3 m0..m3 | d4..d7 m4..m7] -> d0..d7, m0..m7 */
+            const __m256i dm = _mm256_setr_epi32(load_i32(rows[0] + off), load_i32(rows[1] + off),
+                                                 load_i32(rows[2] + off), load_i32(rows[3] + off),
+                                                 load_i32(rows[4] + off), load_i32(rows[5] + off),
+                                                 load_i32(rows[6] + off), load_i32(rows[7] + off));
+            const __m256i p = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(dm, pick_dm), _MM_SHUFFLE(3, 1, 2, 0));
+            dxs[c] = _mm256_cvtph_ps(_mm256_castsi256_si128(p));
+            mxs[c] = _mm256_cvtph_ps(_mm256_extracti128_si256(p, 1));
+        }
+        for (int j = 0; j < nt; j++) {
+            __m256 c0 = acc[j][0], c1 = acc[j][1], c2 = acc[j][2], c3 = acc[j][3];
+            __m256 c4 = acc[j][4], c5 = acc[j][5], c6 = acc[j][6], c7 = acc[j][7], sm = summ[j];
+            const int8_t *y = yq + j * nc + QK * b0;
+            const float *ydj = yd + j * nb + b0, *ysj = ys + j * nb + b0;
+            for (int c = 0; c < n; c++, y += QK) {
+                const __m256 s0 = _mm256_mul_ps(dxs[c], _mm256_set1_ps(ydj[c]));
+                sm = _mm256_add_ps(sm, _mm256_mul_ps(mxs[c], _mm256_set1_ps(ysj[c])));
+                const __m256i *v = buf[c];
+#define Q41_K(k, ck) ck = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(_mm256_madd_epi16(                           \
+                         _mm256_maddubs_epi16(v[k], _mm256_set1_epi32(load_i32(y + 4 * k))), ones)), ck)
+                Q41_K(0, c0); Q41_K(1, c1); Q41_K(2, c2); Q41_K(3, c3);
+                Q41_K(4, c4); Q41_K(5, c5); Q41_K(6, c6); Q41_K(7, c7);
+#undef Q41_K
+            }
+            acc[j][0] = c0; acc[j][1] = c1; acc[j][2] = c2; acc[j][3] = c3;
+            acc[j][4] = c4; acc[j][5] = c5; acc[j][6] = c6; acc[j][7] = c7; summ[j] = sm;
+        }
+    }
+    for (int j = 0; j < nt; j++) {
+        const __m256 *c = acc[j];  /* hsum8's order: ((0+4) + (2+6)) + ((1+5) + (3+7)) */
+        const __m256 h = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(c[0], c[4]), _mm256_add_ps(c[2], c[6])),
+                                       _mm256_add_ps(_mm256_add_ps(c[1], c[5]), _mm256_add_ps(c[3], c[7])));
+        const __m256 res = _mm256_add_ps(h, summ[j]);
+        float *o = out + (t + j) * n_rows + r;
+        if (nr == 8) {
+            _mm256_storeu_ps(o, res);
+        } else {
+            float tmp[8];
+            _mm256_storeu_ps(tmp, res);
+            memcpy(o, tmp, (size_t)nr * sizeof(float));
+        }
+    }
+}
+
+/* One token (a decode): tile_legacy, 4 rows at a time, the weights prefetched ahead. Several: groups of
+ * 8 rows, each against the tokens Q41_TOKENS at a time (a few sequences' step also prefetches). */
+FN static void rows_q4_1(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
+                         const native_act *a, float *out) {
+    const int64_t T = a->n_tokens;
+    const int64_t pf = T <= SMALL_BATCH ? native_prefetch_bytes : 0;
+    if (T == 1) {
+        int64_t r = r0;
+        if (pf) prefetch_range(w + r0 * row_bytes, pf + 4 * row_bytes);
+        for (; r + 4 <= r1; r += 4) {
+            if (pf) prefetch_range(w + (r + 4) * row_bytes + pf, 4 * row_bytes);
+            tile_legacy(GT_Q4_1, 4, 1, w, row_bytes, r, a, 0, out, n_rows);
+        }
+        for (; r < r1; r++) tile_legacy(GT_Q4_1, 1, 1, w, row_bytes, r, a, 0, out, n_rows);
+        return;
+    }
+    if (pf) prefetch_range(w + r0 * row_bytes, pf + 8 * row_bytes);
+    for (int64_t r = r0; r < r1; r += 8) {
+        const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
+        if (pf) prefetch_range(w + (r + 8) * row_bytes + pf, 8 * row_bytes);
+        for (int64_t t = 0; t < T; t += Q41_TOKENS)
+            tile_q4_1_x8(w, row_bytes, r, nr, a, t, T - t < Q41_TOKENS ? (int)(T - t) : Q41_TOKENS, out, n_rows);
+    }
+}
+
 ROWS(q4_0, tile_legacy, GT_Q4_0, 2, 4, 4)
-ROWS(q4_1, tile_legacy, GT_Q4_1, 1, 4, 4)
 ROWS(q5_0, tile_legacy, GT_Q5_0, 2, 4, 4)
 ROWS(q5_1, tile_legacy, GT_Q5_1, 1, 4, 4)
 ROWS(q8_0, tile_legacy, GT_Q8_0, 2, 4, 1)
