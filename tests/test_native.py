@@ -159,6 +159,20 @@ def test_batch_and_thread_invariance(isa, ggml_type):
     assert np.array_equal(backend(3).matmul(w, x[3:8]), batch[3:8])
 
 
+def test_q4_1_batch_tile_long_rows(isa):
+    """Q4_1 against several tokens takes eight rows at a time, rows in lanes, the blocks transposed 32 at
+    a time: rows long enough for several such chunks (and a partial one), a partial group of rows, and
+    token counts around its tiles of 16 give each output the bits of a decode of that token alone, and
+    the emulation's values."""
+    w = random_weight(T.Q4_1, 21, 32 * 70, seed=3)
+    x = random_x(18, w.n_cols, seed=4)
+    alone = np.concatenate([backend(2).matmul(w, x[i : i + 1]) for i in range(len(x))])
+    assert_matches_emulation(w, x, alone)
+    for n in (2, 5, 8, 16, 17, 18):
+        for threads in (1, 2, 3):
+            assert np.array_equal(backend(threads).matmul(w, x[:n]), alone[:n]), (n, threads)
+
+
 @needs_native
 @pytest.mark.parametrize("ggml_type", C_TYPES, ids=lambda t: t.name)
 def test_prefetch_distance_and_threads_do_not_change_results(ggml_type):
