@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgeinfer.api import load
-from edgeinfer.engine.generate import StopFilter
+from edgeinfer.engine.generate import ReplyText, StopFilter
 from edgeinfer.errors import ContextFullError, EdgeInferError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -47,6 +47,41 @@ def test_stop_filter_holds_back_only_possible_prefixes():
 
 
 # -- the real model ----------------------------------------------------------------------------------
+
+
+def test_reply_text_end_rules(llm):
+    """The end rules shared by plain, speculative and batched decoding: EOG ends as "stop" (held-back
+    text still shown), a stop string ends at the token completing it (its text never shown), max_tokens
+    ends as "length", and text held back at the end that completes a stop string ends it as "stop"."""
+    tok = llm.tokenizer
+    ids = tok.encode("Hello there, friend", add_special=False)
+    eog = next(t for t in range(tok.n_vocab) if tok.is_eog(t))
+
+    r = ReplyText(tok, (), max_tokens=100)
+    text = "".join(r.push(t) for t in ids)
+    assert r.finish is None
+    assert r.push(eog) == "" and r.finish == "stop"
+    assert text + r.tail() == "Hello there, friend" and r.tokens == ids + [eog]
+
+    r = ReplyText(tok, (), max_tokens=2)
+    text = "".join(r.push(t) for t in ids[:2])
+    assert r.finish == "length" and text + r.tail() == tok.decode(ids[:2])
+
+    r = ReplyText(tok, [" there"], max_tokens=100)
+    pieces = []
+    for t in ids:
+        pieces.append(r.push(t))
+        if r.finish:
+            break
+    assert r.finish == "stop" and "".join(pieces) == "Hello" and r.tail() == ""
+    assert len(r.tokens) < len(ids)  # it ended at the token that completed the stop string
+
+    r = ReplyText(tok, ["friendly"], max_tokens=len(ids))  # "friend" is held back: it may become the stop
+    text = "".join(r.push(t) for t in ids)
+    assert r.finish == "length" and not text.endswith("friend")
+    assert text + r.tail() == "Hello there, friend" and r.finish == "length"
+
+
 
 
 def test_greedy_continuation_matches_llama_cpp(llm):

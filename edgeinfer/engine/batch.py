@@ -24,8 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..tokenizer.stream import StreamingDetokenizer
-from .generate import StopFilter
+from .generate import ReplyText
 from .kv_cache import BlockPool, KVCache
 from .runner import Finish, Handle, PromptTooLongError, SerialRunner
 from .sampling import Sampler
@@ -237,13 +236,13 @@ class BatchRunner(SerialRunner):
             self._kept.extend(kept)  # the most recently used now
         seq.n_prefilled = cache.n_past
         self.prefix_tokens_reused += cache.n_past
+        reply = ReplyText(self.llm.tokenizer, h.stop, h.max_tokens)
         seq.data.update(
             cache=cache,
             limit=min(self.n_ctx, seq.reserve * self.pool.block_size),  # tokens it may hold
             sampler=Sampler(h.params, self.llm.n_vocab, history=prompt),
-            detok=StreamingDetokenizer(self.llm.tokenizer),
-            stops=StopFilter(h.stop),
-            generated=[],
+            reply=reply,
+            generated=reply.tokens,
             spec=self._speculator(h),
         )
 
@@ -258,34 +257,30 @@ class BatchRunner(SerialRunner):
         n_held: the tokens in its cache when this one was chosen (default: the cache's n_past)."""
         h: Handle = seq.data["handle"]
         d = seq.data
-        d["generated"].append(token)
-        if len(d["generated"]) == 1:
+        reply: ReplyText = d["reply"]
+        text = reply.push(token)
+        if len(reply.tokens) == 1:
             d["first"] = time.perf_counter()
-        tok = self.llm.tokenizer
-        if tok.is_eog(token):
-            self._end(seq, "stop")
-            return False
-        text = d["stops"].push(d["detok"].add(token))
         if text:
             h.emit(text)
-        if d["stops"].stopped:
-            self._end(seq, "stop", flush=False)
+        if reply.finish:
+            self._end(seq, reply.finish)
             return False
-        if len(d["generated"]) >= h.max_tokens or (d["cache"].n_past if n_held is None else n_held) >= d["limit"]:
+        if (d["cache"].n_past if n_held is None else n_held) >= d["limit"]:
             self._end(seq, "length")
             return False
         seq.next_token = token
         return True
 
-    def _end(self, seq: SeqState, reason: str, error: str | None = None, flush: bool = True) -> None:
+    def _end(self, seq: SeqState, reason: str, error: str | None = None) -> None:
         h: Handle = seq.data["handle"]
         was_active = seq in self.sched.active
         self.sched.remove(seq)
         d = seq.data
-        if flush and "detok" in d and reason in ("stop", "length"):
-            tail = d["stops"].push(d["detok"].flush())
-            if not d["stops"].stopped:
-                tail += d["stops"].flush()
+        if "reply" in d and reason in ("stop", "length"):
+            tail = d["reply"].tail()  # nothing after a stop string
+            if d["reply"].finish == "stop":
+                reason = "stop"  # the held-back text completed a stop string
             if tail:
                 h.emit(tail)
         cache = d.pop("cache", None)

@@ -87,6 +87,47 @@ class StopFilter:
         return out
 
 
+class ReplyText:
+    """One reply's tokens as text, and the end rules every decode loop applies after each sampled token
+    (plain, speculative and the batch runner alike): an end-of-generation token ends the reply ("stop"),
+    a stop string ends it at exactly the token that completes it ("stop", its text and what follows never
+    shown), `max_tokens` ends it ("length"). Text goes through the streaming detokenizer, then the stop
+    filter."""
+
+    def __init__(self, tokenizer, stop: Sequence[str], max_tokens: int):
+        self.tokenizer = tokenizer
+        self.detok = StreamingDetokenizer(tokenizer)
+        self.stops = StopFilter(stop)
+        self.max_tokens = max_tokens
+        self.tokens: list[int] = []
+        self.finish: str | None = None  # "stop" or "length" once the reply has ended
+
+    def push(self, token: int) -> str:
+        """Take the next sampled token; the text that may be shown now ("" if none). Sets `finish` when
+        this token ends the reply."""
+        self.tokens.append(token)
+        if self.tokenizer.is_eog(token):
+            self.finish = "stop"
+            return ""
+        text = self.stops.push(self.detok.add(token))
+        if self.stops.stopped:
+            self.finish = "stop"
+        elif len(self.tokens) >= self.max_tokens:
+            self.finish = "length"
+        return text
+
+    def tail(self) -> str:
+        """The text still held back, at the end of a reply that did not end on a stop string (a stop
+        string completed by it ends the reply as "stop")."""
+        if self.stops.stopped:
+            return ""
+        text = self.stops.push(self.detok.flush())
+        if self.stops.stopped:
+            self.finish = "stop"
+            return text
+        return text + self.stops.flush()
+
+
 def check_prompt(prompt_ids: Sequence[int], n_vocab: int, n_ctx: int) -> np.ndarray:
     """The prompt as int32 ids, or an EdgeInferError (empty, ids outside the vocabulary) or a
     ContextFullError (no room left for a reply)."""
@@ -120,10 +161,9 @@ def generate_stream(
     if max_tokens <= 0:
         return
     sampler = Sampler(params, n_vocab, history=prompt.tolist())
-    detok = StreamingDetokenizer(tokenizer)
-    stops = StopFilter(stop)
+    reply = ReplyText(tokenizer, stop, max_tokens)
     cache = KVCache.for_model(model, n_ctx)
-    generated: list[int] = []
+    generated = reply.tokens
     stats.tokens = generated
     stats.n_prompt = int(prompt.size)
 
@@ -139,33 +179,23 @@ def generate_stream(
     stats.prompt_s = time.perf_counter() - start
     count_experts()
     gen_start = time.perf_counter()
-    stats.finish_reason = "length"
+    stats.finish_reason = "length"  # what a reader sees if the consumer stops early
     while True:
         token = sampler.sample(logits)
         sampler.accept(token)
-        generated.append(token)
+        text = reply.push(token)
         stats.n_generated = len(generated)
         stats.gen_s = time.perf_counter() - gen_start
-        if tokenizer.is_eog(token):
-            stats.finish_reason = "stop"
-            break
-        text = stops.push(detok.add(token))
         if text:
             yield text
-        if stops.stopped:
-            stats.finish_reason = "stop"
-            return
-        if len(generated) >= max_tokens:
+        if reply.finish:
             break
         if cache.n_past >= n_ctx:
             stats.context_full = True
             break
         logits = model.forward(np.array([token], dtype=np.int32), cache, all_logits=False)[-1]
         count_experts()
-    tail = stops.push(detok.flush())
-    if not stops.stopped:
-        tail += stops.flush()
-    else:
-        stats.finish_reason = "stop"
+    tail = reply.tail()
+    stats.finish_reason = reply.finish or "length"
     if tail:
         yield tail

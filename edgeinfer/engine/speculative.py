@@ -67,8 +67,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import EdgeInferError
-from ..tokenizer.stream import StreamingDetokenizer
-from .generate import GenerationStats, StopFilter, check_prompt
+from .generate import GenerationStats, ReplyText, check_prompt
 from .kv_cache import KVCache
 from .sampling import Sampler, SamplingParams
 
@@ -782,10 +781,9 @@ def generate_speculative(
     if max_tokens <= 0:
         return
     sampler = Sampler(params, n_vocab, history=prompt.tolist())
-    detok = StreamingDetokenizer(tokenizer)
-    stops = StopFilter(stop)
+    reply = ReplyText(tokenizer, stop, max_tokens)
     cache = KVCache.for_model(model, n_ctx)
-    generated: list[int] = []
+    generated = reply.tokens
     context: list[int] = prompt.tolist()
     stats.tokens = generated
     stats.n_prompt = int(prompt.size)
@@ -811,29 +809,18 @@ def generate_speculative(
     token = sampler.sample(logits)
     sampler.accept(token)
     batch = [token]
-    done = False
     while True:
         for token in batch:  # emitted one by one: a stop, EOS or max_tokens ends at exactly that token
-            generated.append(token)
             context.append(token)
+            text = reply.push(token)
             stats.n_generated = len(generated)
             stats.gen_s = time.perf_counter() - gen_start
-            if tokenizer.is_eog(token):
-                stats.finish_reason = "stop"
-                done = True
-                break
-            text = stops.push(detok.add(token))
             if text:
                 yield text
-            if stops.stopped:
-                stats.finish_reason = "stop"
-                update_spec_stats()
-                return
-            if len(generated) >= max_tokens:
-                done = True
+            if reply.finish:
                 break
         update_spec_stats()
-        if done:
+        if reply.finish:
             break
         if cache.n_past >= n_ctx:
             stats.context_full = True
@@ -842,10 +829,7 @@ def generate_speculative(
         k_cap = min(max_tokens - len(generated) - 1, n_ctx - cache.n_past - 1)
         batch = speculator.step(model, cache, sampler, context, k_cap)
         count_experts()
-    tail = stops.push(detok.flush())
-    if not stops.stopped:
-        tail += stops.flush()
-    else:
-        stats.finish_reason = "stop"
+    tail = reply.tail()
+    stats.finish_reason = reply.finish or "length"
     if tail:
         yield tail
