@@ -577,22 +577,18 @@ INL void tile_q4_1_x8(const uint8_t *w, int64_t row_bytes, int64_t r, int nr, co
     }
 }
 
-/* One token (a decode): tile_legacy, 4 rows at a time, the weights prefetched ahead. Several: groups of
- * 8 rows, each against the tokens Q41_TOKENS at a time (a few sequences' step also prefetches). */
+/* One token (a decode): the legacy row driver (tile_legacy, 4 rows at a time, prefetched ahead). Several:
+ * groups of 8 rows, each against the tokens Q41_TOKENS at a time (a few sequences' step also prefetches). */
+ROWS(q4_1_one, tile_legacy, GT_Q4_1, 1, 4, 4)
+
 FN static void rows_q4_1(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
                          const native_act *a, float *out) {
     const int64_t T = a->n_tokens;
-    const int64_t pf = T <= SMALL_BATCH ? native_prefetch_bytes : 0;
     if (T == 1) {
-        int64_t r = r0;
-        if (pf) prefetch_range(w + r0 * row_bytes, pf + 4 * row_bytes);
-        for (; r + 4 <= r1; r += 4) {
-            if (pf) prefetch_range(w + (r + 4) * row_bytes + pf, 4 * row_bytes);
-            tile_legacy(GT_Q4_1, 4, 1, w, row_bytes, r, a, 0, out, n_rows);
-        }
-        for (; r < r1; r++) tile_legacy(GT_Q4_1, 1, 1, w, row_bytes, r, a, 0, out, n_rows);
+        rows_q4_1_one(w, row_bytes, r0, r1, n_rows, a, out);
         return;
     }
+    const int64_t pf = T <= SMALL_BATCH ? native_prefetch_bytes : 0;
     if (pf) prefetch_range(w + r0 * row_bytes, pf + 8 * row_bytes);
     for (int64_t r = r0; r < r1; r += 8) {
         const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
