@@ -66,7 +66,8 @@ def build_model(
     if layer_backend is not None:
         backend = LayerBackends(backend, layer_backend)
     model = get_arch_module(f.architecture).Model.from_gguf(f, backend)
-    f.release_pages(model.stacked_sources())  # their bytes now live in the stacked copies
+    # their bytes now live in stacked or repacked copies (reading them again faults them back in)
+    f.release_pages(model.stacked_sources() + model.prepare_weights())
     return model
 
 

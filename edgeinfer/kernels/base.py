@@ -18,12 +18,16 @@ class QTensor:
 
     raw: uint8 (n_rows, row_bytes), read-only (for 3-D expert tensors: (n_expert, n_rows, row_bytes))
     ne:  ggml order dims, ne[0] = n_cols (the row length, the reduction axis of a matmul)
+    layout: "plain" (the file's rows), or a backend's own arrangement of the same blocks made by its
+         prepare() at load ("x8": rows interleaved eight at a time, native/x8.h; raw is then
+         (ceil(n_rows / 8) * 8, row_bytes)); only the backend that made it can run it
     """
 
     name: str
     ggml_type: GGMLQuantizationType
     ne: tuple[int, ...]
     raw: np.ndarray
+    layout: str = "plain"
 
     @property
     def n_cols(self) -> int:
@@ -42,6 +46,8 @@ class QTensor:
         """One weight whose rows are the rows of `parts` in order (same type and row length): one
         matmul then computes all of them, with one pass over x. The bytes are copied once."""
         first = parts[0]
+        if any(p.layout != "plain" for p in parts):
+            raise ValueError(f"{name}: can only stack weights in the file's layout")
         for p in parts[1:]:
             if p.ggml_type != first.ggml_type or p.n_cols != first.n_cols or p.raw.ndim != 2 or len(p.ne) > 2:
                 raise ValueError(f"{name}: can only stack 2-D weights of one type and row length")
@@ -59,6 +65,11 @@ class Backend(Protocol):
     new array). kernels.numpy_ops defines the small ops' meaning; every backend matches it."""
 
     name: str
+
+    def prepare(self, w: QTensor) -> QTensor:
+        """The weight in the layout this backend runs fastest (called once per matmul weight at load;
+        the weight itself, or a repacked copy of its blocks that only this backend reads)."""
+        ...
 
     def matmul(self, w: QTensor, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """y = x @ W.T: x float32 (n_tokens, n_cols) -> y float32 (n_tokens, n_rows)."""

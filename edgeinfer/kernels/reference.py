@@ -38,6 +38,10 @@ class ReferenceBackend(NumpyOps):
             out[:, r0:r1] = x @ w_block.T  # (n_tokens, r1 - r0)
         return out
 
+    def prepare(self, w: QTensor) -> QTensor:
+        """The reference reads the file's layout: w itself."""
+        return w
+
     def get_rows(self, w: QTensor, ids: np.ndarray) -> np.ndarray:
         """Embedding lookup: float32 (len(ids), n_cols)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)

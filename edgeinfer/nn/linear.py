@@ -39,6 +39,10 @@ class Linear:
             bias = np.concatenate([p.bias if p.bias is not None else np.zeros(p.n_out, np.float32) for p in parts])
         return cls(weight, parts[0].backend, bias)
 
+    def prepare(self) -> None:
+        """Put the weight in the backend's own layout (once, at load: a repacked copy replaces it)."""
+        self.weight = self.backend.prepare(self.weight)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         y = self.backend.matmul(self.weight, x)  # (n_tokens, n_out)
         if self.bias is not None:

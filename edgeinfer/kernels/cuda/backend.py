@@ -13,7 +13,8 @@ What runs where:
   Q3_K, IQ4_XS) or that do not fit in the GPU's memory (a warning says so once).
 
 The KV cache stays in host memory (the engine's paged pool): qkv_store computes K and V on the GPU and
-writes them into the pool's cells; attention gathers the sequence's cells and copies them in.
+writes them into the pool's cells (rounded to its f16 / q8_0 format on the host); attention gathers the
+sequence's cells, converts them to float32 on the host and copies them in (the GPU kernel reads float32).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import weakref
 import numpy as np
 
 from ..base import QTensor
+from ..numpy_ops import kv_rows_f32, kv_store
 from .binding import ACTIVATIONS, CudaError, open_library
 
 _F32 = np.dtype(np.float32)
@@ -121,6 +123,10 @@ class CudaBackend:
             return out
         return y
 
+    def prepare(self, w: QTensor) -> QTensor:
+        """Weights are uploaded in the file's layout: w itself."""
+        return w
+
     def get_rows(self, w: QTensor, ids: np.ndarray) -> np.ndarray:
         return self.host.get_rows(w, ids)
 
@@ -161,18 +167,19 @@ class CudaBackend:
         self.lib.qkv(qkv, n_head, n_head_kv, head_dim, head_dim_v, _rows(cos, positions), _rows(sin, positions),
                      int(n_rot), bool(neox), qn, kn, float(eps), q, k_new, v_new)  # fmt: skip
         cells = np.asarray(cells, dtype=np.int64)
-        k[cells] = k_new
-        v[cells] = v_new
+        kv_store(k, cells, k_new)  # rounded to the cache's format (f16, q8_0) on the host
+        kv_store(v, cells, v_new)
         return q
 
     def attention(self, q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None) -> np.ndarray:
-        """The sequence's cells are gathered here (the cache lives in host memory) and copied in."""
+        """The sequence's cells are gathered here (the cache lives in host memory), converted to float32
+        from the cache's format (f16, q8_0) and copied in."""
         kv_pos = np.ascontiguousarray(kv_pos, dtype=np.int32)
         if cells is not None:
             idx = np.asarray(cells, dtype=np.int64)[: len(kv_pos)]
             k, v = k[idx], v[idx]  # gathered copies, in token order
-        k = np.ascontiguousarray(k, dtype=_F32)
-        v = np.ascontiguousarray(v, dtype=_F32)
+        k = np.ascontiguousarray(kv_rows_f32(k), dtype=_F32)
+        v = np.ascontiguousarray(kv_rows_f32(v), dtype=_F32)
         q = np.ascontiguousarray(q, dtype=_F32)
         out = np.empty((q.shape[0], q.shape[1] * v.shape[2]), _F32)
         if q.shape[0] == 0:

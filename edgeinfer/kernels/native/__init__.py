@@ -85,14 +85,40 @@ _PLANS: dict[int, tuple] = {}
 
 def _plan(w: QTensor) -> tuple:
     entry = _NATIVE.get(w.ggml_type)
-    if entry is None:
-        plan = (weakref.ref(w), -1, None, w.n_rows, w.n_cols)
+    if w.layout == "x8":
+        plan = (weakref.ref(w), int(w.ggml_type), w.raw.reshape(-1), w.n_rows, w.n_cols, True)
+    elif entry is None:
+        plan = (weakref.ref(w), -1, None, w.n_rows, w.n_cols, False)
     else:
         type_id, block_size, type_size = entry
-        plan = (weakref.ref(w), type_id, _nm._weight_bytes(w, block_size, type_size), w.n_rows, w.n_cols)
+        plan = (weakref.ref(w), type_id, _nm._weight_bytes(w, block_size, type_size), w.n_rows, w.n_cols, False)
     _PLANS[id(w)] = plan
     weakref.finalize(w, _PLANS.pop, id(w), None)
     return plan
+
+
+def repack_enabled() -> bool:
+    """Whether prepare() repacks weights (EDGEINFER_REPACK=0 keeps the file's layout: comparisons)."""
+    return os.environ.get("EDGEINFER_REPACK", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def repack_x8(w: QTensor) -> QTensor:
+    """w's blocks with its rows interleaved eight at a time (native/x8.h): the same bytes per block,
+    (ceil(n_rows / 8) * 8, row_bytes), a partial last group padded with copies of its last row."""
+    if w.layout != "plain" or w.raw.ndim != 2 or w.n_rows < 1:
+        raise ValueError(f"{w.name}: only a 2-D weight in the file's layout can be repacked")
+    _nm._weight_bytes(w, *GGML_QUANT_SIZES[w.ggml_type])  # checks the bytes against the shape
+    packed = np.empty(((w.n_rows + 7) // 8 * 8, w.raw.shape[1]), np.uint8)
+    _require().repack(int(w.ggml_type), w.raw, packed, w.n_rows, w.n_cols, False)
+    packed.flags.writeable = False
+    return QTensor(w.name, w.ggml_type, w.ne, packed, layout="x8")
+
+
+def unpack_x8(w: QTensor) -> QTensor:
+    """The file's layout of a repacked weight (for lookups and dequantization, not for speed)."""
+    plain = np.empty((w.n_rows, w.raw.shape[1]), np.uint8)
+    _require().repack(int(w.ggml_type), w.raw, plain, w.n_rows, w.n_cols, True)
+    return QTensor(w.name, w.ggml_type, w.ne, plain)
 
 
 def _bad_out(w: QTensor, x: np.ndarray, out) -> ValueError:
@@ -118,6 +144,20 @@ class NativeBackend(NumbaBackend):
         else:
             self.native_threads = self.n_threads
 
+    def prepare(self, w: QTensor) -> QTensor:
+        """w repacked to the x8 layout (rows interleaved eight at a time) where the ISA in use has x8
+        kernels for its type (Q4_0, Q8_0, Q4_K, Q6_K on AVX2 and scalar), else w itself."""
+        if (w.layout == "plain" and w.raw.ndim == 2 and w.n_rows > 0 and w.ggml_type in _NATIVE
+                and repack_enabled() and _require().x8_preferred(int(w.ggml_type))):  # fmt: skip
+            return repack_x8(w)
+        return w
+
+    def get_rows(self, w: QTensor, ids: np.ndarray) -> np.ndarray:
+        return super().get_rows(unpack_x8(w) if w.layout == "x8" else w, ids)
+
+    def dequantize(self, w: QTensor) -> np.ndarray:
+        return super().dequantize(unpack_x8(w) if w.layout == "x8" else w)
+
     def matmul(self, w: QTensor, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """y = x @ W.T: x float32 (n_tokens, n_cols) -> y float32 (n_tokens, n_rows).
 
@@ -126,14 +166,14 @@ class NativeBackend(NumbaBackend):
         plan = _PLANS.get(id(w))
         if plan is None or plan[0]() is not w:
             plan = _plan(w)
-        _, type_id, flat, n_rows, n_cols = plan
+        _, type_id, flat, n_rows, n_cols, x8 = plan
         if type_id < 0:
             return super().matmul(w, x, out)
         # fast path: the C side checks dtype, rank, shapes, contiguity and byte sizes exactly; anything it
         # refuses goes through the checks and conversions below
         try:
             y = _empty((x.shape[0], n_rows), _F32) if out is None else out
-            _native.matmul(type_id, flat, x, y, n_rows, n_cols, self.native_threads)
+            _native.matmul(type_id, flat, x, y, n_rows, n_cols, self.native_threads, x8)
             return y
         except Exception:
             pass
@@ -144,13 +184,13 @@ class NativeBackend(NumbaBackend):
         elif type(out) is not np.ndarray or out.dtype is not _F32 or out.shape != (x.shape[0], n_rows):
             raise _bad_out(w, x, out)
         try:
-            _native.matmul(type_id, flat, x, out, n_rows, n_cols, self.native_threads)
+            _native.matmul(type_id, flat, x, out, n_rows, n_cols, self.native_threads, x8)
         except (BufferError, ValueError):  # numpy: ValueError for a read-only buffer
             if not _nm._writeable_c(out):
                 raise _bad_out(w, x, out) from None
             if x.flags.c_contiguous:
                 raise
-            _native.matmul(type_id, flat, np.ascontiguousarray(x), out, n_rows, n_cols, self.native_threads)
+            _native.matmul(type_id, flat, np.ascontiguousarray(x), out, n_rows, n_cols, self.native_threads, x8)
         return out
 
     def attention(self, q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None) -> np.ndarray:
@@ -185,4 +225,7 @@ def _cells(cells, kv_pos) -> np.ndarray:
     return np.arange(len(kv_pos), dtype=np.int32) if cells is None else cells
 
 
-__all__ = ["NATIVE_TYPES", "NativeBackend", "NativeUnavailableError", "available", "native_isa"]
+__all__ = [
+    "NATIVE_TYPES", "NativeBackend", "NativeUnavailableError", "available", "native_isa", "repack_enabled",
+    "repack_x8", "unpack_x8",
+]  # fmt: skip

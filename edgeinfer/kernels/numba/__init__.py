@@ -55,6 +55,10 @@ class NumbaBackend:
             numba.set_num_threads(self.n_threads)
             _THREADS_SET[key] = self.n_threads
 
+    def prepare(self, w: QTensor) -> QTensor:
+        """The Numba kernels read the file's layout: w itself."""
+        return w
+
     def matmul(self, w: QTensor, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """y = x @ W.T: x float32 (n_tokens, n_cols) -> y float32 (n_tokens, n_rows)."""
         self._use_threads()

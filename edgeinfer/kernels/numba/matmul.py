@@ -1106,6 +1106,7 @@ def _weight_bytes(w: QTensor, block_size: int, type_size: int) -> np.ndarray:
     entry = _FLAT.get(id(w))
     if entry is not None and entry[0]() is w:
         return entry[1]
+    _require_plain(w)
     raw = w.raw
     if raw.ndim != 2:
         raise ValueError(
@@ -1185,8 +1186,17 @@ def _writeable_c(a: np.ndarray) -> bool:
     return flags.c_contiguous and flags.writeable
 
 
+def _require_plain(w: QTensor) -> None:
+    if w.layout != "plain":
+        raise ValueError(
+            f"{w.name}: its blocks are in the {w.layout!r} layout of the backend that prepared it; "
+            "run it on that backend (or load the model again for this one)."
+        )
+
+
 def get_rows(w: QTensor, ids: np.ndarray) -> np.ndarray:
     """Rows `ids` of W dequantized: float32 (len(ids), n_cols) (embedding lookup)."""
+    _require_plain(w)
     ids = np.asarray(ids)
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"{w.name}: row ids must be integers, not {ids.dtype}.")
@@ -1199,4 +1209,5 @@ def get_rows(w: QTensor, ids: np.ndarray) -> np.ndarray:
 
 def dequantize(w: QTensor) -> np.ndarray:
     """The whole tensor as float32, numpy-order shape."""
+    _require_plain(w)
     return dequant.dequantize(w.raw, w.ggml_type, w.shape, w.name)

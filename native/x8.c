@@ -1,0 +1,199 @@
+/* x8 layouts (see x8.h): the repack, and the portable scalar kernels that define what every ISA's x8
+ * kernel computes (the tests' oracle for them). */
+#include "x8.h"
+
+#include <math.h>
+
+static const x8_traits traits_q4_0 = {18, 2, {{0, 2, 2}, {2, 16, 4}}};
+static const x8_traits traits_q8_0 = {34, 2, {{0, 2, 2}, {2, 32, 4}}};
+static const x8_traits traits_q4_k = {144, 4, {{0, 2, 2}, {2, 2, 2}, {4, 12, 4}, {16, 128, 4}}};
+static const x8_traits traits_q6_k = {210, 4, {{208, 2, 2}, {192, 16, 2}, {0, 128, 4}, {128, 64, 4}}};
+
+const x8_traits *x8_traits_of(int ggml_type) {
+    switch (ggml_type) {
+    case GT_Q4_0: return &traits_q4_0;
+    case GT_Q8_0: return &traits_q8_0;
+    case GT_Q4_K: return &traits_q4_k;
+    case GT_Q6_K: return &traits_q6_k;
+    default: return NULL;
+    }
+}
+
+/* one block of 8 rows: plain (rows[r] + b * ts) <-> group block (g) */
+static void move_block(const x8_traits *tr, const uint8_t *const rows[8], int64_t b, uint8_t *g, int pack) {
+    const int ts = tr->type_size;
+    int dst = 0;
+    for (int f = 0; f < tr->n_fields; f++) {
+        const x8_field fd = tr->fields[f];
+        for (int i = 0; i < fd.size / fd.word; i++)
+            for (int r = 0; r < 8; r++) {
+                if (!rows[r]) continue;  /* unpack: a padding row */
+                uint8_t *gp = g + dst + (i * 8 + r) * fd.word;
+                const uint8_t *pp = rows[r] + b * ts + fd.off + i * fd.word;
+                if (pack) memcpy(gp, pp, (size_t)fd.word);
+                else memcpy((uint8_t *)pp, gp, (size_t)fd.word);
+            }
+        dst += 8 * fd.size;
+    }
+}
+
+void x8_pack(int ggml_type, const uint8_t *src, uint8_t *dst, int64_t n_rows, int64_t row_bytes) {
+    const x8_traits *tr = x8_traits_of(ggml_type);
+    const int64_t nb = row_bytes / tr->type_size;
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 8) {
+        const uint8_t *rows[8];
+        for (int r = 0; r < 8; r++) rows[r] = src + (r0 + r < n_rows ? r0 + r : n_rows - 1) * row_bytes;
+        uint8_t *g = dst + r0 * row_bytes;
+        for (int64_t b = 0; b < nb; b++) move_block(tr, rows, b, g + b * 8 * tr->type_size, 1);
+    }
+}
+
+void x8_unpack(int ggml_type, const uint8_t *src, uint8_t *dst, int64_t n_rows, int64_t row_bytes) {
+    const x8_traits *tr = x8_traits_of(ggml_type);
+    const int64_t nb = row_bytes / tr->type_size;
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 8) {
+        const uint8_t *rows[8];
+        for (int r = 0; r < 8; r++) rows[r] = r0 + r < n_rows ? dst + (r0 + r) * row_bytes : NULL;
+        const uint8_t *g = src + r0 * row_bytes;
+        for (int64_t b = 0; b < nb; b++) move_block(tr, rows, b, (uint8_t *)g + b * 8 * tr->type_size, 0);
+    }
+}
+
+/* -- scalar kernels --------------------------------------------------------------------------------- */
+
+static inline int32_t word_byte(const uint8_t *field, int64_t byte, int r, int word) {
+    /* byte `byte` of row r's field, in a group block whose field starts at `field` */
+    return field[(byte / word * 8 + r) * word + byte % word];
+}
+
+static void store_rows(float *out, int64_t n_rows, int64_t t, int64_t r, int nr, const float acc[8]) {
+    for (int i = 0; i < nr; i++) out[t * n_rows + r + i] = acc[i];
+}
+
+static void x8_q4_0_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
+                           const native_act *a, float *out) {
+    const int64_t nb = a->nb, nc = a->n_cols;
+    for (int64_t r = r0; r < r1; r += 8) {
+        const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
+        const uint8_t *g = w + r * row_bytes;
+        for (int64_t t = 0; t < a->n_tokens; t++) {
+            float acc[8] = {0};
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = g + 144 * b;
+                const int8_t *y = a->q + t * nc + QK * b;
+                const float dy = a->d[t * nb + b];
+                const int32_t qsum = a->qsum[t * nb + b];
+                for (int i = 0; i < 8; i++) {
+                    int32_t sumi = 0;
+                    for (int j = 0; j < 16; j++) {
+                        const int32_t v = word_byte(blk + 16, j, i, 4);
+                        sumi += (v & 15) * y[j] + (v >> 4) * y[j + 16];
+                    }
+                    sumi -= 8 * qsum;
+                    acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)sumi, acc[i]);
+                }
+            }
+            store_rows(out, n_rows, t, r, nr, acc);
+        }
+    }
+}
+
+static void x8_q8_0_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
+                           const native_act *a, float *out) {
+    const int64_t nb = a->nb, nc = a->n_cols;
+    for (int64_t r = r0; r < r1; r += 8) {
+        const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
+        const uint8_t *g = w + r * row_bytes;
+        for (int64_t t = 0; t < a->n_tokens; t++) {
+            float acc[8] = {0};
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = g + 272 * b;
+                const int8_t *y = a->q + t * nc + QK * b;
+                const float dy = a->d[t * nb + b];
+                for (int i = 0; i < 8; i++) {
+                    int32_t sumi = 0;
+                    for (int j = 0; j < 32; j++) sumi += (int8_t)word_byte(blk + 16, j, i, 4) * y[j];
+                    acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)sumi, acc[i]);
+                }
+            }
+            store_rows(out, n_rows, t, r, nr, acc);
+        }
+    }
+}
+
+static void x8_q4_k_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
+                           const native_act *a, float *out) {
+    const int64_t nb = a->nb, nc = a->n_cols;
+    for (int64_t r = r0; r < r1; r += 8) {
+        const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
+        const uint8_t *g = w + r * row_bytes;
+        for (int64_t t = 0; t < a->n_tokens; t++) {
+            float acc[8] = {0};
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = g + 1152 * b;
+                const int8_t *y = a->q + t * nc + QK_K * b;
+                const int16_t *bs = a->bsums + t * (nc / 16) + 16 * b;
+                const float dy = a->d[t * nb + b];
+                for (int i = 0; i < 8; i++) {
+                    uint8_t packed[12], sm[16];
+                    for (int j = 0; j < 12; j++) packed[j] = (uint8_t)word_byte(blk + 32, j, i, 4);
+                    native_scales_mins_k4(packed, sm);
+                    int32_t isum = 0, msum = 0;
+                    for (int s = 0; s < 8; s++) {
+                        int32_t dot = 0;
+                        for (int l = 0; l < 32; l++) {
+                            const int32_t v = word_byte(blk + 128, 32 * (s / 2) + l, i, 4);
+                            dot += (s % 2 ? v >> 4 : v & 15) * y[32 * s + l];
+                        }
+                        isum += sm[s] * dot;
+                        msum += sm[8 + s] * (bs[2 * s] + bs[2 * s + 1]);
+                    }
+                    acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)isum, acc[i]);
+                    acc[i] = fmaf(-(native_f16_at(blk + 16 + 2 * i) * dy), (float)msum, acc[i]);
+                }
+            }
+            store_rows(out, n_rows, t, r, nr, acc);
+        }
+    }
+}
+
+static void x8_q6_k_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
+                           const native_act *a, float *out) {
+    const int64_t nb = a->nb, nc = a->n_cols;
+    for (int64_t r = r0; r < r1; r += 8) {
+        const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
+        const uint8_t *g = w + r * row_bytes;
+        for (int64_t t = 0; t < a->n_tokens; t++) {
+            float acc[8] = {0};
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = g + 1680 * b;
+                const int8_t *y = a->q + t * nc + QK_K * b;
+                const int16_t *bs = a->bsums + t * (nc / 16) + 16 * b;
+                const float dy = a->d[t * nb + b];
+                for (int i = 0; i < 8; i++) {
+                    int32_t isum = 0, off = 0;
+                    for (int s = 0; s < 16; s++) {
+                        const int32_t sc = (int8_t)word_byte(blk + 16, s, i, 2);
+                        int32_t dot = 0;
+                        for (int l = 0; l < 16; l++) {
+                            const int v = 16 * s + l, n = v / 128, qd = v % 128 / 32, p = v % 32;
+                            const int32_t ql = word_byte(blk + 144, 64 * n + 32 * (qd & 1) + p, i, 4);
+                            const int32_t qh = word_byte(blk + 1168, 32 * n + p, i, 4);
+                            const int32_t q = (qd < 2 ? ql & 15 : ql >> 4) | ((qh >> (2 * qd)) & 3) << 4;
+                            dot += q * y[v];
+                        }
+                        isum += sc * dot;
+                        off += sc * bs[s];
+                    }
+                    acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)(isum - 32 * off), acc[i]);
+                }
+            }
+            store_rows(out, n_rows, t, r, nr, acc);
+        }
+    }
+}
+
+const native_rows_fn native_x8_scalar[GT_COUNT] = {
+    [GT_Q4_0] = x8_q4_0_scalar, [GT_Q8_0] = x8_q8_0_scalar,
+    [GT_Q4_K] = x8_q4_k_scalar, [GT_Q6_K] = x8_q6_k_scalar,
+};

@@ -1,0 +1,64 @@
+/* Row-interleaved ("x8") weight layouts and their kernels.
+ *
+ * At load, a weight of a format in the table below is repacked once: its rows are taken eight at a time
+ * (a partial last group is padded with copies of its last row) and, block by block, the eight rows' fields
+ * are interleaved so that one 32-byte load holds the same 4 bytes (or 2, or 1) of each of the eight rows.
+ * A SIMD lane is then a row: a block's int32 dot of eight rows is one vector, its eight fp16 scales one
+ * 16-byte load, and no horizontal sums are left (ggml's repack.cpp and ik_llama.cpp's _R8 types do the
+ * same). A group's block has exactly eight times the bytes of a plain block: the repacked weight is the
+ * same size as the file's, and it replaces the mapped pages (the backend releases them).
+ *
+ * Field k of a format (offset `off` and `size` bytes in the plain block, moved in words of `word` bytes)
+ * lands at dst_off + (i * 8 + r) * word for word i of row r. The tables:
+ *
+ *   Q4_0 (18 B):   d [0,2) w2 -> [0,16)      qs [2,18) w4 -> [16,144)
+ *   Q8_0 (34 B):   d [0,2) w2 -> [0,16)      qs [2,34) w4 -> [16,272)
+ *   Q4_K (144 B):  d [0,2) w2 -> [0,16)  dmin [2,4) w2 -> [16,32)  scales [4,16) w4 -> [32,128)
+ *                  qs [16,144) w4 -> [128,1152)
+ *   Q6_K (210 B):  d [208,210) w2 -> [0,16)  scales [192,208) w2 -> [16,144)  ql [0,128) w4 -> [144,1168)
+ *                  qh [128,192) w4 -> [1168,1680)
+ *
+ * What a kernel computes, per (row, token), is fixed here and shared by every ISA (x8.c has the scalar
+ * reference of each): per block b, in order,
+ *     acc = fmaf(d_row * d_tok, (float)sumi, acc)                     (Q4_0, Q8_0, Q6_K)
+ *     acc = fmaf(d_row * d_tok, (float)isum, acc); acc = fmaf(-(dmin_row * d_tok), (float)msum, acc)  (Q4_K)
+ * with sumi / isum / msum the exact int32 block dots, and out = acc. The integer parts are exact, the
+ * float operations the same in the same order on every ISA, for any tile of rows and tokens: a token's
+ * result does not depend on the ISA, the batch or the thread count.
+ */
+#ifndef EDGEINFER_X8_H
+#define EDGEINFER_X8_H
+
+#include "edgeinfer_native.h"
+
+#define X8_MAX_FIELDS 4
+
+typedef struct {
+    int off, size, word;
+} x8_field;
+
+typedef struct {
+    int type_size;   /* bytes of a plain block (a group's block: 8x) */
+    int n_fields;
+    x8_field fields[X8_MAX_FIELDS];
+} x8_traits;
+
+/* the x8 layout of a ggml type, or NULL when the type has none */
+const x8_traits *x8_traits_of(int ggml_type);
+
+/* plain rows (n_rows x row_bytes) -> x8 groups (ceil(n_rows / 8) x 8 row_bytes); and back (n_rows rows) */
+void x8_pack(int ggml_type, const uint8_t *src, uint8_t *dst, int64_t n_rows, int64_t row_bytes);
+void x8_unpack(int ggml_type, const uint8_t *src, uint8_t *dst, int64_t n_rows, int64_t row_bytes);
+
+/* The kernels: native_rows_fn over x8 groups (w: the repacked weight, row_bytes: a plain row's bytes, so
+ * that group g starts at w + 8 g row_bytes; r0 a multiple of 8). NULL where an ISA has none. */
+extern const native_rows_fn native_x8_scalar[GT_COUNT];
+#if defined(NATIVE_X86)
+extern const native_rows_fn native_x8_avx2[GT_COUNT];
+#endif
+
+/* Q4_0 against Q8_0 activations needs each activation block's sum of quants (the x8 kernels take the
+ * nibbles unsigned, 0..15, and subtract 8 x that sum): a->qsum, (n_tokens * nb) int32 */
+static inline int x8_needs_qsum(int ggml_type) { return ggml_type == GT_Q4_0; }
+
+#endif

@@ -1,0 +1,255 @@
+/* AVX2 kernels of the x8 layouts (x8.h): a SIMD lane is a row, a tile is 8 rows x NT tokens (NT <= 4),
+ * each group block decoded once for the NT tokens. Integer block dots in int16 / int32 lanes (exact), then
+ * per block and (row, token) the float operations x8.h fixes: the scalar kernels in x8.c compute the same
+ * bits.
+ *
+ * Every function carries __attribute__((target("avx2,fma,f16c"))); the file compiles with the default
+ * flags and is only called after __builtin_cpu_supports said yes.
+ */
+#include "x8.h"
+
+#if defined(NATIVE_X86)
+#include <immintrin.h>
+
+#define FN __attribute__((target("avx2,fma,f16c")))
+#define INL static inline __attribute__((always_inline, target("avx2,fma,f16c")))
+
+INL __m256i load256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+INL int32_t load_i32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
+INL __m256i bcast32(const void *p) { return _mm256_set1_epi32(load_i32(p)); }
+INL __m256 load_f16x8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+INL void prefetch_range(const uint8_t *p, int64_t n) {
+    const uintptr_t end = (uintptr_t)p + (uintptr_t)n;
+    for (uintptr_t l = (uintptr_t)p & ~(uintptr_t)63; l < end; l += 64) _mm_prefetch((const char *)l, _MM_HINT_T0);
+}
+
+INL void store_tile(float *out, int64_t n_rows, int64_t t, int64_t r, int nr, const __m256 *acc, const int NT) {
+    for (int j = 0; j < NT; j++) {
+        float *o = out + (t + j) * n_rows + r;
+        if (nr == 8) {
+            _mm256_storeu_ps(o, acc[j]);
+        } else {
+            float tmp[8];
+            _mm256_storeu_ps(tmp, acc[j]);
+            memcpy(o, tmp, (size_t)nr * sizeof(float));
+        }
+    }
+}
+
+/* acc[j] = fma(d8 * d_tok, float(sumi), acc[j]) */
+INL __m256 scale_acc(__m256 d8, float dy, __m256i sumi, __m256 acc) {
+    return _mm256_fmadd_ps(_mm256_mul_ps(d8, _mm256_set1_ps(dy)), _mm256_cvtepi32_ps(sumi), acc);
+}
+
+/* -- Q4_0: nibbles taken unsigned (0..15); the -8 is 8 x the activation block's sum of quants ---------- */
+
+INL void tile_q4_0(const uint8_t *g, const native_act *a, int64_t t, const int NT, float *out, int64_t n_rows,
+                   int64_t r, int nr, int64_t pf) {
+    const int64_t nb = a->nb, nc = a->n_cols;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = g + 144 * b;
+        if (pf) prefetch_range(blk + pf, 144);
+        __m256i s16[4];  /* 8 pair sums of <= 2 * 15 * 127 each: within int16 */
+        for (int j = 0; j < NT; j++) s16[j] = _mm256_setzero_si256();
+        for (int k = 0; k < 4; k++) {
+            const __m256i w = load256(blk + 16 + 32 * k);
+            const __m256i lo = _mm256_and_si256(w, m4), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+            for (int j = 0; j < NT; j++) {
+                const int8_t *y = a->q + (t + j) * nc + QK * b + 4 * k;
+                s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(lo, bcast32(y)));
+                s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(hi, bcast32(y + 16)));
+            }
+        }
+        const __m256 d8 = load_f16x8(blk);
+        for (int j = 0; j < NT; j++) {
+            const int64_t yb = (t + j) * nb + b;
+            const __m256i sumi = _mm256_sub_epi32(_mm256_madd_epi16(s16[j], ones), _mm256_set1_epi32(8 * a->qsum[yb]));
+            acc[j] = scale_acc(d8, a->d[yb], sumi, acc[j]);
+        }
+    }
+    store_tile(out, n_rows, t, r, nr, acc, NT);
+}
+
+/* -- Q8_0: |w| . (y with w's sign), pairs of int16 summed to int32 at once ------------------------------ */
+
+INL void tile_q8_0(const uint8_t *g, const native_act *a, int64_t t, const int NT, float *out, int64_t n_rows,
+                   int64_t r, int nr, int64_t pf) {
+    const int64_t nb = a->nb, nc = a->n_cols;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = g + 272 * b;
+        if (pf) prefetch_range(blk + pf, 272);
+        __m256i s32[4];
+        for (int j = 0; j < NT; j++) s32[j] = _mm256_setzero_si256();
+        for (int k = 0; k < 8; k++) {
+            const __m256i w = load256(blk + 16 + 32 * k);
+            const __m256i aw = _mm256_sign_epi8(w, w);
+            for (int j = 0; j < NT; j++) {
+                const __m256i y = _mm256_sign_epi8(bcast32(a->q + (t + j) * nc + QK * b + 4 * k), w);
+                s32[j] = _mm256_add_epi32(s32[j], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, y), ones));
+            }
+        }
+        const __m256 d8 = load_f16x8(blk);
+        for (int j = 0; j < NT; j++) {
+            const int64_t yb = (t + j) * nb + b;
+            acc[j] = scale_acc(d8, a->d[yb], s32[j], acc[j]);
+        }
+    }
+    store_tile(out, n_rows, t, r, nr, acc, NT);
+}
+
+/* -- Q4_K: the eight rows' 6-bit scales unpacked together (a lane per row), each applied as an int16 pair
+ * in the madd that widens a sub-block's sums ------------------------------------------------------------ */
+
+/* vpshufb masks: byte jj of every 32-bit lane into both int16 halves of that lane */
+INL __m256i dup_byte_mask(int jj) {
+    const __m256i base = _mm256_setr_epi32((int)0x80008000u, (int)0x80048004u, (int)0x80088008u, (int)0x800C800Cu,
+                                           (int)0x80008000u, (int)0x80048004u, (int)0x80088008u, (int)0x800C800Cu);
+    return _mm256_add_epi32(base, _mm256_set1_epi32(jj * 0x00010001));
+}
+
+INL void tile_q4_k(const uint8_t *g, const native_act *a, int64_t t, const int NT, float *out, int64_t n_rows,
+                   int64_t r, int nr, int64_t pf) {
+    const int64_t nb = a->nb, nc = a->n_cols;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i k1 = _mm256_set1_epi32(0x3f3f3f3f), k2 = _mm256_set1_epi32(0x0f0f0f0f),
+                  k3 = _mm256_set1_epi32(0x03030303);
+    const __m256i dup[4] = {dup_byte_mask(0), dup_byte_mask(1), dup_byte_mask(2), dup_byte_mask(3)};
+    __m256 acc[4];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = g + 1152 * b;
+        if (pf) prefetch_range(blk + pf, 1152);
+        /* native_scales_mins_k4 on eight rows: u0, u1 = scales 0-3, 4-7; u2, u3 = mins 0-3, 4-7 */
+        const __m256i w0 = load256(blk + 32), w1 = load256(blk + 64), w2 = load256(blk + 96);
+        const __m256i u0 = _mm256_and_si256(w0, k1), u2 = _mm256_and_si256(w1, k1);
+        const __m256i u1 = _mm256_or_si256(_mm256_and_si256(w2, k2),
+                                           _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w0, 6), k3), 4));
+        const __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), k2),
+                                           _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w1, 6), k3), 4));
+        __m256i isum[4], msum[4];
+        for (int j = 0; j < NT; j++) isum[j] = msum[j] = _mm256_setzero_si256();
+        for (int p = 0; p < 8; p++) {
+            const __m256i m = _mm256_shuffle_epi8(p < 4 ? u2 : u3, dup[p & 3]);
+            for (int j = 0; j < NT; j++) {
+                const int16_t *bs = a->bsums + (t + j) * (nc / 16) + 16 * b + 2 * p;
+                msum[j] = _mm256_add_epi32(msum[j], _mm256_madd_epi16(m, bcast32(bs)));
+            }
+        }
+        for (int s = 0; s < 8; s++) {
+            const int c = s / 2, h = s % 2;
+            const __m256i sc = _mm256_shuffle_epi8(s < 4 ? u0 : u1, dup[s & 3]);
+            __m256i s16[4];  /* 8 pair sums of <= 2 * 15 * 127 each */
+            for (int j = 0; j < NT; j++) s16[j] = _mm256_setzero_si256();
+            for (int k = 0; k < 8; k++) {
+                const __m256i w = load256(blk + 128 + 32 * (8 * c + k));
+                const __m256i v = h ? _mm256_and_si256(_mm256_srli_epi16(w, 4), m4) : _mm256_and_si256(w, m4);
+                for (int j = 0; j < NT; j++) {
+                    const int8_t *y = a->q + (t + j) * nc + QK_K * b + 64 * c + 32 * h + 4 * k;
+                    s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(v, bcast32(y)));
+                }
+            }
+            for (int j = 0; j < NT; j++) isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(s16[j], sc));
+        }
+        const __m256 d8 = load_f16x8(blk), dmin8 = load_f16x8(blk + 16);
+        for (int j = 0; j < NT; j++) {
+            const __m256 dy = _mm256_set1_ps(a->d[(t + j) * nb + b]);
+            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d8, dy), _mm256_cvtepi32_ps(isum[j]), acc[j]);
+            acc[j] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin8, dy), _mm256_cvtepi32_ps(msum[j]), acc[j]);
+        }
+    }
+    store_tile(out, n_rows, t, r, nr, acc, NT);
+}
+
+/* -- Q6_K: quants 0..63 (the -32 is 32 x sum of scale x bsum), int8 scales per 16 values ------------------ */
+
+INL void tile_q6_k(const uint8_t *g, const native_act *a, int64_t t, const int NT, float *out, int64_t n_rows,
+                   int64_t r, int nr, int64_t pf) {
+    const int64_t nb = a->nb, nc = a->n_cols;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = g + 1680 * b;
+        if (pf) prefetch_range(blk + pf, 1680);
+        __m256i isum[4], off[4];
+        for (int j = 0; j < NT; j++) isum[j] = off[j] = _mm256_setzero_si256();
+        for (int p = 0; p < 8; p++) {  /* sub-blocks 2p, 2p + 1: values 32p .. 32p + 31 */
+            const int n = p / 4, qd = p % 4;
+            const __m256i scp = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 16 + 16 * p)));
+            for (int j = 0; j < NT; j++) {
+                const int16_t *bs = a->bsums + (t + j) * (nc / 16) + 16 * b + 2 * p;
+                off[j] = _mm256_add_epi32(off[j], _mm256_madd_epi16(scp, bcast32(bs)));
+            }
+            for (int e = 0; e < 2; e++) {
+                const __m256i sc = e ? _mm256_srai_epi32(scp, 16) : _mm256_srai_epi32(_mm256_slli_epi32(scp, 16), 16);
+                __m256i dot[4];
+                for (int j = 0; j < NT; j++) dot[j] = _mm256_setzero_si256();
+                for (int kp = 0; kp < 4; kp += 2) {
+                    __m256i q[2];
+                    for (int u = 0; u < 2; u++) {
+                        const int kk = kp + u;
+                        const __m256i l = load256(blk + 144 + 32 * (16 * n + 8 * (qd & 1) + 4 * e + kk));
+                        const __m256i h = load256(blk + 1168 + 32 * (8 * n + 4 * e + kk));
+                        const __m256i lo = qd < 2 ? _mm256_and_si256(l, m4) : _mm256_and_si256(_mm256_srli_epi16(l, 4), m4);
+                        q[u] = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * qd), m3), 4));
+                    }
+                    for (int j = 0; j < NT; j++) {
+                        const int8_t *y = a->q + (t + j) * nc + QK_K * b + 32 * p + 16 * e + 4 * kp;
+                        /* two pair sums of <= 2 * 63 * 127 each: within int16 */
+                        const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(q[0], bcast32(y)),
+                                                             _mm256_maddubs_epi16(q[1], bcast32(y + 4)));
+                        dot[j] = _mm256_add_epi32(dot[j], _mm256_madd_epi16(s16, ones));
+                    }
+                }
+                for (int j = 0; j < NT; j++) isum[j] = _mm256_add_epi32(isum[j], _mm256_mullo_epi32(dot[j], sc));
+            }
+        }
+        const __m256 d8 = load_f16x8(blk);
+        for (int j = 0; j < NT; j++) {
+            const __m256i sumi = _mm256_sub_epi32(isum[j], _mm256_slli_epi32(off[j], 5));
+            acc[j] = scale_acc(d8, a->d[(t + j) * nb + b], sumi, acc[j]);
+        }
+    }
+    store_tile(out, n_rows, t, r, nr, acc, NT);
+}
+
+/* -- the driver: token blocks (their activations stay in L2) x groups of 8 rows x tiles of 4 tokens ------ */
+
+#define X8_ROWS(name, tile)                                                                             \
+    FN static void x8_##name(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows, \
+                             const native_act *a, float *out) {                                         \
+        const int64_t T = a->n_tokens;                                                                  \
+        const int64_t pf = T <= 16 ? native_prefetch_bytes : 0;                                         \
+        int64_t tb = (128 * 1024 / (a->n_cols > 0 ? a->n_cols : 1)) & ~(int64_t)3;                      \
+        if (tb < 4) tb = 4;                                                                             \
+        for (int64_t t0 = 0; t0 < T; t0 += tb) {                                                        \
+            const int64_t t1 = t0 + tb < T ? t0 + tb : T;                                               \
+            for (int64_t r = r0; r < r1; r += 8) {                                                      \
+                const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;                                          \
+                const uint8_t *g = w + r * row_bytes;                                                   \
+                int64_t t = t0;                                                                         \
+                for (; t + 4 <= t1; t += 4) tile(g, a, t, 4, out, n_rows, r, nr, pf);                   \
+                if (t1 - t == 3) tile(g, a, t, 3, out, n_rows, r, nr, pf);                              \
+                else if (t1 - t == 2) tile(g, a, t, 2, out, n_rows, r, nr, pf);                         \
+                else if (t1 - t == 1) tile(g, a, t, 1, out, n_rows, r, nr, pf);                         \
+            }                                                                                           \
+        }                                                                                               \
+    }
+
+X8_ROWS(q4_0, tile_q4_0)
+X8_ROWS(q8_0, tile_q8_0)
+X8_ROWS(q4_k, tile_q4_k)
+X8_ROWS(q6_k, tile_q6_k)
+
+const native_rows_fn native_x8_avx2[GT_COUNT] = {
+    [GT_Q4_0] = x8_q4_0, [GT_Q8_0] = x8_q8_0, [GT_Q4_K] = x8_q4_k, [GT_Q6_K] = x8_q6_k,
+};
+
+#endif /* NATIVE_X86 */
