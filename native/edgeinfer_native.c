@@ -28,6 +28,7 @@
 
 #include "edgeinfer_native.h"
 #include "threadpool.h"
+#include "x8.h"
 
 #define PARALLEL_QUANTIZE_MIN_TOKENS 8
 #define MIN_CHUNKS_PER_THREAD 8
@@ -54,6 +55,8 @@ static const native_kernels *best_kernels(void) {
 
 static uint8_t *scratch;
 static size_t scratch_size;
+static int32_t *qsum_scratch;  /* x8 Q4_0: the activation blocks' sums of quants */
+static size_t qsum_size;
 
 static uint8_t *scratch_get(size_t n) {
     if (n > scratch_size) {
@@ -119,6 +122,35 @@ typedef struct {
     slot_t *slots;
 } job_t;
 
+/* the x8 kernel of a type on the ISA in use (the scalar one where the ISA has none), or NULL */
+static native_rows_fn x8_rows_of(const native_kernels *k, int type) {
+#if defined(NATIVE_X86)
+    if (k == &native_kernels_avx2 && native_x8_avx2[type]) return native_x8_avx2[type];
+#endif
+    (void)k;
+    return native_x8_scalar[type];
+}
+
+/* whether weights of this type are repacked to x8 on this ISA (only where a SIMD kernel exists for it, or
+ * on the scalar ISA, whose x8 kernels are the reference) */
+static int x8_preferred(const native_kernels *k, int type) {
+    if (!x8_traits_of(type)) return 0;
+#if defined(NATIVE_X86)
+    if (k == &native_kernels_avx2) return native_x8_avx2[type] != NULL;
+#endif
+    return k == &native_kernels_scalar;
+}
+
+static void qsum_rows(native_act *a) {
+    for (int64_t t = 0; t < a->n_tokens; t++)
+        for (int64_t b = 0; b < a->nb; b++) {
+            const int8_t *q = a->q + t * a->n_cols + QK * b;
+            int32_t s = 0;
+            for (int j = 0; j < QK; j++) s += q[j];
+            a->qsum[t * a->nb + b] = s;
+        }
+}
+
 static void quantize_job(void *p, int id, int n) {
     job_t *job = p;
     const int64_t T = job->a.n_tokens, per = (T + n - 1) / n;
@@ -166,6 +198,7 @@ static void run_matmul(job_t *job, int n_threads) {
     } else {
         for (int64_t t = 0; t < T; t++) job->k->quantize(job->x + t * job->a.n_cols, &job->a, t);
     }
+    if (job->a.qsum) qsum_rows(&job->a);
     const int threads = job->n_chunks < n_threads ? (int)job->n_chunks : n_threads;
     static slot_t slots[TP_MAX_THREADS] __attribute__((aligned(64)));  /* calls are serialized */
     for (int i = 0; i < threads; i++) {
@@ -215,10 +248,12 @@ static int is_f32(const char *format) {
 
 static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "matmul(ggml_type, w, x, out, n_rows, n_cols, n_threads)");
+    if (nargs != 7 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "matmul(ggml_type, w, x, out, n_rows, n_cols, n_threads[, x8])");
         return NULL;
     }
+    const int x8 = nargs == 8 ? PyObject_IsTrue(args[7]) : 0;
+    if (x8 < 0) return NULL;
     const long type = PyLong_AsLong(args[0]);
     const Py_ssize_t n_rows = PyLong_AsSsize_t(args[4]);
     const Py_ssize_t n_cols = PyLong_AsSsize_t(args[5]);
@@ -227,6 +262,10 @@ static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nar
     const int kind = type >= 0 && type < GT_COUNT ? native_act_kind((int)type) : ACT_NONE;
     if (kind == ACT_NONE) {
         PyErr_Format(PyExc_NotImplementedError, "the native backend has no matmul for ggml type %ld", type);
+        return NULL;
+    }
+    if (x8 && !x8_traits_of((int)type)) {
+        PyErr_Format(PyExc_NotImplementedError, "ggml type %ld has no x8 layout", type);
         return NULL;
     }
     const int bsize = block_size_of((int)type);
@@ -253,11 +292,12 @@ static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nar
         goto done;
     }
     const int64_t n_tokens = x.shape[0];
-    if (w.len != n_rows * row_bytes || x.len != n_tokens * n_cols * (Py_ssize_t)sizeof(float) ||
+    const int64_t w_rows = x8 ? (n_rows + 7) / 8 * 8 : n_rows;  /* x8: whole groups of 8 rows */
+    if (w.len != w_rows * row_bytes || x.len != n_tokens * n_cols * (Py_ssize_t)sizeof(float) ||
         out.len != n_tokens * n_rows * (Py_ssize_t)sizeof(float)) {
         PyErr_Format(PyExc_ValueError,
                      "matmul buffers do not fit: weight %zd bytes (expected %lld), x %zd bytes, out %zd bytes "
-                     "(expected %lld)", w.len, (long long)(n_rows * row_bytes), x.len, out.len,
+                     "(expected %lld)", w.len, (long long)(w_rows * row_bytes), x.len, out.len,
                      (long long)(n_tokens * n_rows * 4));
         goto done;
     }
@@ -271,7 +311,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nar
     pthread_mutex_lock(&call_mu);
     job_t job;
     job.k = kernels;
-    job.rows = kernels->rows[type];
+    job.rows = x8 ? x8_rows_of(kernels, (int)type) : kernels->rows[type];
     if (!job.rows) job.rows = native_kernels_scalar.rows[type];
     job.w = w.buf;
     job.row_bytes = row_bytes;
@@ -281,7 +321,17 @@ static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nar
     job.chunk_rows = chunk_rows(n_rows, row_bytes, (int)n_threads);
     job.n_chunks = (n_rows + job.chunk_rows - 1) / job.chunk_rows;
     if (act_setup(&job.a, kind, n_tokens, n_cols) != 0) failed = 1;
-    else run_matmul(&job, (int)n_threads);
+    if (!failed && x8 && x8_needs_qsum((int)type)) {
+        const size_t need = (size_t)n_tokens * (size_t)job.a.nb * sizeof(int32_t);
+        if (need > qsum_size) {
+            free(qsum_scratch);
+            qsum_scratch = malloc(need + need / 4 + 64);
+            qsum_size = qsum_scratch ? need + need / 4 + 64 : 0;
+        }
+        if (!qsum_scratch) failed = 1;
+        job.a.qsum = qsum_scratch;
+    }
+    if (!failed) run_matmul(&job, (int)n_threads);
     pthread_mutex_unlock(&call_mu);
     Py_END_ALLOW_THREADS
     if (failed) {
@@ -308,6 +358,20 @@ static int is_i32(const Py_buffer *b) {
     return (format[0] == 'i' || format[0] == 'l') && format[1] == 0;
 }
 
+/* the K/V format of an attention buffer: float32 rows, float16 ("e") rows, uint8 ("B") rows of Q8_0
+ * blocks; -1 for anything else */
+static int kv_format(const Py_buffer *b) {
+    if (is_f32(b->format)) return GT_F32;
+    const char *f = b->format;
+    if (!f) return -1;
+    if (f[0] == '@' || f[0] == '=' || f[0] == '<') f++;
+    if (f[1] != 0) return -1;
+    return f[0] == 'e' ? GT_F16 : f[0] == 'B' ? GT_Q8_0 : -1;
+}
+
+/* values per row of a K/V buffer whose last axis holds n items of format t */
+static int64_t kv_values(int t, int64_t n) { return t == GT_Q8_0 ? (n % (2 + QK) ? -1 : n / (2 + QK) * QK) : n; }
+
 /* one sequence's attention arguments: objs = q, k, v, q_pos, kv_pos, cells, out. Acquires their buffers
  * into b[*got..] (the caller releases b[0 .. *got)), checks dtypes, layouts, shapes and that every cell
  * is a row of k and v, fills a (but for n_swa and scale). 0, or -1 with a Python error set. */
@@ -320,15 +384,20 @@ static int attn_args(PyObject *const objs[7], Py_buffer *b, Py_ssize_t *got, nat
     }
     const Py_buffer *q = &b[first], *k = &b[first + 1], *v = &b[first + 2], *qp = &b[first + 3],
                     *kp = &b[first + 4], *cl = &b[first + 5], *out = &b[first + 6];
-    if (!is_f32(q->format) || !is_f32(k->format) || !is_f32(v->format) || !is_f32(out->format) ||
+    const int kv_type = kv_format(k);
+    if (!is_f32(q->format) || kv_type < 0 || kv_format(v) != kv_type || !is_f32(out->format) ||
         !is_i32(qp) || !is_i32(kp) || !is_i32(cl) || q->ndim != 3 || k->ndim != 3 || v->ndim != 3 ||
         qp->ndim != 1 || kp->ndim != 1 || cl->ndim != 1 || out->ndim != 2) {
-        PyErr_Format(PyExc_ValueError, "%s: float32 q, k, v, out and int32 positions and cells, C-contiguous", who);
+        PyErr_Format(PyExc_ValueError, "%s: float32 q and out, k and v float32, float16 or uint8 (Q8_0 rows) "
+                     "alike, int32 positions and cells, C-contiguous", who);
         return -1;
     }
+    a->kv_type = kv_type;
     a->n = q->shape[0]; a->H = q->shape[1]; a->D = q->shape[2];
-    a->n_kv = kp->shape[0]; a->Hkv = k->shape[1]; a->Dv = v->shape[2];
-    if (a->Hkv < 1 || a->H % a->Hkv || k->shape[2] != a->D || v->shape[0] != k->shape[0] || v->shape[1] != a->Hkv ||
+    a->n_kv = kp->shape[0]; a->Hkv = k->shape[1]; a->Dv = kv_values(kv_type, v->shape[2]);
+    if (a->Hkv < 1 || a->H % a->Hkv || kv_values(kv_type, k->shape[2]) != a->D || a->Dv < 1 ||
+        native_kv_row_bytes(kv_type, a->D) <= 0 || native_kv_row_bytes(kv_type, a->Dv) <= 0 ||
+        v->shape[0] != k->shape[0] || v->shape[1] != a->Hkv ||
         qp->shape[0] != a->n || cl->shape[0] != a->n_kv || out->shape[0] != a->n || out->shape[1] != a->H * a->Dv) {
         PyErr_Format(PyExc_ValueError, "%s: shapes do not fit", who);
         return -1;
@@ -442,6 +511,56 @@ done:
     return result;
 }
 
+/* repack(ggml_type, src, dst, n_rows, n_cols, unpack): plain rows <-> x8 groups (x8.h) */
+static PyObject *py_repack(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "repack(ggml_type, src, dst, n_rows, n_cols, unpack)");
+        return NULL;
+    }
+    const long type = PyLong_AsLong(args[0]);
+    const Py_ssize_t n_rows = PyLong_AsSsize_t(args[3]);
+    const Py_ssize_t n_cols = PyLong_AsSsize_t(args[4]);
+    const int unpack = PyObject_IsTrue(args[5]);
+    if (PyErr_Occurred() || unpack < 0) return NULL;
+    if (type < 0 || type >= GT_COUNT || !x8_traits_of((int)type)) {
+        PyErr_Format(PyExc_NotImplementedError, "ggml type %ld has no x8 layout", type);
+        return NULL;
+    }
+    const int bsize = block_size_of((int)type);
+    if (n_rows < 1 || n_cols <= 0 || n_cols % bsize) {
+        PyErr_Format(PyExc_ValueError, "repack: bad shape %zd x %zd", n_rows, n_cols);
+        return NULL;
+    }
+    const int64_t row_bytes = n_cols / bsize * type_size_of((int)type);
+    const int64_t plain = n_rows * row_bytes, packed = (n_rows + 7) / 8 * 8 * row_bytes;
+    Py_buffer src, dst;
+    if (PyObject_GetBuffer(args[1], &src, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[2], &dst, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) { PyBuffer_Release(&src); return NULL; }
+    PyObject *result = NULL;
+    if (src.len != (unpack ? packed : plain) || dst.len != (unpack ? plain : packed)) {
+        PyErr_Format(PyExc_ValueError, "repack: src %zd bytes, dst %zd bytes; expected %lld and %lld", src.len,
+                     dst.len, (long long)(unpack ? packed : plain), (long long)(unpack ? plain : packed));
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        if (unpack) x8_unpack((int)type, src.buf, dst.buf, n_rows, row_bytes);
+        else x8_pack((int)type, src.buf, dst.buf, n_rows, row_bytes);
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return result;
+}
+
+static PyObject *py_x8_preferred(PyObject *self, PyObject *arg) {
+    (void)self;
+    const long type = PyLong_AsLong(arg);
+    if (type == -1 && PyErr_Occurred()) return NULL;
+    return PyBool_FromLong(type >= 0 && type < GT_COUNT && x8_preferred(kernels, (int)type));
+}
+
 static PyObject *py_supports(PyObject *self, PyObject *arg) {
     (void)self;
     const long type = PyLong_AsLong(arg);
@@ -501,6 +620,10 @@ static PyMethodDef methods[] = {
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL,
      "attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads): out = softmax(scale q.k) v (masked); token j is row cells[j] of k and v"},
     {"supports", py_supports, METH_O, "supports(ggml_type) -> bool: a native kernel exists"},
+    {"repack", (PyCFunction)(void (*)(void))py_repack, METH_FASTCALL,
+     "repack(ggml_type, src, dst, n_rows, n_cols, unpack): plain rows <-> x8 groups of 8 interleaved rows"},
+    {"x8_preferred", py_x8_preferred, METH_O,
+     "x8_preferred(ggml_type) -> bool: weights of this type run repacked (x8) on the ISA in use"},
     {"isa", py_isa, METH_NOARGS, "isa() -> the instruction set in use: 'avx2', 'neon' or 'scalar'"},
     {"set_isa", py_set_isa, METH_O, "set_isa(name) -> previous: 'scalar' or 'auto' (tests)"},
     {"set_prefetch", py_set_prefetch, METH_O,

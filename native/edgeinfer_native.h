@@ -41,6 +41,7 @@ typedef struct {
     float *s;          /* (n_tokens * nb) Q8_1: fp16(d * sum of the block's quants) */
     int16_t *bsums;    /* (n_tokens * n_cols / 16) Q8_K: sums of 16 quants */
     float *f;          /* (n_tokens * n_cols) F32 / F16 weights: x (fp16-rounded for F16) */
+    int32_t *qsum;     /* (n_tokens * nb) Q8_0 for x8 Q4_0 weights: each block's sum of quants, else NULL */
 } native_act;
 
 /* Rows r0..r1-1 of the weight (row_bytes each, from w) against every token of a; out is
@@ -155,16 +156,30 @@ void native_quantize_row_scalar(const float *x, native_act *a, int64_t t);
 /* attention (native/attention.c): q (n, H, D), k (n_cells, Hkv, D), v (n_cells, Hkv, Dv), positions
  * int32 q_pos (n,), kv_pos (n_kv,), cells int32 (n_kv,): the sequence's token j is row cells[j] of k and v
  * (a paged cache's block table), out (n, H * Dv), all C-contiguous; on the pool, n_threads at most; avx2:
- * the AVX2/FMA code (else the portable one). 0, or -1 when out of memory. Not reentrant (the extension's
- * mutex serializes calls). */
+ * the AVX2/FMA/F16C code (else the portable one). K and V rows are stored in kv_type: GT_F32 (floats),
+ * GT_F16 (IEEE halves) or GT_Q8_0 (D / 32 blocks of fp16 d + 32 int8), each row converted to float32 as
+ * it is read (exactly: the result is the bits of the same call on the converted rows). 0, or -1 when out
+ * of memory. Not reentrant (the extension's mutex serializes calls). */
 typedef struct {
-    const float *q, *k, *v;
+    const float *q;
+    const void *k, *v;
     const int32_t *q_pos, *kv_pos, *cells;
     float *out;
     int64_t n, H, Hkv, D, Dv, n_kv;
     int n_swa;
     float scale;
+    int kv_type;  /* GT_F32, GT_F16 or GT_Q8_0, K and V alike */
 } native_attn_args;
+
+/* bytes of one K/V row of d values in kv_type (d a multiple of QK for GT_Q8_0); 0 for another type */
+static inline int64_t native_kv_row_bytes(int kv_type, int64_t d) {
+    switch (kv_type) {
+    case GT_F32: return 4 * d;
+    case GT_F16: return 2 * d;
+    case GT_Q8_0: return d % QK ? 0 : d / QK * (2 + QK);
+    default: return 0;
+    }
+}
 
 int native_attention(const native_attn_args *a, int n_threads, int avx2);
 

@@ -19,6 +19,7 @@ from ..gguf import GGUFFile
 from ..kernels.base import Backend, QTensor
 from ..nn import Batch, Embedding, GatedMLP, KVCacheLike, Linear, RMSNorm, RopeParams, Segments
 from ..nn.moe import MoE, Routing
+from ..nn.kv import DEFAULT_KV_TYPE, kv_type
 
 _REQUIRED = object()
 
@@ -359,15 +360,24 @@ class DecoderModel:
         self.output = output
         self.embd_scale = embd_scale
         self.trace: Trace | None = None  # set to see every named intermediate (debugging)
+        self.kv_type = DEFAULT_KV_TYPE  # what its KV caches store K and V in (load(kv_type=...) sets it)
 
     @property
     def n_vocab(self) -> int:
         return self.config.n_vocab
 
-    def kv_dims(self) -> dict[str, int]:
-        """What a KV cache for this model must hold per token and layer."""
+    def kv_dims(self) -> dict[str, int | str]:
+        """What a KV cache for this model must hold per token and layer, and in which format."""
         c = self.config
-        return dict(n_layer=c.n_layer, n_head_kv=c.n_head_kv, head_dim=c.head_dim, head_dim_v=c.head_dim_v)
+        return dict(n_layer=c.n_layer, n_head_kv=c.n_head_kv, head_dim=c.head_dim, head_dim_v=c.head_dim_v,
+                    kv_type=self.kv_type)  # fmt: skip
+
+    def set_kv_type(self, name: str) -> None:
+        """Store K and V of the caches made from now on in `name` (edgeinfer.nn.kv.KV_TYPES);
+        EdgeInferError for an unknown name or head sizes the format cannot hold."""
+        t = kv_type(name)
+        t.check(self.config.head_dim, self.config.head_dim_v)
+        self.kv_type = t.name
 
     def stacked_sources(self) -> list[str]:
         """Names of the file's weights that were copied into stacked matmuls at load (Q/K/V, gate/up)."""
@@ -376,6 +386,24 @@ class DecoderModel:
             for part in vars(block).values():
                 names += getattr(part, "stacked_sources", lambda: [])()
         return names
+
+    def prepare_weights(self) -> list[str]:
+        """Hand every weight a matmul reads to its backend's preferred layout (the native backend
+        repacks rows for its SIMD kernels; others keep the file's). Weights copied into a stack are
+        left alone: their stack is prepared instead. Returns the names of the file's tensors whose
+        bytes now live in a prepared copy."""
+        stacked = set(self.stacked_sources())
+        parts = [part for block in self.blocks for part in vars(block).values()]
+        linears = [p for part in parts for p in getattr(part, "__dict__", {}).values() if isinstance(p, Linear)]
+        replaced = []
+        for lin in [*linears, self.output]:
+            if lin is None or lin.weight.name in stacked:
+                continue
+            before = lin.weight
+            lin.prepare()
+            if lin.weight is not before:
+                replaced.append(before.name)
+        return replaced
 
     def forward_many(self, tokens: list, caches: list, all_logits=False) -> list[np.ndarray]:
         """Several sequences in one pass (continuous batching): tokens[i] (n_i,) follow caches[i]'s
