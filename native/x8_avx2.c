@@ -134,14 +134,7 @@ INL void tile_q4_k(const uint8_t *g, const native_act *a, int64_t t, const int N
         const __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), k2),
                                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w1, 6), k3), 4));
         __m256i isum[4], msum[4];
-        for (int j = 0; j < NT; j++) isum[j] = msum[j] = _mm256_setzero_si256();
-        for (int p = 0; p < 8; p++) {
-            const __m256i m = _mm256_shuffle_epi8(p < 4 ? u2 : u3, dup[p & 3]);
-            for (int j = 0; j < NT; j++) {
-                const int16_t *bs = a->bsums + (t + j) * (nc / 16) + 16 * b + 2 * p;
-                msum[j] = _mm256_add_epi32(msum[j], _mm256_madd_epi16(m, bcast32(bs)));
-            }
-        }
+        for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
         for (int s = 0; s < 8; s++) {
             const int c = s / 2, h = s % 2;
             const __m256i sc = _mm256_shuffle_epi8(s < 4 ? u0 : u1, dup[s & 3]);
@@ -156,6 +149,14 @@ INL void tile_q4_k(const uint8_t *g, const native_act *a, int64_t t, const int N
                 }
             }
             for (int j = 0; j < NT; j++) isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(s16[j], sc));
+        }
+        for (int j = 0; j < NT; j++) msum[j] = _mm256_setzero_si256();
+        for (int p = 0; p < 8; p++) {
+            const __m256i m = _mm256_shuffle_epi8(p < 4 ? u2 : u3, dup[p & 3]);
+            for (int j = 0; j < NT; j++) {
+                const int16_t *bs = a->bsums + (t + j) * (nc / 16) + 16 * b + 2 * p;
+                msum[j] = _mm256_add_epi32(msum[j], _mm256_madd_epi16(m, bcast32(bs)));
+            }
         }
         const __m256 d8 = load_f16x8(blk), dmin8 = load_f16x8(blk + 16);
         for (int j = 0; j < NT; j++) {
@@ -172,25 +173,28 @@ INL void tile_q4_k(const uint8_t *g, const native_act *a, int64_t t, const int N
 INL void tile_q6_k(const uint8_t *g, const native_act *a, int64_t t, const int NT, float *out, int64_t n_rows,
                    int64_t r, int nr, int64_t pf) {
     const int64_t nb = a->nb, nc = a->n_cols;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);
+    /* int16 element 0 (1) of every 32-bit lane into both halves: (sc_2p, sc_2p+1) -> (sc, sc) */
+    const __m256i dup_lo = _mm256_setr_epi32(0x01000100, 0x05040504, 0x09080908, 0x0D0C0D0C,
+                                             0x01000100, 0x05040504, 0x09080908, 0x0D0C0D0C);
+    const __m256i dup_hi = _mm256_setr_epi32(0x03020302, 0x07060706, 0x0B0A0B0A, 0x0F0E0F0E,
+                                             0x03020302, 0x07060706, 0x0B0A0B0A, 0x0F0E0F0E);
     __m256 acc[4];
     for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = g + 1680 * b;
         if (pf) prefetch_range(blk + pf, 1680);
-        __m256i isum[4], off[4];
-        for (int j = 0; j < NT; j++) isum[j] = off[j] = _mm256_setzero_si256();
+        __m256i isum[4];  /* sum of sc * q . y, minus 32 sum of sc * bsum: exact in int32 */
+        for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
         for (int p = 0; p < 8; p++) {  /* sub-blocks 2p, 2p + 1: values 32p .. 32p + 31 */
             const int n = p / 4, qd = p % 4;
             const __m256i scp = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 16 + 16 * p)));
             for (int j = 0; j < NT; j++) {
                 const int16_t *bs = a->bsums + (t + j) * (nc / 16) + 16 * b + 2 * p;
-                off[j] = _mm256_add_epi32(off[j], _mm256_madd_epi16(scp, bcast32(bs)));
+                isum[j] = _mm256_sub_epi32(isum[j], _mm256_slli_epi32(_mm256_madd_epi16(scp, bcast32(bs)), 5));
             }
             for (int e = 0; e < 2; e++) {
-                const __m256i sc = e ? _mm256_srai_epi32(scp, 16) : _mm256_srai_epi32(_mm256_slli_epi32(scp, 16), 16);
-                __m256i dot[4];
-                for (int j = 0; j < NT; j++) dot[j] = _mm256_setzero_si256();
+                const __m256i sc = _mm256_shuffle_epi8(scp, e ? dup_hi : dup_lo);
                 for (int kp = 0; kp < 4; kp += 2) {
                     __m256i q[2];
                     for (int u = 0; u < 2; u++) {
@@ -202,20 +206,16 @@ INL void tile_q6_k(const uint8_t *g, const native_act *a, int64_t t, const int N
                     }
                     for (int j = 0; j < NT; j++) {
                         const int8_t *y = a->q + (t + j) * nc + QK_K * b + 32 * p + 16 * e + 4 * kp;
-                        /* two pair sums of <= 2 * 63 * 127 each: within int16 */
+                        /* two pair sums of <= 2 * 63 * 127 each: within int16; times the scale in the madd */
                         const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(q[0], bcast32(y)),
                                                              _mm256_maddubs_epi16(q[1], bcast32(y + 4)));
-                        dot[j] = _mm256_add_epi32(dot[j], _mm256_madd_epi16(s16, ones));
+                        isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(s16, sc));
                     }
                 }
-                for (int j = 0; j < NT; j++) isum[j] = _mm256_add_epi32(isum[j], _mm256_mullo_epi32(dot[j], sc));
             }
         }
         const __m256 d8 = load_f16x8(blk);
-        for (int j = 0; j < NT; j++) {
-            const __m256i sumi = _mm256_sub_epi32(isum[j], _mm256_slli_epi32(off[j], 5));
-            acc[j] = scale_acc(d8, a->d[(t + j) * nb + b], sumi, acc[j]);
-        }
+        for (int j = 0; j < NT; j++) acc[j] = scale_acc(d8, a->d[(t + j) * nb + b], isum[j], acc[j]);
     }
     store_tile(out, n_rows, t, r, nr, acc, NT);
 }
