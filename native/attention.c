@@ -7,6 +7,10 @@
  * the head size and the cell index j (never on the batch, on n_kv, on the item it falls in or on the
  * thread): a token gives the same bits alone or in a batch, on any number of threads. The softmax sum is
  * kept in 8 lanes indexed by j mod 8 (masked cells add an exact 0), the V rows are summed in cell order.
+ *
+ * K and V rows in f16 or q8_0 (native_attn_args.kv_type) are converted to float32 as they are loaded, 8
+ * values at a time (vcvtph2ps; int8 -> float times the block's d, exact): the same operations then follow
+ * as on float32 rows, so a cache in f16 or q8_0 gives the bits its values give in float32.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -17,8 +21,8 @@
 
 #if defined(NATIVE_X86)
 #include <immintrin.h>
-#define AFN __attribute__((target("avx2,fma")))
-#define AINL static inline __attribute__((always_inline, target("avx2,fma")))
+#define AFN __attribute__((target("avx2,fma,f16c")))
+#define AINL static inline __attribute__((always_inline, target("avx2,fma,f16c")))
 #endif
 
 /* cells of attention work (tokens x query heads x cells) under which one thread does it all */
@@ -28,6 +32,7 @@
 
 typedef struct {
     native_attn_args a;
+    int64_t krow, vrow;  /* bytes of a K row and of a V row */
     int64_t group, stride;  /* query heads per KV head; floats of scratch per thread */
     int64_t n_items, heads_per_item, parts;  /* an item: heads_per_item heads of one part of a KV group */
     float *scratch;
@@ -41,6 +46,22 @@ static inline int visible(int32_t qp, int32_t kp, int n_swa) {
 }
 
 /* -- portable ---------------------------------------------------------------------------------------- */
+
+/* value e of a K/V row in format t, as float32 (exact) */
+static inline float kv_at(const uint8_t *row, int64_t e, int t) {
+    if (t == GT_F16) {
+        uint16_t h;
+        memcpy(&h, row + 2 * e, 2);
+        return native_fp16_to_fp32(h);
+    }
+    if (t == GT_Q8_0) {
+        const uint8_t *b = row + e / QK * (2 + QK);
+        return native_f16_at(b) * (float)(int8_t)b[2 + e % QK];
+    }
+    float f;
+    memcpy(&f, row + 4 * e, 4);
+    return f;
+}
 
 /* e^x as the Numba op's _exp32: 0 below -87.3 (a masked -inf gives 0), inf above 88.7 */
 static float exp_scalar(float x) {
@@ -66,13 +87,14 @@ static void head_scalar(const attn_job *job, int64_t t, int64_t h, float *s) {
     const int64_t D = a->D, Dv = a->Dv, g = h / job->group;
     const float *qh = a->q + (t * a->H + h) * D;
     const int32_t qp = a->q_pos[t];
+    const int kt = a->kv_type;
     float *o = a->out + (t * a->H + h) * Dv;
     float best = -INFINITY;
     for (int64_t j = 0; j < a->n_kv; j++) {
         if (!visible(qp, a->kv_pos[j], a->n_swa)) { s[j] = -INFINITY; continue; }
-        const float *kr = a->k + ((int64_t)a->cells[j] * a->Hkv + g) * D;
+        const uint8_t *kr = (const uint8_t *)a->k + ((int64_t)a->cells[j] * a->Hkv + g) * job->krow;
         float d = 0.0f;
-        for (int64_t e = 0; e < D; e++) d += qh[e] * kr[e];
+        for (int64_t e = 0; e < D; e++) d += qh[e] * kv_at(kr, e, kt);
         s[j] = d * a->scale;
         if (s[j] > best) best = s[j];
     }
@@ -83,8 +105,8 @@ static void head_scalar(const attn_job *job, int64_t t, int64_t h, float *s) {
         const float p = s[j] == -INFINITY ? 0.0f : exp_scalar(s[j] - best);
         total += p;
         if (p == 0.0f) continue;
-        const float *vr = a->v + ((int64_t)a->cells[j] * a->Hkv + g) * Dv;
-        for (int64_t e = 0; e < Dv; e++) o[e] += p * vr[e];
+        const uint8_t *vr = (const uint8_t *)a->v + ((int64_t)a->cells[j] * a->Hkv + g) * job->vrow;
+        for (int64_t e = 0; e < Dv; e++) o[e] += p * kv_at(vr, e, kt);
     }
     const float inv = 1.0f / total;
     for (int64_t e = 0; e < Dv; e++) o[e] *= inv;
@@ -114,9 +136,27 @@ AINL __m256 exp8(__m256 x) {
     return _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
 }
 
-/* the cache lines of n floats from p into L1 */
-AINL void prefetch_row(const float *p, int64_t n) {
-    for (int64_t i = 0; i < n; i += 16) _mm_prefetch((const char *)(p + i), _MM_HINT_T0);
+/* the cache lines of n bytes from p into L1 */
+AINL void prefetch_row(const uint8_t *p, int64_t n) {
+    for (int64_t i = 0; i < n; i += 64) _mm_prefetch((const char *)(p + i), _MM_HINT_T0);
+}
+
+/* values e..e+7 of a K/V row in format t (a constant where it is inlined), as float32 (exact) */
+AINL __m256 load8(const uint8_t *row, int64_t e, const int t) {
+    if (t == GT_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 2 * e)));
+    if (t == GT_Q8_0) {
+        const uint8_t *b = row + e / QK * (2 + QK);
+        uint16_t h;
+        memcpy(&h, b, 2);
+        const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + e % QK)));
+        return _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(h)), _mm256_cvtepi32_ps(q));
+    }
+    return _mm256_loadu_ps((const float *)row + e);
+}
+
+/* the byte of a K/V row in format t where value e's data starts (its block, for q8_0) */
+AINL int64_t kv_offset(int64_t e, const int t) {
+    return t == GT_F16 ? 2 * e : t == GT_Q8_0 ? e / QK * (2 + QK) : 4 * e;
 }
 
 /* the four sums of a0..a3, each by the same tree: ((x0+x1)+(x2+x3)) + ((x4+x5)+(x6+x7)) */
@@ -128,9 +168,9 @@ AINL __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
 AINL float hsum8(__m256 a) { return _mm_cvtss_f32(reduce4(a, a, a, a)); }
 
 /* q.k of one cell, its tail (D not a multiple of 8) */
-AINL float dot_tail(const float *qh, const float *kr, int64_t D8, int64_t D) {
+AINL float dot_tail(const float *qh, const uint8_t *kr, int64_t D8, int64_t D, const int t) {
     float d = 0.0f;
-    for (int64_t e = D8; e < D; e++) d += qh[e] * kr[e];
+    for (int64_t e = D8; e < D; e++) d += qh[e] * kv_at(kr, e, t);
     return d;
 }
 
@@ -138,11 +178,11 @@ AINL float dot_tail(const float *qh, const float *kr, int64_t D8, int64_t D) {
  * s: 4 rows of job->stride floats. Every (head, cell) score is one FMA chain over the head size and the
  * same reduction tree (reduce4 is the same for each lane), every output value one FMA chain over the
  * cells in order: the same bits whichever heads share the call. */
-AINL void heads_body(const attn_job *job, int64_t t, int64_t h0, const int nh, float *s) {
+AINL void heads_body(const attn_job *job, int64_t t, int64_t h0, const int nh, float *s, const int kt) {
     const native_attn_args *a = &job->a;
     const int64_t D = a->D, Dv = a->Dv, g = h0 / job->group, n_kv = a->n_kv, S = job->stride;
-    const int64_t D8 = D & ~(int64_t)7, kstride = a->Hkv * D, vstride = a->Hkv * Dv;
-    const float *kg = a->k + g * D, *vg = a->v + g * Dv;
+    const int64_t D8 = D & ~(int64_t)7, kstride = a->Hkv * job->krow, vstride = a->Hkv * job->vrow;
+    const uint8_t *kg = (const uint8_t *)a->k + g * job->krow, *vg = (const uint8_t *)a->v + g * job->vrow;
     const int32_t *cells = a->cells;
     const int32_t qp = a->q_pos[t];
     const int n_swa = a->n_swa;
@@ -170,15 +210,15 @@ AINL void heads_body(const attn_job *job, int64_t t, int64_t h0, const int nh, f
             continue;
         }
         any = 1;
-        const float *k0 = kg + cells[j] * kstride, *k1 = two ? kg + cells[j + 1] * kstride : k0;
+        const uint8_t *k0 = kg + cells[j] * kstride, *k1 = two ? kg + cells[j + 1] * kstride : k0;
         if (j + ATTN_PREFETCH_CELLS + 2 <= n_kv) {  /* the cache comes from DRAM in a decode: ask ahead */
-            prefetch_row(kg + cells[j + ATTN_PREFETCH_CELLS] * kstride, D);
-            prefetch_row(kg + cells[j + 1 + ATTN_PREFETCH_CELLS] * kstride, D);
+            prefetch_row(kg + cells[j + ATTN_PREFETCH_CELLS] * kstride, job->krow);
+            prefetch_row(kg + cells[j + 1 + ATTN_PREFETCH_CELLS] * kstride, job->krow);
         }
         __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
         __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
         for (int64_t e = 0; e < D8; e += 8) {
-            const __m256 x0 = _mm256_loadu_ps(k0 + e), x1 = _mm256_loadu_ps(k1 + e);
+            const __m256 x0 = load8(k0, e, kt), x1 = load8(k1, e, kt);
             const __m256 q0 = _mm256_loadu_ps(qh[0] + e);
             const __m256 q1 = nh > 1 ? _mm256_loadu_ps(qh[1] + e) : q0;
             const __m256 q2 = nh > 2 ? _mm256_loadu_ps(qh[2] + e) : q0;
@@ -193,7 +233,7 @@ AINL void heads_body(const attn_job *job, int64_t t, int64_t h0, const int nh, f
         _mm_storeu_ps(r0, reduce4(a00, a01, a02, a03));
         _mm_storeu_ps(r1, reduce4(a10, a11, a12, a13));
         for (int i = 0; i < nh; i++) {
-            if (D8 < D) { r0[i] += dot_tail(qh[i], k0, D8, D); r1[i] += dot_tail(qh[i], k1, D8, D); }
+            if (D8 < D) { r0[i] += dot_tail(qh[i], k0, D8, D, kt); r1[i] += dot_tail(qh[i], k1, D8, D, kt); }
             sh[i][j] = m0 ? r0[i] * scale : -INFINITY;
             if (two) sh[i][j + 1] = m1 ? r1[i] * scale : -INFINITY;
         }
@@ -234,9 +274,10 @@ AINL void heads_body(const attn_job *job, int64_t t, int64_t h0, const int nh, f
         for (j = 0; j < n_kv; j++) {
             if (s0[j] == 0.0f && (nh < 2 || s1[j] == 0.0f) && (nh < 3 || s2[j] == 0.0f) && (nh < 4 || s3[j] == 0.0f))
                 continue;  /* a cell none of them sees */
-            const float *vr = vg + cells[j] * vstride + e0;
-            if (j + ATTN_PREFETCH_CELLS < n_kv) _mm_prefetch((const char *)(vg + cells[j + ATTN_PREFETCH_CELLS] * vstride + e0), _MM_HINT_T0);
-            const __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
+            const uint8_t *vr = vg + cells[j] * vstride;
+            if (j + ATTN_PREFETCH_CELLS < n_kv)
+                _mm_prefetch((const char *)(vg + cells[j + ATTN_PREFETCH_CELLS] * vstride + kv_offset(e0, kt)), _MM_HINT_T0);
+            const __m256 v0 = load8(vr, e0, kt), v1 = load8(vr, e0 + 8, kt);
             __m256 p = _mm256_set1_ps(s0[j]);
             c00 = _mm256_fmadd_ps(p, v0, c00); c01 = _mm256_fmadd_ps(p, v1, c01);
             if (nh > 1) {
@@ -264,25 +305,32 @@ AINL void heads_body(const attn_job *job, int64_t t, int64_t h0, const int nh, f
         for (int64_t e = e0; e + 8 <= Dv; e += 8) {
             __m256 c0 = _mm256_setzero_ps();
             for (j = 0; j < n_kv; j++)
-                c0 = _mm256_fmadd_ps(_mm256_set1_ps(si[j]), _mm256_loadu_ps(vg + cells[j] * vstride + e), c0);
+                c0 = _mm256_fmadd_ps(_mm256_set1_ps(si[j]), load8(vg + cells[j] * vstride, e, kt), c0);
             _mm256_storeu_ps(o[i] + e, _mm256_mul_ps(c0, _mm256_set1_ps(inv[i])));
         }
         for (int64_t e = e0 + ((Dv - e0) & ~(int64_t)7); e < Dv; e++) {
             float c = 0.0f;
-            for (j = 0; j < n_kv; j++) c += si[j] * vg[cells[j] * vstride + e];
+            for (j = 0; j < n_kv; j++) c += si[j] * kv_at(vg + cells[j] * vstride, e, kt);
             o[i][e] = c * inv[i];
         }
     }
 }
 
 
-/* nh a constant in each: the lanes it does not use cost nothing */
+/* nh and the K/V format constants in each: the lanes it does not use cost nothing, the loads are inlined */
+#define HEADS_NH(kt)                                         \
+    switch (nh) {                                            \
+    case 1: heads_body(job, t, h0, 1, s, kt); break;         \
+    case 2: heads_body(job, t, h0, 2, s, kt); break;         \
+    case 3: heads_body(job, t, h0, 3, s, kt); break;         \
+    default: heads_body(job, t, h0, 4, s, kt); break;        \
+    }
+
 AFN static void heads_avx2(const attn_job *job, int64_t t, int64_t h0, int nh, float *s) {
-    switch (nh) {
-    case 1: heads_body(job, t, h0, 1, s); break;
-    case 2: heads_body(job, t, h0, 2, s); break;
-    case 3: heads_body(job, t, h0, 3, s); break;
-    default: heads_body(job, t, h0, 4, s); break;
+    switch (job->a.kv_type) {
+    case GT_F16: HEADS_NH(GT_F16); break;
+    case GT_Q8_0: HEADS_NH(GT_Q8_0); break;
+    default: HEADS_NH(GT_F32); break;
     }
 }
 #endif
@@ -322,6 +370,8 @@ int native_attention(const native_attn_args *a, int n_threads, int avx2) {
     attn_job job;
     job.a = *a;
     job.group = a->H / a->Hkv;
+    job.krow = native_kv_row_bytes(a->kv_type, a->D);
+    job.vrow = native_kv_row_bytes(a->kv_type, a->Dv);
     job.avx2 = avx2;
     const int64_t work = a->n * a->H * a->n_kv;
     if (work < ATTN_PARALLEL_MIN_WORK) n_threads = 1;
@@ -388,6 +438,8 @@ int native_attention_many(const native_attn_args *as, int S, int n_threads, int 
         attn_job *job = &jobs[s];
         job->a = as[s];
         job->group = as[s].H / as[s].Hkv;
+        job->krow = native_kv_row_bytes(as[s].kv_type, as[s].D);
+        job->vrow = native_kv_row_bytes(as[s].kv_type, as[s].Dv);
         job->avx2 = avx2;
         /* whole KV groups per item: each head's arithmetic is the same whatever the grouping, so a
          * sequence's result does not depend on the others */

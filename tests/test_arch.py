@@ -50,8 +50,12 @@ def _tiny(tmp_path, arch, wtype=T.F32, **kw) -> Path:
     return write_tiny_model(tmp_path / name, arch, wtype, **kw)
 
 
-def _model(path, backend=None):
-    return build_model(GGUFFile(path), backend or ReferenceBackend())
+def _model(path, backend=None, kv_type="f32"):
+    """The model of a file; its caches in float32 unless told (tests of the arithmetic against the float64
+    reference; llama.cpp's comparisons use f16, as llama.cpp itself, and q8_0)."""
+    model = build_model(GGUFFile(path), backend or ReferenceBackend())
+    model.set_kv_type(kv_type)
+    return model
 
 
 def _tokens(n, seed=0, n_vocab=256):
@@ -136,14 +140,18 @@ def llamacpp_tiny(tmp_path_factory):
     return paths, fixture
 
 
+@pytest.mark.parametrize("kv", ["f16", "q8_0"])
 @pytest.mark.parametrize("name", list(LLAMACPP_TINY))
-def test_tiny_models_match_llama_cpp(name, llamacpp_tiny, backend):
+def test_tiny_models_match_llama_cpp(name, llamacpp_tiny, backend, kv):
     """llama.cpp itself on tiny random models: qwen2 biases, qwen3 QK-norm, YaRN, linear scaling,
     rope_freqs, gemma3's window -- what the two real files cannot show. llama.cpp quantizes activations
-    to 8 bits and keeps K/V in f16, hence a few percent of the logit scale."""
+    to 8 bits and keeps K/V in f16, hence a few percent of the logit scale; ours in f16 (the default)
+    and in q8_0 (where the heads hold blocks of 32) stay within the same bounds."""
     paths, fixture = llamacpp_tiny
     ids, theirs = fixture["ids"], fixture[f"{name}.logits"].astype(np.float32)  # (n, n_vocab)
-    model = _model(paths[name], backend)
+    if kv == "q8_0" and load_config(GGUFFile(paths[name])).head_dim % 32:
+        pytest.skip("q8_0 needs heads of a multiple of 32 values")
+    model = _model(paths[name], backend, kv)
     ours = model.forward(ids, KVCache.for_model(model, 32))
     scale = float(np.abs(theirs).max())
     assert np.abs(ours - theirs).max() <= 0.06 * scale
@@ -217,13 +225,18 @@ def test_truncate_rolls_back(tmp_path):
         cache.truncate(11)
 
 
-def test_f16_cache(tmp_path):
-    model = _model(_tiny(tmp_path, "qwen3", T.F16))
+@pytest.mark.parametrize("kv,rel", [("f16", 5e-3), ("q8_0", 2e-2)])
+def test_rounded_cache_formats(tmp_path, kv, rel):
+    """f16 and q8_0 caches: the model's default (f16 unless told) or one asked for, near float32's."""
+    model = _model(_tiny(tmp_path, "qwen3", T.F16, head_dim=32))
     tokens = _tokens(9, seed=11)
     ref = model.forward(tokens, KVCache.for_model(model, 16))
-    cache = KVCache.for_model(model, 16, dtype=np.float16)
-    assert cache.pool.k.dtype == np.float16 and cache.dtype == np.float16
-    _assert_close(model.forward(tokens, cache), ref, 5e-3)
+    cache = KVCache.for_model(model, 16, kv_type=kv)
+    assert cache.kv_type.name == kv and cache.pool.k.dtype == (np.float16 if kv == "f16" else np.uint8)
+    _assert_close(model.forward(tokens, cache), ref, rel)
+    assert build_model(GGUFFile(_tiny(tmp_path, "llama")), ReferenceBackend()).kv_dims()["kv_type"] == "f16"
+    with pytest.raises(EdgeInferError, match="blocks of 32"):
+        _model(_tiny(tmp_path, "llama"), kv_type="q8_0")  # heads of 16
 
 
 # -- errors and the registry ----------------------------------------------------------------------------
@@ -283,16 +296,22 @@ def test_config_gemma3(gemma3_gguf):
     assert [il for il in range(18) if not c.is_swa(il)] == [5, 11, 17]
 
 
+@pytest.mark.parametrize("kv", ["f16", "q8_0"])
 @pytest.mark.parametrize("name", ["smollm2", "gemma3"])
-def test_real_model_matches_llama_cpp(name, request, backend):
+def test_real_model_matches_llama_cpp(name, request, backend, kv):
+    """The real files against llama.cpp (K/V in f16, its default), with our K/V in f16 (the default)
+    and in q8_0: the same bar for both."""
+    if kv == "q8_0" and backend.name == "reference":
+        pytest.skip("q8_0 runs on the compiled backend (the same values on every backend: tests/test_ops.py)")
     path = request.getfixturevalue(f"{name}_path")
     fixture = np.load(FIXTURES / f"logits_{name}.npz")
     own = json.loads((FIXTURES / "logits_llamacpp.json").read_text())["models"][name]
     model = build_model(GGUFFile(path), backend)
+    model.set_kv_type(kv)
     ids = fixture["ids"]
     logits = model.forward(ids, KVCache.for_model(model, 512))  # teacher-forced: prompt + continuation
     a = agreement(logits, fixture)
-    print(name, backend.name, a, "llama.cpp batch vs sequential:", own["batch_vs_seq_top1_mean_abs"])
+    print(name, backend.name, kv, a, "llama.cpp batch vs sequential:", own["batch_vs_seq_top1_mean_abs"])
     assert a["argmax"] >= 0.98, a
     # llama.cpp's own batched and token-by-token runs differ by ~0.12 (SmolLM2) and ~0.23 (Gemma 3)
     assert a["top1_mean"] <= max(0.2, 1.5 * own["batch_vs_seq_top1_mean_abs"]), a
@@ -307,6 +326,7 @@ def test_real_model_decode_with_cache(name, request):
     fixture = np.load(FIXTURES / f"logits_{name}.npz")
     ids, n_steps = fixture["ids"], 6
     model = build_model(GGUFFile(path), ReferenceBackend())
+    model.set_kv_type("f32")  # numpy's BLAS sums one row and many apart: f16 would round them a step apart
     batch = model.forward(ids, KVCache.for_model(model, 512))[-n_steps:]
     cache = KVCache.for_model(model, 512)
     model.forward(ids[:-n_steps], cache, all_logits=False)

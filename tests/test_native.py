@@ -366,9 +366,11 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @needs_native
+@pytest.mark.parametrize("kv", ["f16", "q8_0", "f32"])
 @pytest.mark.parametrize("name", ["smollm2", "gemma3"])
-def test_real_model_matches_llama_cpp(name, request):
-    """The real model on the native backend agrees with llama.cpp as the Numba backend does."""
+def test_real_model_matches_llama_cpp(name, request, kv):
+    """The real model on the native backend agrees with llama.cpp as the Numba backend does, with K/V
+    in every format."""
     from reference_model import agreement
 
     from edgeinfer.arch import build_model
@@ -378,9 +380,10 @@ def test_real_model_matches_llama_cpp(name, request):
     fixture = np.load(FIXTURES / f"logits_{name}.npz")
     own = json.loads((FIXTURES / "logits_llamacpp.json").read_text())["models"][name]
     model = build_model(GGUFFile(path), native.NativeBackend())
+    model.set_kv_type(kv)
     logits = model.forward(fixture["ids"], KVCache.for_model(model, 512))
     a = agreement(logits, fixture)
-    print(name, "native", a, "llama.cpp batch vs sequential:", own["batch_vs_seq_top1_mean_abs"])
+    print(name, "native", kv, a, "llama.cpp batch vs sequential:", own["batch_vs_seq_top1_mean_abs"])
     assert a["argmax"] >= 0.98, a
     assert a["top1_mean"] <= max(0.2, 1.5 * own["batch_vs_seq_top1_mean_abs"]), a
     assert a["top1_max"] <= 2.0, a

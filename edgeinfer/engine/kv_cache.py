@@ -11,10 +11,14 @@ Paged, as vLLM's PagedAttention and llama.cpp's unified cache do it: a `BlockPoo
   only the last, partly filled block is copied, and a block is never written while shared (copy on
   write at `truncate`, the only way a sequence can write into a block it shares).
 
+K and V are stored in a KVType (edgeinfer.nn.kv): f16 by default (half of float32's memory, as
+llama.cpp), q8_0 (about a quarter), or f32; a row is rounded once, when it is written, and attention
+reads the pool's rows in that format, converting a row at a time.
+
 A KVCache made without a pool gets a private pool of n_ctx cells (a single sequence: `generate`,
 `LLM.logits`). One forward pass over n tokens (the protocol `edgeinfer.nn.KVCacheLike`): begin() claims
-the next n cells (taking blocks as needed), storage()/update() store each layer's K/V, commit() makes
-them part of the sequence. Growing past n_ctx raises ContextFullError; a pool with no free block left
+the next n cells (taking blocks as needed), storage() hands each layer's storage to the backend that
+writes K/V into it (or update() stores float32 K/V), commit() makes them part of the sequence. Growing past n_ctx raises ContextFullError; a pool with no free block left
 raises PoolFullError (a runner reserves blocks so that this never happens to a running request);
 nothing is ever dropped silently. truncate(n) rolls the sequence back to its first n tokens.
 """
@@ -28,6 +32,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import ContextFullError
+from ..kernels.numpy_ops import kv_rows_f32, kv_store
+from ..nn.kv import DEFAULT_KV_TYPE, KVType, kv_type as _kv_type
 
 BLOCK_SIZE = 32  # cells per block
 
@@ -60,33 +66,40 @@ class PoolFullError(ContextFullError):
 class BlockPool:
     """K and V storage for n_blocks blocks of block_size cells, handed out to sequences.
 
-    k (n_layer, n_blocks * block_size, n_head_kv, head_dim), v (..., head_dim_v): cell c of block b is
-    row b * block_size + c, a token's K (and V) of a layer one contiguous row. Free blocks are handed
-    out lowest first (the pages in use stay together). `reclaim`, when set, is called when no block is
-    free, and may free some (a runner drops caches it kept for prefix reuse); it returns whether it did.
+    k (n_layer, n_blocks * block_size, n_head_kv, row), v (..., row_v), rows of head_dim (head_dim_v)
+    values in the pool's KVType (`kv_type`: "f16", "q8_0" or "f32"; row = head_dim for the float
+    types, head_dim / 32 * 34 bytes for q8_0): cell c of block b is row b * block_size + c, a token's K
+    (and V) of a layer one contiguous row. Free blocks are handed out lowest first (the pages in use stay
+    together). `reclaim`, when set, is called when no block is free, and may free some (a runner drops
+    caches it kept for prefix reuse); it returns whether it did.
     """
 
     def __init__(self, n_layer: int, n_cells: int, n_head_kv: int, head_dim: int, head_dim_v: int | None = None,
-                 dtype=np.float32, block_size: int = BLOCK_SIZE):  # fmt: skip
+                 kv_type: str | KVType = DEFAULT_KV_TYPE, block_size: int = BLOCK_SIZE):  # fmt: skip
         if n_cells <= 0 or block_size <= 0:
             raise ValueError(f"a pool needs cells and blocks: n_cells={n_cells}, block_size={block_size}")
         head_dim_v = head_dim if head_dim_v is None else head_dim_v
         self.n_layer, self.n_head_kv, self.head_dim, self.head_dim_v = n_layer, n_head_kv, head_dim, head_dim_v
-        self.dtype = np.dtype(dtype)
+        self.kv_type = _kv_type(kv_type)
+        self.kv_type.check(head_dim, head_dim_v)
+        self.dtype = self.kv_type.dtype  # of the storage's elements
         self.block_size = block_size
         self.n_blocks = -(-n_cells // block_size)
         cells = self.n_blocks * block_size
-        self.k = _zeroed((n_layer, cells, n_head_kv, head_dim), self.dtype)  # untouched pages cost no memory
-        self.v = _zeroed((n_layer, cells, n_head_kv, head_dim_v), self.dtype)
+        k_row, v_row = self.kv_type.row_size(head_dim), self.kv_type.row_size(head_dim_v)
+        self.k = _zeroed((n_layer, cells, n_head_kv, k_row), self.dtype)  # untouched pages cost no memory
+        self.v = _zeroed((n_layer, cells, n_head_kv, v_row), self.dtype)
         self.layers = list(zip(self.k, self.v))  # per layer (k, v): the same view objects every time
         self.refs = np.zeros(self.n_blocks, np.int32)
         self._free = list(range(self.n_blocks))  # a heap
         self.reclaim: Callable[[], bool] | None = None
 
     @classmethod
-    def for_model(cls, model, n_cells: int, dtype=np.float32, block_size: int = BLOCK_SIZE) -> "BlockPool":
+    def for_model(cls, model, n_cells: int, kv_type: str | KVType | None = None, block_size: int = BLOCK_SIZE) -> "BlockPool":
+        """A pool shaped for `model` (anything with `kv_dims()`), in kv_type (default: the model's)."""
         d = model.kv_dims()
-        return cls(d["n_layer"], n_cells, d["n_head_kv"], d["head_dim"], d["head_dim_v"], dtype, block_size)
+        kv_type = d.get("kv_type", DEFAULT_KV_TYPE) if kv_type is None else kv_type
+        return cls(d["n_layer"], n_cells, d["n_head_kv"], d["head_dim"], d["head_dim_v"], kv_type, block_size)
 
     @property
     def n_cells(self) -> int:
@@ -104,8 +117,14 @@ class BlockPool:
     @property
     def block_nbytes(self) -> int:
         """Bytes of K and V one block holds (all layers)."""
-        per_cell = self.n_layer * self.n_head_kv * (self.head_dim + self.head_dim_v) * self.dtype.itemsize
+        t = self.kv_type
+        per_cell = self.n_layer * self.n_head_kv * (t.row_bytes(self.head_dim) + t.row_bytes(self.head_dim_v))
         return per_cell * self.block_size
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole pool's K and V (its pages become resident only as blocks are written)."""
+        return self.block_nbytes * self.n_blocks
 
     def alloc(self) -> int:
         if not self._free and self.reclaim is not None:
@@ -134,12 +153,12 @@ class BlockPool:
         self.v[:, dst] = self.v[:, src]
 
     def same_shape(self, other: "BlockPool") -> bool:
-        return (self.n_layer, self.n_head_kv, self.head_dim, self.head_dim_v, self.dtype) == (
-            other.n_layer, other.n_head_kv, other.head_dim, other.head_dim_v, other.dtype)  # fmt: skip
+        return (self.n_layer, self.n_head_kv, self.head_dim, self.head_dim_v, self.kv_type) == (
+            other.n_layer, other.n_head_kv, other.head_dim, other.head_dim_v, other.kv_type)  # fmt: skip
 
     def __repr__(self) -> str:
         return (f"BlockPool({self.n_used}/{self.n_blocks} blocks of {self.block_size} cells in use, "
-                f"n_layer={self.n_layer}, n_head_kv={self.n_head_kv}, dtype={self.dtype.name})")  # fmt: skip
+                f"n_layer={self.n_layer}, n_head_kv={self.n_head_kv}, kv_type={self.kv_type.name})")  # fmt: skip
 
 
 class KVCache:
@@ -151,21 +170,24 @@ class KVCache:
         n_ctx: int,
         n_head_kv: int,
         head_dim: int,
-        dtype=np.float32,
+        kv_type: str | KVType | None = None,
         head_dim_v: int | None = None,
         pool: BlockPool | None = None,
     ):
+        """kv_type: the storage format of a private pool (default f16); with a pool, None or the pool's."""
         if n_ctx <= 0:
             raise ValueError(f"n_ctx must be positive, not {n_ctx}")
         head_dim_v = head_dim if head_dim_v is None else head_dim_v
         if pool is None:
-            pool = BlockPool(n_layer, n_ctx, n_head_kv, head_dim, head_dim_v, dtype)
+            pool = BlockPool(n_layer, n_ctx, n_head_kv, head_dim, head_dim_v, DEFAULT_KV_TYPE if kv_type is None else kv_type)
         elif (pool.n_layer, pool.n_head_kv, pool.head_dim, pool.head_dim_v) != (n_layer, n_head_kv, head_dim, head_dim_v):
             raise ValueError("KVCache: the pool is shaped for another model")
+        elif kv_type is not None and _kv_type(kv_type) != pool.kv_type:
+            raise ValueError(f"KVCache: kv_type {kv_type!r} differs from its pool's, {pool.kv_type.name!r}")
         self.pool = pool
         self.n_layer, self.n_ctx, self.n_head_kv = n_layer, n_ctx, n_head_kv
         self.head_dim, self.head_dim_v = head_dim, head_dim_v
-        self.dtype = pool.dtype
+        self.kv_type = pool.kv_type
         self.blocks: list[int] = []  # the block table
         self.cells = np.zeros(n_ctx, np.int32)  # (token,) the pool cell holding token i
         self.pos = np.zeros(n_ctx, np.int32)  # (token,) its position
@@ -173,11 +195,14 @@ class KVCache:
         self._n_new = 0  # cells claimed by the pass in progress
 
     @classmethod
-    def for_model(cls, model, n_ctx: int, dtype=np.float32, pool: BlockPool | None = None) -> "KVCache":
-        """A cache shaped for `model` (anything with `kv_dims()`: n_layer, n_head_kv, head_dim, head_dim_v),
-        in `pool` when given (shared with other sequences), else in a private pool of n_ctx cells."""
+    def for_model(cls, model, n_ctx: int, kv_type: str | KVType | None = None, pool: BlockPool | None = None) -> "KVCache":
+        """A cache shaped for `model` (anything with `kv_dims()`: n_layer, n_head_kv, head_dim, head_dim_v,
+        and optionally kv_type), in `pool` when given (shared with other sequences), else in a private pool
+        of n_ctx cells in kv_type (default: the model's, f16 unless load() was told otherwise)."""
         d = model.kv_dims()
-        return cls(d["n_layer"], n_ctx, d["n_head_kv"], d["head_dim"], dtype, d["head_dim_v"], pool)
+        if kv_type is None and pool is None:
+            kv_type = d.get("kv_type", DEFAULT_KV_TYPE)
+        return cls(d["n_layer"], n_ctx, d["n_head_kv"], d["head_dim"], kv_type, d["head_dim_v"], pool)
 
     @property
     def n_free(self) -> int:
@@ -241,26 +266,20 @@ class KVCache:
         return self.pos[: self.n_past + n]
 
     def storage(self, il: int):
-        """Layer il's pool storage (K (pool cells, n_head_kv, head_dim), V (pool cells, n_head_kv,
-        head_dim_v)), the cells of the pass in progress (n,) and the cells of all tokens in use (n_kv,),
-        int32: a backend writes K and V into the first and reads attention through the second. None when
-        the cache is not float32 (then update() converts)."""
-        if self.dtype != np.float32:
-            return None
+        """Layer il's pool storage (K (pool cells, n_head_kv, row), V (pool cells, n_head_kv, row_v), in
+        the pool's kv_type), the cells of the pass in progress (n,) and the cells of all tokens in use
+        (n_kv,), int32: a backend writes K and V into the first and reads attention through the second."""
         end = self.n_past + self._n_new
         k, v = self.pool.layers[il]
         return k, v, self.cells[self.n_past : end], self.cells[:end]
 
-    def update(self, il: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        end = self.n_past + self._n_new
-        new = self.cells[self.n_past : end]
-        self.pool.k[il, new] = k  # (n, n_head_kv, head_dim)
-        self.pool.v[il, new] = v
-        cells = self.cells[:end]
-        k_all, v_all = self.pool.k[il, cells], self.pool.v[il, cells]  # gathered copies, in token order
-        if self.dtype != np.float32:
-            k_all, v_all = k_all.astype(np.float32), v_all.astype(np.float32)
-        return k_all, v_all
+    def update(self, il: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Store layer il's float32 k (n, n_head_kv, head_dim), v (n, n_head_kv, head_dim_v) in the cells
+        of the pass in progress, rounded to the kv_type."""
+        new = self.cells[self.n_past : self.n_past + self._n_new]
+        k_store, v_store = self.pool.layers[il]
+        kv_store(k_store, new, k)
+        kv_store(v_store, new, v)
 
     def commit(self) -> None:
         self.n_past += self._n_new
@@ -286,7 +305,8 @@ class KVCache:
     def copy_prefix(self, src: "KVCache", n: int) -> None:
         """Make this cache hold src's first n tokens (a shared prompt prefix), replacing what it held.
         In the same pool, the full blocks are shared (nothing copied) and the rest copied; from another
-        pool, everything is copied. Either way far cheaper than computing them again."""
+        pool, everything is copied (converted, from a pool of another kv_type). Either way far cheaper
+        than computing them again."""
         if not 0 <= n <= src.n_past or n > self.n_ctx:
             raise ValueError(f"copy_prefix({n}): the source holds {src.n_past} tokens, this cache {self.n_ctx}")
         if (src.n_layer, src.n_head_kv, src.head_dim, src.head_dim_v) != (self.n_layer, self.n_head_kv, self.head_dim, self.head_dim_v):
@@ -305,9 +325,13 @@ class KVCache:
         if n > lo:
             if src.pool is self.pool:
                 self.pool.copy_cells(self.cells[lo:n], src.cells[lo:n])
-            else:
+            elif src.pool.kv_type == self.pool.kv_type:
                 self.pool.k[:, self.cells[lo:n]] = src.pool.k[:, src.cells[lo:n]]
                 self.pool.v[:, self.cells[lo:n]] = src.pool.v[:, src.cells[lo:n]]
+            else:  # another format: through float32, a layer at a time
+                for il in range(self.n_layer):
+                    kv_store(self.pool.k[il], self.cells[lo:n], kv_rows_f32(src.pool.k[il, src.cells[lo:n]]))
+                    kv_store(self.pool.v[il], self.cells[lo:n], kv_rows_f32(src.pool.v[il, src.cells[lo:n]]))
         self.pos[:n] = src.pos[:n]
         self.n_past = n
         self._n_new = 0
@@ -322,7 +346,7 @@ class KVCache:
     def __repr__(self) -> str:
         return (
             f"KVCache(n_past={self.n_past}, n_ctx={self.n_ctx}, blocks={len(self.blocks)}, n_layer={self.n_layer}, "
-            f"n_head_kv={self.n_head_kv}, head_dim={self.head_dim}, dtype={self.dtype.name})"
+            f"n_head_kv={self.n_head_kv}, head_dim={self.head_dim}, kv_type={self.kv_type.name})"
         )
 
 

@@ -10,6 +10,10 @@ Shapes (float32 unless said):
         (and q_pos[i] - kv_pos[j] < n_swa when n_swa > 0); query head h reads KV head h // (H / Hkv)
     qkv_store(qkv (n, H D + Hkv D + Hkv Dv), ..., k, v, cells) -> q (n, H, D): QK-norm (optional) and
         rope of the stacked Q/K/V matmul's output, K and V written into the cache storage at rows cells (n,)
+    K/V storage (k, v of attention and qkv_store) is float32, float16, or uint8 rows of Q8_0 blocks
+        (head_dim / 32 blocks of 34 bytes): edgeinfer.nn.kv's KV_TYPES. kv_rows_f32 reads rows of any of
+        them as float32, kv_store writes float32 rows into one (rounding them: f16 to nearest even, q8_0
+        as quantize_row_q8_0_ref)
     glu(gu (n, 2 f), act) -> act(gu[:, :f]) * gu[:, f:]            act: "silu" or "gelu_tanh"
     moe_route(logits (n, n_expert), n_used, gating, norm_weights, scale, bias) -> chosen int32 (n, k),
         weights (n, k): a Mixture-of-Experts router's choice, llama.cpp's build_moe_ffn
@@ -18,6 +22,9 @@ Shapes (float32 unless said):
 from __future__ import annotations
 
 import numpy as np
+from gguf.constants import GGMLQuantizationType
+
+from ..quant import dequantize, quantize
 
 QUERY_CHUNK = 256  # queries scored at once: bounds the (Hkv, group, chunk, n_kv) score buffer
 
@@ -43,6 +50,25 @@ def rope(x: np.ndarray, positions: np.ndarray, cos_t: np.ndarray, sin_t: np.ndar
     return out
 
 
+def kv_head_dim(store: np.ndarray) -> int:
+    """Values per row of K/V storage (..., row): the row itself, or its Q8_0 blocks' values."""
+    return store.shape[-1] // 34 * 32 if store.dtype == np.uint8 else store.shape[-1]
+
+
+def kv_rows_f32(rows: np.ndarray) -> np.ndarray:
+    """K/V storage rows (..., row) as float32 (..., head_dim): exact (every stored value is a float32)."""
+    if rows.dtype == np.uint8:
+        shape = (*rows.shape[:-1], kv_head_dim(rows))
+        return dequantize(rows, GGMLQuantizationType.Q8_0, shape)
+    return rows.astype(np.float32, copy=False)
+
+
+def kv_store(store: np.ndarray, cells, x: np.ndarray) -> None:
+    """store[cells] = x: float32 rows (n, ..., head_dim) rounded to the storage's format."""
+    x = np.asarray(x, np.float32)
+    store[cells] = quantize(x, GGMLQuantizationType.Q8_0) if store.dtype == np.uint8 else x
+
+
 def qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
               q_norm, k_norm, eps, k_store, v, cells) -> np.ndarray:  # fmt: skip
     n = qkv.shape[0]
@@ -53,8 +79,8 @@ def qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin,
         q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
     q = rope(q, positions, cos, sin, n_rot, neox)
     cells = np.asarray(cells, np.int64)
-    k_store[cells] = rope(k, positions, cos, sin, n_rot, neox)
-    v[cells] = qkv[:, nq + nk :].reshape(n, n_head_kv, head_dim_v)
+    kv_store(k_store, cells, rope(k, positions, cos, sin, n_rot, neox))
+    kv_store(v, cells, qkv[:, nq + nk :].reshape(n, n_head_kv, head_dim_v))
     return np.ascontiguousarray(q)
 
 
@@ -70,6 +96,7 @@ def causal_mask(q_pos: np.ndarray, kv_pos: np.ndarray, n_swa: int = 0) -> np.nda
 def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None) -> np.ndarray:
     if cells is not None:
         k, v = k[cells], v[cells]
+    k, v = kv_rows_f32(k), kv_rows_f32(v)  # the slow oracle: the sequence's rows gathered, then converted
     n, n_head, head_dim = q.shape
     n_kv, n_head_kv, head_dim_v = v.shape
     group = n_head // n_head_kv

@@ -131,13 +131,12 @@ class Attention:
         return qkv
 
     def _store_many(self, qkv, parts, il: int, qn, kn):
-        """Several sequences whose caches share one float32 pool: QK-norm, rope and the K/V writes of
-        all their rows in one qkv_store call (each row as it would be alone). None when they do not."""
+        """Several sequences whose caches share one pool: QK-norm, rope and the K/V writes of all their
+        rows in one qkv_store call (each row as it would be alone). None when they do not."""
         stores = []
         for _, _, c in parts:
-            storage = getattr(c, "storage", None)
-            store = storage(il) if storage is not None else None
-            if store is None or (stores and store[0] is not stores[0][0]):  # one pool: the same layer view
+            store = c.storage(il)
+            if stores and store[0] is not stores[0][0]:  # one pool: the same layer view
                 return None
             stores.append(store)
         k_store, v_store = stores[0][0], stores[0][1]
@@ -154,12 +153,10 @@ class Attention:
     def _store(self, rows, b: Batch, cache, il: int, qn, kn, fused: bool, cb):
         """One sequence's rows of [q | k | v]: per-head QK-norm (qn, kn or None) and rope; K and V into
         its cache. Returns attention()'s arguments (q, k, v, q_pos, kv_pos, cells): K and V the cache's
-        storage read through cells (its block table), or gathered copies in token order (cells None)."""
+        storage (in its kv_type), read through cells (its block table)."""
         n = rows.shape[0]
-        storage = getattr(cache, "storage", None) if fused else None
-        store = storage(il) if storage is not None else None
-        if store is not None:  # one call: QK-norm, rope, K and V into the cache
-            k_store, v_store, new_cells, cells = store
+        k_store, v_store, new_cells, cells = cache.storage(il)
+        if fused:  # one call: QK-norm, rope, K and V into the cache
             cos, sin = self.rope.tables(b.max_pos)
             q = self.backend.qkv_store(
                 np.ascontiguousarray(rows), self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v,
@@ -178,8 +175,8 @@ class Attention:
         k = self.rope(k, b.positions, b.max_pos, self.backend)
         if cb is not None:
             cb("Qcur", q), cb("Kcur", k), cb("Vcur", v)
-        k_all, v_all = cache.update(il, k, v)  # (n_kv, n_head_kv, head_dim), (n_kv, n_head_kv, head_dim_v)
-        return q, k_all, v_all, b.positions, b.kv_pos, None
+        cache.update(il, k, v)  # (n, n_head_kv, head_dim), (n, n_head_kv, head_dim_v), rounded as stored
+        return q, k_store, v_store, b.positions, b.kv_pos, cells
 
 
 __all__ = ["Attention", "Batch", "Segments", "causal_mask"]

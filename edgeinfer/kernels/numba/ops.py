@@ -16,6 +16,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from ..numpy_ops import kv_head_dim
+from .kvrows import kv_array, kv_put, kv_row
 from .simd import f32_from_bits
 
 # fast-math without nnan / ninf: the exp and the masked softmax rely on inf compares and -inf scores
@@ -167,6 +169,7 @@ def _qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos_t, s
                q_norm, k_norm, has_norm, eps, k_store, v_store, cells, q_out):  # fmt: skip
     nq = n_head * head_dim
     nk = n_head_kv * head_dim
+    k_row = np.empty(head_dim, np.float32)  # a K row, normed and rotated in float32, then stored
     for t in range(qkv.shape[0]):
         row = qkv[t]
         c_row = cos_t[positions[t]]
@@ -177,10 +180,10 @@ def _qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos_t, s
         if cell < 0 or cell >= k_store.shape[0] or cell >= v_store.shape[0]:
             raise ValueError("qkv_store: a cell outside the storage")
         for g in range(n_head_kv):
-            _norm_rope_head(row, nq + g * head_dim, head_dim, k_norm, has_norm, eps, c_row, s_row, n_rot, neox, k_store[cell, g])
+            _norm_rope_head(row, nq + g * head_dim, head_dim, k_norm, has_norm, eps, c_row, s_row, n_rot, neox, k_row)
+            kv_put(k_store, cell, g, k_row)
             o = nq + nk + g * head_dim_v
-            for e in range(head_dim_v):
-                v_store[cell, g, e] = row[o + e]
+            kv_put(v_store, cell, g, row[o : o + head_dim_v])
 
 
 _NO_NORM = np.ones(1, np.float32)
@@ -190,7 +193,8 @@ def qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin,
               q_norm, k_norm, eps, k, v, cells) -> np.ndarray:  # fmt: skip
     """qkv (n, H D + Hkv D + Hkv Dv), the output of the stacked Q/K/V matmul -> q (n, H, D), normed
     (q_norm, k_norm: RMSNorm weights (D,) or None) and rotated; K (normed, rotated) and V written into
-    the cache storage k (n_cells, Hkv, D), v (n_cells, Hkv, Dv) at rows cells (n,)."""
+    the cache storage k (n_cells, Hkv, row), v (n_cells, Hkv, row_v) at rows cells (n,), rounded to its
+    format (float32, float16 or Q8_0 blocks: numpy_ops.kv_store)."""
     cells = np.ascontiguousarray(cells, dtype=np.int32)
     if cells.shape[0] != qkv.shape[0]:
         raise ValueError("qkv_store: one cell per token")
@@ -199,7 +203,7 @@ def qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin,
     has_norm = q_norm is not None
     _qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
                q_norm if has_norm else _NO_NORM, k_norm if has_norm else _NO_NORM, has_norm,
-               np.float32(eps), k, v, cells, q)  # fmt: skip
+               np.float32(eps), kv_array(k), kv_array(v), cells, q)  # fmt: skip
     return q
 
 
@@ -255,32 +259,32 @@ def _softmax_row(scores, n_kv, qp, kv_pos, n_swa, scale):
 
 
 @njit(cache=True, inline="always", fastmath=FAST)
-def _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, t, g, scores, acc, out):
+def _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, t, g, scores, acc, k_buf, v_buf, out):
     """Query t, the query heads of KV head g: they read each K and V row once, together (rows of cells
-    stream from memory in order); masked softmax per head; the rows of V summed with its weights.
-    The sequence's token j is row cells[j] of k and v."""
+    stream from memory in order, each converted to float32 as it is read: kv_row); masked softmax per
+    head; the rows of V summed with its weights. The sequence's token j is row cells[j] of k and v."""
     head_dim = q.shape[2]
     n_kv = kv_pos.shape[0]
-    n_head_kv, head_dim_v = v.shape[1], v.shape[2]
+    n_head_kv, head_dim_v = v.shape[1], v_buf.shape[0]
     group = q.shape[1] // n_head_kv
     for j in range(n_kv):
-        c = cells[j]
+        kr = kv_row(k, cells[j], g, k_buf)
         for a in range(group):
             h = g * group + a
             s = np.float32(0.0)
             for e in range(head_dim):
-                s += q[t, h, e] * k[c, g, e]
+                s += q[t, h, e] * kr[e]
             scores[a, j] = s
     for a in range(group):
         _softmax_row(scores[a], n_kv, q_pos[t], kv_pos, n_swa, scale)
         for e in range(head_dim_v):
             acc[a, e] = 0.0
     for j in range(n_kv):
-        c = cells[j]
+        vr = kv_row(v, cells[j], g, v_buf)
         for a in range(group):
             p = scores[a, j]
             for e in range(head_dim_v):
-                acc[a, e] += p * v[c, g, e]
+                acc[a, e] += p * vr[e]
     for a in range(group):
         o = (g * group + a) * head_dim_v
         for e in range(head_dim_v):
@@ -297,35 +301,53 @@ def _check_cells(cells, n_cells):
 @njit(cache=True, nogil=True, fastmath=FAST)
 def _attention_serial(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out):
     n_kv = kv_pos.shape[0]
-    n_head_kv, head_dim_v = v.shape[1], v.shape[2]
+    n_head_kv, head_dim_v = v.shape[1], out.shape[1] // q.shape[1]
     group = q.shape[1] // n_head_kv
     scores = np.empty((group, n_kv), np.float32)
     acc = np.empty((group, head_dim_v), np.float32)
+    k_buf = np.empty(q.shape[2], np.float32)
+    v_buf = np.empty(head_dim_v, np.float32)
     for t in range(q.shape[0]):
         for g in range(n_head_kv):
-            _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, t, g, scores, acc, out)
+            _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, t, g, scores, acc, k_buf, v_buf, out)
 
 
 @njit(cache=True, nogil=True, fastmath=FAST, parallel=True)
 def _attention_parallel(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out):
     n_kv = kv_pos.shape[0]
-    n_head_kv, head_dim_v = v.shape[1], v.shape[2]
+    n_head_kv, head_dim_v = v.shape[1], out.shape[1] // q.shape[1]
     group = q.shape[1] // n_head_kv
     n_items = q.shape[0] * n_head_kv
     n_chunks = min(n_items, 256)
     for c in prange(n_chunks):
         scores = np.empty((group, n_kv), np.float32)
         acc = np.empty((group, head_dim_v), np.float32)
+        k_buf = np.empty(q.shape[2], np.float32)
+        v_buf = np.empty(head_dim_v, np.float32)
         for i in range(c * n_items // n_chunks, (c + 1) * n_items // n_chunks):
-            _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, i // n_head_kv, i % n_head_kv, scores, acc, out)
+            _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, i // n_head_kv, i % n_head_kv, scores, acc,
+                       k_buf, v_buf, out)  # fmt: skip
 
 
 PARALLEL_MIN_CELLS = 4096  # query heads x cells from which attention runs on all threads
+_KV_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.uint8))
+
+
+def _kv_storage(x, what: str) -> np.ndarray:
+    """K or V as the kernels read it: float32, float16 or Q8_0 rows (uint8) as they are (C-contiguous),
+    anything else as float32."""
+    if x.dtype not in _KV_DTYPES:
+        x = x.astype(np.float32)
+    x = kv_array(np.ascontiguousarray(x))
+    if x.dtype == np.uint8 and x.shape[-1] % 34:
+        raise ValueError(f"attention: {what} of uint8 must be rows of Q8_0 blocks (34 bytes each)")
+    return x
 
 
 def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None) -> np.ndarray:
-    """q (n, H, D), k (n_cells, Hkv, D), v (n_cells, Hkv, Dv) float32 -> (n, H * Dv); token j of the
-    sequence (kv_pos[j]) is row cells[j] of k and v, or row j when cells is None."""
+    """q (n, H, D) float32, k (n_cells, Hkv, row), v (n_cells, Hkv, row_v) K/V storage (float32,
+    float16 or Q8_0 rows: numpy_ops) -> (n, H * Dv) float32; token j of the sequence (kv_pos[j]) is
+    row cells[j] of k and v, or row j when cells is None. The rows are converted as they are read."""
     n, n_head, _ = q.shape
     n_kv = len(kv_pos)
     if cells is None:
@@ -337,12 +359,14 @@ def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None) -> n
         if cells.shape[0] != n_kv:
             raise ValueError("attention: one cell per kv position")
         _check_cells(cells, min(k.shape[0], v.shape[0]))
+    head_dim_v = kv_head_dim(v)
+    if kv_head_dim(k) != q.shape[2]:
+        raise ValueError(f"attention: q has heads of {q.shape[2]} values, k of {kv_head_dim(k)}")
     q = np.ascontiguousarray(q, dtype=np.float32)
-    k = np.ascontiguousarray(k, dtype=np.float32)
-    v = np.ascontiguousarray(v, dtype=np.float32)
+    k, v = _kv_storage(k, "k"), _kv_storage(v, "v")
     q_pos = np.ascontiguousarray(q_pos, dtype=np.int32)
     kv_pos = np.ascontiguousarray(kv_pos, dtype=np.int32)
-    out = np.empty((n, n_head * v.shape[2]), np.float32)
+    out = np.empty((n, n_head * head_dim_v), np.float32)
     if n * n_head * n_kv >= PARALLEL_MIN_CELLS and n * v.shape[1] > 1:
         _attention_parallel(q, k, v, q_pos, kv_pos, cells, n_swa, np.float32(scale), out)
     else:

@@ -1,0 +1,138 @@
+"""K/V cache rows in their storage formats (edgeinfer.nn.kv's KV_TYPES), for Numba kernels.
+
+Numba has no float16 on the CPU, so the kernels get f16 storage as its uint16 bits (`kv_array`); q8_0
+storage is uint8 rows of ggml's block_q8_0 (fp16 d, 32 int8 q). Two functions, typed by the storage's
+dtype at compile time (one specialization per format, no run-time branch):
+
+    kv_row(store, c, g, buf) -> float32 (head_dim,)   row (c, g) read: the row itself for float32
+                                                        storage, else converted into buf (exact)
+    kv_put(store, c, g, src)                            float32 src (head_dim,) written into row (c, g):
+                                                        f16 rounded to nearest even, q8_0 quantized as
+                                                        quantize_row_q8_0_ref (numpy_ops.kv_store's rounding)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
+QK = 32  # values per q8_0 block
+QB = 34  # bytes per q8_0 block
+
+_i16, _f16, _f32 = ir.IntType(16), ir.HalfType(), ir.FloatType()
+
+
+@intrinsic
+def h2f(typingctx, h):
+    """The fp16 with bits h (an integer, its low 16 bits), as float32: exact (vcvtph2ps with F16C)."""
+    if not isinstance(h, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        bits = builder.trunc(args[0], _i16) if h.bitwidth > 16 else builder.zext(args[0], _i16) if h.bitwidth < 16 else args[0]
+        return builder.fpext(builder.bitcast(bits, _f16), _f32)
+
+    return types.float32(h), codegen
+
+
+@intrinsic
+def f2h(typingctx, x):
+    """float32 x rounded to fp16 (nearest even), its bits as uint16."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.fptrunc(args[0], _f16), _i16)
+
+    return types.uint16(x), codegen
+
+
+def kv_array(store: np.ndarray) -> np.ndarray:
+    """K/V storage as the kernels take it: float16 as its uint16 bits (a view), the rest as it is."""
+    return store.view(np.uint16) if store.dtype == np.float16 else store
+
+
+def kv_row(store, c, g, buf):  # compiled only (see the overload)
+    raise NotImplementedError
+
+
+def kv_put(store, c, g, src):  # compiled only (see the overload)
+    raise NotImplementedError
+
+
+@overload(kv_row)
+def _kv_row(store, c, g, buf):
+    if store.dtype == types.float32:
+
+        def row_f32(store, c, g, buf):
+            return store[c, g]
+
+        return row_f32
+    if store.dtype == types.uint16:
+
+        def row_f16(store, c, g, buf):
+            row = store[c, g]
+            for e in range(buf.shape[0]):
+                buf[e] = h2f(row[e])
+            return buf
+
+        return row_f16
+    if store.dtype == types.uint8:
+
+        def row_q8_0(store, c, g, buf):
+            row = store[c, g]
+            for b in range(buf.shape[0] // QK):
+                o = b * QB
+                d = h2f(np.uint16(row[o]) | (np.uint16(row[o + 1]) << 8))
+                for i in range(QK):
+                    buf[b * QK + i] = d * np.float32(np.int8(row[o + 2 + i]))  # exact: 11 x 8 bits
+            return buf
+
+        return row_q8_0
+    return None
+
+
+@overload(kv_put)
+def _kv_put(store, c, g, src):
+    if store.dtype == types.float32:
+
+        def put_f32(store, c, g, src):
+            row = store[c, g]
+            for e in range(src.shape[0]):
+                row[e] = src[e]
+
+        return put_f32
+    if store.dtype == types.uint16:
+
+        def put_f16(store, c, g, src):
+            row = store[c, g]
+            for e in range(src.shape[0]):
+                row[e] = f2h(src[e])
+
+        return put_f16
+    if store.dtype == types.uint8:
+
+        def put_q8_0(store, c, g, src):
+            row = store[c, g]
+            for b in range(src.shape[0] // QK):
+                amax = np.float32(0.0)
+                for i in range(QK):
+                    amax = max(amax, abs(src[b * QK + i]))
+                d = amax / np.float32(127.0)
+                inv = np.float32(1.0) / d if d != np.float32(0.0) else np.float32(0.0)
+                h = f2h(d)
+                o = b * QB
+                row[o] = np.uint8(h & 0xFF)
+                row[o + 1] = np.uint8(h >> 8)
+                for i in range(QK):
+                    x = np.float64(src[b * QK + i] * inv)  # C's roundf: halves away from zero, exact in float64
+                    q = np.int64(x + 0.5) if x >= 0.0 else np.int64(x - 0.5)
+                    row[o + 2 + i] = np.uint8(q & 0xFF)
+
+        return put_q8_0
+    return None
+
+
+__all__ = ["f2h", "h2f", "kv_array", "kv_put", "kv_row"]
