@@ -6,6 +6,9 @@ and 253 MB), and two backends must agree on it as on any model.
 
     python bench/make_replica.py --spec-from real.gguf > bench/shapes/NAME.json    # here, once
     python bench/make_replica.py bench/shapes/NAME.json out.gguf [--seed 0]        # anywhere
+
+A tensor with "values" in the spec is written with those values (Llama 3's rope_freqs.weight); the
+real-size shapes of bench/shapes/ (Llama-3.2, Qwen3) come from bench/model_shapes.py.
 """
 
 from __future__ import annotations
@@ -68,7 +71,42 @@ def random_blocks(qtype: T, rows: int, cols: int, std: float, rng: np.random.Gen
     return raw.reshape(rows, -1)
 
 
+def _tensor_data(t: dict, arch: str, rng: np.random.Generator) -> tuple[np.ndarray, T | None]:
+    """One tensor's data: (array, raw_dtype for GGUFWriter). "values" in the spec are written as given
+    (Llama 3's rope_freqs.weight); otherwise random, drawn in spec order."""
+    name, qtype, ne = t["name"], T[t["type"]], t["ne"]
+    if "values" in t:
+        dtype = {T.F32: np.float32, T.F16: np.float16}[qtype]
+        return np.asarray(t["values"], dtype=dtype).reshape(*reversed(ne)), None
+    if len(ne) == 1:  # norm weights and biases
+        mean = 0.0 if name.endswith(".bias") else 1.0
+        return rng.normal(mean, 0.1, ne[0]).astype(np.float32), None
+    cols, rows = ne[0], int(np.prod(ne[1:]))
+    if name == "token_embd.weight":
+        std = 0.08 if arch == "gemma3" else 1.0  # gemma3 scales it by sqrt(n_embd)
+    else:
+        std = 1.0 / math.sqrt(cols)
+    if qtype in (T.F32, T.F16):
+        x = rng.normal(0.0, std, (rows, cols)).astype(np.float32 if qtype == T.F32 else np.float16)
+        return x.reshape(*reversed(ne)), None
+    raw = random_blocks(qtype, rows, cols, std, rng)
+    return raw.reshape(*reversed(ne[1:]), raw.shape[-1]), qtype
+
+
+def _tensor_info(t: dict) -> tuple[list[int], np.dtype, int, T | None]:
+    """GGUFWriter.add_tensor_info's arguments for a spec tensor, before its data exists."""
+    qtype, ne = T[t["type"]], t["ne"]
+    if qtype in (T.F32, T.F16):
+        dtype = np.dtype(np.float32 if qtype == T.F32 else np.float16)
+        return list(reversed(ne)), dtype, int(np.prod(ne)) * dtype.itemsize, None
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    row_bytes = ne[0] // block * size
+    shape = [*reversed(ne[1:]), row_bytes]
+    return shape, np.dtype(np.uint8), int(np.prod(shape)), qtype
+
+
 def write_replica(spec: dict, out: str | Path, seed: int = 0) -> Path:
+    """Write the replica tensor by tensor (one tensor in memory at a time: a 3B file is 2 GB)."""
     rng = np.random.default_rng(seed)
     meta = spec["metadata"]
     arch = meta["general.architecture"]
@@ -94,27 +132,16 @@ def write_replica(spec: dict, out: str | Path, seed: int = 0) -> Path:
     w.add_array("tokenizer.ggml.merges", ["< 1"])
     w.add_uint32("tokenizer.ggml.bos_token_id", 1)
     w.add_uint32("tokenizer.ggml.eos_token_id", 2)
-    n_embd = int(meta[f"{arch}.embedding_length"])
     for t in spec["tensors"]:
-        name, qtype, ne = t["name"], T[t["type"]], t["ne"]
-        if len(ne) == 1:  # norm weights and biases
-            mean = 0.0 if name.endswith(".bias") else 1.0
-            w.add_tensor(name, rng.normal(mean, 0.1, ne[0]).astype(np.float32))
-            continue
-        cols, rows = ne[0], int(np.prod(ne[1:]))
-        if name == "token_embd.weight":
-            std = 0.08 if arch == "gemma3" else 1.0  # gemma3 scales it by sqrt(n_embd)
-        else:
-            std = 1.0 / math.sqrt(cols)
-        if qtype in (T.F32, T.F16):
-            x = rng.normal(0.0, std, (rows, cols)).astype(np.float32 if qtype == T.F32 else np.float16)
-            w.add_tensor(name, x.reshape(*reversed(ne)))
-        else:
-            raw = random_blocks(qtype, rows, cols, std, rng)
-            w.add_tensor(name, raw.reshape(*reversed(ne[1:]), raw.shape[-1]), raw_dtype=qtype)
+        shape, dtype, nbytes, raw_dtype = _tensor_info(t)
+        w.add_tensor_info(t["name"], shape, dtype, nbytes, raw_dtype=raw_dtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
-    w.write_tensors_to_file()
+    w.write_ti_data_to_file()
+    for t in spec["tensors"]:
+        data, _ = _tensor_data(t, arch, rng)
+        w.write_tensor_data(np.ascontiguousarray(data))
+        del data
     w.close()
     return Path(out)
 

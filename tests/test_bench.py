@@ -296,7 +296,7 @@ def test_compare_llamacpp_end_to_end(tiny, tmp_path, capsys):
     spec.loader.exec_module(compare)
     out_json = tmp_path / "cmp.json"
     rc = compare.main(["--llama-python", str(python), "--models", str(tiny), "--threads", "1", "--backends", "numba",
-                       "--rounds", "2", "-r", "1", "-p", "8", "-n", "4", "--json", str(out_json)])  # fmt: skip
+                       "--rounds", "2", "-r", "1", "-p", "8", "-n", "4", "--ceiling-gb", "0.02", "--json", str(out_json)])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "llama-cpp-python 0.0.fake" in out and "pp8" in out and "tg4" in out and "ratio" in out

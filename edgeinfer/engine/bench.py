@@ -76,6 +76,18 @@ def backend_name(backend) -> str:
     return str(getattr(backend, "name", None) or type(backend).__name__)
 
 
+def backend_isa(backend) -> str | None:
+    """The instruction set the native kernels use here ("avx2", ...), None for other backends."""
+    if backend is None or backend_name(backend) != "native":
+        return None
+    try:
+        from ..kernels.native import native_isa
+
+        return native_isa()
+    except Exception:  # an older or unbuilt extension: the bench still runs
+        return None
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
@@ -467,6 +479,7 @@ def run_bench(
             "backend_requested": backend if isinstance(backend, str) else backend_name(backend),
             "threads": threads,
             "threads_effective": int(getattr(be, "n_threads", threads) or threads),
+            "isa": backend_isa(be),
         }
     )
     result.update(bench_model(llm.model, n_prompt, n_gen, repetitions, n_ctx, meter, seed, log))
