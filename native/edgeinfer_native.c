@@ -511,13 +511,28 @@ done:
     return result;
 }
 
-/* repack(ggml_type, src, dst, n_rows, n_cols, unpack): plain rows <-> x8 groups (x8.h) */
+typedef struct {
+    int type;
+    const uint8_t *src;
+    uint8_t *dst;
+    int64_t n_rows, row_bytes;
+} pack_job_t;
+
+static void pack_job(void *p, int id, int n) {
+    const pack_job_t *j = p;
+    const int64_t groups = (j->n_rows + 7) / 8;
+    const int64_t r0 = groups * id / n * 8, r1 = groups * (id + 1) / n * 8;
+    x8_pack_rows(j->type, j->src, j->dst, j->n_rows, j->row_bytes, r0, r1 < j->n_rows ? r1 : j->n_rows);
+}
+
+/* repack(ggml_type, src, dst, n_rows, n_cols, unpack[, n_threads]): plain rows <-> x8 groups (x8.h) */
 static PyObject *py_repack(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "repack(ggml_type, src, dst, n_rows, n_cols, unpack)");
+    if (nargs != 6 && nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "repack(ggml_type, src, dst, n_rows, n_cols, unpack[, n_threads])");
         return NULL;
     }
+    const long n_threads = nargs == 7 ? PyLong_AsLong(args[6]) : 1;
     const long type = PyLong_AsLong(args[0]);
     const Py_ssize_t n_rows = PyLong_AsSsize_t(args[3]);
     const Py_ssize_t n_cols = PyLong_AsSsize_t(args[4]);
@@ -543,8 +558,16 @@ static PyObject *py_repack(PyObject *self, PyObject *const *args, Py_ssize_t nar
                      dst.len, (long long)(unpack ? packed : plain), (long long)(unpack ? plain : packed));
     } else {
         Py_BEGIN_ALLOW_THREADS
-        if (unpack) x8_unpack((int)type, src.buf, dst.buf, n_rows, row_bytes);
-        else x8_pack((int)type, src.buf, dst.buf, n_rows, row_bytes);
+        if (unpack) {
+            x8_unpack((int)type, src.buf, dst.buf, n_rows, row_bytes);
+        } else {
+            pthread_mutex_lock(&call_mu);  /* the pool is shared with the matmuls */
+            pack_job_t job = {(int)type, src.buf, dst.buf, n_rows, row_bytes};
+            const int64_t groups = (n_rows + 7) / 8;
+            const int threads = n_threads < 1 ? 1 : n_threads > groups ? (int)groups : (int)n_threads;
+            tp_run(threads, pack_job, &job);
+            pthread_mutex_unlock(&call_mu);
+        }
         Py_END_ALLOW_THREADS
         result = Py_None;
         Py_INCREF(result);

@@ -19,28 +19,45 @@ const x8_traits *x8_traits_of(int ggml_type) {
     }
 }
 
-/* one block of 8 rows: plain (rows[r] + b * ts) <-> group block (g) */
+/* one field of one block of 8 rows: plain (rows[r] + off) <-> group (g), in words of W bytes */
+#define MOVE_FIELD(W, T)                                                                                \
+    static void move_field_##W(const uint8_t *const rows[8], int64_t off, int n_words, uint8_t *g, int pack) { \
+        for (int i = 0; i < n_words; i++)                                                               \
+            for (int r = 0; r < 8; r++) {                                                               \
+                if (!rows[r]) continue; /* unpack: a padding row */                                     \
+                uint8_t *gp = g + (i * 8 + r) * W;                                                      \
+                uint8_t *pp = (uint8_t *)rows[r] + off + i * W;                                         \
+                T v;                                                                                    \
+                if (pack) { memcpy(&v, pp, W); memcpy(gp, &v, W); }                                     \
+                else { memcpy(&v, gp, W); memcpy(pp, &v, W); }                                          \
+            }                                                                                           \
+    }
+MOVE_FIELD(1, uint8_t)
+MOVE_FIELD(2, uint16_t)
+MOVE_FIELD(4, uint32_t)
+
 static void move_block(const x8_traits *tr, const uint8_t *const rows[8], int64_t b, uint8_t *g, int pack) {
-    const int ts = tr->type_size;
     int dst = 0;
     for (int f = 0; f < tr->n_fields; f++) {
         const x8_field fd = tr->fields[f];
-        for (int i = 0; i < fd.size / fd.word; i++)
-            for (int r = 0; r < 8; r++) {
-                if (!rows[r]) continue;  /* unpack: a padding row */
-                uint8_t *gp = g + dst + (i * 8 + r) * fd.word;
-                const uint8_t *pp = rows[r] + b * ts + fd.off + i * fd.word;
-                if (pack) memcpy(gp, pp, (size_t)fd.word);
-                else memcpy((uint8_t *)pp, gp, (size_t)fd.word);
-            }
+        const int64_t off = b * tr->type_size + fd.off;
+        const int n = fd.size / fd.word;
+        if (fd.word == 4) move_field_4(rows, off, n, g + dst, pack);
+        else if (fd.word == 2) move_field_2(rows, off, n, g + dst, pack);
+        else move_field_1(rows, off, n, g + dst, pack);
         dst += 8 * fd.size;
     }
 }
 
 void x8_pack(int ggml_type, const uint8_t *src, uint8_t *dst, int64_t n_rows, int64_t row_bytes) {
+    x8_pack_rows(ggml_type, src, dst, n_rows, row_bytes, 0, n_rows);
+}
+
+void x8_pack_rows(int ggml_type, const uint8_t *src, uint8_t *dst, int64_t n_rows, int64_t row_bytes,
+                  int64_t first, int64_t last) {
     const x8_traits *tr = x8_traits_of(ggml_type);
     const int64_t nb = row_bytes / tr->type_size;
-    for (int64_t r0 = 0; r0 < n_rows; r0 += 8) {
+    for (int64_t r0 = first; r0 < last; r0 += 8) {
         const uint8_t *rows[8];
         for (int r = 0; r < 8; r++) rows[r] = src + (r0 + r < n_rows ? r0 + r : n_rows - 1) * row_bytes;
         uint8_t *g = dst + r0 * row_bytes;

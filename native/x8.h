@@ -48,6 +48,9 @@ const x8_traits *x8_traits_of(int ggml_type);
 
 /* plain rows (n_rows x row_bytes) -> x8 groups (ceil(n_rows / 8) x 8 row_bytes); and back (n_rows rows) */
 void x8_pack(int ggml_type, const uint8_t *src, uint8_t *dst, int64_t n_rows, int64_t row_bytes);
+/* rows r0..r1-1 only (r0 a multiple of 8): the part of x8_pack one thread does */
+void x8_pack_rows(int ggml_type, const uint8_t *src, uint8_t *dst, int64_t n_rows, int64_t row_bytes,
+                  int64_t r0, int64_t r1);
 void x8_unpack(int ggml_type, const uint8_t *src, uint8_t *dst, int64_t n_rows, int64_t row_bytes);
 
 /* The kernels: native_rows_fn over x8 groups (w: the repacked weight, row_bytes: a plain row's bytes, so

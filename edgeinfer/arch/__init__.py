@@ -67,7 +67,8 @@ def build_model(
         backend = LayerBackends(backend, layer_backend)
     model = get_arch_module(f.architecture).Model.from_gguf(f, backend)
     # their bytes now live in stacked or repacked copies (reading them again faults them back in)
-    f.release_pages(model.stacked_sources() + model.prepare_weights())
+    f.release_pages(model.stacked_sources())
+    model.prepare_weights(release=f.release_pages)
     return model
 
 

@@ -387,11 +387,12 @@ class DecoderModel:
                 names += getattr(part, "stacked_sources", lambda: [])()
         return names
 
-    def prepare_weights(self) -> list[str]:
+    def prepare_weights(self, release: Callable[[list[str]], object] | None = None) -> list[str]:
         """Hand every weight a matmul reads to its backend's preferred layout (the native backend
         repacks rows for its SIMD kernels; others keep the file's). Weights copied into a stack are
         left alone: their stack is prepared instead. Returns the names of the file's tensors whose
-        bytes now live in a prepared copy."""
+        bytes now live in a prepared copy; release(names), when given, is called with each as soon as
+        it is copied (GGUFFile.release_pages: the file's pages do not stay beside all the copies)."""
         stacked = set(self.stacked_sources())
         parts = [part for block in self.blocks for part in vars(block).values()]
         linears = [p for part in parts for p in getattr(part, "__dict__", {}).values() if isinstance(p, Linear)]
@@ -403,6 +404,8 @@ class DecoderModel:
             lin.prepare()
             if lin.weight is not before:
                 replaced.append(before.name)
+                if release is not None:
+                    release([before.name])
         return replaced
 
     def forward_many(self, tokens: list, caches: list, all_logits=False) -> list[np.ndarray]:

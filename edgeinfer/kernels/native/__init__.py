@@ -102,14 +102,14 @@ def repack_enabled() -> bool:
     return os.environ.get("EDGEINFER_REPACK", "1").strip().lower() not in ("0", "off", "false", "no")
 
 
-def repack_x8(w: QTensor) -> QTensor:
+def repack_x8(w: QTensor, n_threads: int = 1) -> QTensor:
     """w's blocks with its rows interleaved eight at a time (native/x8.h): the same bytes per block,
     (ceil(n_rows / 8) * 8, row_bytes), a partial last group padded with copies of its last row."""
     if w.layout != "plain" or w.raw.ndim != 2 or w.n_rows < 1:
         raise ValueError(f"{w.name}: only a 2-D weight in the file's layout can be repacked")
     _nm._weight_bytes(w, *GGML_QUANT_SIZES[w.ggml_type])  # checks the bytes against the shape
     packed = np.empty(((w.n_rows + 7) // 8 * 8, w.raw.shape[1]), np.uint8)
-    _require().repack(int(w.ggml_type), w.raw, packed, w.n_rows, w.n_cols, False)
+    _require().repack(int(w.ggml_type), w.raw, packed, w.n_rows, w.n_cols, False, n_threads)
     packed.flags.writeable = False
     return QTensor(w.name, w.ggml_type, w.ne, packed, layout="x8")
 
@@ -149,7 +149,7 @@ class NativeBackend(NumbaBackend):
         kernels for its type (Q4_0, Q8_0, Q4_K, Q6_K on AVX2 and scalar), else w itself."""
         if (w.layout == "plain" and w.raw.ndim == 2 and w.n_rows > 0 and w.ggml_type in _NATIVE
                 and repack_enabled() and _require().x8_preferred(int(w.ggml_type))):  # fmt: skip
-            return repack_x8(w)
+            return repack_x8(w, self.native_threads)
         return w
 
     def get_rows(self, w: QTensor, ids: np.ndarray) -> np.ndarray:
