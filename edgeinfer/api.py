@@ -23,6 +23,7 @@ from .engine.speculative import CostModel, SpecConfig, Speculator, check_vocab_c
 from .errors import ContextFullError, EdgeInferError
 from .gguf import GGUFFile
 from .models import resolve_model
+from .nn.kv import DEFAULT_KV_TYPE, kv_type as _kv_type
 from .system import default_threads
 from .tokenizer import Tokenizer
 from .tokenizer.chat import ChatTemplate
@@ -69,6 +70,17 @@ class LLM:
     @property
     def n_vocab(self) -> int:
         return self.tokenizer.n_vocab
+
+    @property
+    def kv_type(self) -> str:
+        """What the KV caches store K and V in: "f16", "q8_0" or "f32" (load's kv_type)."""
+        return self.model.kv_type
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K and V one token takes in the cache (all layers), in its kv_type."""
+        d = self.model.kv_dims()
+        t = _kv_type(d["kv_type"])
+        return d["n_layer"] * d["n_head_kv"] * (t.row_bytes(d["head_dim"]) + t.row_bytes(d["head_dim_v"]))
 
     @property
     def n_ctx_train(self) -> int | None:
@@ -207,7 +219,7 @@ class LLM:
 
     def __repr__(self) -> str:
         draft = f", draft={str(self.draft.path)!r}" if self.draft is not None else ""
-        return f"LLM({str(self.path)!r}, arch={self.architecture!r}, n_ctx={self.n_ctx}{draft})"
+        return f"LLM({str(self.path)!r}, arch={self.architecture!r}, n_ctx={self.n_ctx}, kv_type={self.kv_type!r}{draft})"
 
 
 def load(
@@ -218,6 +230,7 @@ def load(
     n_gpu_layers: int | None = None,
     progress: bool = True,
     backend="auto",
+    kv_type: str = DEFAULT_KV_TYPE,
 ) -> LLM:
     """Load a GGUF file or a registry name (fetched on first use) and return an `LLM`.
 
@@ -229,11 +242,15 @@ def load(
     as many as fit in the GPU's free memory (the output head too when every layer fits), or none, with a
     warning, where CUDA is unavailable; an explicit N > 0 without CUDA is an EdgeInferError saying why;
     None (the default): $EDGEINFER_N_GPU_LAYERS when set, else 0. The draft model gets the same setting.
-    `llm.offload` describes the split."""
+    `llm.offload` describes the split.
+    kv_type: what the KV cache stores K and V in: "f16" (default, as llama.cpp: half the memory of
+    float32), "q8_0" (ggml's 8-bit blocks: about a quarter; heads of a multiple of 32 values), or "f32"
+    (exact, twice f16's memory). Each K/V row is rounded once, when written; the draft model's cache too."""
     if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx <= 0:
         raise EdgeInferError(f"n_ctx must be a positive integer, got {n_ctx!r}.")
     if n_threads is not None and (not isinstance(n_threads, int) or n_threads <= 0):
         raise EdgeInferError(f"n_threads must be a positive integer or None, got {n_threads!r}.")
+    kv_type = _kv_type(kv_type).name  # a bad name fails before the (slow) load
     if n_gpu_layers != 0:
         from .kernels.cuda.offload import default_n_gpu_layers
 
@@ -259,6 +276,7 @@ def load(
 
             note_gpu_in_use(f"cuda:{getattr(plan.device, 'device', 0)}")  # meters count the GPU board too
     model = build_model(gguf, backend, layer_backend=plan.layer_backend if plan and plan.device else None)
+    model.set_kv_type(kv_type)
     draft_llm = None
     if draft is not None:
         draft_path = resolve_model(draft, progress=progress)
@@ -269,6 +287,7 @@ def load(
             draft_plan = plan_offload(draft_gguf, backend, n_gpu_layers, device=plan.device, used_bytes=plan.device_bytes)
         draft_model = build_model(draft_gguf, backend, layer_backend=draft_plan.layer_backend if draft_plan else None)
         check_vocab_compatible(tokenizer, draft_tok, model, draft_model)
+        draft_model.set_kv_type(kv_type)
         draft_llm = LLM(draft_path, draft_gguf, draft_tok, draft_model, n_ctx=n_ctx, n_threads=n_threads)
         draft_llm.offload = draft_plan
     llm = LLM(path, gguf, tokenizer, model, n_ctx=n_ctx, n_threads=n_threads, draft=draft_llm)

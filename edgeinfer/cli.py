@@ -57,12 +57,42 @@ def model_info(path: str) -> dict:
         "n_tensors": len(f.tensors),
         "tensor_types": f.type_counts(),
         "open_seconds": round(load_s, 4),
+        "kv_bytes_per_token": _kv_bytes_per_token(f),
     }
     for key in ("n_ff", "n_head", "n_head_kv"):  # per-layer arrays in some files
         value = info[key]
         if hasattr(value, "tolist"):
             info[key] = value.tolist()
     return info
+
+
+def _kv_bytes_per_token(f) -> dict | None:
+    """Bytes of K and V one token takes in the KV cache, per kv_type (None for an unknown architecture)."""
+    from .arch import load_config
+    from .nn.kv import KV_TYPES
+
+    try:
+        c = load_config(f)
+    except EdgeInferError:
+        return None
+    dims = (c.n_layer, c.n_head_kv, c.head_dim, c.head_dim_v)
+    if not all(isinstance(d, int) for d in dims):  # per-layer head counts: not summarized here
+        return None
+    return {
+        name: c.n_layer * c.n_head_kv * (t.row_bytes(c.head_dim) + t.row_bytes(c.head_dim_v))
+        for name, t in KV_TYPES.items()
+        if not (c.head_dim % t.block or c.head_dim_v % t.block)
+    }
+
+
+def _format_kv(per_token: dict | None, n_ctx: int | None) -> str | None:
+    if not per_token:
+        return None
+    from .nn.kv import DEFAULT_KV_TYPE
+
+    n = n_ctx or 4096
+    parts = [f"{k} {_human_bytes(v * n)}" + (" (default)" if k == DEFAULT_KV_TYPE else "") for k, v in per_token.items()]
+    return f"{', '.join(parts)} at {n} tokens (--kv-type)"
 
 
 def format_info(info: dict) -> str:
@@ -82,6 +112,7 @@ def format_info(info: dict) -> str:
         rows.append(("experts (used)", f"{info['n_expert']} ({info['n_expert_used']})"))
     rows += [
         ("rope base", info["rope_freq_base"]),
+        ("KV cache", _format_kv(info.get("kv_bytes_per_token"), 4096)),
         ("tokenizer", f"{info['tokenizer']} (pre: {info['tokenizer_pre']}), {info['n_vocab']} tokens"),
         ("chat template", info["chat_template"]),
         ("tensors", f"{info['n_tensors']}: " + ", ".join(f"{k} x{v}" for k, v in info["tensor_types"].items())),
@@ -164,6 +195,14 @@ def _add_ngl(p) -> None:
                    "$EDGEINFER_N_GPU_LAYERS")  # fmt: skip
 
 
+def _add_kv_type(p) -> None:
+    from .nn.kv import DEFAULT_KV_TYPE, KV_TYPES
+
+    p.add_argument("--kv-type", choices=tuple(KV_TYPES), default=DEFAULT_KV_TYPE,
+                   help=f"what the KV cache stores K and V in: f16 (default, as llama.cpp), q8_0 (8-bit blocks, "
+                   f"about half of f16's memory) or f32 (twice f16's)")  # fmt: skip
+
+
 def _ngl_env(args) -> None:
     """serve and chat load the model themselves: -ngl reaches edgeinfer.load as its default."""
     if getattr(args, "n_gpu_layers", None) is not None:
@@ -195,6 +234,7 @@ def cmd_bench(args) -> int:
         draft=args.draft,
         spec_prompt=args.spec_prompt,
         n_gpu_layers=args.n_gpu_layers,
+        kv_type=args.kv_type,
     )
     if args.json:
         print(json.dumps(result))
@@ -208,7 +248,10 @@ def cmd_run(args) -> int:
     from .repl import ChatSession, print_stats
 
     llm = load(args.model, n_ctx=args.ctx_size, n_threads=args.threads, draft=args.draft,
-               n_gpu_layers=args.n_gpu_layers, **_backend_kwargs(args))  # fmt: skip
+               n_gpu_layers=args.n_gpu_layers, kv_type=args.kv_type, **_backend_kwargs(args))  # fmt: skip
+    if args.verbose:
+        print(f"KV cache: {llm.kv_type}, {_human_bytes(llm.kv_bytes_per_token() * llm.n_ctx)} at {llm.n_ctx} tokens",
+              file=sys.stderr)  # fmt: skip
     params = _sampling_kwargs(args)
     # speculative decoding: auto = the draft model when --draft gave one, else plain decoding
     params["speculative"] = None if args.spec == "off" else args.spec
@@ -249,7 +292,7 @@ def cmd_chat(args) -> int:
 
     return run_chat(
         args.model, n_ctx=args.ctx_size, n_threads=args.threads, backend=args.backend, draft=args.draft,
-        params=_sampling_kwargs(args), system=args.system, energy_source=args.energy,
+        params=_sampling_kwargs(args), system=args.system, energy_source=args.energy, kv_type=args.kv_type,
     )  # fmt: skip
 
 
@@ -262,7 +305,7 @@ def cmd_serve(args) -> int:
         api_key=args.api_key or os.environ.get("EDGEINFER_API_KEY") or None, threads=args.threads,
         max_queue=args.max_queue, max_body_bytes=args.max_body_kb * 1024, model_name=args.alias,
         energy_source=args.energy, kv_size=args.kv_size, draft=args.draft,
-        speculative=None if args.spec == "off" else args.spec, **_backend_kwargs(args),
+        speculative=None if args.spec == "off" else args.spec, kv_type=args.kv_type, **_backend_kwargs(args),
     )  # fmt: skip
 
 
@@ -301,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-max", type=int, default=None, metavar="N",
                    help="most tokens drafted per pass (default 16; the tuner picks the length up to it)")  # fmt: skip
     _add_ngl(p)
+    _add_kv_type(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -327,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where tokens per joule come from (default auto: RAPL where readable, else a labelled "
                    "estimate)")  # fmt: skip
     _add_ngl(p)
+    _add_kv_type(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser(
@@ -364,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="energy source for /metrics (default auto: RAPL where readable, else a labelled "
                    "estimate)")  # fmt: skip
     _add_ngl(p)
+    _add_kv_type(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -392,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the chat prompt for --spec (default: 'Repeat the following text exactly: ...' for "
                    "ngram, a short story for draft)")  # fmt: skip
     _add_ngl(p)
+    _add_kv_type(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("info", help="show what a model file holds")

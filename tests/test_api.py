@@ -59,5 +59,24 @@ def test_load_errors(tmp_path):
         load("smollm2-135m").tokenize(b"bytes")
 
 
+def test_kv_type(smollm2, smollm2_path):
+    """load(kv_type=...): f16 by default, the caches it makes follow it, half of f32's memory per token
+    (q8_0 about half again); a bad name is a sentence naming the allowed ones, before the load."""
+    from edgeinfer.engine.kv_cache import BlockPool, KVCache
+
+    assert smollm2.kv_type == "f16" and "kv_type='f16'" in repr(smollm2)
+    per_token = {}
+    for kv in ("f32", "f16", "q8_0"):
+        llm = load(smollm2_path, n_ctx=64, kv_type=kv)
+        per_token[kv] = llm.kv_bytes_per_token()
+        assert KVCache.for_model(llm.model, 8).kv_type.name == kv
+        pool = BlockPool.for_model(llm.model, 4096)
+        assert pool.nbytes == 4096 * per_token[kv] == pool.k.nbytes + pool.v.nbytes
+    assert per_token["f32"] == 30 * 3 * (64 + 64) * 4 and per_token["f16"] * 2 == per_token["f32"]
+    assert per_token["q8_0"] * 128 == per_token["f32"] * 34
+    with pytest.raises(EdgeInferError, match="kv_type must be one of 'f16', 'q8_0', 'f32'"):
+        load(smollm2_path, kv_type="q4_0")
+
+
 def test_top_level_exports():
     assert edgeinfer.load is load and edgeinfer.__version__ and issubclass(edgeinfer.GGUFError, edgeinfer.EdgeInferError)

@@ -112,6 +112,10 @@ def test_cli_json(tiny, capsys):
     r = json.loads(out)  # exactly one JSON object on stdout
     check_result(r, 8, 3, 2)
     assert r["threads"] == 1 and "warm-up" in err
+    assert r["kv_type"] == "f16" and r["kv_bytes_per_token"] == 2 * 2 * (16 + 16) * 2  # layers, KV heads, K+V, bytes
+    assert cli.main(["bench", str(tiny), "-p", "4", "-n", "2", "-r", "1", "-t", "1", "--json", "--kv-type", "f32"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["kv_type"] == "f32" and r["kv_bytes_per_token"] == 2 * 2 * (16 + 16) * 4
 
 
 def test_cli_table(tiny, capsys):
@@ -190,6 +194,8 @@ def test_cli_run_passes_backend(monkeypatch, capsys):
     seen.clear()
     assert cli.main(["run", "m.gguf", "hi"]) == 1
     assert "backend" not in seen and seen["n_threads"] is None  # load's own defaults
+    assert seen["kv_type"] == "f16"
+    assert cli.main(["run", "m.gguf", "hi", "--kv-type", "q8_0"]) == 1 and seen["kv_type"] == "q8_0"
 
 
 # -- threads: the default comes from the machine (affinity, cgroup quota); -t overrides it ------------

@@ -107,15 +107,20 @@ def test_stream_equals_whole_and_stats(llm):
 
 
 # llama.cpp's greedy reply to this chat is "L'Étoile, la Marseillaise, ..." (a near-tie at the first
-# token, 24.91 vs 24.56 for "The"); ours agrees as far as "L'Étoile, la". The next token is a near-tie in
-# both programs: " Mar" 2.735 vs " Cit" 2.430 in llama.cpp, " Cit" 2.440 vs " Mar" 2.427 here (measured
-# with the strict-order RMSNorm); either continuation is a faithful run of this model.
+# token, 24.91 vs 24.56 for "The"); ours with float32 K/V agrees as far as "L'Étoile, la". The next token
+# is a near-tie in both programs: " Mar" 2.735 vs " Cit" 2.430 in llama.cpp, " Cit" 2.440 vs " Mar" 2.427
+# here (measured with the strict-order RMSNorm); either continuation is a faithful run of this model.
+# With K/V in f16 (the default) the first near-tie falls the other way here: "The" 24.64 vs "L" 24.56
+# on the native backend (24.20 vs 24.18 on Numba), and the reply is FRANCE_OTHER.
 FRANCE_REPLY = "L'Étoile, la"
+FRANCE_OTHER = "The capital of France is Paris."
 
 
 def test_chat_answers_and_stops_at_end_of_turn(llm):
     reply = llm.chat([{"role": "user", "content": "What is the capital of France?"}], max_tokens=12, temperature=0)
-    assert reply.startswith(FRANCE_REPLY) and reply.split(FRANCE_REPLY)[1].strip()[:3] in ("Mar", "Cit")
+    assert reply == FRANCE_OTHER or (
+        reply.startswith(FRANCE_REPLY) and reply.split(FRANCE_REPLY)[1].strip()[:3] in ("Mar", "Cit")
+    ), reply
     reply = llm.chat([{"role": "user", "content": "Say hello."}], max_tokens=60, temperature=0)
     assert reply and "<|im_end|>" not in reply
     assert llm.last_stats.finish_reason == "stop"
@@ -177,10 +182,13 @@ def _run(*args, stdin=None):
 
 
 def test_cli_one_shot(smollm2_path):
-    r = _run(str(smollm2_path), "What is the capital of France?", "--temp", "0", "-n", "12", "--verbose", "-c", "256")
+    r = _run(str(smollm2_path), "What is the capital of France?", "--temp", "0", "-n", "12", "--verbose", "-c", "256",
+             "--kv-type", "f32")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().startswith(FRANCE_REPLY)
-    assert "tokens/s" in r.stderr and "generation:" in r.stderr
+    assert r.stdout.strip().startswith(FRANCE_REPLY)  # llama.cpp's reply: see FRANCE_OTHER for f16
+    assert "tokens/s" in r.stderr and "generation:" in r.stderr and "KV cache: f32" in r.stderr
+    r = _run(str(smollm2_path), "Hi", "--kv-type", "q4_0")
+    assert r.returncode != 0 and "'f16', 'q8_0', 'f32'" in r.stderr
 
 
 def test_cli_raw_completion(smollm2_path):
@@ -208,7 +216,7 @@ def test_cli_interactive_session(smollm2_path):
     out = r.stdout
     assert "Set temperature to 0.0." in out
     assert "top_k needs a int" in out
-    assert "L'Étoile" in out
+    assert "L'Étoile" in out or FRANCE_OTHER in out  # the near-tie (see FRANCE_REPLY)
     assert "Cleared the conversation." in out and "temperature=0.0" in out
     assert out.count(">>> ") >= 5 and "... " in out
 

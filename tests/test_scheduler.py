@@ -107,11 +107,20 @@ def llm(smollm2_path):
     return load(smollm2_path, n_ctx=512)
 
 
+@pytest.fixture(params=["f16", "q8_0", "f32"])
+def kv_type(request, llm):
+    """The KV format of the caches made in a test (the module's llm goes back to the default after)."""
+    llm.model.set_kv_type(request.param)
+    yield request.param
+    llm.model.set_kv_type("f16")
+
+
 @pytest.mark.parametrize("lens", [(10, 60), (30, 30, 1), (1, 1, 1, 1), (65, 1)])
-def test_forward_many_equals_each_alone_bit_for_bit(llm, lens):
+def test_forward_many_equals_each_alone_bit_for_bit(llm, lens, kv_type):
     """Batch invariance at the kernel level: each sequence's logits are the same bits in a batch as
-    alone (every op computes a row the same way whatever else is in the pass)."""
+    alone (every op computes a row the same way whatever else is in the pass), with K/V in every format."""
     m = llm.model
+    assert KVCache.for_model(m, 8).kv_type.name == kv_type
     rng = np.random.default_rng(sum(lens))
     seqs = [rng.integers(0, m.n_vocab, n).astype(np.int32) for n in lens]
     alone = [m.forward(s, KVCache.for_model(m, 128), all_logits=False) for s in seqs]
@@ -313,6 +322,7 @@ def test_paged_pool_memory_follows_tokens_and_shares_prefixes(llm):
         held = sum(-(-(len(p) + 11) // pool.block_size) for p in prompts)
         assert 0 < pool.n_used < held
         assert stats["kv_blocks_used"] == pool.n_used and stats["kv_bytes_used"] == pool.n_used * pool.block_nbytes
+        assert stats["kv_bytes_total"] == pool.n_cells * llm.kv_bytes_per_token() and pool.kv_type.name == "f16"
         assert stats["kv_blocks_reserved"] == 0
     finally:
         runner.stop()

@@ -149,6 +149,7 @@ def _error(r: httpx.Response, status: int, param: str | None = None) -> dict:
 
 def test_listen_line_and_health(server):
     assert f"listening on http://127.0.0.1:{server.port}" in server.log.read_text()
+    assert "in blocks of 32, f16, up to 22 MiB" in server.log.read_text()  # 2 x 512 tokens x 22.5 KiB
     assert server.http.get("/health").json() == {"status": "ok"}
 
 
@@ -413,6 +414,7 @@ def test_metrics(server):
     assert _sample(page, "edgeinfer_requests_total", **bad) == _sample(before, "edgeinfer_requests_total", **bad) + 1
     assert _sample(page, "edgeinfer_generated_tokens_total") > _sample(before, "edgeinfer_generated_tokens_total")
     assert re.search(r'edgeinfer_tokens_per_joule\{source="(rapl|estimate)",estimated="(true|false)"\} ', page)
+    assert _sample(page, "edgeinfer_runner_kv_bytes_total") == 2 * 512 * 30 * 3 * (64 + 64) * 2  # f16 K and V
     if 'source="estimate"' in page:
         assert 'estimated="true"' in page
 

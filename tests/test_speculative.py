@@ -209,9 +209,11 @@ def test_draft_cache_rolls_back_to_the_kept_tokens(backend, tiny):
     assert np.array_equal(resumed, fresh)
 
 
-def test_real_model_draft_and_ngram_identical(smollm2_path, tmp_path):
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0", "f32"])
+def test_real_model_draft_and_ngram_identical(smollm2_path, tmp_path, kv_type):
     """SmolLM2 Q4_1 with its own Q4_0 re-quantization as the draft, and n-gram lookup on a prompt that
-    repeats itself: the same greedy reply, drafts mostly accepted."""
+    repeats itself: the same greedy reply with every KV format (rollbacks into f16 and q8_0 caches);
+    drafts mostly accepted where the reply repeats the whole text."""
     from edgeinfer.tools.requant import requantize_gguf
 
     draft_path = tmp_path / "smollm2-q4_0.gguf"
@@ -219,14 +221,19 @@ def test_real_model_draft_and_ngram_identical(smollm2_path, tmp_path):
     text = "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat by the door."
     messages = [{"role": "user", "content": f"Repeat the following text exactly: {text}"}]
     for backend in ("numba", "native") if native_available() else ("numba",):
-        llm = load(smollm2_path, n_ctx=512, backend=backend, draft=draft_path, progress=False)
+        llm = load(smollm2_path, n_ctx=512, backend=backend, draft=draft_path, progress=False, kv_type=kv_type)
+        assert llm.kv_type == llm.draft.kv_type == kv_type
         llm.spec_config = FIXED  # always draft_max drafts: the acceptance does not hang on the clock
         want = llm.chat(messages, max_tokens=40, temperature=0, speculative=None)
         assert llm.last_stats.n_drafted == 0
         for mode in ("draft", "ngram"):
             assert llm.chat(messages, max_tokens=40, temperature=0, speculative=mode, draft_max=6) == want
             s = llm.last_stats
-            assert s.speculative == mode and s.n_drafted > 0 and s.acceptance > 0.5, (mode, s)
+            assert s.speculative == mode and s.n_accepted > 0, (mode, s)
+            # this 135M model's greedy reply hangs on the last bits of K and V: with f16 it repeats only
+            # part of the text (measured here), where a Q4_0 draft and the lookup agree less often
+            if kv_type == "f32":
+                assert s.acceptance > 0.5, (mode, s)
 
 
 def test_gemma3_ngram_identical(gemma3_path):

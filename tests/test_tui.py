@@ -508,6 +508,7 @@ def test_cli_chat_command_and_lazy_import(tiny_path):
     assert args.func.__name__ == "cmd_chat" and args.draft is None and args.ctx_size == 256
     assert ChatApp(str(tiny_path)).load_kwargs == {"n_ctx": 4096, "n_threads": None}
     assert ChatApp(str(tiny_path), draft="small.gguf").load_kwargs["draft"] == "small.gguf"
+    assert ChatApp(str(tiny_path), kv_type="q8_0").load_kwargs["kv_type"] == "q8_0"
     # `edgeinfer run` (the cli module and its parser) never imports textual
     code = "import sys, edgeinfer.cli as c; c.build_parser(); import tui; print('textual' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

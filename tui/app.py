@@ -234,7 +234,8 @@ class ChatApp(App):
 
     def __init__(self, model: str | None = None, *, llm=None, n_ctx: int = 4096, n_threads: int | None = None,
                  backend: str | None = None, draft: str | None = None, params: dict | None = None,
-                 system: str | None = None, energy_source: str | None = None, warmup: bool = True):  # fmt: skip
+                 system: str | None = None, energy_source: str | None = None, warmup: bool = True,
+                 kv_type: str | None = None):  # fmt: skip
         super().__init__()
         if model is None and llm is None:
             raise ValueError("ChatApp needs a model (a path or a name) or a loaded llm")
@@ -244,6 +245,8 @@ class ChatApp(App):
             self.load_kwargs["backend"] = backend
         if draft:
             self.load_kwargs["draft"] = draft
+        if kv_type:
+            self.load_kwargs["kv_type"] = kv_type
         self.energy_source = energy_source
         self.warmup = warmup
         self.llm = llm
@@ -355,6 +358,7 @@ class ChatApp(App):
             ("threads", getattr(llm, "n_threads", None)),
             ("backend", getattr(backend, "name", None) or (type(backend).__name__ if backend else None)),
             ("draft model", self.load_kwargs.get("draft")),
+            ("KV cache", getattr(llm, "kv_type", None)),
         ]
         meter = meter or self.meter
         if meter is not None:

@@ -90,6 +90,7 @@ class BatchRunner(SerialRunner):
         out["kv_blocks_used"] = pool.n_used
         out["kv_block_tokens"] = pool.block_size
         out["kv_bytes_used"] = pool.n_used * pool.block_nbytes
+        out["kv_bytes_total"] = pool.nbytes  # in the pool's kv_type (f16: half of f32)
         out["kv_blocks_reserved"] = self.sched.reserved
         with self._lock:
             out["spec_drafted_tokens_total"], out["spec_accepted_tokens_total"] = self._stats_spec

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeInferError
+from ..nn.kv import DEFAULT_KV_TYPE
 from .kv_cache import KVCache
 
 BACKEND_CHOICES = ("auto", "native", "numba", "reference")
@@ -409,6 +410,7 @@ def run_bench(
     draft=None,
     spec_prompt: str | None = None,
     n_gpu_layers: int | None = None,
+    kv_type: str = DEFAULT_KV_TYPE,
 ) -> dict:
     """Benchmark a model (a GGUF path, a registry name, or a loaded edgeinfer LLM): the dict that
     `edgeinfer bench --json` prints. n_threads None: edgeinfer's default (affinity, cgroup quota,
@@ -416,7 +418,9 @@ def run_bench(
     spec: "ngram" or "draft" adds `result["spec"]` (bench_speculative: greedy replies to a real prompt,
     plain against speculative); draft: the draft model (a path or a name) to load with the model.
     n_gpu_layers: layers on the GPU (edgeinfer.load's; None: $EDGEINFER_N_GPU_LAYERS, else 0); with any,
-    the energy meter adds the GPU board's (NVML) to the CPU's, and the result says where the layers ran."""
+    the energy meter adds the GPU board's (NVML) to the CPU's, and the result says where the layers ran.
+    kv_type: the KV cache's format (edgeinfer.load's; a loaded LLM keeps its own); the result says which,
+    and its bytes per token."""
     from .. import __version__
     from ..system import default_threads
 
@@ -464,7 +468,7 @@ def run_bench(
         if draft is not None:
             draft = resolve_model(draft)
         llm = load(model, n_ctx=n_ctx, n_threads=threads, backend=be, progress=True, draft=draft,
-                   n_gpu_layers=n_gpu_layers or 0)  # fmt: skip
+                   n_gpu_layers=n_gpu_layers or 0, kv_type=kv_type)  # fmt: skip
     result = _model_label(llm)
     plan = getattr(llm, "offload", None)
     on_gpu = plan is not None and plan.device is not None and (plan.n_gpu_layers > 0 or plan.head_on_device)
@@ -483,6 +487,7 @@ def run_bench(
         }
     )
     result.update(bench_model(llm.model, n_prompt, n_gen, repetitions, n_ctx, meter, seed, log))
+    result.update({"kv_type": llm.kv_type, "kv_bytes_per_token": llm.kv_bytes_per_token()})
     if spec is not None:
         result["spec"] = bench_speculative(llm, spec, n_gen, repetitions, meter, spec_prompt, log)
     result.update(
@@ -536,6 +541,8 @@ def format_table(result: dict) -> str:
     out.append(f"t/s: median of {result['repetitions']} runs ± standard deviation; "
                f"tok/J: tokens per joule, source: {result['energy_source']}")  # fmt: skip
     out.append(f"energy: {result['energy_note']}")
+    if result.get("kv_type"):
+        out.append(f"KV cache: {result['kv_type']}, {result['kv_bytes_per_token']} bytes per token")
     if result.get("offload_description"):
         out.append(f"gpu offload: {result['offload_description']}")
     if sp:

@@ -32,6 +32,7 @@ from starlette.routing import Route
 from ..engine.runner import Finish, InvalidPromptError, PromptTooLongError, QueueFullError
 from ..engine.sampling import SamplingError
 from ..errors import EdgeInferError
+from ..nn.kv import DEFAULT_KV_TYPE
 from ..tokenizer.chat import ChatTemplateError
 from . import protocol as P
 from .metrics import Metrics
@@ -449,17 +450,18 @@ def _model_name(model) -> str:
 def _kv_summary(runner) -> str:
     pool = getattr(runner, "pool", None)
     if pool is None:
-        return "per request"
-    return f"{pool.n_cells} tokens in blocks of {pool.block_size}, up to {pool.n_cells * pool.block_nbytes // pool.block_size / 2**20:.0f} MiB"
+        return f"per request, {getattr(getattr(runner, 'llm', None), 'kv_type', DEFAULT_KV_TYPE)}"
+    return (f"{pool.n_cells} tokens in blocks of {pool.block_size}, {pool.kv_type.name}, up to "
+            f"{pool.nbytes / 2**20:.0f} MiB")  # fmt: skip
 
 
 def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, ctx_size: int = 4096,
           api_key: str | None = None, threads: int | None = None, backend="auto", max_queue: int = 16,
           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, model_name: str | None = None,
           energy_source: str | None = None, kv_size: int | None = None, draft=None, speculative: str | None = "auto",
-          print_fn=print) -> int:  # fmt: skip
+          kv_type: str = DEFAULT_KV_TYPE, print_fn=print) -> int:  # fmt: skip
     """Load `model` (a path or a registry name), start a runner and serve the API until Ctrl-C or SIGTERM.
-    Prints one line when it listens."""
+    Prints one line when it listens. kv_type: the KV cache's format (edgeinfer.load's)."""
     import signal
 
     import uvicorn
@@ -489,7 +491,7 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, c
         raise EdgeInferError(f"speculative must be 'auto', 'draft', 'ngram' or None, got {speculative!r}.")
     if speculative == "draft" and draft is None:
         raise EdgeInferError("--spec draft needs a draft model: give --draft MODEL.")
-    llm = load(model, n_ctx=ctx_size, n_threads=threads, backend=backend, draft=draft)
+    llm = load(model, n_ctx=ctx_size, n_threads=threads, backend=backend, draft=draft, kv_type=kv_type)
     runner = make_runner(llm, parallel=parallel, max_queue=max_queue, n_ctx=ctx_size, kv_cells=kv_size)
     app = create_app(llm, runner, api_key=api_key, model_name=model_name or _model_name(model),
                      max_body_bytes=max_body_bytes, energy_source=energy_source, n_ctx=ctx_size,
