@@ -215,7 +215,7 @@ static void run_matmul(job_t *job, int n_threads) {
 static int block_size_of(int type) {
     switch (type) {
     case GT_F32: case GT_F16: return 1;
-    case GT_Q4_K: case GT_Q5_K: case GT_Q6_K: return QK_K;
+    case GT_Q4_K: case GT_Q5_K: case GT_Q6_K: case GT_IQ4_XS: return QK_K;
     default: return QK;
     }
 }
@@ -232,6 +232,7 @@ static int64_t type_size_of(int type) {
     case GT_Q4_K: return 144;
     case GT_Q5_K: return 176;
     case GT_Q6_K: return 210;
+    case GT_IQ4_XS: return 136;
     default: return 0;
     }
 }
@@ -264,8 +265,9 @@ static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyErr_Format(PyExc_NotImplementedError, "the native backend has no matmul for ggml type %ld", type);
         return NULL;
     }
-    if (x8 && !x8_traits_of((int)type)) {
-        PyErr_Format(PyExc_NotImplementedError, "ggml type %ld has no x8 layout", type);
+    if (x8 ? !x8_traits_of((int)type) : !native_kernels_scalar.rows[type]) {
+        PyErr_Format(PyExc_NotImplementedError, "the native backend has no matmul for ggml type %ld in the %s layout",
+                     type, x8 ? "x8" : "plain");
         return NULL;
     }
     const int bsize = block_size_of((int)type);
@@ -588,7 +590,8 @@ static PyObject *py_supports(PyObject *self, PyObject *arg) {
     (void)self;
     const long type = PyLong_AsLong(arg);
     if (type == -1 && PyErr_Occurred()) return NULL;
-    return PyBool_FromLong(type >= 0 && type < GT_COUNT && native_act_kind((int)type) != ACT_NONE);
+    return PyBool_FromLong(type >= 0 && type < GT_COUNT && native_act_kind((int)type) != ACT_NONE &&
+                           native_kernels_scalar.rows[type] != NULL);
 }
 
 static PyObject *py_isa(PyObject *self, PyObject *unused) {

@@ -20,7 +20,7 @@
 /* weight types: ggml's ids (GGMLQuantizationType) */
 enum {
     GT_F32 = 0, GT_F16 = 1, GT_Q4_0 = 2, GT_Q4_1 = 3, GT_Q5_0 = 6, GT_Q5_1 = 7, GT_Q8_0 = 8,
-    GT_Q4_K = 12, GT_Q5_K = 13, GT_Q6_K = 14, GT_IQ4_NL = 20,
+    GT_Q4_K = 12, GT_Q5_K = 13, GT_Q6_K = 14, GT_IQ4_NL = 20, GT_IQ4_XS = 23,
     GT_COUNT = 32
 };
 
@@ -76,7 +76,7 @@ static inline int native_act_kind(int ggml_type) {
     case GT_F16: return ACT_F16;
     case GT_Q4_0: case GT_Q5_0: case GT_Q8_0: case GT_IQ4_NL: return ACT_Q8_0;
     case GT_Q4_1: case GT_Q5_1: return ACT_Q8_1;
-    case GT_Q4_K: case GT_Q5_K: case GT_Q6_K: return ACT_Q8_K;
+    case GT_Q4_K: case GT_Q5_K: case GT_Q6_K: case GT_IQ4_XS: return ACT_Q8_K;
     default: return ACT_NONE;
     }
 }

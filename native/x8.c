@@ -8,6 +8,10 @@ static const x8_traits traits_q4_0 = {18, 2, {{0, 2, 2}, {2, 16, 4}}};
 static const x8_traits traits_q8_0 = {34, 2, {{0, 2, 2}, {2, 32, 4}}};
 static const x8_traits traits_q4_k = {144, 4, {{0, 2, 2}, {2, 2, 2}, {4, 12, 4}, {16, 128, 4}}};
 static const x8_traits traits_q6_k = {210, 4, {{208, 2, 2}, {192, 16, 2}, {0, 128, 4}, {128, 64, 4}}};
+static const x8_traits traits_q5_0 = {22, 3, {{0, 2, 2}, {2, 4, 4}, {6, 16, 4}}};
+static const x8_traits traits_q5_k = {176, 4, {{0, 2, 2}, {2, 2, 2}, {4, 12, 4}, {16, 160, 4}}};
+static const x8_traits traits_iq4_nl = {18, 2, {{0, 2, 2}, {2, 16, 4}}};
+static const x8_traits traits_iq4_xs = {136, 4, {{0, 2, 2}, {2, 2, 2}, {4, 4, 4}, {8, 128, 4}}};
 
 const x8_traits *x8_traits_of(int ggml_type) {
     switch (ggml_type) {
@@ -15,6 +19,10 @@ const x8_traits *x8_traits_of(int ggml_type) {
     case GT_Q8_0: return &traits_q8_0;
     case GT_Q4_K: return &traits_q4_k;
     case GT_Q6_K: return &traits_q6_k;
+    case GT_Q5_0: return &traits_q5_0;
+    case GT_Q5_K: return &traits_q5_k;
+    case GT_IQ4_NL: return &traits_iq4_nl;
+    case GT_IQ4_XS: return &traits_iq4_xs;
     default: return NULL;
     }
 }
@@ -210,7 +218,116 @@ static void x8_q6_k_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int6
     }
 }
 
+/* the Q4_0 / Q5_0 / IQ4_NL / Q8_0 family: blocks of 32 against Q8_0, quant j of row i from q(blk, i, j) */
+#define X8_LEGACY_SCALAR(name, gb, quant, offset)                                                        \
+    static void x8_##name##_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows, \
+                                   const native_act *a, float *out) {                                    \
+        const int64_t nb = a->nb, nc = a->n_cols;                                                        \
+        for (int64_t r = r0; r < r1; r += 8) {                                                           \
+            const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;                                               \
+            const uint8_t *g = w + r * row_bytes;                                                        \
+            for (int64_t t = 0; t < a->n_tokens; t++) {                                                  \
+                float acc[8] = {0};                                                                      \
+                for (int64_t b = 0; b < nb; b++) {                                                       \
+                    const uint8_t *blk = g + (gb) * b;                                                   \
+                    const int8_t *y = a->q + t * nc + QK * b;                                            \
+                    const float dy = a->d[t * nb + b];                                                   \
+                    for (int i = 0; i < 8; i++) {                                                        \
+                        int32_t sumi = 0;                                                                \
+                        for (int j = 0; j < 32; j++) sumi += (quant) * y[j];                             \
+                        sumi -= (offset) * (offset ? a->qsum[t * nb + b] : 0);                           \
+                        acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)sumi, acc[i]);             \
+                    }                                                                                    \
+                }                                                                                        \
+                store_rows(out, n_rows, t, r, nr, acc);                                                  \
+            }                                                                                            \
+        }                                                                                                \
+    }
+
+static inline int32_t nibble_at(const uint8_t *qs, int i, int j) {  /* quant j (0..31) of 16 nibble bytes */
+    const int32_t v = word_byte(qs, j % 16, i, 4);
+    return j < 16 ? v & 15 : v >> 4;
+}
+
+static inline int32_t qh_bit(const uint8_t *qh, int i, int j) {  /* bit j of row i's 32-bit qh */
+    return word_byte(qh, j / 8, i, 4) >> (j % 8) & 1;
+}
+
+X8_LEGACY_SCALAR(q5_0, 176, nibble_at(blk + 48, i, j) | qh_bit(blk + 16, i, j) << 4, 16)
+X8_LEGACY_SCALAR(iq4_nl, 144, native_kvalues_iq4nl[nibble_at(blk + 16, i, j)], 0)
+
+static void x8_q5_k_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
+                           const native_act *a, float *out) {
+    const int64_t nb = a->nb, nc = a->n_cols;
+    for (int64_t r = r0; r < r1; r += 8) {
+        const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
+        const uint8_t *g = w + r * row_bytes;
+        for (int64_t t = 0; t < a->n_tokens; t++) {
+            float acc[8] = {0};
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = g + 1408 * b;
+                const int8_t *y = a->q + t * nc + QK_K * b;
+                const int16_t *bs = a->bsums + t * (nc / 16) + 16 * b;
+                const float dy = a->d[t * nb + b];
+                for (int i = 0; i < 8; i++) {
+                    uint8_t packed[12], sm[16];
+                    for (int j = 0; j < 12; j++) packed[j] = (uint8_t)word_byte(blk + 32, j, i, 4);
+                    native_scales_mins_k4(packed, sm);
+                    int32_t isum = 0, msum = 0;
+                    for (int s = 0; s < 8; s++) {
+                        int32_t dot = 0;
+                        for (int l = 0; l < 32; l++) {
+                            const int32_t v = word_byte(blk + 384, 32 * (s / 2) + l, i, 4);
+                            const int32_t h = word_byte(blk + 128, l, i, 4) >> s & 1;
+                            dot += ((s % 2 ? v >> 4 : v & 15) | h << 4) * y[32 * s + l];
+                        }
+                        isum += sm[s] * dot;
+                        msum += sm[8 + s] * (bs[2 * s] + bs[2 * s + 1]);
+                    }
+                    acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)isum, acc[i]);
+                    acc[i] = fmaf(-(native_f16_at(blk + 16 + 2 * i) * dy), (float)msum, acc[i]);
+                }
+            }
+            store_rows(out, n_rows, t, r, nr, acc);
+        }
+    }
+}
+
+static void x8_iq4_xs_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
+                             const native_act *a, float *out) {
+    const int64_t nb = a->nb, nc = a->n_cols;
+    for (int64_t r = r0; r < r1; r += 8) {
+        const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
+        const uint8_t *g = w + r * row_bytes;
+        for (int64_t t = 0; t < a->n_tokens; t++) {
+            float acc[8] = {0};
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = g + 1088 * b;
+                const int8_t *y = a->q + t * nc + QK_K * b;
+                const float dy = a->d[t * nb + b];
+                for (int i = 0; i < 8; i++) {
+                    const int32_t sh = word_byte(blk + 16, 0, i, 2) | word_byte(blk + 16, 1, i, 2) << 8;
+                    int32_t isum = 0;
+                    for (int ib = 0; ib < 8; ib++) {
+                        const int32_t ls = (word_byte(blk + 32, ib / 2, i, 4) >> 4 * (ib % 2) & 15) | (sh >> 2 * ib & 3) << 4;
+                        int32_t dot = 0;
+                        for (int j = 0; j < 32; j++) {
+                            const int32_t v = word_byte(blk + 64, 16 * ib + j % 16, i, 4);
+                            dot += native_kvalues_iq4nl[j < 16 ? v & 15 : v >> 4] * y[32 * ib + j];
+                        }
+                        isum += (ls - 32) * dot;
+                    }
+                    acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)isum, acc[i]);
+                }
+            }
+            store_rows(out, n_rows, t, r, nr, acc);
+        }
+    }
+}
+
 const native_rows_fn native_x8_scalar[GT_COUNT] = {
+    [GT_Q5_0] = x8_q5_0_scalar, [GT_IQ4_NL] = x8_iq4_nl_scalar, [GT_Q5_K] = x8_q5_k_scalar,
+    [GT_IQ4_XS] = x8_iq4_xs_scalar,
     [GT_Q4_0] = x8_q4_0_scalar, [GT_Q8_0] = x8_q8_0_scalar,
     [GT_Q4_K] = x8_q4_k_scalar, [GT_Q6_K] = x8_q6_k_scalar,
 };

@@ -17,11 +17,16 @@
  *                  qs [16,144) w4 -> [128,1152)
  *   Q6_K (210 B):  d [208,210) w2 -> [0,16)  scales [192,208) w2 -> [16,144)  ql [0,128) w4 -> [144,1168)
  *                  qh [128,192) w4 -> [1168,1680)
+ *   Q5_0 (22 B):   d [0,2) w2 -> [0,16)      qh [2,6) w4 -> [16,48)   qs [6,22) w4 -> [48,176)
+ *   Q5_K (176 B):  d, dmin, scales as Q4_K -> [0,128)   qh [16,48) w4 -> [128,384)  qs [48,176) w4 -> [384,1408)
+ *   IQ4_NL (18 B): as Q4_0
+ *   IQ4_XS (136 B): d [0,2) w2 -> [0,16)  scales_h [2,4) w2 -> [16,32)  scales_l [4,8) w4 -> [32,64)
+ *                  qs [8,136) w4 -> [64,1088)
  *
  * What a kernel computes, per (row, token), is fixed here and shared by every ISA (x8.c has the scalar
  * reference of each): per block b, in order,
- *     acc = fmaf(d_row * d_tok, (float)sumi, acc)                     (Q4_0, Q8_0, Q6_K)
- *     acc = fmaf(d_row * d_tok, (float)isum, acc); acc = fmaf(-(dmin_row * d_tok), (float)msum, acc)  (Q4_K)
+ *     acc = fmaf(d_row * d_tok, (float)sumi, acc)     (Q4_0, Q5_0, Q8_0, IQ4_NL, Q6_K, IQ4_XS)
+ *     acc = fmaf(d_row * d_tok, (float)isum, acc); acc = fmaf(-(dmin_row * d_tok), (float)msum, acc)  (Q4_K, Q5_K)
  * with sumi / isum / msum the exact int32 block dots, and out = acc. The integer parts are exact, the
  * float operations the same in the same order on every ISA, for any tile of rows and tokens: a token's
  * result does not depend on the ISA, the batch or the thread count.
@@ -60,8 +65,8 @@ extern const native_rows_fn native_x8_scalar[GT_COUNT];
 extern const native_rows_fn native_x8_avx2[GT_COUNT];
 #endif
 
-/* Q4_0 against Q8_0 activations needs each activation block's sum of quants (the x8 kernels take the
- * nibbles unsigned, 0..15, and subtract 8 x that sum): a->qsum, (n_tokens * nb) int32 */
-static inline int x8_needs_qsum(int ggml_type) { return ggml_type == GT_Q4_0; }
+/* Q4_0 / Q5_0 against Q8_0 activations need each activation block's sum of quants (the x8 kernels take the
+ * quants unsigned, 0..15 / 0..31, and subtract 8 / 16 x that sum): a->qsum, (n_tokens * nb) int32 */
+static inline int x8_needs_qsum(int ggml_type) { return ggml_type == GT_Q4_0 || ggml_type == GT_Q5_0; }
 
 #endif

@@ -220,6 +220,186 @@ INL void tile_q6_k(const uint8_t *g, const native_act *a, int64_t t, const int N
     store_tile(out, n_rows, t, r, nr, acc, NT);
 }
 
+/* -- Q5_0: quants 0..31 (the -16 is 16 x the activation block's sum); the fifth bits of eight rows are
+ * one vector (lane r: row r's 32-bit qh), spread to bytes per word of quants ---------------------------- */
+
+/* bits 4k'..4k'+3 of each lane's qh (shifted down already) -> bytes 0..3 of that lane: 0x10 where set */
+INL __m256i fifth_bits(__m256i qh_shifted) {
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12,
+                                            0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
+    const __m256i bit = _mm256_set1_epi32(0x08040201);
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(qh_shifted, spread), bit), bit);
+    return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+}
+
+INL void tile_q5_0(const uint8_t *g, const native_act *a, int64_t t, const int NT, float *out, int64_t n_rows,
+                   int64_t r, int nr, int64_t pf) {
+    const int64_t nb = a->nb, nc = a->n_cols;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = g + 176 * b;
+        if (pf) prefetch_range(blk + pf, 176);
+        const __m256i qh = load256(blk + 16);
+        __m256i s16l[4], s16h[4];  /* 4 pair sums of <= 2 * 31 * 127 each: within int16 */
+        for (int j = 0; j < NT; j++) s16l[j] = s16h[j] = _mm256_setzero_si256();
+        for (int k = 0; k < 4; k++) {
+            const __m256i w = load256(blk + 48 + 32 * k);
+            __m256i lo = _mm256_and_si256(w, m4), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+            lo = _mm256_or_si256(lo, fifth_bits(_mm256_srli_epi32(qh, 4 * k)));
+            hi = _mm256_or_si256(hi, fifth_bits(_mm256_srli_epi32(qh, 16 + 4 * k)));
+            for (int j = 0; j < NT; j++) {
+                const int8_t *y = a->q + (t + j) * nc + QK * b + 4 * k;
+                s16l[j] = _mm256_add_epi16(s16l[j], _mm256_maddubs_epi16(lo, bcast32(y)));
+                s16h[j] = _mm256_add_epi16(s16h[j], _mm256_maddubs_epi16(hi, bcast32(y + 16)));
+            }
+        }
+        const __m256 d8 = load_f16x8(blk);
+        for (int j = 0; j < NT; j++) {
+            const int64_t yb = (t + j) * nb + b;
+            const __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(s16l[j], ones), _mm256_madd_epi16(s16h[j], ones));
+            acc[j] = scale_acc(d8, a->d[yb], _mm256_sub_epi32(dot, _mm256_set1_epi32(16 * a->qsum[yb])), acc[j]);
+        }
+    }
+    store_tile(out, n_rows, t, r, nr, acc, NT);
+}
+
+/* -- IQ4_NL: nibbles through the 16-value table (signed), then Q8_0's |w| . (y with w's sign) ------------ */
+
+INL void tile_iq4_nl(const uint8_t *g, const native_act *a, int64_t t, const int NT, float *out, int64_t n_rows,
+                     int64_t r, int nr, int64_t pf) {
+    const int64_t nb = a->nb, nc = a->n_cols;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i values = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)native_kvalues_iq4nl));
+    __m256 acc[4];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = g + 144 * b;
+        if (pf) prefetch_range(blk + pf, 144);
+        __m256i s32[4];
+        for (int j = 0; j < NT; j++) s32[j] = _mm256_setzero_si256();
+        for (int k = 0; k < 4; k++) {
+            const __m256i w = load256(blk + 16 + 32 * k);
+            for (int h = 0; h < 2; h++) {
+                const __m256i v = _mm256_shuffle_epi8(values, h ? _mm256_and_si256(_mm256_srli_epi16(w, 4), m4)
+                                                                : _mm256_and_si256(w, m4));
+                const __m256i av = _mm256_sign_epi8(v, v);
+                for (int j = 0; j < NT; j++) {
+                    const __m256i y = _mm256_sign_epi8(bcast32(a->q + (t + j) * nc + QK * b + 16 * h + 4 * k), v);
+                    s32[j] = _mm256_add_epi32(s32[j], _mm256_madd_epi16(_mm256_maddubs_epi16(av, y), ones));
+                }
+            }
+        }
+        const __m256 d8 = load_f16x8(blk);
+        for (int j = 0; j < NT; j++) acc[j] = scale_acc(d8, a->d[(t + j) * nb + b], s32[j], acc[j]);
+    }
+    store_tile(out, n_rows, t, r, nr, acc, NT);
+}
+
+/* -- Q5_K: Q4_K with a fifth bit per quant (bit s of qh[l] for sub-block s) ------------------------------ */
+
+INL void tile_q5_k(const uint8_t *g, const native_act *a, int64_t t, const int NT, float *out, int64_t n_rows,
+                   int64_t r, int nr, int64_t pf) {
+    const int64_t nb = a->nb, nc = a->n_cols;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    const __m256i k1 = _mm256_set1_epi32(0x3f3f3f3f), k2 = _mm256_set1_epi32(0x0f0f0f0f),
+                  k3 = _mm256_set1_epi32(0x03030303);
+    const __m256i dup[4] = {dup_byte_mask(0), dup_byte_mask(1), dup_byte_mask(2), dup_byte_mask(3)};
+    __m256 acc[4];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = g + 1408 * b;
+        if (pf) prefetch_range(blk + pf, 1408);
+        const __m256i w0 = load256(blk + 32), w1 = load256(blk + 64), w2 = load256(blk + 96);
+        const __m256i u0 = _mm256_and_si256(w0, k1), u2 = _mm256_and_si256(w1, k1);
+        const __m256i u1 = _mm256_or_si256(_mm256_and_si256(w2, k2),
+                                           _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w0, 6), k3), 4));
+        const __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), k2),
+                                           _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w1, 6), k3), 4));
+        __m256i isum[4], msum[4];
+        for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
+        for (int s = 0; s < 8; s++) {
+            const int c = s / 2, h = s % 2;
+            const __m256i sc = _mm256_shuffle_epi8(s < 4 ? u0 : u1, dup[s & 3]);
+            for (int half = 0; half < 2; half++) {  /* 4 pair sums of <= 2 * 31 * 127 each per int16 */
+                __m256i s16[4];
+                for (int j = 0; j < NT; j++) s16[j] = _mm256_setzero_si256();
+                for (int k = 4 * half; k < 4 * half + 4; k++) {
+                    const __m256i w = load256(blk + 384 + 32 * (8 * c + k));
+                    const __m256i hb = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(load256(blk + 128 + 32 * k), s), one), 4);
+                    const __m256i v = _mm256_or_si256(h ? _mm256_and_si256(_mm256_srli_epi16(w, 4), m4)
+                                                        : _mm256_and_si256(w, m4), hb);
+                    for (int j = 0; j < NT; j++) {
+                        const int8_t *y = a->q + (t + j) * nc + QK_K * b + 64 * c + 32 * h + 4 * k;
+                        s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(v, bcast32(y)));
+                    }
+                }
+                for (int j = 0; j < NT; j++) isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(s16[j], sc));
+            }
+        }
+        for (int j = 0; j < NT; j++) msum[j] = _mm256_setzero_si256();
+        for (int p = 0; p < 8; p++) {
+            const __m256i m = _mm256_shuffle_epi8(p < 4 ? u2 : u3, dup[p & 3]);
+            for (int j = 0; j < NT; j++) {
+                const int16_t *bs = a->bsums + (t + j) * (nc / 16) + 16 * b + 2 * p;
+                msum[j] = _mm256_add_epi32(msum[j], _mm256_madd_epi16(m, bcast32(bs)));
+            }
+        }
+        const __m256 d8 = load_f16x8(blk), dmin8 = load_f16x8(blk + 16);
+        for (int j = 0; j < NT; j++) {
+            const __m256 dy = _mm256_set1_ps(a->d[(t + j) * nb + b]);
+            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d8, dy), _mm256_cvtepi32_ps(isum[j]), acc[j]);
+            acc[j] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin8, dy), _mm256_cvtepi32_ps(msum[j]), acc[j]);
+        }
+    }
+    store_tile(out, n_rows, t, r, nr, acc, NT);
+}
+
+/* -- IQ4_XS: IQ4_NL's values, a 6-bit scale (minus 32) per 32 ------------------------------------------- */
+
+INL void tile_iq4_xs(const uint8_t *g, const native_act *a, int64_t t, const int NT, float *out, int64_t n_rows,
+                     int64_t r, int nr, int64_t pf) {
+    const int64_t nb = a->nb, nc = a->n_cols;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i values = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)native_kvalues_iq4nl));
+    __m256 acc[4];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = g + 1088 * b;
+        if (pf) prefetch_range(blk + pf, 1088);
+        const __m256i sh = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(blk + 16)));
+        const __m256i sl = load256(blk + 32);
+        __m256i isum[4];
+        for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
+        for (int ib = 0; ib < 8; ib++) {
+            const __m256i ls = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi32(sl, 4 * ib), _mm256_set1_epi32(0x0F)),
+                _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(sh, 2 * ib), _mm256_set1_epi32(3)), 4));
+            const __m256i scale = _mm256_sub_epi32(ls, _mm256_set1_epi32(32));
+            __m256i dot[4];
+            for (int j = 0; j < NT; j++) dot[j] = _mm256_setzero_si256();
+            for (int k = 0; k < 4; k++) {
+                const __m256i w = load256(blk + 64 + 32 * (4 * ib + k));
+                for (int h = 0; h < 2; h++) {
+                    const __m256i v = _mm256_shuffle_epi8(values, h ? _mm256_and_si256(_mm256_srli_epi16(w, 4), m4)
+                                                                    : _mm256_and_si256(w, m4));
+                    const __m256i av = _mm256_sign_epi8(v, v);
+                    for (int j = 0; j < NT; j++) {
+                        const int8_t *y = a->q + (t + j) * nc + QK_K * b + 32 * ib + 16 * h + 4 * k;
+                        const __m256i ys = _mm256_sign_epi8(bcast32(y), v);
+                        dot[j] = _mm256_add_epi32(dot[j], _mm256_madd_epi16(_mm256_maddubs_epi16(av, ys), ones));
+                    }
+                }
+            }
+            for (int j = 0; j < NT; j++) isum[j] = _mm256_add_epi32(isum[j], _mm256_mullo_epi32(dot[j], scale));
+        }
+        const __m256 d8 = load_f16x8(blk);
+        for (int j = 0; j < NT; j++) acc[j] = scale_acc(d8, a->d[(t + j) * nb + b], isum[j], acc[j]);
+    }
+    store_tile(out, n_rows, t, r, nr, acc, NT);
+}
+
 /* -- the driver: token blocks (their activations stay in L2) x groups of 8 rows x tiles of 4 tokens ------ */
 
 #define X8_ROWS(name, tile)                                                                             \
@@ -247,9 +427,14 @@ X8_ROWS(q4_0, tile_q4_0)
 X8_ROWS(q8_0, tile_q8_0)
 X8_ROWS(q4_k, tile_q4_k)
 X8_ROWS(q6_k, tile_q6_k)
+X8_ROWS(q5_0, tile_q5_0)
+X8_ROWS(iq4_nl, tile_iq4_nl)
+X8_ROWS(q5_k, tile_q5_k)
+X8_ROWS(iq4_xs, tile_iq4_xs)
 
 const native_rows_fn native_x8_avx2[GT_COUNT] = {
     [GT_Q4_0] = x8_q4_0, [GT_Q8_0] = x8_q8_0, [GT_Q4_K] = x8_q4_k, [GT_Q6_K] = x8_q6_k,
+    [GT_Q5_0] = x8_q5_0, [GT_IQ4_NL] = x8_iq4_nl, [GT_Q5_K] = x8_q5_k, [GT_IQ4_XS] = x8_iq4_xs,
 };
 
 #endif /* NATIVE_X86 */

@@ -20,7 +20,7 @@ from edgeinfer.kernels.numba import NumbaBackend
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="edgeinfer._native is not built")
 
-X8_TYPES = [T.Q4_0, T.Q8_0, T.Q4_K, T.Q6_K]
+X8_TYPES = list(native.X8_TYPES)
 
 
 def _isas() -> list[str]:
@@ -46,7 +46,7 @@ def isa(request):
 
 
 def _cols(t: T) -> int:
-    return 768 if t in (T.Q4_0, T.Q8_0) else 1024
+    return 768 if t in (T.Q4_0, T.Q5_0, T.Q8_0, T.IQ4_NL) else 1024
 
 
 def _packed(w: QTensor) -> QTensor:

@@ -38,6 +38,7 @@ else:
 
 from ...errors import EdgeInferError  # noqa: E402
 from ..base import QTensor  # noqa: E402
+from ..numpy_ops import kv_head_dim  # noqa: E402
 from ..numba import NumbaBackend  # noqa: E402
 from ..numba import matmul as _nm  # noqa: E402
 
@@ -75,6 +76,8 @@ NATIVE_TYPES = (
 )  # fmt: skip
 # weight type -> (ggml id, values per block, bytes per block)
 _NATIVE = {t: (int(t), *GGML_QUANT_SIZES[t]) for t in NATIVE_TYPES}
+# types with an x8 layout (native/x8.h): repacked at load by prepare() where the ISA has their kernels
+X8_TYPES = (T.Q4_0, T.Q5_0, T.Q8_0, T.IQ4_NL, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS)
 del T
 _F32 = np.dtype(np.float32)
 _empty = np.empty
@@ -146,9 +149,9 @@ class NativeBackend(NumbaBackend):
 
     def prepare(self, w: QTensor) -> QTensor:
         """w repacked to the x8 layout (rows interleaved eight at a time) where the ISA in use has x8
-        kernels for its type (Q4_0, Q8_0, Q4_K, Q6_K on AVX2 and scalar), else w itself."""
-        if (w.layout == "plain" and w.raw.ndim == 2 and w.n_rows > 0 and w.ggml_type in _NATIVE
-                and repack_enabled() and _require().x8_preferred(int(w.ggml_type))):  # fmt: skip
+        kernels for its type (X8_TYPES on AVX2, and the scalar ISA), else w itself."""
+        if (w.layout == "plain" and w.raw.ndim == 2 and w.n_rows > 0 and repack_enabled()
+                and _require().x8_preferred(int(w.ggml_type))):  # fmt: skip
             return repack_x8(w, self.native_threads)
         return w
 
@@ -194,11 +197,11 @@ class NativeBackend(NumbaBackend):
         return out
 
     def attention(self, q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None) -> np.ndarray:
-        """Attention in C on the pool (native/attention.c): q (n, H, D), k (n_cells, Hkv, D), v (n_cells,
-        Hkv, Dv) float32 C-contiguous, positions and cells int32 -> (n, H * Dv). Other dtypes or layouts
-        go to the Numba op."""
+        """Attention in C on the pool (native/attention.c): q (n, H, D) float32, k (n_cells, Hkv, D), v
+        (n_cells, Hkv, Dv) K/V storage (float32, float16, or uint8 rows of Q8_0 blocks, k and v alike),
+        C-contiguous, positions and cells int32 -> (n, H * Dv). Other dtypes or layouts go to the Numba op."""
         try:
-            out = _empty((q.shape[0], q.shape[1] * v.shape[2]), _F32)
+            out = _empty((q.shape[0], q.shape[1] * kv_head_dim(v)), _F32)
             _native.attention(q, k, v, q_pos, kv_pos, _cells(cells, kv_pos), n_swa, scale, out, self.native_threads)
             return out
         except Exception:
@@ -208,7 +211,7 @@ class NativeBackend(NumbaBackend):
         """attention() of several sequences, items = [(q, k, v, q_pos, kv_pos, cells), ...], in one job on
         the pool (continuous batching): each result is what attention() gives for that sequence alone."""
         try:
-            outs = [_empty((it[0].shape[0], it[0].shape[1] * it[2].shape[2]), _F32) for it in items]
+            outs = [_empty((it[0].shape[0], it[0].shape[1] * kv_head_dim(it[2])), _F32) for it in items]
             qs, ks, vs, qps, kps, cls = (list(x) for x in zip(*items))
             cls = [_cells(c, kp) for c, kp in zip(cls, kps)]
             _native.attention_many(qs, ks, vs, qps, kps, cls, n_swa, scale, outs, self.native_threads)
@@ -226,6 +229,6 @@ def _cells(cells, kv_pos) -> np.ndarray:
 
 
 __all__ = [
-    "NATIVE_TYPES", "NativeBackend", "NativeUnavailableError", "available", "native_isa", "repack_enabled",
+    "NATIVE_TYPES", "X8_TYPES", "NativeBackend", "NativeUnavailableError", "available", "native_isa", "repack_enabled",
     "repack_x8", "unpack_x8",
 ]  # fmt: skip
