@@ -553,17 +553,32 @@ def test_backend_when_the_gpu_is_full():
     assert "matmul" not in be.lib.calls
 
 
-def test_backend_attention_reads_the_cells():
+@pytest.mark.parametrize("kv_type", ["f32", "f16", "q8_0"])
+def test_backend_attention_reads_the_cells(kv_type):
+    """The host's cache in any format: qkv_store writes it as the host would, attention gathers the
+    sequence's cells and converts them to float32 for the GPU."""
+    from edgeinfer.nn.kv import KV_TYPES
+
+    t = KV_TYPES[kv_type]
     rng = np.random.default_rng(3)
     be = _fake_backend()
-    k = rng.normal(size=(40, 2, 16)).astype(np.float32)
-    v = rng.normal(size=(40, 2, 8)).astype(np.float32)
-    q = rng.normal(size=(3, 4, 16)).astype(np.float32)
+    k = np.zeros((40, 2, t.row_size(32)), t.dtype)
+    v = np.zeros((40, 2, t.row_size(64)), t.dtype)
+    numpy_ops.kv_store(k, slice(None), rng.normal(size=(40, 2, 32)).astype(np.float32))
+    numpy_ops.kv_store(v, slice(None), rng.normal(size=(40, 2, 64)).astype(np.float32))
+    q = rng.normal(size=(3, 4, 32)).astype(np.float32)
     cells = rng.permutation(40)[:7].astype(np.int32)
     kv_pos = np.arange(7, dtype=np.int32)
     q_pos = np.array([4, 5, 6], np.int32)
     ref = numpy_ops.attention(q, k, v, q_pos, kv_pos, 0, 0.25, cells)
     assert np.allclose(be.attention(q, k, v, q_pos, kv_pos, 0, 0.25, cells), ref, atol=1e-6)
+    qkv = rng.normal(size=(2, 4 * 32 + 2 * 32 + 2 * 64)).astype(np.float32)
+    cos, sin = np.ones((8, 16), np.float32), np.zeros((8, 16), np.float32)
+    k_host, v_host = k.copy(), v.copy()
+    pos = np.array([1, 2], np.int32)
+    be.qkv_store(qkv, 4, 2, 32, 64, pos, cos, sin, 32, True, None, None, 0.0, k, v, cells[:2])
+    numpy_ops.qkv_store(qkv, 4, 2, 32, 64, pos, cos, sin, 32, True, None, None, 0.0, k_host, v_host, cells[:2])
+    assert "qkv" in be.lib.calls and np.array_equal(k, k_host) and np.array_equal(v, v_host)
 
 
 # -- the kernels themselves (a GPU) ----------------------------------------------------------------------

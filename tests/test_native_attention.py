@@ -1,5 +1,6 @@
 """Attention in C (native/attention.c, edgeinfer._native.attention) against the numpy oracle, on the
-AVX2 and the portable code: accuracy, sliding windows, extreme scores, batch and thread-count invariance."""
+AVX2 and the portable code: accuracy, sliding windows, extreme scores, batch and thread-count invariance,
+K/V in f32, f16 and q8_0."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def isa(request):
 
 
 def _attn(q, k, v, q_pos, kv_pos, n_swa, scale, n_threads=2, cells=None):
-    out = np.empty((q.shape[0], q.shape[1] * v.shape[2]), np.float32)
+    out = np.empty((q.shape[0], q.shape[1] * numpy_ops.kv_head_dim(v)), np.float32)
     cells = np.arange(len(kv_pos), dtype=np.int32) if cells is None else cells
     native._require().attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads)
     return out
@@ -215,3 +216,63 @@ def test_attention_many_rejects_bad_arguments():
     with pytest.raises(ValueError, match="float32"):
         mod.attention_many([q.astype(np.float64)], [k], [v], [qp], [kp], c, 0, 1.0, [out], 1)
     mod.attention_many([], [], [], [], [], [], 0, 1.0, [], 1)  # nothing to do
+
+
+# -- K/V stored in f16 or q8_0 (a row converted as it is read) --------------------------------------------
+
+
+def _stored(kv_type, x):
+    from edgeinfer.nn.kv import KV_TYPES
+
+    t = KV_TYPES[kv_type]
+    store = np.zeros((*x.shape[:-1], t.row_size(x.shape[-1])), t.dtype)
+    numpy_ops.kv_store(store, slice(None), x)
+    return store
+
+
+KV_SHAPES = [  # n, n_kv, n_head, n_head_kv, head_dim, head_dim_v, n_swa
+    (1, 37, 9, 3, 64, 64, 0),
+    (1, 300, 4, 1, 256, 256, 16),
+    (40, 40, 9, 3, 64, 64, 0),
+    (5, 12, 6, 2, 32, 96, 0),  # Dv not a multiple of 64: the 16-value passes, then 8 at a time
+    (3, 29, 4, 2, 13, 20, 0),  # f16 tails: D and Dv not multiples of 8
+]
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0"])
+@pytest.mark.parametrize("n,n_kv,n_head,n_head_kv,head_dim,head_dim_v,n_swa", KV_SHAPES)
+def test_f16_and_q8_0_give_the_bits_of_their_values(isa, kv_type, n, n_kv, n_head, n_head_kv, head_dim, head_dim_v, n_swa):
+    """Rows converted as they are loaded (vcvtph2ps; int8 x d): the bits of the same call on the float32
+    values they hold, through a paged cache's cells; the numpy oracle agrees; each token alone as in its
+    batch; any thread count."""
+    if kv_type == "q8_0" and (head_dim % 32 or head_dim_v % 32):
+        pytest.skip("q8_0 rows are blocks of 32")
+    q, k32, v32, q_pos, kv_pos = _case(n * 7 + n_kv, n, n_kv, n_head, n_head_kv, head_dim, head_dim_v)
+    rng = np.random.default_rng(2)
+    cells = rng.permutation(n_kv + 9)[:n_kv].astype(np.int32)
+    pool_k = _stored(kv_type, rng.standard_normal((n_kv + 9, n_head_kv, head_dim)).astype(np.float32))
+    pool_v = _stored(kv_type, rng.standard_normal((n_kv + 9, n_head_kv, head_dim_v)).astype(np.float32))
+    pool_k[cells], pool_v[cells] = _stored(kv_type, k32), _stored(kv_type, v32)
+    f32_k, f32_v = numpy_ops.kv_rows_f32(pool_k), numpy_ops.kv_rows_f32(pool_v)
+    got = _attn(q, pool_k, pool_v, q_pos, kv_pos, n_swa, 0.2, cells=cells)
+    assert np.array_equal(got, _attn(q, f32_k, f32_v, q_pos, kv_pos, n_swa, 0.2, cells=cells))
+    want = numpy_ops.attention(q, pool_k, pool_v, q_pos, kv_pos, n_swa, 0.2, cells)
+    assert np.allclose(got, want, atol=2e-6, rtol=1e-5)
+    t = n - 1
+    assert np.array_equal(_attn(q[t:], pool_k, pool_v, q_pos[t:], kv_pos, n_swa, 0.2, cells=cells)[0], got[t])
+    for threads in (1, 3):
+        assert np.array_equal(_attn(q, pool_k, pool_v, q_pos, kv_pos, n_swa, 0.2, threads, cells), got)
+    backend = native.NativeBackend(n_threads=2)
+    assert np.array_equal(backend.attention(q, pool_k, pool_v, q_pos, kv_pos, n_swa, 0.2, cells), got)
+    many = backend.attention_many([(q, pool_k, pool_v, q_pos, kv_pos, cells), (q, k32, v32, q_pos, kv_pos, None)], n_swa, 0.2)
+    assert np.array_equal(many[0], got)
+
+
+def test_k_and_v_of_different_formats_are_refused():
+    q, k, v, q_pos, kv_pos = _case(13, 2, 10, 4, 2, 32, 32)
+    out = np.empty((2, 128), np.float32)
+    with pytest.raises(ValueError, match="alike"):
+        native._require().attention(q, k.astype(np.float16), v, q_pos, kv_pos, _arange(10), 0, 1.0, out, 2)
+    with pytest.raises(ValueError):  # uint8 rows that are not whole Q8_0 blocks
+        native._require().attention(q, np.zeros((10, 2, 33), np.uint8), np.zeros((10, 2, 33), np.uint8), q_pos,
+                                    kv_pos, _arange(10), 0, 1.0, out, 2)  # fmt: skip

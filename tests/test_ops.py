@@ -166,3 +166,88 @@ def test_qkv_store(backend, qk_norm, neox, n_rot):
     assert np.array_equal(v[cells], qkv[:, H * D + Hkv * D :].reshape(n, Hkv, Dv))
     others = np.setdiff1d(np.arange(cap), cells)
     assert not k_c[others].any() and not v[others].any()  # nothing else
+
+
+# -- K/V in f16 and q8_0 (edgeinfer.nn.kv's KV_TYPES) ---------------------------------------------------
+
+
+def _store(kv_type, x):
+    """float32 rows (..., head_dim) into fresh storage of kv_type, by the numpy reference."""
+    from edgeinfer.nn.kv import KV_TYPES
+
+    t = KV_TYPES[kv_type]
+    store = np.zeros((*x.shape[:-1], t.row_size(x.shape[-1])), t.dtype)
+    numpy_ops.kv_store(store, slice(None), x)
+    return store
+
+
+def test_kv_store_rounding():
+    """f16: numpy's round to nearest even; q8_0: ggml's block_q8_0 bytes as gguf-py quantizes them (its
+    quantize_row_q8_0_ref), on values that hit ties: zero blocks, halves after the scale, one outlier."""
+    import gguf.quants
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 2, 64)).astype(np.float32)
+    x[0, 0, :32] = 0.0  # d = 0
+    x[1, 0, :32] = np.arange(32, dtype=np.float32) - 15.5  # amax 15.5: x * 127 / 15.5 lands on halves
+    x[2, 1, 32:] = 0.0
+    x[2, 1, 40] = -1e4  # one outlier: the rest of its block rounds to 0
+    f16 = _store("f16", x)
+    assert f16.dtype == np.float16 and np.array_equal(f16, x.astype(np.float16))
+    q8 = _store("q8_0", x)
+    assert q8.dtype == np.uint8 and q8.shape == (6, 2, 68)
+    assert np.array_equal(q8, gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0))
+    back = numpy_ops.kv_rows_f32(q8)
+    assert np.array_equal(back, gguf.quants.dequantize(q8, gguf.GGMLQuantizationType.Q8_0))
+    assert np.abs(back - x).max() <= np.abs(x).max() / 127  # half a step of the largest block
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0"])
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_qkv_store_rounds_as_the_reference(backend, kv_type, qk_norm):
+    """qkv_store into f16 / q8_0 storage writes the bytes the numpy reference writes of the same K and V
+    (computed in float32, rounded once); nothing outside the cells."""
+    rng = np.random.default_rng(10)
+    n, H, Hkv, D, Dv, cap, n_rot = 4, 4, 2, 32, 64, 9, 32
+    cells = np.array([7, 2, 5, 0], np.int32)
+    qkv = rng.standard_normal((n, H * D + Hkv * D + Hkv * Dv)).astype(np.float32)
+    pos = np.array([3, 4, 5, 6], np.int32)
+    ang = np.arange(8)[:, None] * 100.0 ** (-2.0 * np.arange(n_rot // 2) / n_rot)
+    cos, sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+    qw = rng.standard_normal(D).astype(np.float32) if qk_norm else None
+    kw = rng.standard_normal(D).astype(np.float32) if qk_norm else None
+    k32, v32 = np.zeros((cap, Hkv, D), np.float32), np.zeros((cap, Hkv, Dv), np.float32)
+    q32 = backend.qkv_store(qkv, H, Hkv, D, Dv, pos, cos, sin, n_rot, True, qw, kw, 1e-6, k32, v32, cells)
+    k, v = _store(kv_type, np.zeros((cap, Hkv, D), np.float32)), _store(kv_type, np.zeros((cap, Hkv, Dv), np.float32))
+    q = backend.qkv_store(qkv, H, Hkv, D, Dv, pos, cos, sin, n_rot, True, qw, kw, 1e-6, k, v, cells)
+    assert np.array_equal(q, q32)
+    assert np.array_equal(k, _store(kv_type, k32)) and np.array_equal(v, _store(kv_type, v32))
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0"])
+@pytest.mark.parametrize("n,n_kv,n_swa", [(1, 1, 0), (1, 37, 0), (1, 300, 16), (40, 40, 0), (33, 70, 9)])
+def test_attention_reads_f16_and_q8_0(backend, kv_type, n, n_kv, n_swa):
+    """Attention over f16 / q8_0 storage, read through a paged cache's cells: the compiled backends give
+    the bits they give on the same values in float32 (a row is converted exactly as it is read); the
+    numpy reference agrees to float32 rounding."""
+    rng = np.random.default_rng(n * 100 + n_kv)
+    H, Hkv, D = 9, 3, 64
+    q = rng.standard_normal((n, H, D)).astype(np.float32)
+    k32, v32 = _kv(rng, 2 * n_kv + 5, Hkv, D, D)
+    k, v = _store(kv_type, k32), _store(kv_type, v32)
+    cells = rng.permutation(2 * n_kv + 5)[:n_kv].astype(np.int32)
+    kv_pos = np.arange(n_kv, dtype=np.int32)
+    q_pos = kv_pos[n_kv - n :]
+    got = backend.attention(q, k, v, q_pos, kv_pos, n_swa, 0.125, cells)
+    same = backend.attention(q, numpy_ops.kv_rows_f32(k), numpy_ops.kv_rows_f32(v), q_pos, kv_pos, n_swa, 0.125, cells)
+    want = numpy_ops.attention(q, k, v, q_pos, kv_pos, n_swa, 0.125, cells)
+    assert got.shape == (n, H * D)
+    if backend.name == "reference":
+        assert np.array_equal(got, same)
+    else:
+        assert np.array_equal(got, same)
+    assert np.allclose(got, want, atol=2e-6, rtol=1e-5)
+    if n > 1:  # a token alone: the same bits as in its batch (compiled backends)
+        alone = backend.attention(q[-1:], k, v, q_pos[-1:], kv_pos, n_swa, 0.125, cells)
+        if backend.name != "reference":
+            assert np.array_equal(alone[0], got[-1])
