@@ -126,9 +126,36 @@ def _print_info(info: dict) -> None:
     print(format_info(info))
 
 
+def format_system(report: dict) -> str:
+    feats = " ".join(k for k, on in report.get("cpu_features", {}).items() if on) or "-"
+    lines = [
+        f"cpu          {report['cpu']}",
+        f"threads      {report['threads']} (the cores this process may use)",
+        f"features     {feats}",
+    ]
+    if report.get("native_built"):
+        lines.append(f"native ISA   {report['isa']} (of {', '.join(report['isas'])}; EDGEINFER_ISA overrides)")
+        if report.get("isa_requested_unavailable"):
+            lines.append(f"             EDGEINFER_ISA={report['isa_requested_unavailable']} cannot run here")
+        lines.append(f"repack       {'x8 rows at load' if report['repack'] else 'off (EDGEINFER_REPACK=0)'}")
+    else:
+        lines.append(f"native       not built ({report.get('why_not_built')}): the Numba backend runs")
+    return "\n".join(lines)
+
+
 def cmd_info(args) -> int:
     from .models import resolve_model
 
+    if args.system:
+        from .kernels.native import system_report
+        from .system import default_threads
+
+        report = dict(system_report(), threads=default_threads())
+        print(json.dumps(report, indent=2) if args.json else format_system(report))
+        if args.model is None:
+            return 0
+    if args.model is None:
+        raise EdgeInferError("edgeinfer info needs a MODEL (a path or a name), or --system.")
     path = resolve_model(args.model)
     info = model_info(str(path))
     if args.json:
@@ -441,8 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kv_type(p)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("info", help="show what a model file holds")
-    p.add_argument("model", help="a GGUF path or a model name (see `edgeinfer list`)")
+    p = sub.add_parser("info", help="show what a model file holds (--system: this machine and its kernels)")
+    p.add_argument("model", nargs="?", help="a GGUF path or a model name (see `edgeinfer list`)")
+    p.add_argument("--system", action="store_true", help="the CPU, its features and the kernels chosen")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_info)
 

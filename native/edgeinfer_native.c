@@ -39,6 +39,56 @@ static pthread_mutex_t call_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* -- ISA choice ------------------------------------------------------------------------------------- */
 
+/* the CPU's features that the kernels' choice depends on, as (name, present) pairs */
+typedef struct { const char *name; int on; } feature_t;
+
+static int cpu_features(feature_t *f, int max) {
+    int n = 0;
+#if defined(NATIVE_X86) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+#define FEATURE(s) if (n < max) { f[n].name = s; f[n].on = __builtin_cpu_supports(s) != 0; n++; }
+    FEATURE("avx2") FEATURE("fma") FEATURE("f16c") FEATURE("avx512f") FEATURE("avx512bw") FEATURE("avx512vl")
+    FEATURE("avx512vnni") FEATURE("avx512bf16")
+#undef FEATURE
+#elif defined(__ARM_NEON)
+    if (n < max) { f[n].name = "neon"; f[n].on = 1; n++; }
+#if defined(__ARM_FEATURE_DOTPROD)
+    if (n < max) { f[n].name = "dotprod"; f[n].on = 1; n++; }
+#endif
+#if defined(__ARM_FEATURE_MATMUL_INT8)
+    if (n < max) { f[n].name = "i8mm"; f[n].on = 1; n++; }
+#endif
+#endif
+    return n;
+}
+
+/* the kernel tables this CPU can run, best first (the scalar one last, always) */
+static int available_kernels(const native_kernels **out) {
+    int n = 0;
+#if defined(NATIVE_X86) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        out[n++] = &native_kernels_avx2;
+#endif
+#if defined(__ARM_NEON)
+    out[n++] = &native_kernels_neon;
+#endif
+    out[n++] = &native_kernels_scalar;
+    return n;
+}
+
+static const native_kernels *kernels_named(const char *name) {
+    const native_kernels *avail[8];
+    const int n = available_kernels(avail);
+    for (int i = 0; i < n; i++)
+        if (strcmp(avail[i]->name, name) == 0) return avail[i];
+    return NULL;
+}
+
+/* EDGEINFER_ISA (or the older EDGEINFER_NATIVE_ISA) as read at import, when it named an ISA this CPU
+ * cannot run (the backend refuses to start, saying so), else empty */
+static char isa_unavailable[64];
+
 static const native_kernels *best_kernels(void) {
 #if defined(NATIVE_X86) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
@@ -603,12 +653,9 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
     (void)self;
     const char *name = PyUnicode_AsUTF8(arg);
     if (!name) return NULL;
-    const native_kernels *best = best_kernels(), *k = NULL;
-    if (strcmp(name, "scalar") == 0) k = &native_kernels_scalar;
-    else if (strcmp(name, best->name) == 0 || strcmp(name, "auto") == 0) k = best;
+    const native_kernels *k = strcmp(name, "auto") == 0 ? best_kernels() : kernels_named(name);
     if (!k) {
-        PyErr_Format(PyExc_ValueError, "ISA %R is not available here; choose 'scalar', 'auto' or %R", arg,
-                     PyUnicode_FromString(best->name));
+        PyErr_Format(PyExc_ValueError, "ISA %R is not available on this CPU", arg);
         return NULL;
     }
     PyObject *previous = PyUnicode_FromString(kernels->name);
@@ -616,6 +663,37 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
     kernels = k;
     pthread_mutex_unlock(&call_mu);
     return previous;
+}
+
+static PyObject *py_isas(PyObject *self, PyObject *unused) {
+    (void)self; (void)unused;
+    const native_kernels *avail[8];
+    const int n = available_kernels(avail);
+    PyObject *list = PyList_New(n);
+    if (!list) return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *s = PyUnicode_FromString(avail[i]->name);
+        if (!s) { Py_DECREF(list); return NULL; }
+        PyList_SET_ITEM(list, i, s);
+    }
+    return list;
+}
+
+static PyObject *py_cpu_features(PyObject *self, PyObject *unused) {
+    (void)self; (void)unused;
+    feature_t f[16];
+    const int n = cpu_features(f, 16);
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    for (int i = 0; i < n; i++)
+        if (PyDict_SetItemString(d, f[i].name, f[i].on ? Py_True : Py_False) < 0) { Py_DECREF(d); return NULL; }
+    return d;
+}
+
+static PyObject *py_isa_unavailable(PyObject *self, PyObject *unused) {
+    (void)self; (void)unused;
+    if (!isa_unavailable[0]) Py_RETURN_NONE;
+    return PyUnicode_FromString(isa_unavailable);
 }
 
 static PyObject *py_set_prefetch(PyObject *self, PyObject *arg) {
@@ -651,7 +729,11 @@ static PyMethodDef methods[] = {
     {"x8_preferred", py_x8_preferred, METH_O,
      "x8_preferred(ggml_type) -> bool: weights of this type run repacked (x8) on the ISA in use"},
     {"isa", py_isa, METH_NOARGS, "isa() -> the instruction set in use: 'avx2', 'neon' or 'scalar'"},
-    {"set_isa", py_set_isa, METH_O, "set_isa(name) -> previous: 'scalar' or 'auto' (tests)"},
+    {"set_isa", py_set_isa, METH_O, "set_isa(name) -> previous: one of isas(), or 'auto' (tests)"},
+    {"isas", py_isas, METH_NOARGS, "isas() -> the kernel sets this CPU can run, best first"},
+    {"cpu_features", py_cpu_features, METH_NOARGS, "cpu_features() -> {feature: bool} the choice depends on"},
+    {"isa_unavailable", py_isa_unavailable, METH_NOARGS,
+     "isa_unavailable() -> the EDGEINFER_ISA value this CPU cannot run, or None"},
     {"set_prefetch", py_set_prefetch, METH_O,
      "set_prefetch(n_bytes) -> previous: how far ahead a decode prefetches the weights (0: off; tuning)"},
     {"n_workers", py_n_workers, METH_NOARGS, "worker threads started so far"},
@@ -664,8 +746,14 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
-    const char *env = getenv("EDGEINFER_NATIVE_ISA");
-    kernels = env && strcmp(env, "scalar") == 0 ? &native_kernels_scalar : best_kernels();
+    const char *env = getenv("EDGEINFER_ISA");
+    if (!env || !*env) env = getenv("EDGEINFER_NATIVE_ISA");
+    kernels = best_kernels();
+    if (env && *env && strcmp(env, "auto") != 0) {
+        const native_kernels *k = kernels_named(env);
+        if (k) kernels = k;
+        else snprintf(isa_unavailable, sizeof isa_unavailable, "%s", env);
+    }
     const char *pf = getenv("EDGEINFER_NATIVE_PREFETCH");
     if (pf) native_prefetch_bytes = atoi(pf) < 0 ? 0 : atoi(pf);
     return PyModule_Create(&module);

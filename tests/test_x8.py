@@ -161,3 +161,35 @@ def test_repack_can_be_turned_off():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           cwd=os.path.dirname(__file__), timeout=120)  # fmt: skip
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True,
+                          text=True, cwd=os.path.dirname(__file__), timeout=120)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", _isas())
+def test_isa_override_picks_every_available_path(name):
+    """EDGEINFER_ISA chooses any kernel set this CPU can run, for the whole process."""
+    done = _run("from edgeinfer.kernels import native; print(native.native_isa())", EDGEINFER_ISA=name)
+    assert done.returncode == 0 and done.stdout.strip() == name, done.stderr[-2000:]
+
+
+def test_isa_override_that_cannot_run_is_a_clear_error():
+    code = (
+        "from edgeinfer.kernels import native\n"
+        "try:\n    native.NativeBackend(1)\nexcept Exception as e:\n    print(type(e).__name__, e)"
+    )
+    done = _run(code, EDGEINFER_ISA="no-such-isa")
+    assert done.returncode == 0 and done.stdout.startswith("EdgeInferError EDGEINFER_ISA=no-such-isa"), done
+    assert "scalar" in done.stdout
+
+
+def test_info_system_says_which_path_runs():
+    import json
+
+    done = subprocess.run([sys.executable, "-m", "edgeinfer", "info", "--system", "--json"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    report = json.loads(done.stdout)
+    assert report["isa"] == native.native_isa() and report["isa"] in report["isas"]
+    assert report["isas"][-1] == "scalar" and report["repack"] is True

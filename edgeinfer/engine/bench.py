@@ -89,6 +89,17 @@ def backend_isa(backend) -> str | None:
         return None
 
 
+def repacked_weights(model) -> int:
+    """How many of the model's matmul weights run in a backend's own layout (x8: rows interleaved)."""
+    from ..nn import Linear
+
+    parts = [p for b in getattr(model, "blocks", []) for p in vars(b).values()]
+    linears = [v for p in parts for v in getattr(p, "__dict__", {}).values() if isinstance(v, Linear)]
+    if isinstance(getattr(model, "output", None), Linear):
+        linears.append(model.output)
+    return sum(lin.weight.layout != "plain" for lin in linears)
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
@@ -484,6 +495,7 @@ def run_bench(
             "threads": threads,
             "threads_effective": int(getattr(be, "n_threads", threads) or threads),
             "isa": backend_isa(be),
+            "repacked_weights": repacked_weights(llm.model),
         }
     )
     result.update(bench_model(llm.model, n_prompt, n_gen, repetitions, n_ctx, meter, seed, log))

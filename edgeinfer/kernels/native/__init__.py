@@ -12,6 +12,7 @@ there; `available()` says whether it was.
 from __future__ import annotations
 
 import os
+import platform
 import sys
 import weakref
 
@@ -59,9 +60,33 @@ def available() -> bool:
 
 
 def native_isa() -> str:
-    """The instruction set the C kernels use here: "avx2", "neon" or "scalar" (EDGEINFER_NATIVE_ISA=scalar
-    forces the portable code)."""
+    """The instruction set the C kernels use here: "avx2", "neon" or "scalar", chosen once per process from
+    the CPU's features; EDGEINFER_ISA (one of isas()) overrides the choice, e.g. EDGEINFER_ISA=scalar."""
     return _require().isa()
+
+
+def isas() -> list[str]:
+    """The kernel sets this CPU can run, best first ("scalar" always last)."""
+    return _require().isas()
+
+
+def system_report() -> dict:
+    """What the native backend found and chose here: CPU model, features, the ISAs it can run, the one
+    in use, and whether weights are repacked (for `edgeinfer info --system` and bench results)."""
+    report = {"native_built": available(), "repack": repack_enabled()}
+    model = None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith(("model name", "Model"))), None)
+    except OSError:
+        pass
+    report["cpu"] = model or platform.processor() or platform.machine()
+    if _native is not None:
+        report.update(isa=_native.isa(), isas=_native.isas(), cpu_features=_native.cpu_features(),
+                      isa_requested_unavailable=_native.isa_unavailable())  # fmt: skip
+    else:
+        report["why_not_built"] = str(_IMPORT_ERROR)
+    return report
 
 
 def _require():
@@ -139,7 +164,12 @@ class NativeBackend(NumbaBackend):
     name = "native"
 
     def __init__(self, n_threads: int | None = None):
-        _require()
+        wanted = _require().isa_unavailable()
+        if wanted is not None:
+            raise EdgeInferError(
+                f"EDGEINFER_ISA={wanted} is not an instruction set this CPU can run; choose one of "
+                f"{', '.join(_native.isas())} (or unset it to let edgeinfer choose)."
+            )
         super().__init__(n_threads)
         # the C pool is not bound by Numba's thread count (NumbaBackend caps n_threads at it)
         if n_threads is not None:
@@ -229,6 +259,7 @@ def _cells(cells, kv_pos) -> np.ndarray:
 
 
 __all__ = [
-    "NATIVE_TYPES", "X8_TYPES", "NativeBackend", "NativeUnavailableError", "available", "native_isa", "repack_enabled",
+    "NATIVE_TYPES", "X8_TYPES", "NativeBackend", "NativeUnavailableError", "available", "isas", "native_isa",
+    "repack_enabled", "system_report",
     "repack_x8", "unpack_x8",
 ]  # fmt: skip
