@@ -227,9 +227,9 @@ def test_qkv_store_rounds_as_the_reference(backend, kv_type, qk_norm):
 @pytest.mark.parametrize("kv_type", ["f16", "q8_0"])
 @pytest.mark.parametrize("n,n_kv,n_swa", [(1, 1, 0), (1, 37, 0), (1, 300, 16), (40, 40, 0), (33, 70, 9)])
 def test_attention_reads_f16_and_q8_0(backend, kv_type, n, n_kv, n_swa):
-    """Attention over f16 / q8_0 storage, read through a paged cache's cells: the compiled backends give
-    the bits they give on the same values in float32 (a row is converted exactly as it is read); the
-    numpy reference agrees to float32 rounding."""
+    """Attention over f16 / q8_0 storage, read through a paged cache's cells: each backend gives the bits
+    it gives on the same values in float32 (a row is converted exactly as it is read); all agree with the
+    numpy reference to float32 rounding."""
     rng = np.random.default_rng(n * 100 + n_kv)
     H, Hkv, D = 9, 3, 64
     q = rng.standard_normal((n, H, D)).astype(np.float32)
@@ -241,11 +241,7 @@ def test_attention_reads_f16_and_q8_0(backend, kv_type, n, n_kv, n_swa):
     got = backend.attention(q, k, v, q_pos, kv_pos, n_swa, 0.125, cells)
     same = backend.attention(q, numpy_ops.kv_rows_f32(k), numpy_ops.kv_rows_f32(v), q_pos, kv_pos, n_swa, 0.125, cells)
     want = numpy_ops.attention(q, k, v, q_pos, kv_pos, n_swa, 0.125, cells)
-    assert got.shape == (n, H * D)
-    if backend.name == "reference":
-        assert np.array_equal(got, same)
-    else:
-        assert np.array_equal(got, same)
+    assert got.shape == (n, H * D) and np.array_equal(got, same)
     assert np.allclose(got, want, atol=2e-6, rtol=1e-5)
     if n > 1:  # a token alone: the same bits as in its batch (compiled backends)
         alone = backend.attention(q[-1:], k, v, q_pos[-1:], kv_pos, n_swa, 0.125, cells)
