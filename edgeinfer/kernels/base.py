@@ -92,14 +92,16 @@ class Backend(Protocol):
         """qkv (n, H D + Hkv D + Hkv Dv), the stacked Q/K/V matmul's output -> q (n, H, D) after the
         optional QK-norm (RMSNorm weights (D,) or None, eps) and rope; K (normed, rotated) and V are
         written into a cache's storage k (n_cells, Hkv, D), v (n_cells, Hkv, Dv) at rows cells (int32
-        (n,), a paged cache's cells for these tokens). One call for what rms_norm, rope and a cache
+        (n,), a paged cache's cells for these tokens), rounded to the storage's format (float32, float16,
+        or uint8 rows of Q8_0 blocks: numpy_ops.kv_store). One call for what rms_norm, rope and a cache
         update do one by one."""
 
     def attention(self, q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None) -> np.ndarray:
-        """q (n, H, D) against the cache k (n_cells, Hkv, D), v (n_cells, Hkv, Dv): the sequence's
-        token j (position kv_pos[j], n_kv = len(kv_pos)) is row cells[j] (int32, a paged cache's block
-        table), or row j when cells is None -> (n, H * Dv); causal by position, with a sliding window of
-        n_swa positions when n_swa > 0."""
+        """q (n, H, D) against the cache k (n_cells, Hkv, D), v (n_cells, Hkv, Dv) in any K/V storage
+        format (float32, float16, or uint8 rows of Q8_0 blocks; each row converted as it is read): the
+        sequence's token j (position kv_pos[j], n_kv = len(kv_pos)) is row cells[j] (int32, a paged
+        cache's block table), or row j when cells is None -> (n, H * Dv) float32; causal by position,
+        with a sliding window of n_swa positions when n_swa > 0."""
 
     def glu(self, gu: np.ndarray, act: str) -> np.ndarray:
         """gu (n, 2 f) = [gate | up] -> act(gate) * up, act "silu" or "gelu_tanh"."""

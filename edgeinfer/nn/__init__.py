@@ -7,10 +7,11 @@
       causal_mask
     GatedMLP                 (mlp.py)        SwiGLU / GeGLU
     KVCacheLike              (kv.py)         what attention needs from a cache (the engine implements it)
+    KV_TYPES, kv_type        (kv.py)         the formats a cache stores K and V in: f16, q8_0, f32
 """
 
 from .attention import Attention, Batch, Segments, causal_mask
-from .kv import KVCacheLike
+from .kv import KV_TYPES, KVCacheLike, kv_type
 from .linear import Embedding, Linear
 from .mlp import GatedMLP
 from .norm import RMSNorm
@@ -22,6 +23,8 @@ __all__ = [
     "Segments",
     "causal_mask",
     "KVCacheLike",
+    "KV_TYPES",
+    "kv_type",
     "Embedding",
     "Linear",
     "GatedMLP",
