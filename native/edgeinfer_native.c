@@ -62,13 +62,31 @@ static int cpu_features(feature_t *f, int max) {
     return n;
 }
 
-/* the kernel tables this CPU can run, best first (the scalar one last, always) */
+#if defined(NATIVE_X86)
+/* AVX2's kernels with the x8 layout's dot products in AVX-512 VNNI (x8_avx512.c) */
+static native_kernels kernels_avx512vnni;
+
+static const native_kernels *avx512vnni_kernels(void) {
+    if (!kernels_avx512vnni.name) {
+        kernels_avx512vnni = native_kernels_avx2;
+        kernels_avx512vnni.x8 = native_x8_avx512vnni;
+        kernels_avx512vnni.name = "avx512vnni";
+    }
+    return &kernels_avx512vnni;
+}
+#endif
+
+/* the kernel tables this CPU can run, best first (the scalar one last, always). AVX-512 VNNI comes after
+ * AVX2 until its kernels have run on such a CPU (x8_avx512.c): `auto` picks AVX2 there. */
 static int available_kernels(const native_kernels **out) {
     int n = 0;
 #if defined(NATIVE_X86) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-        out[n++] = &native_kernels_avx2;
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (avx2) out[n++] = &native_kernels_avx2;
+    if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+        out[n++] = avx512vnni_kernels();
 #endif
 #if defined(__ARM_NEON)
     out[n++] = &native_kernels_neon;
@@ -174,10 +192,7 @@ typedef struct {
 
 /* the x8 kernel of a type on the ISA in use (the scalar one where the ISA has none), or NULL */
 static native_rows_fn x8_rows_of(const native_kernels *k, int type) {
-#if defined(NATIVE_X86)
-    if (k == &native_kernels_avx2 && native_x8_avx2[type]) return native_x8_avx2[type];
-#endif
-    (void)k;
+    if (k->x8 && k->x8[type]) return k->x8[type];
     return native_x8_scalar[type];
 }
 
@@ -185,10 +200,8 @@ static native_rows_fn x8_rows_of(const native_kernels *k, int type) {
  * on the scalar ISA, whose x8 kernels are the reference) */
 static int x8_preferred(const native_kernels *k, int type) {
     if (!x8_traits_of(type)) return 0;
-#if defined(NATIVE_X86)
-    if (k == &native_kernels_avx2) return native_x8_avx2[type] != NULL;
-#endif
-    return k == &native_kernels_scalar;
+    if (k == &native_kernels_scalar) return 1;
+    return k->x8 && k->x8[type] != NULL;
 }
 
 static void qsum_rows(native_act *a) {

@@ -55,6 +55,7 @@ typedef struct {
     const char *name;
     native_rows_fn rows[GT_COUNT];
     native_quantize_fn quantize;
+    const native_rows_fn *x8;  /* the x8 layout's kernels (x8.h), NULL where this set has none */
 } native_kernels;
 
 /* how far ahead of the rows it works on a decode prefetches the weights (bytes; 0: no prefetch) */

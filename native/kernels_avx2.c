@@ -10,6 +10,7 @@
  * prefill R x 4 tokens. A decode prefetches the weights native_prefetch_bytes ahead of the tile.
  */
 #include "edgeinfer_native.h"
+#include "x8.h"
 
 #if defined(NATIVE_X86)
 #include <immintrin.h>
@@ -618,6 +619,7 @@ const native_kernels native_kernels_avx2 = {
         [GT_Q4_K] = rows_q4_k, [GT_Q5_K] = rows_q5_k, [GT_Q6_K] = rows_q6_k,
     },
     .quantize = quantize_row,
+    .x8 = native_x8_avx2,
 };
 
 #endif /* NATIVE_X86 */

@@ -2,6 +2,7 @@
  * oracle of the tests (EDGEINFER_NATIVE_ISA=scalar). Integer block dots in int32, float scales per
  * block, as ggml's generic vec_dot code; the float kernels sum in 8 lanes like the vector code. */
 #include "edgeinfer_native.h"
+#include "x8.h"
 
 /* -- activation quantizers (ggml's reference quantizers, bit for bit) -------------------------------- */
 
@@ -258,4 +259,5 @@ const native_kernels native_kernels_scalar = {
         [GT_Q4_K] = rows_q4_k, [GT_Q5_K] = rows_q5_k, [GT_Q6_K] = rows_q6_k,
     },
     .quantize = native_quantize_row_scalar,
+    .x8 = native_x8_scalar,
 };

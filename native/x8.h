@@ -63,6 +63,7 @@ void x8_unpack(int ggml_type, const uint8_t *src, uint8_t *dst, int64_t n_rows, 
 extern const native_rows_fn native_x8_scalar[GT_COUNT];
 #if defined(NATIVE_X86)
 extern const native_rows_fn native_x8_avx2[GT_COUNT];
+extern const native_rows_fn native_x8_avx512vnni[GT_COUNT];
 #endif
 
 /* Q4_0 / Q5_0 against Q8_0 activations need each activation block's sum of quants (the x8 kernels take the
