@@ -42,8 +42,12 @@ def _backend(name):
     return get_backend(name) if name == "reference" else get_backend(name, n_threads=2)
 
 
-def _model(path, backend="reference"):
-    return build_model(GGUFFile(path), _backend(backend) if isinstance(backend, str) else backend)
+def _model(path, backend="reference", kv_type="f32"):
+    """The model of a file, its K/V in float32 unless told (the float64 reference's comparisons; llama.cpp's
+    use f16, as llama.cpp itself)."""
+    model = build_model(GGUFFile(path), _backend(backend) if isinstance(backend, str) else backend)
+    model.set_kv_type(kv_type)
+    return model
 
 
 def _forward(model, ids):
@@ -153,7 +157,7 @@ def test_matches_llama_cpp(family, backend, moe_files):
     for name, (fam, _, _) in MOE_LLAMACPP.items():
         if fam != family:
             continue
-        model = _model(paths[name], backend)
+        model = _model(paths[name], backend, kv_type="f16")
         ours = _forward(model, fixture["ids"])
         top = {"top_ids": fixture[f"{name}.top_ids"], "top_logits": fixture[f"{name}.top_logits"]}
         assert agreement(ours, top)["argmax"] >= 0.9, name

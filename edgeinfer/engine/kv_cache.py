@@ -18,9 +18,10 @@ reads the pool's rows in that format, converting a row at a time.
 A KVCache made without a pool gets a private pool of n_ctx cells (a single sequence: `generate`,
 `LLM.logits`). One forward pass over n tokens (the protocol `edgeinfer.nn.KVCacheLike`): begin() claims
 the next n cells (taking blocks as needed), storage() hands each layer's storage to the backend that
-writes K/V into it (or update() stores float32 K/V), commit() makes them part of the sequence. Growing past n_ctx raises ContextFullError; a pool with no free block left
-raises PoolFullError (a runner reserves blocks so that this never happens to a running request);
-nothing is ever dropped silently. truncate(n) rolls the sequence back to its first n tokens.
+writes K/V into it (or update() stores float32 K/V), commit() makes them part of the sequence. Growing
+past n_ctx raises ContextFullError; a pool with no free block left raises PoolFullError (a runner
+reserves blocks so that this never happens to a running request); nothing is ever dropped silently.
+truncate(n) rolls the sequence back to its first n tokens.
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ class KVCache:
             raise ValueError(f"n_ctx must be positive, not {n_ctx}")
         head_dim_v = head_dim if head_dim_v is None else head_dim_v
         if pool is None:
-            pool = BlockPool(n_layer, n_ctx, n_head_kv, head_dim, head_dim_v, DEFAULT_KV_TYPE if kv_type is None else kv_type)
+            kv_type = DEFAULT_KV_TYPE if kv_type is None else kv_type
+            pool = BlockPool(n_layer, n_ctx, n_head_kv, head_dim, head_dim_v, kv_type)
         elif (pool.n_layer, pool.n_head_kv, pool.head_dim, pool.head_dim_v) != (n_layer, n_head_kv, head_dim, head_dim_v):
             raise ValueError("KVCache: the pool is shaped for another model")
         elif kv_type is not None and _kv_type(kv_type) != pool.kv_type:
