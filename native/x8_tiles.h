@@ -167,7 +167,7 @@ INL void tile_q4_k(const uint8_t *g, const native_act *a, int64_t t, const int N
 INL void tile_q6_k(const uint8_t *g, const native_act *a, int64_t t, const int NT, float *out, int64_t n_rows,
                    int64_t r, int nr, int64_t pf) {
     const int64_t nb = a->nb, nc = a->n_cols;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
     /* int16 element 0 (1) of every 32-bit lane into both halves: (sc_2p, sc_2p+1) -> (sc, sc) */
     const __m256i dup_lo = _mm256_setr_epi32(0x01000100, 0x05040504, 0x09080908, 0x0D0C0D0C,
                                              0x01000100, 0x05040504, 0x09080908, 0x0D0C0D0C);
@@ -196,7 +196,11 @@ INL void tile_q6_k(const uint8_t *g, const native_act *a, int64_t t, const int N
                         const __m256i l = load256(blk + 144 + 32 * (16 * n + 8 * (qd & 1) + 4 * e + kk));
                         const __m256i h = load256(blk + 1168 + 32 * (8 * n + 4 * e + kk));
                         const __m256i lo = qd < 2 ? _mm256_and_si256(l, m4) : _mm256_and_si256(_mm256_srli_epi16(l, 4), m4);
-                        q[u] = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * qd), m3), 4));
+                        /* bits 2qd, 2qd + 1 of each qh byte to bits 4, 5 (16-bit shifts: what crosses into
+                         * a neighbouring byte lands outside the mask) */
+                        const __m256i hs = qd == 0 ? _mm256_slli_epi16(h, 4) : qd == 1 ? _mm256_slli_epi16(h, 2)
+                                         : qd == 2 ? h : _mm256_srli_epi16(h, 2);
+                        q[u] = _mm256_or_si256(lo, _mm256_and_si256(hs, m30));
                     }
                     for (int j = 0; j < NT; j++) {
                         const int8_t *y = a->q + (t + j) * nc + QK_K * b + 32 * p + 16 * e + 4 * kp;
