@@ -50,6 +50,7 @@ INL void tile_q4_0(const uint8_t *g, const native_act *a, int64_t t, const int N
         if (pf) prefetch_range(blk + pf, 144);
         __m256i s16[4];  /* 8 pair sums of <= 2 * 15 * 127 each: within int16 */
         for (int j = 0; j < NT; j++) s16[j] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 16")
         for (int k = 0; k < 4; k++) {
             const __m256i w = load256(blk + 16 + 32 * k);
             const __m256i lo = _mm256_and_si256(w, m4), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
@@ -81,6 +82,7 @@ INL void tile_q8_0(const uint8_t *g, const native_act *a, int64_t t, const int N
         if (pf) prefetch_range(blk + pf, 272);
         __m256i s32[4];
         for (int j = 0; j < NT; j++) s32[j] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 16")
         for (int k = 0; k < 8; k++) {
             const __m256i w = load256(blk + 16 + 32 * k);
             const __m256i aw = _mm256_sign_epi8(w, w);
@@ -129,11 +131,13 @@ INL void tile_q4_k(const uint8_t *g, const native_act *a, int64_t t, const int N
                                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w1, 6), k3), 4));
         __m256i isum[4], msum[4];
         for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 16")
         for (int s = 0; s < 8; s++) {
             const int c = s / 2, h = s % 2;
             const __m256i sc = _mm256_shuffle_epi8(s < 4 ? u0 : u1, dup[s & 3]);
             __m256i s16[4];  /* 8 pair sums of <= 2 * 15 * 127 each */
             for (int j = 0; j < NT; j++) s16[j] = _mm256_setzero_si256();
+            _Pragma("GCC unroll 16")
             for (int k = 0; k < 8; k++) {
                 const __m256i w = load256(blk + 128 + 32 * (8 * c + k));
                 const __m256i v = h ? _mm256_and_si256(_mm256_srli_epi16(w, 4), m4) : _mm256_and_si256(w, m4);
@@ -145,6 +149,7 @@ INL void tile_q4_k(const uint8_t *g, const native_act *a, int64_t t, const int N
             for (int j = 0; j < NT; j++) isum[j] = _mm256_add_epi32(isum[j], ACC_SCALED(s16[j], sc));
         }
         for (int j = 0; j < NT; j++) msum[j] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 16")
         for (int p = 0; p < 8; p++) {
             const __m256i m = _mm256_shuffle_epi8(p < 4 ? u2 : u3, dup[p & 3]);
             for (int j = 0; j < NT; j++) {
@@ -180,6 +185,7 @@ INL void tile_q6_k(const uint8_t *g, const native_act *a, int64_t t, const int N
         if (pf) prefetch_range(blk + pf, 1680);
         __m256i isum[4];  /* sum of sc * q . y, minus 32 sum of sc * bsum: exact in int32 */
         for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 16")
         for (int p = 0; p < 8; p++) {  /* sub-blocks 2p, 2p + 1: values 32p .. 32p + 31 */
             const int n = p / 4, qd = p % 4;
             const __m256i scp = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 16 + 16 * p)));
@@ -187,10 +193,13 @@ INL void tile_q6_k(const uint8_t *g, const native_act *a, int64_t t, const int N
                 const int16_t *bs = a->bsums + (t + j) * (nc / 16) + 16 * b + 2 * p;
                 isum[j] = _mm256_sub_epi32(isum[j], _mm256_slli_epi32(_mm256_madd_epi16(scp, bcast32(bs)), 5));
             }
+            _Pragma("GCC unroll 16")
             for (int e = 0; e < 2; e++) {
                 const __m256i sc = _mm256_shuffle_epi8(scp, e ? dup_hi : dup_lo);
+                _Pragma("GCC unroll 16")
                 for (int kp = 0; kp < 4; kp += 2) {
                     __m256i q[2];
+                    _Pragma("GCC unroll 16")
                     for (int u = 0; u < 2; u++) {
                         const int kk = kp + u;
                         const __m256i l = load256(blk + 144 + 32 * (16 * n + 8 * (qd & 1) + 4 * e + kk));
@@ -241,6 +250,7 @@ INL void tile_q5_0(const uint8_t *g, const native_act *a, int64_t t, const int N
         const __m256i qh = load256(blk + 16);
         __m256i s16l[4], s16h[4];  /* 4 pair sums of <= 2 * 31 * 127 each: within int16 */
         for (int j = 0; j < NT; j++) s16l[j] = s16h[j] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 16")
         for (int k = 0; k < 4; k++) {
             const __m256i w = load256(blk + 48 + 32 * k);
             __m256i lo = _mm256_and_si256(w, m4), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
@@ -276,8 +286,10 @@ INL void tile_iq4_nl(const uint8_t *g, const native_act *a, int64_t t, const int
         if (pf) prefetch_range(blk + pf, 144);
         __m256i s32[4];
         for (int j = 0; j < NT; j++) s32[j] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 16")
         for (int k = 0; k < 4; k++) {
             const __m256i w = load256(blk + 16 + 32 * k);
+            _Pragma("GCC unroll 16")
             for (int h = 0; h < 2; h++) {
                 const __m256i v = _mm256_shuffle_epi8(values, h ? _mm256_and_si256(_mm256_srli_epi16(w, 4), m4)
                                                                 : _mm256_and_si256(w, m4));
@@ -316,12 +328,15 @@ INL void tile_q5_k(const uint8_t *g, const native_act *a, int64_t t, const int N
                                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w1, 6), k3), 4));
         __m256i isum[4], msum[4];
         for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 16")
         for (int s = 0; s < 8; s++) {
             const int c = s / 2, h = s % 2;
             const __m256i sc = _mm256_shuffle_epi8(s < 4 ? u0 : u1, dup[s & 3]);
+            _Pragma("GCC unroll 16")
             for (int half = 0; half < 2; half++) {  /* 4 pair sums of <= 2 * 31 * 127 each per int16 */
                 __m256i s16[4];
                 for (int j = 0; j < NT; j++) s16[j] = _mm256_setzero_si256();
+                _Pragma("GCC unroll 16")
                 for (int k = 4 * half; k < 4 * half + 4; k++) {
                     const __m256i w = load256(blk + 384 + 32 * (8 * c + k));
                     const __m256i hb = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(load256(blk + 128 + 32 * k), s), one), 4);
@@ -336,6 +351,7 @@ INL void tile_q5_k(const uint8_t *g, const native_act *a, int64_t t, const int N
             }
         }
         for (int j = 0; j < NT; j++) msum[j] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 16")
         for (int p = 0; p < 8; p++) {
             const __m256i m = _mm256_shuffle_epi8(p < 4 ? u2 : u3, dup[p & 3]);
             for (int j = 0; j < NT; j++) {
@@ -369,6 +385,7 @@ INL void tile_iq4_xs(const uint8_t *g, const native_act *a, int64_t t, const int
         const __m256i sl = load256(blk + 32);
         __m256i isum[4];
         for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 16")
         for (int ib = 0; ib < 8; ib++) {
             const __m256i ls = _mm256_or_si256(
                 _mm256_and_si256(_mm256_srli_epi32(sl, 4 * ib), _mm256_set1_epi32(0x0F)),
@@ -376,8 +393,10 @@ INL void tile_iq4_xs(const uint8_t *g, const native_act *a, int64_t t, const int
             const __m256i scale = _mm256_sub_epi32(ls, _mm256_set1_epi32(32));
             __m256i dot[4];
             for (int j = 0; j < NT; j++) dot[j] = _mm256_setzero_si256();
+            _Pragma("GCC unroll 16")
             for (int k = 0; k < 4; k++) {
                 const __m256i w = load256(blk + 64 + 32 * (4 * ib + k));
+                _Pragma("GCC unroll 16")
                 for (int h = 0; h < 2; h++) {
                     const __m256i v = _mm256_shuffle_epi8(values, h ? _mm256_and_si256(_mm256_srli_epi16(w, 4), m4)
                                                                     : _mm256_and_si256(w, m4));
