@@ -484,7 +484,7 @@ static PyObject *attn_run(native_attn_args *as, Py_ssize_t S, long n_threads) {
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&call_mu);
 #if defined(NATIVE_X86)
-    const int avx2 = kernels == &native_kernels_avx2;
+    const int avx2 = kernels == &native_kernels_avx2 || kernels == &kernels_avx512vnni;  /* AVX2 attention on both */
 #else
     const int avx2 = 0;
 #endif
