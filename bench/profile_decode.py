@@ -43,6 +43,9 @@ class TimedBackend:
         self.calls[key] += 1
         return out
 
+    def prepare(self, w):
+        return self.inner.prepare(w)
+
     def matmul(self, w, x, out=None):
         if w.n_rows > 20000:
             key = "matmul output"
@@ -67,8 +70,8 @@ class TimedBackend:
     def qkv_store(self, *args):
         return self._timed("qkv_store", self.inner.qkv_store, *args)
 
-    def attention(self, q, k, v, q_pos, kv_pos, n_swa, scale):
-        return self._timed("attention", self.inner.attention, q, k, v, q_pos, kv_pos, n_swa, scale)
+    def attention(self, q, k, v, q_pos, kv_pos, n_swa, scale, cells=None):
+        return self._timed("attention", lambda: self.inner.attention(q, k, v, q_pos, kv_pos, n_swa, scale, cells))
 
     def glu(self, gu, act):
         return self._timed("glu", self.inner.glu, gu, act)
