@@ -188,6 +188,8 @@ typedef struct {
     native_act a;
     int n_slots;
     slot_t *slots;
+    int type;
+    int transpose;  /* the file's layout run by the x8 kernel, eight rows repacked at a time */
 } job_t;
 
 /* the x8 kernel of a type on the ISA in use (the scalar one where the ISA has none), or NULL */
@@ -221,10 +223,36 @@ static void quantize_job(void *p, int id, int n) {
     for (int64_t t = t0; t < t1; t++) job->k->quantize(job->x + t * job->a.n_cols, &job->a, t);
 }
 
+/* A weight in the file's layout of a type the ISA runs in x8: each group of 8 rows is repacked into this
+ * thread's buffer as it goes, then the x8 kernel runs on it, so that the file's layout and the repacked
+ * one give the same bits (the weight is read from memory once either way; the repack is extra work). */
+static _Thread_local uint8_t *group_buf;
+static _Thread_local size_t group_buf_size;
+
+static void transposed_chunk(job_t *job, int64_t r0, int64_t r1) {
+    const size_t need = 8 * (size_t)job->row_bytes;
+    if (need > group_buf_size) {
+        free(group_buf);
+        group_buf = aligned_alloc(64, (need + 63) & ~(size_t)63);
+        group_buf_size = group_buf ? need : 0;
+    }
+    if (!group_buf) {  /* out of memory for a few KiB: the plain kernel (other float rounding) */
+        native_rows_fn plain = job->k->rows[job->type] ? job->k->rows[job->type] : native_kernels_scalar.rows[job->type];
+        plain(job->w, job->row_bytes, r0, r1, job->n_rows, &job->a, job->out);
+        return;
+    }
+    for (int64_t r = r0; r < r1; r += 8) {
+        const int64_t nr = r1 - r < 8 ? r1 - r : 8;
+        x8_pack(job->type, job->w + r * job->row_bytes, group_buf, nr, job->row_bytes);
+        job->rows(group_buf, job->row_bytes, 0, nr, job->n_rows, &job->a, job->out + r);
+    }
+}
+
 static void do_chunk(job_t *job, int64_t c) {
     const int64_t r0 = c * job->chunk_rows;
     const int64_t r1 = r0 + job->chunk_rows < job->n_rows ? r0 + job->chunk_rows : job->n_rows;
-    job->rows(job->w, job->row_bytes, r0, r1, job->n_rows, &job->a, job->out);
+    if (job->transpose) transposed_chunk(job, r0, r1);
+    else job->rows(job->w, job->row_bytes, r0, r1, job->n_rows, &job->a, job->out);
 }
 
 static void rows_job(void *p, int id, int n) {
@@ -328,7 +356,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyErr_Format(PyExc_NotImplementedError, "the native backend has no matmul for ggml type %ld", type);
         return NULL;
     }
-    if (x8 ? !x8_traits_of((int)type) : !native_kernels_scalar.rows[type]) {
+    if (x8 ? !x8_traits_of((int)type) : !native_kernels_scalar.rows[type] && !x8_preferred(kernels, (int)type)) {
         PyErr_Format(PyExc_NotImplementedError, "the native backend has no matmul for ggml type %ld in the %s layout",
                      type, x8 ? "x8" : "plain");
         return NULL;
@@ -376,7 +404,9 @@ static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nar
     pthread_mutex_lock(&call_mu);
     job_t job;
     job.k = kernels;
-    job.rows = x8 ? x8_rows_of(kernels, (int)type) : kernels->rows[type];
+    job.type = (int)type;
+    job.transpose = !x8 && x8_preferred(kernels, (int)type);
+    job.rows = x8 || job.transpose ? x8_rows_of(kernels, (int)type) : kernels->rows[type];
     if (!job.rows) job.rows = native_kernels_scalar.rows[type];
     job.w = w.buf;
     job.row_bytes = row_bytes;
@@ -386,7 +416,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nar
     job.chunk_rows = chunk_rows(n_rows, row_bytes, (int)n_threads);
     job.n_chunks = (n_rows + job.chunk_rows - 1) / job.chunk_rows;
     if (act_setup(&job.a, kind, n_tokens, n_cols) != 0) failed = 1;
-    if (!failed && x8 && x8_needs_qsum((int)type)) {
+    if (!failed && (x8 || job.transpose) && x8_needs_qsum((int)type)) {
         const size_t need = (size_t)n_tokens * (size_t)job.a.nb * sizeof(int32_t);
         if (need > qsum_size) {
             free(qsum_scratch);

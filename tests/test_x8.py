@@ -79,6 +79,18 @@ def test_x8_matches_emulation(isa, ggml_type, n_tokens):
     assert_close_to_float(w, x, y)
 
 
+@pytest.mark.parametrize("n_tokens", [1, 3, 6])
+@pytest.mark.parametrize("ggml_type", [t for t in X8_TYPES if t in native.NATIVE_TYPES], ids=lambda t: t.name)
+def test_plain_and_repacked_layouts_give_the_same_bits(isa, ggml_type, n_tokens):
+    """A weight in the file's layout (not prepared) and its repacked copy give the same bits: the file's
+    layout is repacked eight rows at a time as the product runs, by the same kernel."""
+    w = random_weight(ggml_type, 29, _cols(ggml_type), seed=n_tokens + 20)
+    x = random_x(n_tokens, w.n_cols, seed=n_tokens + 21)
+    for threads in (1, 2):
+        b = native.NativeBackend(threads)
+        assert np.array_equal(b.matmul(w, x), b.matmul(_packed(w), x)), threads
+
+
 @pytest.mark.parametrize("ggml_type", X8_TYPES, ids=lambda t: t.name)
 def test_x8_same_bits_on_every_isa(ggml_type):
     """The float operations per (row, token) are fixed by the layout, not by the ISA: the SIMD kernels

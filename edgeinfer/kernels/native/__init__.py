@@ -11,6 +11,7 @@ there; `available()` says whether it was.
 
 from __future__ import annotations
 
+import mmap
 import os
 import platform
 import sys
@@ -115,6 +116,13 @@ def _plan(w: QTensor) -> tuple:
     entry = _NATIVE.get(w.ggml_type)
     if w.layout == "x8":
         plan = (weakref.ref(w), int(w.ggml_type), w.raw.reshape(-1), w.n_rows, w.n_cols, True)
+    elif (w.raw.ndim == 2 and w.n_rows > 0 and repack_enabled() and _native.x8_preferred(int(w.ggml_type))
+            and w.ggml_type in GGML_QUANT_SIZES):  # fmt: skip
+        # a weight nobody prepared (a Mixture of Experts' expert, read only once chosen): repacked on its
+        # first product, its file pages released; the QTensor itself stays in the file's layout
+        packed = repack_x8(w)
+        _release_file_pages(w.raw)
+        plan = (weakref.ref(w), int(w.ggml_type), packed.raw.reshape(-1), w.n_rows, w.n_cols, True)
     elif entry is None:
         plan = (weakref.ref(w), -1, None, w.n_rows, w.n_cols, False)
     else:
@@ -125,8 +133,31 @@ def _plan(w: QTensor) -> tuple:
     return plan
 
 
+def _release_file_pages(a: np.ndarray) -> int:
+    """MADV_DONTNEED on the whole pages of `a` when it is a view of a read-only file mapping (a GGUF
+    tensor): a repacked copy now holds its bytes; reading `a` again faults them back in from the page
+    cache. Returns the bytes released (0 for memory that is not a file mapping)."""
+    owner = a
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    if not isinstance(owner, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return 0
+    start_of_map = np.frombuffer(owner, np.uint8, count=1).__array_interface__["data"][0]
+    offset = a.__array_interface__["data"][0] - start_of_map
+    page = mmap.PAGESIZE
+    start, end = -(-offset // page) * page, (offset + a.nbytes) // page * page
+    if end <= start:
+        return 0
+    try:
+        owner.madvise(mmap.MADV_DONTNEED, start, end - start)
+    except (OSError, ValueError):
+        return 0
+    return end - start
+
+
 def repack_enabled() -> bool:
-    """Whether prepare() repacks weights (EDGEINFER_REPACK=0 keeps the file's layout: comparisons)."""
+    """Whether prepare() repacks weights at load (EDGEINFER_REPACK=0: no; the file's layout is then repacked
+    eight rows at a time as each product runs: the same bits, more work per call)."""
     return os.environ.get("EDGEINFER_REPACK", "1").strip().lower() not in ("0", "off", "false", "no")
 
 
@@ -135,9 +166,9 @@ def repack_x8(w: QTensor, n_threads: int = 1) -> QTensor:
     (ceil(n_rows / 8) * 8, row_bytes), a partial last group padded with copies of its last row."""
     if w.layout != "plain" or w.raw.ndim != 2 or w.n_rows < 1:
         raise ValueError(f"{w.name}: only a 2-D weight in the file's layout can be repacked")
-    _nm._weight_bytes(w, *GGML_QUANT_SIZES[w.ggml_type])  # checks the bytes against the shape
+    flat = _nm._weight_bytes(w, *GGML_QUANT_SIZES[w.ggml_type])  # checked against the shape, contiguous
     packed = np.empty(((w.n_rows + 7) // 8 * 8, w.raw.shape[1]), np.uint8)
-    _require().repack(int(w.ggml_type), w.raw, packed, w.n_rows, w.n_cols, False, n_threads)
+    _require().repack(int(w.ggml_type), flat, packed, w.n_rows, w.n_cols, False, n_threads)
     packed.flags.writeable = False
     return QTensor(w.name, w.ggml_type, w.ne, packed, layout="x8")
 
