@@ -44,12 +44,30 @@ MOVE_FIELD(1, uint8_t)
 MOVE_FIELD(2, uint16_t)
 MOVE_FIELD(4, uint32_t)
 
+#if defined(NATIVE_X86) && (defined(__GNUC__) || defined(__clang__))
+static int have_avx2(void) {
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx2") != 0;
+    }
+    return known;
+}
+#endif
+
 static void move_block(const x8_traits *tr, const uint8_t *const rows[8], int64_t b, uint8_t *g, int pack) {
     int dst = 0;
     for (int f = 0; f < tr->n_fields; f++) {
         const x8_field fd = tr->fields[f];
         const int64_t off = b * tr->type_size + fd.off;
         const int n = fd.size / fd.word;
+#if defined(NATIVE_X86) && (defined(__GNUC__) || defined(__clang__))
+        if (pack && fd.word == 4 && n % 4 == 0 && have_avx2()) {
+            x8_pack_field4_avx2(rows, off, n, g + dst);
+            dst += 8 * fd.size;
+            continue;
+        }
+#endif
         if (fd.word == 4) move_field_4(rows, off, n, g + dst, pack);
         else if (fd.word == 2) move_field_2(rows, off, n, g + dst, pack);
         else move_field_1(rows, off, n, g + dst, pack);

@@ -48,6 +48,11 @@ typedef struct {
     x8_field fields[X8_MAX_FIELDS];
 } x8_traits;
 
+#if defined(NATIVE_X86)
+/* x8_pack's 4-byte fields (n_words a multiple of 4) with AVX2 (x8_avx2.c); only called where the CPU has it */
+void x8_pack_field4_avx2(const uint8_t *const rows[8], int64_t off, int n_words, uint8_t *g);
+#endif
+
 /* the x8 layout of a ggml type, or NULL when the type has none */
 const x8_traits *x8_traits_of(int ggml_type);
 

@@ -30,6 +30,46 @@ X8_ROWS(iq4_nl, tile_iq4_nl)
 X8_ROWS(q5_k, tile_q5_k)
 X8_ROWS(iq4_xs, tile_iq4_xs)
 
+/* x8_pack's 4-byte fields on AVX2: 8 rows' words transposed 8 (or 4) at a time in registers. rows[r] +
+ * off: row r's field; g: the group's field (word i of row r at (8 i + r) * 4). n_words a multiple of 4. */
+FN void x8_pack_field4_avx2(const uint8_t *const rows[8], int64_t off, int n_words, uint8_t *g) {
+    int i = 0;
+    for (; i + 8 <= n_words; i += 8) {
+        __m256i v[8];
+        for (int r = 0; r < 8; r++) v[r] = load256(rows[r] + off + 4 * i);
+        const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+        const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+        const __m256i t4 = _mm256_unpacklo_epi32(v[4], v[5]), t5 = _mm256_unpackhi_epi32(v[4], v[5]);
+        const __m256i t6 = _mm256_unpacklo_epi32(v[6], v[7]), t7 = _mm256_unpackhi_epi32(v[6], v[7]);
+        const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+        const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+        const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+        const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+        __m256i *o = (__m256i *)(g + 32 * i);
+        _mm256_storeu_si256(o + 0, _mm256_permute2x128_si256(u0, u4, 0x20));
+        _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(u1, u5, 0x20));
+        _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(u2, u6, 0x20));
+        _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(u3, u7, 0x20));
+        _mm256_storeu_si256(o + 4, _mm256_permute2x128_si256(u0, u4, 0x31));
+        _mm256_storeu_si256(o + 5, _mm256_permute2x128_si256(u1, u5, 0x31));
+        _mm256_storeu_si256(o + 6, _mm256_permute2x128_si256(u2, u6, 0x31));
+        _mm256_storeu_si256(o + 7, _mm256_permute2x128_si256(u3, u7, 0x31));
+    }
+    for (; i + 4 <= n_words; i += 4) {  /* rows r and r + 4 share a register: a 4 x 4 transpose per lane */
+        __m256i v[4];
+        for (int r = 0; r < 4; r++)
+            v[r] = _mm256_setr_m128i(_mm_loadu_si128((const __m128i *)(rows[r] + off + 4 * i)),
+                                     _mm_loadu_si128((const __m128i *)(rows[r + 4] + off + 4 * i)));
+        const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+        const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+        __m256i *o = (__m256i *)(g + 32 * i);
+        _mm256_storeu_si256(o + 0, _mm256_unpacklo_epi64(t0, t2));
+        _mm256_storeu_si256(o + 1, _mm256_unpackhi_epi64(t0, t2));
+        _mm256_storeu_si256(o + 2, _mm256_unpacklo_epi64(t1, t3));
+        _mm256_storeu_si256(o + 3, _mm256_unpackhi_epi64(t1, t3));
+    }
+}
+
 const native_rows_fn native_x8_avx2[GT_COUNT] = {
     [GT_Q4_0] = x8_q4_0, [GT_Q8_0] = x8_q8_0, [GT_Q4_K] = x8_q4_k, [GT_Q6_K] = x8_q6_k,
     [GT_Q5_0] = x8_q5_0, [GT_IQ4_NL] = x8_iq4_nl, [GT_Q5_K] = x8_q5_k, [GT_IQ4_XS] = x8_iq4_xs,
