@@ -164,16 +164,18 @@ static void x8_q8_0_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int6
     }
 }
 
-static void x8_q4_k_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
-                           const native_act *a, float *out) {
+/* five: Q5_K (a fifth bit per quant, bit s of qh[l] for sub-block s), else Q4_K */
+static void q45_k_scalar(const int five, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,
+                         int64_t n_rows, const native_act *a, float *out) {
     const int64_t nb = a->nb, nc = a->n_cols;
+    const int gb = five ? 1408 : 1152, qs = five ? 384 : 128;
     for (int64_t r = r0; r < r1; r += 8) {
         const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
         const uint8_t *g = w + r * row_bytes;
         for (int64_t t = 0; t < a->n_tokens; t++) {
             float acc[8] = {0};
             for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk = g + 1152 * b;
+                const uint8_t *blk = g + gb * b;
                 const int8_t *y = a->q + t * nc + QK_K * b;
                 const int16_t *bs = a->bsums + t * (nc / 16) + 16 * b;
                 const float dy = a->d[t * nb + b];
@@ -185,8 +187,9 @@ static void x8_q4_k_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int6
                     for (int s = 0; s < 8; s++) {
                         int32_t dot = 0;
                         for (int l = 0; l < 32; l++) {
-                            const int32_t v = word_byte(blk + 128, 32 * (s / 2) + l, i, 4);
-                            dot += (s % 2 ? v >> 4 : v & 15) * y[32 * s + l];
+                            const int32_t v = word_byte(blk + qs, 32 * (s / 2) + l, i, 4);
+                            const int32_t h = five ? word_byte(blk + 128, l, i, 4) >> s & 1 : 0;
+                            dot += ((s % 2 ? v >> 4 : v & 15) | h << 4) * y[32 * s + l];
                         }
                         isum += sm[s] * dot;
                         msum += sm[8 + s] * (bs[2 * s] + bs[2 * s + 1]);
@@ -198,6 +201,16 @@ static void x8_q4_k_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int6
             store_rows(out, n_rows, t, r, nr, acc);
         }
     }
+}
+
+static void x8_q4_k_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
+                           const native_act *a, float *out) {
+    q45_k_scalar(0, w, row_bytes, r0, r1, n_rows, a, out);
+}
+
+static void x8_q5_k_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
+                           const native_act *a, float *out) {
+    q45_k_scalar(1, w, row_bytes, r0, r1, n_rows, a, out);
 }
 
 static void x8_q6_k_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
@@ -273,43 +286,6 @@ static inline int32_t qh_bit(const uint8_t *qh, int i, int j) {  /* bit j of row
 
 X8_LEGACY_SCALAR(q5_0, 176, nibble_at(blk + 48, i, j) | qh_bit(blk + 16, i, j) << 4, 16)
 X8_LEGACY_SCALAR(iq4_nl, 144, native_kvalues_iq4nl[nibble_at(blk + 16, i, j)], 0)
-
-static void x8_q5_k_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
-                           const native_act *a, float *out) {
-    const int64_t nb = a->nb, nc = a->n_cols;
-    for (int64_t r = r0; r < r1; r += 8) {
-        const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
-        const uint8_t *g = w + r * row_bytes;
-        for (int64_t t = 0; t < a->n_tokens; t++) {
-            float acc[8] = {0};
-            for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk = g + 1408 * b;
-                const int8_t *y = a->q + t * nc + QK_K * b;
-                const int16_t *bs = a->bsums + t * (nc / 16) + 16 * b;
-                const float dy = a->d[t * nb + b];
-                for (int i = 0; i < 8; i++) {
-                    uint8_t packed[12], sm[16];
-                    for (int j = 0; j < 12; j++) packed[j] = (uint8_t)word_byte(blk + 32, j, i, 4);
-                    native_scales_mins_k4(packed, sm);
-                    int32_t isum = 0, msum = 0;
-                    for (int s = 0; s < 8; s++) {
-                        int32_t dot = 0;
-                        for (int l = 0; l < 32; l++) {
-                            const int32_t v = word_byte(blk + 384, 32 * (s / 2) + l, i, 4);
-                            const int32_t h = word_byte(blk + 128, l, i, 4) >> s & 1;
-                            dot += ((s % 2 ? v >> 4 : v & 15) | h << 4) * y[32 * s + l];
-                        }
-                        isum += sm[s] * dot;
-                        msum += sm[8 + s] * (bs[2 * s] + bs[2 * s + 1]);
-                    }
-                    acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)isum, acc[i]);
-                    acc[i] = fmaf(-(native_f16_at(blk + 16 + 2 * i) * dy), (float)msum, acc[i]);
-                }
-            }
-            store_rows(out, n_rows, t, r, nr, acc);
-        }
-    }
-}
 
 static void x8_iq4_xs_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
                              const native_act *a, float *out) {

@@ -100,8 +100,8 @@ INL void tile_q8_0(const uint8_t *g, const native_act *a, int64_t t, const int N
     store_tile(out, n_rows, t, r, nr, acc, NT);
 }
 
-/* -- Q4_K: the eight rows' 6-bit scales unpacked together (a lane per row), each applied as an int16 pair
- * in the madd that widens a sub-block's sums ------------------------------------------------------------ */
+/* -- Q4_K / Q5_K: the eight rows' 6-bit scales unpacked together (a lane per row), each applied as an
+ * int16 pair in the madd that widens a sub-block's sums --------------------------------------------------- */
 
 /* vpshufb masks: byte jj of every 32-bit lane into both int16 halves of that lane */
 INL __m256i dup_byte_mask(int jj) {
@@ -110,19 +110,21 @@ INL __m256i dup_byte_mask(int jj) {
     return _mm256_add_epi32(base, _mm256_set1_epi32(jj * 0x00010001));
 }
 
-INL void tile_q4_k(const uint8_t *g, const native_act *a, int64_t t, const int NT, float *out, int64_t n_rows,
-                   int64_t r, int nr, int64_t pf) {
+/* five: Q5_K (a fifth bit per quant: bit s of qh[l] for sub-block s; 4 pair sums of <= 2 * 31 * 127 per
+ * int16 accumulator), else Q4_K (8 pair sums of <= 2 * 15 * 127) */
+INL void tile_q45_k(const int five, const uint8_t *g, const native_act *a, int64_t t, const int NT, float *out,
+                    int64_t n_rows, int64_t r, int nr, int64_t pf) {
+    const int gb = five ? 1408 : 1152, qs = five ? 384 : 128, per = five ? 4 : 8;
     const int64_t nb = a->nb, nc = a->n_cols;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
     const __m256i k1 = _mm256_set1_epi32(0x3f3f3f3f), k2 = _mm256_set1_epi32(0x0f0f0f0f),
                   k3 = _mm256_set1_epi32(0x03030303);
     const __m256i dup[4] = {dup_byte_mask(0), dup_byte_mask(1), dup_byte_mask(2), dup_byte_mask(3)};
     __m256 acc[4];
     for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = g + 1152 * b;
-        if (pf) prefetch_range(blk + pf, 1152);
-        /* native_scales_mins_k4 on eight rows: u0, u1 = scales 0-3, 4-7; u2, u3 = mins 0-3, 4-7 */
+        const uint8_t *blk = g + gb * b;
+        if (pf) prefetch_range(blk + pf, gb);
         const __m256i w0 = load256(blk + 32), w1 = load256(blk + 64), w2 = load256(blk + 96);
         const __m256i u0 = _mm256_and_si256(w0, k1), u2 = _mm256_and_si256(w1, k1);
         const __m256i u1 = _mm256_or_si256(_mm256_and_si256(w2, k2),
@@ -135,18 +137,23 @@ INL void tile_q4_k(const uint8_t *g, const native_act *a, int64_t t, const int N
         for (int s = 0; s < 8; s++) {
             const int c = s / 2, h = s % 2;
             const __m256i sc = _mm256_shuffle_epi8(s < 4 ? u0 : u1, dup[s & 3]);
-            __m256i s16[4];  /* 8 pair sums of <= 2 * 15 * 127 each */
-            for (int j = 0; j < NT; j++) s16[j] = _mm256_setzero_si256();
             _Pragma("GCC unroll 16")
-            for (int k = 0; k < 8; k++) {
-                const __m256i w = load256(blk + 128 + 32 * (8 * c + k));
-                const __m256i v = h ? _mm256_and_si256(_mm256_srli_epi16(w, 4), m4) : _mm256_and_si256(w, m4);
-                for (int j = 0; j < NT; j++) {
-                    const int8_t *y = a->q + (t + j) * nc + QK_K * b + 64 * c + 32 * h + 4 * k;
-                    s16[j] = ACC_ADD(s16[j], v, bcast32(y));
+            for (int half = 0; half < 8 / per; half++) {
+                __m256i s16[4];
+                for (int j = 0; j < NT; j++) s16[j] = _mm256_setzero_si256();
+                _Pragma("GCC unroll 16")
+                for (int k = per * half; k < per * half + per; k++) {
+                    const __m256i w = load256(blk + qs + 32 * (8 * c + k));
+                    __m256i v = h ? _mm256_and_si256(_mm256_srli_epi16(w, 4), m4) : _mm256_and_si256(w, m4);
+                    if (five)
+                        v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(load256(blk + 128 + 32 * k), s), one), 4));
+                    for (int j = 0; j < NT; j++) {
+                        const int8_t *y = a->q + (t + j) * nc + QK_K * b + 64 * c + 32 * h + 4 * k;
+                        s16[j] = ACC_ADD(s16[j], v, bcast32(y));
+                    }
                 }
+                for (int j = 0; j < NT; j++) isum[j] = _mm256_add_epi32(isum[j], ACC_SCALED(s16[j], sc));
             }
-            for (int j = 0; j < NT; j++) isum[j] = _mm256_add_epi32(isum[j], ACC_SCALED(s16[j], sc));
         }
         for (int j = 0; j < NT; j++) msum[j] = _mm256_setzero_si256();
         _Pragma("GCC unroll 16")
@@ -165,6 +172,16 @@ INL void tile_q4_k(const uint8_t *g, const native_act *a, int64_t t, const int N
         }
     }
     store_tile(out, n_rows, t, r, nr, acc, NT);
+}
+
+INL void tile_q4_k(const uint8_t *g, const native_act *a, int64_t t, const int NT, float *out, int64_t n_rows,
+                   int64_t r, int nr, int64_t pf) {
+    tile_q45_k(0, g, a, t, NT, out, n_rows, r, nr, pf);
+}
+
+INL void tile_q5_k(const uint8_t *g, const native_act *a, int64_t t, const int NT, float *out, int64_t n_rows,
+                   int64_t r, int nr, int64_t pf) {
+    tile_q45_k(1, g, a, t, NT, out, n_rows, r, nr, pf);
 }
 
 /* -- Q6_K: quants 0..63 (the -32 is 32 x sum of scale x bsum), int8 scales per 16 values ------------------ */
@@ -302,69 +319,6 @@ INL void tile_iq4_nl(const uint8_t *g, const native_act *a, int64_t t, const int
         }
         const __m256 d8 = load_f16x8(blk);
         for (int j = 0; j < NT; j++) acc[j] = scale_acc(d8, a->d[(t + j) * nb + b], s32[j], acc[j]);
-    }
-    store_tile(out, n_rows, t, r, nr, acc, NT);
-}
-
-/* -- Q5_K: Q4_K with a fifth bit per quant (bit s of qh[l] for sub-block s) ------------------------------ */
-
-INL void tile_q5_k(const uint8_t *g, const native_act *a, int64_t t, const int NT, float *out, int64_t n_rows,
-                   int64_t r, int nr, int64_t pf) {
-    const int64_t nb = a->nb, nc = a->n_cols;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
-    const __m256i k1 = _mm256_set1_epi32(0x3f3f3f3f), k2 = _mm256_set1_epi32(0x0f0f0f0f),
-                  k3 = _mm256_set1_epi32(0x03030303);
-    const __m256i dup[4] = {dup_byte_mask(0), dup_byte_mask(1), dup_byte_mask(2), dup_byte_mask(3)};
-    __m256 acc[4];
-    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = g + 1408 * b;
-        if (pf) prefetch_range(blk + pf, 1408);
-        const __m256i w0 = load256(blk + 32), w1 = load256(blk + 64), w2 = load256(blk + 96);
-        const __m256i u0 = _mm256_and_si256(w0, k1), u2 = _mm256_and_si256(w1, k1);
-        const __m256i u1 = _mm256_or_si256(_mm256_and_si256(w2, k2),
-                                           _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w0, 6), k3), 4));
-        const __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), k2),
-                                           _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w1, 6), k3), 4));
-        __m256i isum[4], msum[4];
-        for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
-        _Pragma("GCC unroll 16")
-        for (int s = 0; s < 8; s++) {
-            const int c = s / 2, h = s % 2;
-            const __m256i sc = _mm256_shuffle_epi8(s < 4 ? u0 : u1, dup[s & 3]);
-            _Pragma("GCC unroll 16")
-            for (int half = 0; half < 2; half++) {  /* 4 pair sums of <= 2 * 31 * 127 each per int16 */
-                __m256i s16[4];
-                for (int j = 0; j < NT; j++) s16[j] = _mm256_setzero_si256();
-                _Pragma("GCC unroll 16")
-                for (int k = 4 * half; k < 4 * half + 4; k++) {
-                    const __m256i w = load256(blk + 384 + 32 * (8 * c + k));
-                    const __m256i hb = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(load256(blk + 128 + 32 * k), s), one), 4);
-                    const __m256i v = _mm256_or_si256(h ? _mm256_and_si256(_mm256_srli_epi16(w, 4), m4)
-                                                        : _mm256_and_si256(w, m4), hb);
-                    for (int j = 0; j < NT; j++) {
-                        const int8_t *y = a->q + (t + j) * nc + QK_K * b + 64 * c + 32 * h + 4 * k;
-                        s16[j] = ACC_ADD(s16[j], v, bcast32(y));
-                    }
-                }
-                for (int j = 0; j < NT; j++) isum[j] = _mm256_add_epi32(isum[j], ACC_SCALED(s16[j], sc));
-            }
-        }
-        for (int j = 0; j < NT; j++) msum[j] = _mm256_setzero_si256();
-        _Pragma("GCC unroll 16")
-        for (int p = 0; p < 8; p++) {
-            const __m256i m = _mm256_shuffle_epi8(p < 4 ? u2 : u3, dup[p & 3]);
-            for (int j = 0; j < NT; j++) {
-                const int16_t *bs = a->bsums + (t + j) * (nc / 16) + 16 * b + 2 * p;
-                msum[j] = _mm256_add_epi32(msum[j], _mm256_madd_epi16(m, bcast32(bs)));
-            }
-        }
-        const __m256 d8 = load_f16x8(blk), dmin8 = load_f16x8(blk + 16);
-        for (int j = 0; j < NT; j++) {
-            const __m256 dy = _mm256_set1_ps(a->d[(t + j) * nb + b]);
-            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d8, dy), _mm256_cvtepi32_ps(isum[j]), acc[j]);
-            acc[j] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin8, dy), _mm256_cvtepi32_ps(msum[j]), acc[j]);
-        }
     }
     store_tile(out, n_rows, t, r, nr, acc, NT);
 }
