@@ -19,16 +19,8 @@
 #define ACC_SCALED(acc, sc) _mm256_madd_epi16((acc), (sc))
 #define ACC_ADD32(acc, u, s) _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1)))
 
+#define X8_TABLE native_x8_avx2
 #include "x8_tiles.h"
-
-X8_ROWS(q4_0, tile_q4_0)
-X8_ROWS(q8_0, tile_q8_0)
-X8_ROWS(q4_k, tile_q4_k)
-X8_ROWS(q6_k, tile_q6_k)
-X8_ROWS(q5_0, tile_q5_0)
-X8_ROWS(iq4_nl, tile_iq4_nl)
-X8_ROWS(q5_k, tile_q5_k)
-X8_ROWS(iq4_xs, tile_iq4_xs)
 
 /* x8_pack's 4-byte fields on AVX2: 8 rows' words transposed 8 (or 4) at a time in registers. rows[r] +
  * off: row r's field; g: the group's field (word i of row r at (8 i + r) * 4). n_words a multiple of 4. */
@@ -70,9 +62,5 @@ FN void x8_pack_field4_avx2(const uint8_t *const rows[8], int64_t off, int n_wor
     }
 }
 
-const native_rows_fn native_x8_avx2[GT_COUNT] = {
-    [GT_Q4_0] = x8_q4_0, [GT_Q8_0] = x8_q8_0, [GT_Q4_K] = x8_q4_k, [GT_Q6_K] = x8_q6_k,
-    [GT_Q5_0] = x8_q5_0, [GT_IQ4_NL] = x8_iq4_nl, [GT_Q5_K] = x8_q5_k, [GT_IQ4_XS] = x8_iq4_xs,
-};
 
 #endif /* NATIVE_X86 */

@@ -18,20 +18,8 @@
 #define ACC_SCALED(acc, sc) _mm256_mullo_epi32((acc), _mm256_srai_epi32(_mm256_slli_epi32((sc), 16), 16))
 #define ACC_ADD32(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
 
+#define X8_TABLE native_x8_avx512vnni
 #include "x8_tiles.h"
 
-X8_ROWS(q4_0, tile_q4_0)
-X8_ROWS(q8_0, tile_q8_0)
-X8_ROWS(q4_k, tile_q4_k)
-X8_ROWS(q6_k, tile_q6_k)
-X8_ROWS(q5_0, tile_q5_0)
-X8_ROWS(iq4_nl, tile_iq4_nl)
-X8_ROWS(q5_k, tile_q5_k)
-X8_ROWS(iq4_xs, tile_iq4_xs)
-
-const native_rows_fn native_x8_avx512vnni[GT_COUNT] = {
-    [GT_Q4_0] = x8_q4_0, [GT_Q8_0] = x8_q8_0, [GT_Q4_K] = x8_q4_k, [GT_Q6_K] = x8_q6_k,
-    [GT_Q5_0] = x8_q5_0, [GT_IQ4_NL] = x8_iq4_nl, [GT_Q5_K] = x8_q5_k, [GT_IQ4_XS] = x8_iq4_xs,
-};
 
 #endif /* NATIVE_X86 */

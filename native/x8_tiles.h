@@ -5,6 +5,7 @@
  *   ACC_I32(acc)            such an accumulator as int32 lanes (each lane: one row's sum)
  *   ACC_SCALED(acc, sc)     the same times sc, given as an int16 pair (sc, sc) per 32-bit lane
  *   ACC_ADD32(acc, u, s)    int32 acc + the products of u and s summed per 32-bit lane
+ *   X8_TABLE                the name of the table of kernels this file defines at its end
  * The integer results are exact either way: every kernel set gives the same bits. */
 #include <immintrin.h>
 
@@ -393,3 +394,17 @@ INL void tile_iq4_xs(const uint8_t *g, const native_act *a, int64_t t, const int
         }                                                                                               \
     }
 
+X8_ROWS(q4_0, tile_q4_0)
+X8_ROWS(q8_0, tile_q8_0)
+X8_ROWS(q4_k, tile_q4_k)
+X8_ROWS(q6_k, tile_q6_k)
+X8_ROWS(q5_0, tile_q5_0)
+X8_ROWS(iq4_nl, tile_iq4_nl)
+X8_ROWS(q5_k, tile_q5_k)
+X8_ROWS(iq4_xs, tile_iq4_xs)
+
+/* the kernel set's table (X8_TABLE: its name, defined by the including file) */
+const native_rows_fn X8_TABLE[GT_COUNT] = {
+    [GT_Q4_0] = x8_q4_0, [GT_Q8_0] = x8_q8_0, [GT_Q4_K] = x8_q4_k, [GT_Q6_K] = x8_q6_k,
+    [GT_Q5_0] = x8_q5_0, [GT_IQ4_NL] = x8_iq4_nl, [GT_Q5_K] = x8_q5_k, [GT_IQ4_XS] = x8_iq4_xs,
+};
