@@ -109,172 +109,6 @@ static inline int32_t word_byte(const uint8_t *field, int64_t byte, int r, int w
     return field[(byte / word * 8 + r) * word + byte % word];
 }
 
-static void store_rows(float *out, int64_t n_rows, int64_t t, int64_t r, int nr, const float acc[8]) {
-    for (int i = 0; i < nr; i++) out[t * n_rows + r + i] = acc[i];
-}
-
-static void x8_q4_0_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
-                           const native_act *a, float *out) {
-    const int64_t nb = a->nb, nc = a->n_cols;
-    for (int64_t r = r0; r < r1; r += 8) {
-        const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
-        const uint8_t *g = w + r * row_bytes;
-        for (int64_t t = 0; t < a->n_tokens; t++) {
-            float acc[8] = {0};
-            for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk = g + 144 * b;
-                const int8_t *y = a->q + t * nc + QK * b;
-                const float dy = a->d[t * nb + b];
-                const int32_t qsum = a->qsum[t * nb + b];
-                for (int i = 0; i < 8; i++) {
-                    int32_t sumi = 0;
-                    for (int j = 0; j < 16; j++) {
-                        const int32_t v = word_byte(blk + 16, j, i, 4);
-                        sumi += (v & 15) * y[j] + (v >> 4) * y[j + 16];
-                    }
-                    sumi -= 8 * qsum;
-                    acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)sumi, acc[i]);
-                }
-            }
-            store_rows(out, n_rows, t, r, nr, acc);
-        }
-    }
-}
-
-static void x8_q8_0_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
-                           const native_act *a, float *out) {
-    const int64_t nb = a->nb, nc = a->n_cols;
-    for (int64_t r = r0; r < r1; r += 8) {
-        const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
-        const uint8_t *g = w + r * row_bytes;
-        for (int64_t t = 0; t < a->n_tokens; t++) {
-            float acc[8] = {0};
-            for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk = g + 272 * b;
-                const int8_t *y = a->q + t * nc + QK * b;
-                const float dy = a->d[t * nb + b];
-                for (int i = 0; i < 8; i++) {
-                    int32_t sumi = 0;
-                    for (int j = 0; j < 32; j++) sumi += (int8_t)word_byte(blk + 16, j, i, 4) * y[j];
-                    acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)sumi, acc[i]);
-                }
-            }
-            store_rows(out, n_rows, t, r, nr, acc);
-        }
-    }
-}
-
-/* five: Q5_K (a fifth bit per quant, bit s of qh[l] for sub-block s), else Q4_K */
-static void q45_k_scalar(const int five, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,
-                         int64_t n_rows, const native_act *a, float *out) {
-    const int64_t nb = a->nb, nc = a->n_cols;
-    const int gb = five ? 1408 : 1152, qs = five ? 384 : 128;
-    for (int64_t r = r0; r < r1; r += 8) {
-        const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
-        const uint8_t *g = w + r * row_bytes;
-        for (int64_t t = 0; t < a->n_tokens; t++) {
-            float acc[8] = {0};
-            for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk = g + gb * b;
-                const int8_t *y = a->q + t * nc + QK_K * b;
-                const int16_t *bs = a->bsums + t * (nc / 16) + 16 * b;
-                const float dy = a->d[t * nb + b];
-                for (int i = 0; i < 8; i++) {
-                    uint8_t packed[12], sm[16];
-                    for (int j = 0; j < 12; j++) packed[j] = (uint8_t)word_byte(blk + 32, j, i, 4);
-                    native_scales_mins_k4(packed, sm);
-                    int32_t isum = 0, msum = 0;
-                    for (int s = 0; s < 8; s++) {
-                        int32_t dot = 0;
-                        for (int l = 0; l < 32; l++) {
-                            const int32_t v = word_byte(blk + qs, 32 * (s / 2) + l, i, 4);
-                            const int32_t h = five ? word_byte(blk + 128, l, i, 4) >> s & 1 : 0;
-                            dot += ((s % 2 ? v >> 4 : v & 15) | h << 4) * y[32 * s + l];
-                        }
-                        isum += sm[s] * dot;
-                        msum += sm[8 + s] * (bs[2 * s] + bs[2 * s + 1]);
-                    }
-                    acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)isum, acc[i]);
-                    acc[i] = fmaf(-(native_f16_at(blk + 16 + 2 * i) * dy), (float)msum, acc[i]);
-                }
-            }
-            store_rows(out, n_rows, t, r, nr, acc);
-        }
-    }
-}
-
-static void x8_q4_k_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
-                           const native_act *a, float *out) {
-    q45_k_scalar(0, w, row_bytes, r0, r1, n_rows, a, out);
-}
-
-static void x8_q5_k_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
-                           const native_act *a, float *out) {
-    q45_k_scalar(1, w, row_bytes, r0, r1, n_rows, a, out);
-}
-
-static void x8_q6_k_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
-                           const native_act *a, float *out) {
-    const int64_t nb = a->nb, nc = a->n_cols;
-    for (int64_t r = r0; r < r1; r += 8) {
-        const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
-        const uint8_t *g = w + r * row_bytes;
-        for (int64_t t = 0; t < a->n_tokens; t++) {
-            float acc[8] = {0};
-            for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk = g + 1680 * b;
-                const int8_t *y = a->q + t * nc + QK_K * b;
-                const int16_t *bs = a->bsums + t * (nc / 16) + 16 * b;
-                const float dy = a->d[t * nb + b];
-                for (int i = 0; i < 8; i++) {
-                    int32_t isum = 0, off = 0;
-                    for (int s = 0; s < 16; s++) {
-                        const int32_t sc = (int8_t)word_byte(blk + 16, s, i, 2);
-                        int32_t dot = 0;
-                        for (int l = 0; l < 16; l++) {
-                            const int v = 16 * s + l, n = v / 128, qd = v % 128 / 32, p = v % 32;
-                            const int32_t ql = word_byte(blk + 144, 64 * n + 32 * (qd & 1) + p, i, 4);
-                            const int32_t qh = word_byte(blk + 1168, 32 * n + p, i, 4);
-                            const int32_t q = (qd < 2 ? ql & 15 : ql >> 4) | ((qh >> (2 * qd)) & 3) << 4;
-                            dot += q * y[v];
-                        }
-                        isum += sc * dot;
-                        off += sc * bs[s];
-                    }
-                    acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)(isum - 32 * off), acc[i]);
-                }
-            }
-            store_rows(out, n_rows, t, r, nr, acc);
-        }
-    }
-}
-
-/* the Q4_0 / Q5_0 / IQ4_NL / Q8_0 family: blocks of 32 against Q8_0, quant j of row i from q(blk, i, j) */
-#define X8_LEGACY_SCALAR(name, gb, quant, offset)                                                        \
-    static void x8_##name##_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows, \
-                                   const native_act *a, float *out) {                                    \
-        const int64_t nb = a->nb, nc = a->n_cols;                                                        \
-        for (int64_t r = r0; r < r1; r += 8) {                                                           \
-            const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;                                               \
-            const uint8_t *g = w + r * row_bytes;                                                        \
-            for (int64_t t = 0; t < a->n_tokens; t++) {                                                  \
-                float acc[8] = {0};                                                                      \
-                for (int64_t b = 0; b < nb; b++) {                                                       \
-                    const uint8_t *blk = g + (gb) * b;                                                   \
-                    const int8_t *y = a->q + t * nc + QK * b;                                            \
-                    const float dy = a->d[t * nb + b];                                                   \
-                    for (int i = 0; i < 8; i++) {                                                        \
-                        int32_t sumi = 0;                                                                \
-                        for (int j = 0; j < 32; j++) sumi += (quant) * y[j];                             \
-                        sumi -= (offset) * (offset ? a->qsum[t * nb + b] : 0);                           \
-                        acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)sumi, acc[i]);             \
-                    }                                                                                    \
-                }                                                                                        \
-                store_rows(out, n_rows, t, r, nr, acc);                                                  \
-            }                                                                                            \
-        }                                                                                                \
-    }
-
 static inline int32_t nibble_at(const uint8_t *qs, int i, int j) {  /* quant j (0..31) of 16 nibble bytes */
     const int32_t v = word_byte(qs, j % 16, i, 4);
     return j < 16 ? v & 15 : v >> 4;
@@ -284,44 +118,136 @@ static inline int32_t qh_bit(const uint8_t *qh, int i, int j) {  /* bit j of row
     return word_byte(qh, j / 8, i, 4) >> (j % 8) & 1;
 }
 
-X8_LEGACY_SCALAR(q5_0, 176, nibble_at(blk + 48, i, j) | qh_bit(blk + 16, i, j) << 4, 16)
-X8_LEGACY_SCALAR(iq4_nl, 144, native_kvalues_iq4nl[nibble_at(blk + 16, i, j)], 0)
+/* One group block of 8 rows against token t's activation block b: acc[i] += row i's contribution, in the
+ * float operations x8.h fixes. */
+typedef void (*block_fn)(const uint8_t *blk, const native_act *a, int64_t t, int64_t b, float acc[8]);
 
-static void x8_iq4_xs_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows,
-                             const native_act *a, float *out) {
-    const int64_t nb = a->nb, nc = a->n_cols;
+/* rows r0..r1 (groups of 8, gb bytes per group block) x every token: the loops every scalar kernel shares */
+static void scalar_rows(block_fn block, int gb, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,
+                        int64_t n_rows, const native_act *a, float *out) {
     for (int64_t r = r0; r < r1; r += 8) {
         const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
         const uint8_t *g = w + r * row_bytes;
         for (int64_t t = 0; t < a->n_tokens; t++) {
             float acc[8] = {0};
-            for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk = g + 1088 * b;
-                const int8_t *y = a->q + t * nc + QK_K * b;
-                const float dy = a->d[t * nb + b];
-                for (int i = 0; i < 8; i++) {
-                    const int32_t sh = word_byte(blk + 16, 0, i, 2) | word_byte(blk + 16, 1, i, 2) << 8;
-                    int32_t isum = 0;
-                    for (int ib = 0; ib < 8; ib++) {
-                        const int32_t ls = (word_byte(blk + 32, ib / 2, i, 4) >> 4 * (ib % 2) & 15) | (sh >> 2 * ib & 3) << 4;
-                        int32_t dot = 0;
-                        for (int j = 0; j < 32; j++) {
-                            const int32_t v = word_byte(blk + 64, 16 * ib + j % 16, i, 4);
-                            dot += native_kvalues_iq4nl[j < 16 ? v & 15 : v >> 4] * y[32 * ib + j];
-                        }
-                        isum += (ls - 32) * dot;
-                    }
-                    acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)isum, acc[i]);
-                }
-            }
-            store_rows(out, n_rows, t, r, nr, acc);
+            for (int64_t b = 0; b < a->nb; b++) block(g + gb * b, a, t, b, acc);
+            for (int i = 0; i < nr; i++) out[t * n_rows + r + i] = acc[i];
         }
     }
 }
 
+/* the Q4_0 / Q5_0 / Q8_0 / IQ4_NL family: blocks of 32 against Q8_0, quant j of row i from `quant`, minus
+ * `offset` x the activation block's sum */
+#define LEGACY_BLOCK(name, quant, offset)                                                                 \
+    static void name##_block(const uint8_t *blk, const native_act *a, int64_t t, int64_t b, float acc[8]) { \
+        const int8_t *y = a->q + t * a->n_cols + QK * b;                                                  \
+        const float dy = a->d[t * a->nb + b];                                                             \
+        for (int i = 0; i < 8; i++) {                                                                     \
+            int32_t sumi = 0;                                                                             \
+            for (int j = 0; j < 32; j++) sumi += (quant) * y[j];                                          \
+            if (offset) sumi -= (offset) * a->qsum[t * a->nb + b];                                        \
+            acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)sumi, acc[i]);                          \
+        }                                                                                                 \
+    }
+
+LEGACY_BLOCK(q4_0, nibble_at(blk + 16, i, j), 8)
+LEGACY_BLOCK(q5_0, nibble_at(blk + 48, i, j) | qh_bit(blk + 16, i, j) << 4, 16)
+LEGACY_BLOCK(q8_0, (int8_t)word_byte(blk + 16, j, i, 4), 0)
+LEGACY_BLOCK(iq4_nl, native_kvalues_iq4nl[nibble_at(blk + 16, i, j)], 0)
+
+/* Q4_K (qs at 128) and Q5_K (qh at 128, qs at 384: a fifth bit per quant, bit s of qh[l] for sub-block s) */
+static void q45_k_block(const int five, const uint8_t *blk, const native_act *a, int64_t t, int64_t b,
+                        float acc[8]) {
+    const int64_t nc = a->n_cols;
+    const int8_t *y = a->q + t * nc + QK_K * b;
+    const int16_t *bs = a->bsums + t * (nc / 16) + 16 * b;
+    const float dy = a->d[t * a->nb + b];
+    const int qs = five ? 384 : 128;
+    for (int i = 0; i < 8; i++) {
+        uint8_t packed[12], sm[16];
+        for (int j = 0; j < 12; j++) packed[j] = (uint8_t)word_byte(blk + 32, j, i, 4);
+        native_scales_mins_k4(packed, sm);
+        int32_t isum = 0, msum = 0;
+        for (int s = 0; s < 8; s++) {
+            int32_t dot = 0;
+            for (int l = 0; l < 32; l++) {
+                const int32_t v = word_byte(blk + qs, 32 * (s / 2) + l, i, 4);
+                const int32_t h = five ? word_byte(blk + 128, l, i, 4) >> s & 1 : 0;
+                dot += ((s % 2 ? v >> 4 : v & 15) | h << 4) * y[32 * s + l];
+            }
+            isum += sm[s] * dot;
+            msum += sm[8 + s] * (bs[2 * s] + bs[2 * s + 1]);
+        }
+        acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)isum, acc[i]);
+        acc[i] = fmaf(-(native_f16_at(blk + 16 + 2 * i) * dy), (float)msum, acc[i]);
+    }
+}
+
+static void q4_k_block(const uint8_t *blk, const native_act *a, int64_t t, int64_t b, float acc[8]) {
+    q45_k_block(0, blk, a, t, b, acc);
+}
+
+static void q5_k_block(const uint8_t *blk, const native_act *a, int64_t t, int64_t b, float acc[8]) {
+    q45_k_block(1, blk, a, t, b, acc);
+}
+
+static void q6_k_block(const uint8_t *blk, const native_act *a, int64_t t, int64_t b, float acc[8]) {
+    const int64_t nc = a->n_cols;
+    const int8_t *y = a->q + t * nc + QK_K * b;
+    const int16_t *bs = a->bsums + t * (nc / 16) + 16 * b;
+    const float dy = a->d[t * a->nb + b];
+    for (int i = 0; i < 8; i++) {
+        int32_t isum = 0, off = 0;
+        for (int s = 0; s < 16; s++) {
+            const int32_t sc = (int8_t)word_byte(blk + 16, s, i, 2);
+            int32_t dot = 0;
+            for (int l = 0; l < 16; l++) {
+                const int v = 16 * s + l, n = v / 128, qd = v % 128 / 32, p = v % 32;
+                const int32_t ql = word_byte(blk + 144, 64 * n + 32 * (qd & 1) + p, i, 4);
+                const int32_t qh = word_byte(blk + 1168, 32 * n + p, i, 4);
+                const int32_t q = (qd < 2 ? ql & 15 : ql >> 4) | ((qh >> (2 * qd)) & 3) << 4;
+                dot += q * y[v];
+            }
+            isum += sc * dot;
+            off += sc * bs[s];
+        }
+        acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)(isum - 32 * off), acc[i]);
+    }
+}
+
+static void iq4_xs_block(const uint8_t *blk, const native_act *a, int64_t t, int64_t b, float acc[8]) {
+    const int8_t *y = a->q + t * a->n_cols + QK_K * b;
+    const float dy = a->d[t * a->nb + b];
+    for (int i = 0; i < 8; i++) {
+        const int32_t sh = word_byte(blk + 16, 0, i, 2) | word_byte(blk + 16, 1, i, 2) << 8;
+        int32_t isum = 0;
+        for (int ib = 0; ib < 8; ib++) {
+            const int32_t ls = (word_byte(blk + 32, ib / 2, i, 4) >> 4 * (ib % 2) & 15) | (sh >> 2 * ib & 3) << 4;
+            int32_t dot = 0;
+            for (int j = 0; j < 32; j++) dot += native_kvalues_iq4nl[nibble_at(blk + 64 + 128 * ib, i, j)] * y[32 * ib + j];
+            isum += (ls - 32) * dot;
+        }
+        acc[i] = fmaf(native_f16_at(blk + 2 * i) * dy, (float)isum, acc[i]);
+    }
+}
+
+#define SCALAR_ROWS(name, gb)                                                                              \
+    static void x8_##name##_scalar(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows, \
+                                   const native_act *a, float *out) {                                     \
+        scalar_rows(name##_block, gb, w, row_bytes, r0, r1, n_rows, a, out);                              \
+    }
+
+SCALAR_ROWS(q4_0, 144)
+SCALAR_ROWS(q5_0, 176)
+SCALAR_ROWS(q8_0, 272)
+SCALAR_ROWS(iq4_nl, 144)
+SCALAR_ROWS(q4_k, 1152)
+SCALAR_ROWS(q5_k, 1408)
+SCALAR_ROWS(q6_k, 1680)
+SCALAR_ROWS(iq4_xs, 1088)
+
 const native_rows_fn native_x8_scalar[GT_COUNT] = {
-    [GT_Q5_0] = x8_q5_0_scalar, [GT_IQ4_NL] = x8_iq4_nl_scalar, [GT_Q5_K] = x8_q5_k_scalar,
-    [GT_IQ4_XS] = x8_iq4_xs_scalar,
-    [GT_Q4_0] = x8_q4_0_scalar, [GT_Q8_0] = x8_q8_0_scalar,
-    [GT_Q4_K] = x8_q4_k_scalar, [GT_Q6_K] = x8_q6_k_scalar,
+    [GT_Q4_0] = x8_q4_0_scalar, [GT_Q5_0] = x8_q5_0_scalar, [GT_Q8_0] = x8_q8_0_scalar,
+    [GT_IQ4_NL] = x8_iq4_nl_scalar, [GT_Q4_K] = x8_q4_k_scalar, [GT_Q5_K] = x8_q5_k_scalar,
+    [GT_Q6_K] = x8_q6_k_scalar, [GT_IQ4_XS] = x8_iq4_xs_scalar,
 };

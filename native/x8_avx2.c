@@ -21,6 +21,7 @@
 
 #define X8_TABLE native_x8_avx2
 #include "x8_tiles.h"
+#include "transpose_avx2.h"
 
 /* x8_pack's 4-byte fields on AVX2: 8 rows' words transposed 8 (or 4) at a time in registers. rows[r] +
  * off: row r's field; g: the group's field (word i of row r at (8 i + r) * 4). n_words a multiple of 4. */
@@ -29,23 +30,8 @@ FN void x8_pack_field4_avx2(const uint8_t *const rows[8], int64_t off, int n_wor
     for (; i + 8 <= n_words; i += 8) {
         __m256i v[8];
         for (int r = 0; r < 8; r++) v[r] = load256(rows[r] + off + 4 * i);
-        const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
-        const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
-        const __m256i t4 = _mm256_unpacklo_epi32(v[4], v[5]), t5 = _mm256_unpackhi_epi32(v[4], v[5]);
-        const __m256i t6 = _mm256_unpacklo_epi32(v[6], v[7]), t7 = _mm256_unpackhi_epi32(v[6], v[7]);
-        const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-        const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-        const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
-        const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
-        __m256i *o = (__m256i *)(g + 32 * i);
-        _mm256_storeu_si256(o + 0, _mm256_permute2x128_si256(u0, u4, 0x20));
-        _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(u1, u5, 0x20));
-        _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(u2, u6, 0x20));
-        _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(u3, u7, 0x20));
-        _mm256_storeu_si256(o + 4, _mm256_permute2x128_si256(u0, u4, 0x31));
-        _mm256_storeu_si256(o + 5, _mm256_permute2x128_si256(u1, u5, 0x31));
-        _mm256_storeu_si256(o + 6, _mm256_permute2x128_si256(u2, u6, 0x31));
-        _mm256_storeu_si256(o + 7, _mm256_permute2x128_si256(u3, u7, 0x31));
+        transpose8_epi32(v);  /* v[k]: word i + k of the eight rows */
+        for (int k = 0; k < 8; k++) _mm256_storeu_si256((__m256i *)(g + 32 * (i + k)), v[k]);
     }
     for (; i + 4 <= n_words; i += 4) {  /* rows r and r + 4 share a register: a 4 x 4 transpose per lane */
         __m256i v[4];
