@@ -14,6 +14,7 @@ from enum import IntEnum, IntFlag
 import numpy as np
 
 from ..errors import TokenizerError
+from .byte_level import BYTE_TO_UNICODE
 from .pretokenize import resolve_pre
 
 
@@ -127,7 +128,6 @@ class Vocab:
             if tid is None:
                 tid = self.token_to_id.get(chr(byte)) if byte < 0x80 else None
         else:
-            from .bpe import BYTE_TO_UNICODE
             tid = self.token_to_id.get(BYTE_TO_UNICODE[byte])
         if tid is None:
             raise TokenizerError(f"the vocabulary has no token for byte 0x{byte:02X}; the file is incomplete")
@@ -317,5 +317,4 @@ def _newline_id(vocab: Vocab) -> int | None:
             return vocab.byte_to_token(0x0A)
         except TokenizerError:
             return vocab.pad_id
-    from .bpe import BYTE_TO_UNICODE
     return vocab.token_to_id.get(BYTE_TO_UNICODE[0x0A], vocab.pad_id)
