@@ -16,6 +16,7 @@ from ..errors import UnsupportedArchitectureError
 from ..gguf import GGUFFile
 from ..kernels.base import Backend
 from .base import BaseConfig, DecoderModel, LayerBackends
+from .validate import check_config
 
 # general.architecture -> module in edgeinfer.arch
 ARCHITECTURES: dict[str, str] = {
@@ -38,18 +39,19 @@ SUPPORTED_ARCHITECTURES = tuple(sorted(set(ARCHITECTURES) | set(ALIASES)))
 
 def get_arch_module(arch: str | None):
     """The module implementing `arch`; UnsupportedArchitectureError naming what is supported."""
-    name = ALIASES.get(arch, arch)
+    name = ALIASES.get(arch, arch) if isinstance(arch, str) else None
     if name not in ARCHITECTURES:
         raise UnsupportedArchitectureError(
-            f"edgeinfer has no model code for the architecture {arch!r}. Supported: "
+            f"edgeinfer has no model code for the architecture {str(arch)[:80]!r}. Supported: "
             f"{', '.join(SUPPORTED_ARCHITECTURES)}. Use a model of one of these families."
         )
     return importlib.import_module(f".{ARCHITECTURES[name]}", __name__)
 
 
 def load_config(f: GGUFFile) -> BaseConfig:
-    """The hyperparameters of the file's model, from its metadata."""
-    return get_arch_module(f.architecture).Config.from_gguf(f)
+    """The hyperparameters of the file's model, from its metadata, checked against each other and the
+    file's tensors (arch.validate): a GGUFError naming the keys when they disagree."""
+    return check_config(get_arch_module(f.architecture).Config.from_gguf(f), f)
 
 
 def build_model(
@@ -65,6 +67,7 @@ def build_model(
         backend = ReferenceBackend()
     if layer_backend is not None:
         backend = LayerBackends(backend, layer_backend)
+    load_config(f)  # the hyper-parameters checked before any layer or kernel sees them
     model = get_arch_module(f.architecture).Model.from_gguf(f, backend)
     # their bytes now live in stacked or repacked copies (reading them again faults them back in)
     f.release_pages(model.stacked_sources())

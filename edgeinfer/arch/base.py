@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import EdgeInferError, GGUFError, UnsupportedArchitectureError
 from ..gguf import GGUFFile
+from ..gguf import typed
 from ..kernels.base import Backend, QTensor
 from ..nn import Batch, Embedding, GatedMLP, KVCacheLike, Linear, RMSNorm, RopeParams, Segments
 from ..nn.moe import MoE, Routing
@@ -39,12 +40,51 @@ def meta(f: GGUFFile, suffix: str, default: Any = _REQUIRED) -> Any:
     return default
 
 
-def _per_layer_int(f: GGUFFile, suffix: str, default: Any = _REQUIRED) -> int:
+# Typed reads of `{arch}.{suffix}` (edgeinfer.gguf.typed): the type and range are checked here, so a
+# forged value is a GGUFError naming its key, never a bare int()/float() error inside a layer.
+MAX_DIM = 1 << 24  # a width (n_embd, n_ff, head size): real models stay below 1 << 17
+MAX_COUNT = 1 << 16  # a count (layers, heads, experts)
+
+
+def meta_int(f: GGUFFile, suffix: str, default: Any = _REQUIRED, lo: int | None = 0, hi: int | None = MAX_DIM) -> Any:
+    key = f"{f.architecture}.{suffix}"
+    if key not in f.metadata:
+        return meta(f, suffix, default)
+    return typed.as_int(key, f.metadata[key], lo, hi, where=f.path)
+
+
+def meta_float(f: GGUFFile, suffix: str, default: Any = _REQUIRED, lo: float | None = None,
+               hi: float | None = None) -> Any:  # fmt: skip
+    key = f"{f.architecture}.{suffix}"
+    if key not in f.metadata:
+        return meta(f, suffix, default)
+    return typed.as_float(key, f.metadata[key], lo, hi, where=f.path)
+
+
+def meta_bool(f: GGUFFile, suffix: str, default: Any = _REQUIRED) -> Any:
+    key = f"{f.architecture}.{suffix}"
+    if key not in f.metadata:
+        return meta(f, suffix, default)
+    return typed.as_bool(key, f.metadata[key], where=f.path)
+
+
+def meta_str(f: GGUFFile, suffix: str, default: Any = _REQUIRED) -> Any:
+    key = f"{f.architecture}.{suffix}"
+    if key not in f.metadata:
+        return meta(f, suffix, default)
+    return typed.as_str(key, f.metadata[key], where=f.path, max_len=256)
+
+
+def _per_layer_int(f: GGUFFile, suffix: str, default: Any = _REQUIRED, lo: int = 0, hi: int = MAX_DIM) -> int:
     """An integer key that some converters write as one value per layer (all equal here)."""
     v = meta(f, suffix, default)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    values = set(int(x) for x in np.asarray(v).reshape(-1))
+    key = f"{f.architecture}.{suffix}"
+    if not isinstance(v, np.ndarray):
+        return typed.as_int(key, v, lo, hi, where=f.path)
+    arr = typed.as_num_array(key, v, where=f.path, integer=True)
+    if arr.size == 0:
+        raise GGUFError(f"{f.path}: the metadata key {key!r} is an empty array; the file is corrupt.")
+    values = set(typed.as_int(key, x, lo, hi, where=f.path) for x in np.unique(arr))
     if len(values) != 1:
         raise UnsupportedArchitectureError(
             f"{f.path}: {f.architecture}.{suffix} differs between layers ({sorted(values)}); "
@@ -76,22 +116,22 @@ class MoEConfig:
     @classmethod
     def read(cls, f: GGUFFile, norm_default: bool, required: bool = False) -> "MoEConfig | None":
         """None for a dense model (no expert_count, or 0) unless `required`."""
-        n_expert = int(meta(f, "expert_count", _REQUIRED if required else 0))
+        n_expert = meta_int(f, "expert_count", _REQUIRED if required else 0, hi=MAX_COUNT)
         if n_expert == 0 and not required:
             return None
-        n_used = int(meta(f, "expert_used_count"))
+        n_used = meta_int(f, "expert_used_count", hi=MAX_COUNT)
         if not 0 < n_used <= n_expert:
             raise GGUFError(
                 f"{f.path}: {f.architecture}.expert_used_count is {n_used}, but it must lie in 1.."
                 f"{f.architecture}.expert_count ({n_expert})."
             )
-        func = int(meta(f, "expert_gating_func", 0))
+        func = meta_int(f, "expert_gating_func", 0)
         if func not in (0, *_GATING_FUNCS):
             raise UnsupportedArchitectureError(
                 f"{f.path} routes its experts with gating function {func}; edgeinfer supports softmax (1) "
                 "and sigmoid (2)."
             )
-        if int(meta(f, "expert_group_count", 1)) > 1:
+        if meta_int(f, "expert_group_count", 1) > 1:
             raise UnsupportedArchitectureError(
                 f"{f.path} routes its experts by groups (DeepSeek V3's group-limited routing), "
                 "which edgeinfer does not support."
@@ -99,11 +139,11 @@ class MoEConfig:
         return cls(
             n_expert=n_expert,
             n_expert_used=n_used,
-            n_ff_exp=int(meta(f, "expert_feed_forward_length", 0)),
-            n_ff_shexp=int(meta(f, "expert_shared_feed_forward_length", 0)),
+            n_ff_exp=meta_int(f, "expert_feed_forward_length", 0),
+            n_ff_shexp=meta_int(f, "expert_shared_feed_forward_length", 0),
             gating=_GATING_FUNCS.get(func, "softmax"),
-            norm_weights=bool(meta(f, "expert_weights_norm", norm_default)),
-            weights_scale=float(meta(f, "expert_weights_scale", 0.0)) or 1.0,
+            norm_weights=meta_bool(f, "expert_weights_norm", norm_default),
+            weights_scale=meta_float(f, "expert_weights_scale", 0.0) or 1.0,
         )
 
     def routing(self) -> Routing:
@@ -141,48 +181,60 @@ class BaseConfig:
     @staticmethod
     def read_common(f: GGUFFile, rope_neox: bool) -> dict[str, Any]:
         """Every field of BaseConfig from the file's metadata (and tensor shapes where metadata is silent)."""
-        n_embd = int(meta(f, "embedding_length"))
-        n_head = _per_layer_int(f, "attention.head_count")
-        n_head_kv = _per_layer_int(f, "attention.head_count_kv", n_head)
-        head_dim = int(meta(f, "attention.key_length", n_embd // n_head))
-        n_ctx_train = int(meta(f, "context_length", 0))
+        n_embd = meta_int(f, "embedding_length", lo=1)
+        n_head = _per_layer_int(f, "attention.head_count", lo=1, hi=MAX_COUNT)
+        n_head_kv = _per_layer_int(f, "attention.head_count_kv", n_head, lo=1, hi=MAX_COUNT)
+        head_dim = meta_int(f, "attention.key_length", n_embd // n_head, lo=1)
+        if head_dim < 1:
+            raise GGUFError(
+                f"{f.path}: a head size of 0 ({f.architecture}.embedding_length {n_embd} over "
+                f"{n_head} heads); the file is corrupt or forged."
+            )
+        n_ctx_train = meta_int(f, "context_length", 0, hi=1 << 31)
         if "token_embd.weight" not in f.tensors:
             raise GGUFError(f"{f.path} has no tensor 'token_embd.weight'; the file is incomplete.")
-        n_vocab = int(f.tensors["token_embd.weight"].ne[1])
+        embd = f.tensors["token_embd.weight"]
+        if len(embd.ne) != 2:
+            raise GGUFError(
+                f"{f.path}: tensor 'token_embd.weight' has shape {list(embd.ne)}, but an embedding is a "
+                "2-D table (n_embd, n_vocab); the file is corrupt or forged."
+            )
+        n_vocab = int(embd.ne[1])
 
-        scaling = str(meta(f, "rope.scaling.type", "linear"))
+        scaling = meta_str(f, "rope.scaling.type", "linear")
         if scaling not in ("none", "linear", "yarn"):
             raise UnsupportedArchitectureError(
                 f"{f.path} uses rope scaling {scaling!r}; edgeinfer supports none, linear and yarn."
             )
-        factor = float(meta(f, "rope.scaling.factor", 0.0) or meta(f, "rope.scale_linear", 0.0))
+        factor = meta_float(f, "rope.scaling.factor", 0.0, lo=0.0) or meta_float(f, "rope.scale_linear", 0.0, lo=0.0)
         freq_scale = 1.0 if factor == 0.0 or scaling == "none" else 1.0 / factor
+        # MoE files may leave it out (the experts' own size is expert_feed_forward_length)
+        is_moe = meta_int(f, "expert_count", 0, hi=MAX_COUNT) > 0
         return dict(
             arch=f.architecture,
             n_vocab=n_vocab,
             n_embd=n_embd,
-            n_layer=int(meta(f, "block_count")),
+            n_layer=meta_int(f, "block_count", lo=1, hi=MAX_COUNT),
             n_head=n_head,
             n_head_kv=n_head_kv,
             head_dim=head_dim,
-            head_dim_v=int(meta(f, "attention.value_length", head_dim)),
-            # MoE files may leave it out (the experts' own size is expert_feed_forward_length)
-            n_ff=_per_layer_int(f, "feed_forward_length", 0 if meta(f, "expert_count", 0) else _REQUIRED),
-            rms_eps=float(meta(f, "attention.layer_norm_rms_epsilon")),
+            head_dim_v=meta_int(f, "attention.value_length", head_dim, lo=1),
+            n_ff=_per_layer_int(f, "feed_forward_length", 0 if is_moe else _REQUIRED),
+            rms_eps=meta_float(f, "attention.layer_norm_rms_epsilon", lo=0.0, hi=1.0),
             n_ctx_train=n_ctx_train,
-            n_rot=int(meta(f, "rope.dimension_count", head_dim)),
+            n_rot=meta_int(f, "rope.dimension_count", head_dim),
             rope_neox=rope_neox,
-            rope_freq_base=float(meta(f, "rope.freq_base", 10000.0)),
+            rope_freq_base=meta_float(f, "rope.freq_base", 10000.0),
             rope_freq_scale=freq_scale,
             rope_scaling=scaling,
-            rope_n_ctx_orig=int(meta(f, "rope.scaling.original_context_length", n_ctx_train)),
-            yarn_ext_factor=float(meta(f, "rope.scaling.yarn_ext_factor", 1.0)) if scaling == "yarn" else 0.0,
-            yarn_attn_factor=float(meta(f, "rope.scaling.attn_factor", 1.0)),
-            yarn_beta_fast=float(meta(f, "rope.scaling.yarn_beta_fast", 32.0)),
-            yarn_beta_slow=float(meta(f, "rope.scaling.yarn_beta_slow", 1.0)),
+            rope_n_ctx_orig=meta_int(f, "rope.scaling.original_context_length", n_ctx_train, hi=1 << 31),
+            yarn_ext_factor=meta_float(f, "rope.scaling.yarn_ext_factor", 1.0) if scaling == "yarn" else 0.0,
+            yarn_attn_factor=meta_float(f, "rope.scaling.attn_factor", 1.0),
+            yarn_beta_fast=meta_float(f, "rope.scaling.yarn_beta_fast", 32.0),
+            yarn_beta_slow=meta_float(f, "rope.scaling.yarn_beta_slow", 1.0),
             attn_scale=1.0 / math.sqrt(head_dim),  # llama.cpp reads attention.scale only for granite-like archs
             tied_output="output.weight" not in f.tensors,
-            final_logit_softcap=float(meta(f, "final_logit_softcapping", 0.0)),
+            final_logit_softcap=meta_float(f, "final_logit_softcapping", 0.0, lo=0.0),
         )
 
     def rope_params(self, freq_base: float | None = None, freq_scale: float | None = None) -> RopeParams:
@@ -235,7 +287,7 @@ class Weights:
         self._layer_backend = None
         if isinstance(backend, LayerBackends):
             self._layer_backend = backend.layer_backend
-            self._n_layer = int(meta(f, "block_count"))
+            self._n_layer = meta_int(f, "block_count", lo=1, hi=MAX_COUNT)
             backend = backend.backend
         self.backend = backend
 

@@ -22,7 +22,7 @@ import numpy as np
 from ..gguf import GGUFFile
 from ..kernels.base import Backend
 from ..nn import Attention, Batch, GatedMLP, KVCacheLike, RMSNorm, Rope
-from .base import BaseConfig, DecoderModel, Weights, meta
+from .base import BaseConfig, DecoderModel, Weights, meta_int
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Config(BaseConfig):
             common["attn_scale"] = 1.0 / math.sqrt(common["n_embd"] / common["n_head"])
         else:
             common["attn_scale"] = 1.0 / math.sqrt(common["head_dim"])
-        return cls(**common, n_swa=int(meta(f, "attention.sliding_window", 0)))
+        return cls(**common, n_swa=meta_int(f, "attention.sliding_window", 0, hi=1 << 31))
 
     def is_swa(self, il: int) -> bool:
         """Whether layer il is a local (sliding-window) layer."""

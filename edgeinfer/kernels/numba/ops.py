@@ -124,9 +124,24 @@ def _rope(x, positions, cos_t, sin_t, n_rot, neox, out):
                 out[t, hh, b] = x0 * s + x1 * c
 
 
+def check_rope_contract(d: int, n: int, positions, cos_t, sin_t, n_rot: int) -> None:
+    """The shape contract of the rope kernels, checked once per call (they index without bounds
+    checks): n_rot even and at most the head size d, tables of n_rot / 2 columns, positions rows of them."""
+    n_rot = int(n_rot)
+    if n_rot < 0 or n_rot % 2 or n_rot > d:
+        raise ValueError(f"rope: n_rot {n_rot} must be even and at most the head size {d}")
+    if cos_t.ndim != 2 or sin_t.shape != cos_t.shape or cos_t.shape[1] < n_rot // 2:
+        raise ValueError(f"rope: cos/sin tables {cos_t.shape}/{sin_t.shape} do not cover n_rot {n_rot}")
+    if len(positions) != n:
+        raise ValueError("rope: one position per token")
+    if n and (int(np.min(positions)) < 0 or int(np.max(positions)) >= cos_t.shape[0]):
+        raise ValueError(f"rope: a position outside the tables' {cos_t.shape[0]} rows")
+
+
 def rope(x, positions, cos_t, sin_t, n_rot: int, neox: bool) -> np.ndarray:
     """x (n, h, d) rotated by the tables' rows at positions -> a new float32 array."""
     x = np.ascontiguousarray(x, dtype=np.float32)
+    check_rope_contract(x.shape[2], x.shape[0], positions, cos_t, sin_t, n_rot)  # hardening (issue 18)
     out = np.empty_like(x)
     _rope(x, positions, cos_t, sin_t, n_rot, neox, out)
     return out
@@ -189,6 +204,21 @@ def _qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos_t, s
 _NO_NORM = np.ones(1, np.float32)
 
 
+def _check_qkv_contract(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, q_norm, k_norm,
+                        k, v) -> None:  # fmt: skip
+    if qkv.ndim != 2 or qkv.shape[1] != n_head * head_dim + n_head_kv * (head_dim + head_dim_v):
+        raise ValueError(f"qkv_store: qkv {qkv.shape} does not hold {n_head} + {n_head_kv} heads of {head_dim} "
+                         f"and {n_head_kv} of {head_dim_v}")  # fmt: skip
+    check_rope_contract(head_dim, qkv.shape[0], positions, cos, sin, n_rot)
+    for w in (q_norm, k_norm):
+        if w is not None and (w.ndim != 1 or w.shape[0] < head_dim):
+            raise ValueError(f"qkv_store: a QK-norm weight of shape {w.shape} for heads of {head_dim}")
+    if (k.ndim != 3 or v.ndim != 3 or k.shape[1] < n_head_kv or v.shape[1] < n_head_kv
+            or kv_head_dim(k) != head_dim or kv_head_dim(v) != head_dim_v):  # fmt: skip
+        raise ValueError(f"qkv_store: K/V storage {k.shape}/{v.shape} does not fit {n_head_kv} heads of "
+                         f"{head_dim}/{head_dim_v}")  # fmt: skip
+
+
 def qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
               q_norm, k_norm, eps, k, v, cells) -> np.ndarray:  # fmt: skip
     """qkv (n, H D + Hkv D + Hkv Dv), the output of the stacked Q/K/V matmul -> q (n, H, D), normed
@@ -199,6 +229,8 @@ def qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin,
     if cells.shape[0] != qkv.shape[0]:
         raise ValueError("qkv_store: one cell per token")
     qkv = np.ascontiguousarray(qkv, dtype=np.float32)
+    _check_qkv_contract(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, q_norm, k_norm,
+                        k, v)  # hardening (issue 18): the kernel indexes without bounds checks  # fmt: skip
     q = np.empty((qkv.shape[0], n_head, head_dim), np.float32)
     has_norm = q_norm is not None
     _qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
