@@ -35,9 +35,15 @@ SMALL_OPS = ("gpu", "host")
 
 
 def _default_host(n_threads: int | None):
-    from .. import get_backend
+    """The best CPU backend, as get_backend("auto") picks it: native where built, else numba. (Not through
+    kernels.get_backend itself: that imports this package, and imports go round in no circle.)"""
+    from ..native import NativeBackend, available
 
-    return get_backend("auto", n_threads=n_threads)
+    if available():
+        return NativeBackend(n_threads)
+    from ..numba import NumbaBackend
+
+    return NumbaBackend(n_threads)
 
 
 def _stderr_log(msg: str) -> None:
