@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         args.models = [] if args.shapes else ["smollm2-135m", "gemma3-270m"]
 
     from edgeinfer import __version__
-    from edgeinfer.engine.bench import git_commit, machine_info
+    from edgeinfer.bench import git_commit, machine_info
     from edgeinfer.models import resolve_model
     from edgeinfer.system import default_threads
 

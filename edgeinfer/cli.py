@@ -11,7 +11,7 @@ import time
 from .errors import EdgeInferError
 from .progress import format_bytes as _human_bytes
 
-BACKEND_CHOICES = ("auto", "native", "numba", "reference")  # as edgeinfer.engine.bench (not imported: slow)
+BACKEND_CHOICES = ("auto", "native", "numba", "reference")  # as edgeinfer.bench (not imported: slow)
 
 
 def _human_count(n: int) -> str:
@@ -209,7 +209,7 @@ def _backend_kwargs(args) -> dict:
     (None: load's own default)."""
     if getattr(args, "backend", None) is None:
         return {}
-    from .engine.bench import resolve_backend
+    from .bench import resolve_backend
     from .system import default_threads
 
     return {"backend": resolve_backend(args.backend, args.threads or default_threads())}
@@ -239,7 +239,7 @@ def _ngl_env(args) -> None:
 
 
 def cmd_bench(args) -> int:
-    from .engine.bench import format_table, run_bench
+    from .bench import format_table, run_bench
 
     def log(msg: str) -> None:
         print(f"edgeinfer bench: {msg}", file=sys.stderr, flush=True)

@@ -10,8 +10,8 @@ from reference_model import write_tiny_model
 
 from edgeinfer import cli, system
 from edgeinfer.energy import EstimateMeter
-from edgeinfer.engine import bench
-from edgeinfer.engine.bench import bench_context, bench_model, format_table, run_bench
+from edgeinfer import bench
+from edgeinfer.bench import bench_context, bench_model, format_table, run_bench
 from edgeinfer.errors import EdgeInferError
 
 REQUIRED = (

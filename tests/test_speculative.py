@@ -576,7 +576,7 @@ def test_cli_run_shows_acceptance(smollm2_path):
 
 
 def test_bench_spec_reports_speed_acceptance_and_energy(tiny):
-    from edgeinfer.engine.bench import format_table, run_bench
+    from edgeinfer.bench import format_table, run_bench
 
     r = run_bench(tiny["target"], n_prompt=8, n_gen=12, repetitions=2, backend="numba", spec="draft",
                   draft=tiny["close"], spec_prompt=PROMPTS[1], energy_source="estimate")  # fmt: skip

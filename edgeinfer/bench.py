@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgeInferError
-from ..nn.kv import DEFAULT_KV_TYPE
-from .kv_cache import KVCache
+from .engine.kv_cache import KVCache
+from .errors import EdgeInferError
+from .nn.kv import DEFAULT_KV_TYPE
 
 BACKEND_CHOICES = ("auto", "native", "numba", "reference")
 SEED = 1234
@@ -62,7 +62,7 @@ def resolve_backend(name, n_threads: int):
     if name is not None and not isinstance(name, str):
         return name
     name = name or "auto"
-    from ..kernels import BACKENDS, get_backend
+    from .kernels import BACKENDS, get_backend
 
     try:
         return get_backend(name, n_threads=n_threads)
@@ -82,7 +82,7 @@ def backend_isa(backend) -> str | None:
     if backend is None or backend_name(backend) != "native":
         return None
     try:
-        from ..kernels.native import native_isa
+        from .kernels.native import native_isa
 
         return native_isa()
     except Exception:  # an older or unbuilt extension: the bench still runs
@@ -91,7 +91,7 @@ def backend_isa(backend) -> str | None:
 
 def repacked_weights(model) -> int:
     """How many of the model's matmul weights run in a backend's own layout (x8: rows interleaved)."""
-    from ..nn import Linear
+    from .nn import Linear
 
     parts = [p for b in getattr(model, "blocks", []) for p in vars(b).values()]
     linears = [v for p in parts for v in getattr(p, "__dict__", {}).values() if isinstance(v, Linear)]
@@ -112,7 +112,7 @@ def cpu_model() -> str:
 
 
 def machine_info() -> dict:
-    from ..system import available_cpus
+    from .system import available_cpus
 
     return {
         "cpu": cpu_model(),
@@ -126,7 +126,7 @@ def machine_info() -> dict:
 
 def git_commit() -> str | None:
     """`git describe --always --dirty` of the checkout edgeinfer runs from, None outside one."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
         return None
     try:
@@ -185,7 +185,7 @@ def bench_model(
     repetitions = _positive("the number of repetitions (-r)", repetitions)
     n_ctx = bench_context(n_prompt, n_gen, n_ctx)
     if meter is None:
-        from ..energy import open_meter
+        from .energy import open_meter
 
         meter = open_meter("cpu")
     log = log or (lambda msg: None)
@@ -299,7 +299,7 @@ def bench_speculative(
     n_gen = _positive("the number of generated tokens (-n)", n_gen)
     repetitions = _positive("the number of repetitions (-r)", repetitions)
     if meter is None:
-        from ..energy import open_meter
+        from .energy import open_meter
 
         meter = open_meter("cpu")
     log = log or (lambda msg: None)
@@ -432,8 +432,8 @@ def run_bench(
     the energy meter adds the GPU board's (NVML) to the CPU's, and the result says where the layers ran.
     kv_type: the KV cache's format (edgeinfer.load's; a loaded LLM keeps its own); the result says which,
     and its bytes per token."""
-    from .. import __version__
-    from ..system import default_threads
+    from . import __version__
+    from .system import default_threads
 
     # check the arguments before the (slow) load
     n_prompt = _positive("the prompt length (-p)", n_prompt)
@@ -451,7 +451,7 @@ def run_bench(
     log = log or (lambda msg: None)
     gpu_asked = False
     if n_gpu_layers != 0 and not hasattr(model, "gguf"):
-        from ..kernels.cuda.offload import default_n_gpu_layers
+        from .kernels.cuda.offload import default_n_gpu_layers
 
         n_gpu_layers = default_n_gpu_layers(n_gpu_layers)
         gpu_asked = n_gpu_layers != 0
@@ -459,7 +459,7 @@ def run_bench(
         plan = getattr(model, "offload", None)
         gpu_asked = bool(plan is not None and plan.device is not None)
     if meter is None:  # before the load: `--energy rapl` where RAPL cannot be read fails at once
-        from ..energy import open_meter
+        from .energy import open_meter
 
         # layers on a GPU: its board's energy (NVML) beside the CPU's, where NVML can be read
         meter = open_meter("cuda" if gpu_asked else "cpu", source=energy_source)
@@ -469,8 +469,8 @@ def run_bench(
         threads = llm.n_threads
         be = llm.model.backend if hasattr(llm.model, "backend") else None
     else:
-        from ..api import load  # the engine's one look upward: loading is the api's job
-        from ..models import resolve_model
+        from .api import load
+        from .models import resolve_model
 
         model = resolve_model(model)  # a missing file or unknown name fails before any kernel loads
         threads = n_threads or default_threads()
@@ -566,7 +566,7 @@ def format_table(result: dict) -> str:
         out.append(f"chat{sp['n_gen']}: greedy reply to a chat prompt, plain and {sp['mode']}{draft}: speed-up {speedup}, "
                    f"acceptance {acc}{off}; {same}")  # fmt: skip
     if result.get("expert_counts"):
-        from .experts import format_expert_counts
+        from .engine.experts import format_expert_counts
 
         for test, counts in result["expert_counts"].items():
             n = result[test]
