@@ -103,12 +103,16 @@ class Sampler:
         """Bias and penalties on a copy of the logits (llama_sampler_penalties_apply)."""
         p = self.params
         out = np.array(logits, dtype=np.float32, copy=True)
+        n = out.shape[-1]
         for tok, bias in p.logit_bias.items():
-            out[tok] += bias
+            if 0 <= tok < n:  # a vocabulary may name more ids than the model has logits (no row: no bias)
+                out[tok] += bias
         penalize = p.repeat_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
         if penalize and self.counts:
             toks = np.fromiter(self.counts.keys(), dtype=np.int64, count=len(self.counts))
             cnt = np.fromiter(self.counts.values(), dtype=np.float32, count=len(self.counts))
+            keep = (toks >= 0) & (toks < n)
+            toks, cnt = toks[keep], cnt[keep]
             vals = out[toks]
             vals = np.where(vals <= 0, vals * p.repeat_penalty, vals / p.repeat_penalty)
             vals -= cnt * p.frequency_penalty + p.presence_penalty

@@ -14,7 +14,14 @@ tokenize with `add_special=False`, or (when the vocabulary adds BOS) `strip_bos(
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
+import math
+import os
+import re
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -23,7 +30,7 @@ import jinja2
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 from jinja2.ext import Extension, loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from ..errors import EdgeInferError
 
@@ -227,18 +234,217 @@ class _GenerationTag(Extension):
         return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
 
+# ---------------------------------------------------------------------------------------------------
+# The render budget. A template is code from the file's author: the sandbox stops attribute access,
+# the budget stops work. Generous for real templates (they render in milliseconds, loop over the
+# messages, and print what they are given), fatal to a template that loops a billion times, prints
+# gigabytes, or asks for an 8 GB string in one operation.
+
+RENDER_SECONDS = 5.0  # wall time of one render (EDGEINFER_TEMPLATE_SECONDS overrides)
+RENDER_LOOP_ITEMS = 1_000_000  # items of all range() loops of one render together
+RENDER_OUTPUT_CHARS = 16 << 20  # output characters beyond 4x the messages' own text
+RENDER_MEMORY_BYTES = 1 << 30  # growth of the process's resident memory during one render
+MAX_VALUE_LEN = 16 << 20  # the largest string, list or number of digits one operation may make
+MAX_CALL_INT = 10_000_000  # the largest integer argument of a method or filter (widths, counts)
+
+
+class TemplateBudgetError(ChatTemplateError):
+    """A chat template ran past its render budget (time, loop items, output, memory, one huge value)."""
+
+
+class _Budget:
+    """The budget of the render running in this thread (thread-local: renders in several threads of a
+    server each have their own)."""
+
+    _local = threading.local()
+
+    def __init__(self, name: str):
+        self.name = name
+        self.loop_items = 0
+
+    @classmethod
+    def current(cls) -> "_Budget | None":
+        return getattr(cls._local, "budget", None)
+
+    def refuse(self, what: str) -> TemplateBudgetError:
+        return TemplateBudgetError(
+            f"the {self.name} chat template was stopped: {what}. Real chat templates need a tiny fraction "
+            "of this; the template is broken or hostile (use a built-in template, e.g. --chat-template chatml, "
+            "or another model file)."
+        )
+
+
+def _env_seconds() -> float:
+    try:
+        v = float(os.environ.get("EDGEINFER_TEMPLATE_SECONDS", RENDER_SECONDS))
+    except ValueError:
+        return RENDER_SECONDS
+    return v if math.isfinite(v) and v > 0 else RENDER_SECONDS
+
+
+def _size_of(value: Any) -> int:
+    if isinstance(value, (str, bytes, list, tuple)):
+        return len(value)
+    return 0
+
+
+def _check_value(value: Any) -> Any:
+    if _size_of(value) > MAX_VALUE_LEN:
+        b = _Budget.current()
+        raise (b.refuse if b else TemplateBudgetError)(f"a value of {_size_of(value)} items, more than {MAX_VALUE_LEN}")
+    return value
+
+
+def _check_args(args: tuple, kwargs: dict) -> None:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, int) and not isinstance(a, bool) and abs(a) > MAX_CALL_INT:
+            b = _Budget.current()
+            what = f"an integer argument of {a}, larger than {MAX_CALL_INT}"
+            raise b.refuse(what) if b else TemplateBudgetError(what)
+
+
+def _budget_range(*args: Any) -> Any:
+    rng = safe_range(*args)
+    b = _Budget.current()
+    if b is None:
+        return rng
+    b.loop_items += len(rng)
+    if b.loop_items > RENDER_LOOP_ITEMS:
+        raise b.refuse(f"its loops asked for more than {RENDER_LOOP_ITEMS:,} range() items")
+    return rng
+
+
+def _binop_size(op: str, left: Any, right: Any) -> int:
+    """The size of what `left op right` would make, computed without making it."""
+    if op == "*":
+        for seq, n in ((left, right), (right, left)):
+            if isinstance(seq, (str, bytes, list, tuple)) and isinstance(n, int):
+                return len(seq) * max(n, 0)
+        if isinstance(left, int) and isinstance(right, int):
+            return (abs(left).bit_length() + abs(right).bit_length()) // 3
+    elif op == "**":
+        if isinstance(left, int) and isinstance(right, int) and right > 0:
+            return int(abs(left).bit_length() * right // 3)
+    elif op == "+":
+        return _size_of(left) + _size_of(right)
+    elif op == "%" and isinstance(left, str):
+        widths = [int(w) for spec in _PERCENT_SPEC.findall(left) for w in spec if w.isdigit()]
+        stars = [a for a in (right if isinstance(right, tuple) else (right,)) if isinstance(a, int)]
+        return len(left) + sum(widths) + sum(abs(a) for a in stars if "*" in left)
+    return 0
+
+
+_PERCENT_SPEC = re.compile(r"%[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_FORMAT_SPEC_NUMBER = re.compile(r"\{[^{}]*?:[^{}]*?(\d+)")
+
+
+def _format_width(obj: Any) -> int:
+    """The widths a str.format / format_map template asks for (each field's largest number)."""
+    obj = getattr(obj, "__wrapped__", obj)  # jinja's sandbox wraps str.format (wrap_str_format)
+    owner = getattr(obj, "__self__", None)
+    if isinstance(owner, str) and getattr(obj, "__name__", "") in ("format", "format_map"):
+        return sum(int(n) for n in _FORMAT_SPEC_NUMBER.findall(owner))
+    return 0
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset(["*", "**", "+", "%"])
+
     def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
         # The stock sandbox returns an Undefined that fails only when used; fail at once instead.
         raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__} is not allowed")
+
+    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+        n = _binop_size(operator, left, right)
+        if n > MAX_VALUE_LEN:
+            b = _Budget.current()
+            what = f"'{operator}' would make a value of about {n:,} items, more than {MAX_VALUE_LEN:,}"
+            raise b.refuse(what) if b else TemplateBudgetError(what)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context, __obj, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (jinja's signature)
+        _check_args(args, kwargs)
+        if _format_width(__obj) > MAX_VALUE_LEN:
+            b = _Budget.current()
+            what = "a format string asks for a field wider than the budget"
+            raise b.refuse(what) if b else TemplateBudgetError(what)
+        return _check_value(super().call(__context, __obj, *args, **kwargs))
+
+
+def _guard_filter(fn):
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        _check_args(args, kwargs)
+        return _check_value(fn(*args, **kwargs))
+
+    return guarded
 
 
 def _make_env() -> _Sandbox:
     env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, loopcontrols])
     env.filters["tojson"] = _tojson
+    env.filters = {name: _guard_filter(f) for name, f in env.filters.items()}
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    env.globals["range"] = _budget_range
     return env
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class _Watchdog:
+    """Raises _Stop in the rendering thread (an asynchronous exception, delivered between two Python
+    bytecodes of Jinja's compiled template) when the render runs past its time or memory budget."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.tid = threading.get_ident()
+        self.lock = threading.Lock()
+        self.done = False
+        self.fired: str | None = None
+        self.rss0 = _rss_bytes()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="edgeinfer-template-watchdog", daemon=True)
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        while not self.stop.wait(0.02):
+            why = None
+            if time.monotonic() > deadline:
+                why = f"it ran for more than {self.seconds:g} s"
+            elif self.rss0 and _rss_bytes() - self.rss0 > RENDER_MEMORY_BYTES:
+                why = f"it grew the process by more than {RENDER_MEMORY_BYTES >> 20} MiB"
+            if why is not None:
+                with self.lock:
+                    if not self.done:
+                        self.fired = why
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.tid), ctypes.py_object(_Stop))
+                return
+
+    def __enter__(self) -> "_Watchdog":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self.lock:
+            self.done = True
+            if self.fired is not None:  # not yet delivered: take it back
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.tid), None)
+        self.stop.set()
+
+
+class _Stop(BaseException):
+    """Raised by the watchdog inside a render that ran past its budget (BaseException: no template
+    catches it)."""
 
 
 _ENV = _make_env()
@@ -307,7 +513,7 @@ class ChatTemplate:
         if isinstance(source, str) and source.strip():
             return cls(source, "file", bos_token, eos_token)
         if token_texts is None:
-            token_texts = set(tokens) if tokens is not None else set()
+            token_texts = {t for t in tokens if isinstance(t, str)} if isinstance(tokens, (list, tuple)) else set()
         name = select_builtin(metadata, token_texts)
         return cls(builtin_template(name), name, bos_token, eos_token)
 
@@ -317,17 +523,34 @@ class ChatTemplate:
         context = {"tools": None, "documents": None, **kwargs}
         context.update(messages=messages, add_generation_prompt=add_generation_prompt,
                        bos_token=self.bos_token, eos_token=self.eos_token)
+        limit = RENDER_OUTPUT_CHARS + 4 * sum(len(m.get("content") or "") for m in messages if isinstance(m, Mapping))
+        budget = _Budget(self.name)
+        _Budget._local.budget = budget
+        watchdog = _Watchdog(_env_seconds())
         try:
-            return self._template.render(**context)
+            with watchdog:
+                pieces, n = [], 0
+                for piece in self._template.generate(**context):
+                    n += len(piece)
+                    if n > limit:
+                        raise budget.refuse(f"its output passed {limit:,} characters")
+                    pieces.append(piece)
+                return "".join(pieces)
+        except _Stop:
+            raise budget.refuse(watchdog.fired or "it ran past its budget") from None
         except ChatTemplateError:
             raise
         except SecurityError as e:
             raise ChatTemplateError(
                 f"the {self.name} chat template did something the sandbox forbids: {e}") from e
+        except MemoryError:
+            raise budget.refuse("it ran out of memory") from None
         except (TemplateError, TypeError, ValueError, LookupError, AttributeError, ArithmeticError,
                 RuntimeError) as e:
             raise ChatTemplateError(
                 f"the {self.name} chat template failed on these messages: {type(e).__name__}: {e}") from e
+        finally:
+            _Budget._local.budget = None
 
     def starts_with_bos(self, text: str) -> bool:
         """True when rendered `text` already begins with the BOS text: tokenize it with add_special=False."""
@@ -350,7 +573,7 @@ def select_builtin(metadata: Mapping[str, Any], token_texts: set[str]) -> str:
         if marker in token_texts:
             return name
     arch = metadata.get("general.architecture")
-    if arch in ARCH_TEMPLATES:
+    if isinstance(arch, str) and arch in ARCH_TEMPLATES:
         return ARCH_TEMPLATES[arch]
     if arch == "llama" and metadata.get("tokenizer.ggml.model") == "llama":
         return "llama2"  # a sentencepiece Llama with no chat tokens: Llama 2's [INST] format
@@ -358,6 +581,7 @@ def select_builtin(metadata: Mapping[str, Any], token_texts: set[str]) -> str:
 
 
 def _token_text(tokens: Sequence[str] | None, token_id: Any) -> str:
-    if tokens is None or token_id is None or not 0 <= int(token_id) < len(tokens):
+    if (not isinstance(tokens, (list, tuple)) or isinstance(token_id, bool) or not isinstance(token_id, int)
+            or not 0 <= token_id < len(tokens) or not isinstance(tokens[token_id], str)):  # fmt: skip
         return ""
-    return tokens[int(token_id)]
+    return tokens[token_id]

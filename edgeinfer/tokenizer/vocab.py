@@ -14,6 +14,7 @@ from enum import IntEnum, IntFlag
 import numpy as np
 
 from ..errors import TokenizerError
+from ..gguf import typed
 from .byte_level import BYTE_TO_UNICODE
 from .pretokenize import resolve_pre
 
@@ -142,6 +143,8 @@ class Vocab:
 
 def _build(meta) -> Vocab:
     model = meta.get(_KEY + "model")
+    if model is not None:
+        model = typed.as_str(_KEY + "model", model, error=TokenizerError)
     if model is None:
         raise TokenizerError("the file has no tokenizer (tokenizer.ggml.model is missing); "
                              "edgeinfer needs a GGUF with its vocabulary")
@@ -151,7 +154,7 @@ def _build(meta) -> Vocab:
     tokens = meta.get(_KEY + "tokens")
     if tokens is None:
         raise TokenizerError("the file has no token list (tokenizer.ggml.tokens); it cannot be tokenized")
-    tokens = list(tokens)
+    tokens = typed.as_str_list(_KEY + "tokens", tokens, error=TokenizerError)
     n = len(tokens)
     for i, t in enumerate(tokens):
         if not t:  # llama.cpp renames empty tokens so that they stay unique
@@ -181,13 +184,13 @@ def _build(meta) -> Vocab:
         if merges is None:
             raise TokenizerError("BPE vocabulary without merges (tokenizer.ggml.merges is missing); "
                                  "the file is incomplete")
-        bpe_ranks = _ranks(merges)
-        pre, flags = resolve_pre(meta.get(_KEY + "pre") or "default")
+        bpe_ranks = _ranks(typed.as_str_list(_KEY + "merges", merges, error=TokenizerError))
+        pre, flags = resolve_pre(typed.get_str(meta, _KEY + "pre", None, error=TokenizerError, max_len=256) or "default")
         flags = dict(flags, add_space_prefix=False)
         add_bos, add_eos, escape_ws = False, False, False
         if flags["no_default_bos"]:
             ids["bos"] = None
-    add_space_prefix = bool(meta.get(_KEY + "add_space_prefix", flags["add_space_prefix"]))
+    add_space_prefix = _flag(meta, "add_space_prefix", flags["add_space_prefix"])
     ids.update(eot=None, eom=None)
     fim = dict(pre=None, suf=None, mid=None, pad=None, rep=None, sep=None)
 
@@ -197,19 +200,19 @@ def _build(meta) -> Vocab:
     for name, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("eot", "eot_token_id"),
                       ("eom", "eom_token_id"), ("unk", "unknown_token_id"), ("sep", "seperator_token_id"),
                       ("pad", "padding_token_id"), ("mask", "mask_token_id")):
-        v = meta.get(_KEY + key)
-        if v is not None and 0 <= int(v) < n:
-            ids[name] = int(v)
+        v = typed.get_int(meta, _KEY + key, None, error=TokenizerError)
+        if v is not None and 0 <= v < n:
+            ids[name] = v
     for name, keys in (("pre", ("fim_pre_token_id", "prefix_token_id")), ("suf", ("fim_suf_token_id", "suffix_token_id")),
                        ("mid", ("fim_mid_token_id", "middle_token_id")), ("pad", ("fim_pad_token_id",)),
                        ("rep", ("fim_rep_token_id",)), ("sep", ("fim_sep_token_id",))):
         for key in keys:
-            v = meta.get(_KEY + key)
-            if v is not None and 0 <= int(v) < n:
-                fim[name] = int(v)
-    add_bos = bool(meta.get(_KEY + "add_bos_token", add_bos))
-    add_eos = bool(meta.get(_KEY + "add_eos_token", add_eos))
-    add_sep = bool(meta.get(_KEY + "add_sep_token", False))
+            v = typed.get_int(meta, _KEY + key, None, error=TokenizerError)
+            if v is not None and 0 <= v < n:
+                fim[name] = v
+    add_bos = _flag(meta, "add_bos_token", add_bos)
+    add_eos = _flag(meta, "add_eos_token", add_eos)
+    add_sep = _flag(meta, "add_sep_token", False)
 
     # special tokens found by their text (llama.cpp scans its hash map; we scan in id order, which
     # gives the same ids whenever a vocabulary holds one candidate per role)
@@ -284,7 +287,7 @@ def _build(meta) -> Vocab:
         bos_id=ids["bos"], eos_id=ids["eos"], eot_id=ids["eot"], eom_id=ids["eom"], unk_id=ids["unk"],
         sep_id=ids["sep"], pad_id=ids["pad"], mask_id=ids["mask"], fim_ids=fim,
         add_bos=add_bos, add_eos=add_eos, add_sep=add_sep, add_space_prefix=add_space_prefix,
-        remove_extra_whitespaces=bool(meta.get(_KEY + "remove_extra_whitespaces", False)),
+        remove_extra_whitespaces=_flag(meta, "remove_extra_whitespaces", False),
         escape_whitespaces=escape_ws, ignore_merges=flags["ignore_merges"], clean_spaces=flags["clean_spaces"],
         eog_ids=frozenset(eog), special_ids=special,
     )
@@ -292,11 +295,24 @@ def _build(meta) -> Vocab:
     return vocab
 
 
+def _flag(meta, name: str, default: bool) -> bool:
+    return typed.get_bool(meta, _KEY + name, default, error=TokenizerError)
+
+
 def _array(meta, name: str, n: int, dtype, default):
     value = meta.get(_KEY + name)
     if value is None:
         return None if default is None else np.full(n, default, dtype=dtype)
-    arr = np.asarray(value)
+    if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype.kind not in "iuf":
+        raise TokenizerError(f"tokenizer.ggml.{name} should be an array of numbers, but the file stores "
+                             f"{type(value).__name__}; the file is damaged")  # fmt: skip
+    arr = value
+    if np.dtype(dtype).kind in "iu" and arr.dtype.kind == "f":  # a float token type: refuse NaN/inf casts
+        if not np.isfinite(arr).all():
+            raise TokenizerError(f"tokenizer.ggml.{name} holds values that are not finite; the file is damaged")
+        arr = np.clip(arr, -(2**31), 2**31 - 1)
+    if np.dtype(dtype).kind in "iu" and arr.dtype.kind in "iu" and arr.dtype.itemsize > 4:
+        arr = np.clip(arr, -(2**31), 2**31 - 1)
     if arr.ndim != 1 or len(arr) < n:
         raise TokenizerError(f"tokenizer.ggml.{name} holds {arr.size} values for {n} tokens; the file is damaged")
     return arr[:n].astype(dtype, copy=False)
