@@ -28,7 +28,7 @@ from edgeinfer.errors import UnsupportedTypeError
 from edgeinfer.gguf import GGUFFile
 from edgeinfer.kernels import get_backend
 from edgeinfer.kernels.base import QTensor
-from edgeinfer.kernels.numba import NumbaBackend, simd
+from edgeinfer.kernels.numba import NumbaBackend, simd, x8
 from edgeinfer.kernels.numba import matmul as nm
 from edgeinfer.quant.base import bits, nibbles
 from edgeinfer.quant.iquants import KVALUES_IQ4NL
@@ -281,14 +281,15 @@ def test_activation_quantizers_match_the_references():
     x[1, :32] = np.linspace(-127, 127, 32, dtype=np.float32) / 2  # halves of quant steps: roundf's ties
     x[2, :256] = np.arange(256, dtype=np.float32) - 128.5  # Q8_K: rint ties, a negative maximum
     x[2, 300] = -1e-30
-    yq, yd, ys, ybs, yf = nm._quantize_activations(x, nm.ACT_Q8_1)
+    yq, yd, ys, ybs, yf, yqs = nm._quantize_activations(x, nm.ACT_Q8_1)
     q, d, s = quantize_q8_1(x)
+    assert np.array_equal(yqs.reshape(d.shape), q.reshape(*d.shape, -1).astype(np.int32).sum(-1))
     assert np.array_equal(yq.reshape(q.shape), q)
     assert np.array_equal(yd.reshape(d.shape), d.astype(np.float32))
     assert np.array_equal(ys[:-8].reshape(s.shape), s.astype(np.float32)) and not ys[-8:].any()
-    yq, yd, ys, ybs, yf = nm._quantize_activations(x, nm.ACT_Q8_0)
+    yq, yd, ys, ybs, yf, yqs = nm._quantize_activations(x, nm.ACT_Q8_0)
     assert np.array_equal(yq.reshape(q.shape), q) and ys.size == 0 and ybs.size == 0
-    yq, yd, ys, ybs, yf = nm._quantize_activations(x, nm.ACT_Q8_K)
+    yq, yd, ys, ybs, yf, yqs = nm._quantize_activations(x, nm.ACT_Q8_K)
     q, d, bsums = quantize_q8_k(x)
     assert np.array_equal(yq.reshape(q.shape), q)
     assert np.array_equal(yd.reshape(d.shape), d.astype(np.float32))
@@ -479,6 +480,8 @@ for ty in MATMUL_TYPES:
     for n_tokens in (1, 5):
         x = random_x(n_tokens, w.n_cols)
         assert_matches_emulation(w, x, nm.matmul(w, x))
+        if ty in nm.X8_KERNELS:  # the row-interleaved kernels (kernels/numba/x8.py)
+            assert_matches_emulation(w, x, nm.matmul(nm.prepare(w), x))
 print("generic ok")
 """
 
@@ -489,7 +492,7 @@ def test_generic_vector_code():
     Numba cache (about a minute the first time, seconds after)."""
     env = dict(os.environ, EDGEINFER_GENERIC_SIMD="1")
     # its own cache, named after the kernel sources: Numba's cache does not notice edits of simd.py
-    sources = hashlib.sha1(b"".join(Path(m.__file__).read_bytes() for m in (simd, nm))).hexdigest()[:12]
+    sources = hashlib.sha1(b"".join(Path(m.__file__).read_bytes() for m in (simd, nm, x8))).hexdigest()[:12]
     cache = Path(tempfile.gettempdir()) / f"edgeinfer-numba-generic-{sources}"
     for stale in cache.parent.glob("edgeinfer-numba-generic-*"):
         if stale != cache:

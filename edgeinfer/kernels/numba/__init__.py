@@ -28,14 +28,14 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ...system import default_threads  # noqa: E402
-from ..base import QTensor  # noqa: E402
+from ..base import BackendDefaults, QTensor  # noqa: E402
 from . import matmul as _matmul  # noqa: E402
 from . import ops as _ops  # noqa: E402
 
 _THREADS_SET: dict[int, int] = {}  # Python thread id -> the Numba thread count a backend set there
 
 
-class NumbaBackend:
+class NumbaBackend(BackendDefaults):
     """Quantized matmuls as llama.cpp computes them (8-bit activations, integer block dots), on
     `n_threads` threads (default: every available core, or EDGEINFER_THREADS)."""
 
@@ -56,8 +56,9 @@ class NumbaBackend:
             _THREADS_SET[key] = self.n_threads
 
     def prepare(self, w: QTensor) -> QTensor:
-        """The Numba kernels read the file's layout: w itself."""
-        return w
+        """w repacked to the x8 layout (rows interleaved eight at a time: kernels/numba/x8.py) when its
+        type has an x8 kernel (Q4_0, Q8_0, Q4_K, Q6_K), else w itself; EDGEINFER_REPACK=0: never."""
+        return _matmul.prepare(w)
 
     def matmul(self, w: QTensor, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """y = x @ W.T: x float32 (n_tokens, n_cols) -> y float32 (n_tokens, n_rows)."""

@@ -29,6 +29,7 @@ rows, one compiled function per type. Numba's cache does not notice edits of sim
 
 from __future__ import annotations
 
+import os
 import warnings
 import weakref
 
@@ -40,7 +41,7 @@ from numba import njit, prange
 from ...errors import UnsupportedTypeError
 from ...quant import get_format
 from ..base import QTensor
-from . import dequant
+from . import dequant, x8
 from .simd import (
     address,
     bf16_at,
@@ -138,8 +139,9 @@ def _roundf(v):
 
 
 @njit(cache=True)
-def _quantize_row_q8_0(x, t, yq, yd, ys, with_sum):
-    """quantize_row_q8_0_ref (with_sum: quantize_row_q8_1_ref) of x[t] into yq[t * n_cols :], yd, ys."""
+def _quantize_row_q8_0(x, t, yq, yd, ys, yqs, with_sum):
+    """quantize_row_q8_0_ref (with_sum: quantize_row_q8_1_ref) of x[t] into yq[t * n_cols :], yd, ys;
+    yqs: each block's sum of quants (x8 Q4_0 weights)."""
     n_cols = x.shape[1]
     nb = n_cols // QK
     for b in range(nb):
@@ -155,6 +157,7 @@ def _quantize_row_q8_0(x, t, yq, yd, ys, with_sum):
             yq[t * n_cols + i0 + j] = q
             s += q
         yd[t * nb + b] = f16_round(d)
+        yqs[t * nb + b] = s
         if with_sum:
             ys[t * nb + b] = f16_round(np.float32(s) * d)
 
@@ -230,6 +233,7 @@ def _quantize_activations(x, kind):
     ys float32 (n_tokens * n_blocks + 8,) Q8_1: fp16(d * sum of the block's quants), then 8 zeros
     ybs int16 (n_tokens * n_cols / 16,)   Q8_K: sums of 16 quants
     yf float32 (n_tokens * n_cols,)       F32 / F16 / BF16 weights: x, rounded as ggml converts it
+    yqs int32 (n_tokens * n_blocks,)      Q8_0 / Q8_1: each block's sum of quants
     Arrays a kind does not use are empty."""
     n_tokens, n_cols = x.shape
     is_q8 = kind == ACT_Q8_0 or kind == ACT_Q8_1 or kind == ACT_Q8_K
@@ -240,19 +244,20 @@ def _quantize_activations(x, kind):
     ys = np.zeros(n_tokens * nb + 8 if kind == ACT_Q8_1 else 0, np.float32)  # + 8: see _min_sum
     ybs = _empty_aligned(2 * (n_tokens * n_cols // 16) if kind == ACT_Q8_K else 0).view(np.int16)
     yf = _empty_aligned(4 * n_tokens * n_cols if is_float else 0).view(np.float32)
+    yqs = np.empty(n_tokens * nb if kind == ACT_Q8_0 or kind == ACT_Q8_1 else 0, np.int32)
     if n_tokens >= PARALLEL_QUANTIZE_MIN_TOKENS:
         for t in prange(n_tokens):
-            _quantize_row(x, t, kind, yq, yd, ys, ybs, yf)
+            _quantize_row(x, t, kind, yq, yd, ys, ybs, yf, yqs)
     else:
         for t in range(n_tokens):
-            _quantize_row(x, t, kind, yq, yd, ys, ybs, yf)
-    return yq, yd, ys, ybs, yf
+            _quantize_row(x, t, kind, yq, yd, ys, ybs, yf, yqs)
+    return yq, yd, ys, ybs, yf, yqs
 
 
 @njit(cache=True)
-def _quantize_row(x, t, kind, yq, yd, ys, ybs, yf):
+def _quantize_row(x, t, kind, yq, yd, ys, ybs, yf, yqs):
     if kind == ACT_Q8_0 or kind == ACT_Q8_1:
-        _quantize_row_q8_0(x, t, yq, yd, ys, kind == ACT_Q8_1)
+        _quantize_row_q8_0(x, t, yq, yd, ys, yqs, kind == ACT_Q8_1)
     elif kind == ACT_Q8_K:
         _quantize_row_q8_k(x, t, yq, yd, ybs)
     elif kind == ACT_F16:
@@ -400,46 +405,6 @@ def _min_sum4(w, wo, type_size, nb, ys, i):
     return hsum_f32x8(a0), hsum_f32x8(a1), hsum_f32x8(a2), hsum_f32x8(a3)
 
 
-@njit(cache=True, inline="always")
-def _dot_q4_0(w, wo, nb, yq, yd, ys, ybs, yf, t):
-    return _dot_legacy(_x_q4_0, True, 18, w, wo, nb, yq, yd, ys, ybs, yf, t)
-
-
-@njit(cache=True, inline="always")
-def _dot4_q4_0(w, wo, nb, yq, yd, ys, ybs, yf, t):
-    return _dot4_legacy(_x_q4_0, True, 18, w, wo, nb, yq, yd, ys, ybs, yf, t)
-
-
-@njit(cache=True, inline="always")
-def _dot_q5_0(w, wo, nb, yq, yd, ys, ybs, yf, t):
-    return _dot_legacy(_x_q5_0, True, 22, w, wo, nb, yq, yd, ys, ybs, yf, t)
-
-
-@njit(cache=True, inline="always")
-def _dot4_q5_0(w, wo, nb, yq, yd, ys, ybs, yf, t):
-    return _dot4_legacy(_x_q5_0, True, 22, w, wo, nb, yq, yd, ys, ybs, yf, t)
-
-
-@njit(cache=True, inline="always")
-def _dot_q8_0(w, wo, nb, yq, yd, ys, ybs, yf, t):
-    return _dot_legacy(_x_q8_0, True, 34, w, wo, nb, yq, yd, ys, ybs, yf, t)
-
-
-@njit(cache=True, inline="always")
-def _dot4_q8_0(w, wo, nb, yq, yd, ys, ybs, yf, t):
-    return _dot4_legacy(_x_q8_0, True, 34, w, wo, nb, yq, yd, ys, ybs, yf, t)
-
-
-@njit(cache=True, inline="always")
-def _dot_iq4_nl(w, wo, nb, yq, yd, ys, ybs, yf, t):
-    return _dot_legacy(_x_iq4_nl, True, 18, w, wo, nb, yq, yd, ys, ybs, yf, t)
-
-
-@njit(cache=True, inline="always")
-def _dot4_iq4_nl(w, wo, nb, yq, yd, ys, ybs, yf, t):
-    return _dot4_legacy(_x_iq4_nl, True, 18, w, wo, nb, yq, yd, ys, ybs, yf, t)
-
-
 @njit(cache=True)
 def _x_q4_1(w, o):
     """block_q4_1 (d | m | qs[16]) -> 32 quants 0..15."""
@@ -453,31 +418,17 @@ def _x_q5_1(w, o):
 
 
 @njit(cache=True, inline="always")
-def _dot_q4_1(w, wo, nb, yq, yd, ys, ybs, yf, t):
-    # ggml_vec_dot_q4_1_q8_1: sum of d_x d_y sumi + m_x s_y
-    return _dot_legacy(_x_q4_1, False, 20, w, wo, nb, yq, yd, ys, ybs, yf, t) + _min_sum(
-        w, wo, 20, nb, ys, t * nb
+def _dot_legacy_min(decode, type_size, w, wo, nb, yq, yd, ys, ybs, yf, t):
+    """Q4_1 / Q5_1 (ggml_vec_dot_q4_1_q8_1): sum of d_x d_y sumi + m_x s_y, the quants unsigned."""
+    return _dot_legacy(decode, False, type_size, w, wo, nb, yq, yd, ys, ybs, yf, t) + _min_sum(
+        w, wo, type_size, nb, ys, t * nb
     )
 
 
 @njit(cache=True, inline="always")
-def _dot4_q4_1(w, wo, nb, yq, yd, ys, ybs, yf, t):
-    y0, y1, y2, y3 = _dot4_legacy(_x_q4_1, False, 20, w, wo, nb, yq, yd, ys, ybs, yf, t)
-    m0, m1, m2, m3 = _min_sum4(w, wo, 20, nb, ys, t * nb)
-    return y0 + m0, y1 + m1, y2 + m2, y3 + m3
-
-
-@njit(cache=True, inline="always")
-def _dot_q5_1(w, wo, nb, yq, yd, ys, ybs, yf, t):
-    return _dot_legacy(_x_q5_1, False, 24, w, wo, nb, yq, yd, ys, ybs, yf, t) + _min_sum(
-        w, wo, 24, nb, ys, t * nb
-    )
-
-
-@njit(cache=True, inline="always")
-def _dot4_q5_1(w, wo, nb, yq, yd, ys, ybs, yf, t):
-    y0, y1, y2, y3 = _dot4_legacy(_x_q5_1, False, 24, w, wo, nb, yq, yd, ys, ybs, yf, t)
-    m0, m1, m2, m3 = _min_sum4(w, wo, 24, nb, ys, t * nb)
+def _dot4_legacy_min(decode, type_size, w, wo, nb, yq, yd, ys, ybs, yf, t):
+    y0, y1, y2, y3 = _dot4_legacy(decode, False, type_size, w, wo, nb, yq, yd, ys, ybs, yf, t)
+    m0, m1, m2, m3 = _min_sum4(w, wo, type_size, nb, ys, t * nb)
     return y0 + m0, y1 + m1, y2 + m2, y3 + m3
 
 
@@ -777,21 +728,6 @@ def _dot_float(load8, load1, size, w, wo, n, yq, yd, ys, ybs, yf, t):
     return s
 
 
-@njit(cache=True, inline="always")
-def _dot_f32(w, wo, nb, yq, yd, ys, ybs, yf, t):
-    return _dot_float(f32x8_at, f32_at, 4, w, wo, nb, yq, yd, ys, ybs, yf, t)
-
-
-@njit(cache=True, inline="always")
-def _dot_f16(w, wo, nb, yq, yd, ys, ybs, yf, t):
-    return _dot_float(f16x8_at, f16_at, 2, w, wo, nb, yq, yd, ys, ybs, yf, t)
-
-
-@njit(cache=True, inline="always")
-def _dot_bf16(w, wo, nb, yq, yd, ys, ybs, yf, t):
-    return _dot_float(bf16x8_at, bf16_at, 2, w, wo, nb, yq, yd, ys, ybs, yf, t)
-
-
 # -- row drivers ---------------------------------------------------------------------------------------
 
 
@@ -817,127 +753,6 @@ def _row_loop4(dot4, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
         out[t + 1, r] = y1
         out[t + 2, r] = y2
         out[t + 3, r] = y3
-
-
-# Rows r0..r1-1 against token t (rows4: tokens t..t+3), one compiled function per type, the dot inlined:
-# the drivers call them once per chunk of rows. Compiled without reference counting (_nrt=False, they
-# allocate nothing): otherwise each call would count references to its 7 arrays, atomics that the
-# threads contend for.
-
-
-@njit(cache=True, _nrt=False)
-def _rows_q4_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop(_dot_q4_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows4_q4_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop4(_dot4_q4_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows_q5_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop(_dot_q5_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows4_q5_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop4(_dot4_q5_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows_q8_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop(_dot_q8_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows4_q8_0(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop4(_dot4_q8_0, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows_iq4_nl(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop(_dot_iq4_nl, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows4_iq4_nl(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop4(_dot4_iq4_nl, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows_q4_1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop(_dot_q4_1, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows4_q4_1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop4(_dot4_q4_1, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows_q5_1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop(_dot_q5_1, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows4_q5_1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop4(_dot4_q5_1, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows_q2_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop(_dot_q2_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows_q3_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop(_dot_q3_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows_q4_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop(_dot_q4_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows4_q4_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop4(_dot4_q4_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows_q5_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop(_dot_q5_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows_q6_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop(_dot_q6_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows4_q6_k(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop4(_dot4_q6_k, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows_iq4_xs(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop(_dot_iq4_xs, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows_f32(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop(_dot_f32, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows_f16(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop(_dot_f16, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-
-
-@njit(cache=True, _nrt=False)
-def _rows_bf16(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    _row_loop(_dot_bf16, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
 @njit(cache=True, inline="always")
@@ -971,125 +786,114 @@ def _run4(rows1, rows4, w, nb, yq, yd, ys, ybs, yf, out):
             rows1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
 
 
-# -- one compiled entry per weight type: (w flat uint8, x (n_tokens, n_cols), out (n_tokens, n_rows)) ---
-
-
-@njit(cache=True, parallel=True)
-def _matmul_f32(w, x, out):
-    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_F32)
-    _run(_rows_f32, w, x.shape[1], yq, yd, ys, ybs, yf, out)
-
-
-@njit(cache=True, parallel=True)
-def _matmul_f16(w, x, out):
-    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_F16)
-    _run(_rows_f16, w, x.shape[1], yq, yd, ys, ybs, yf, out)
-
-
-@njit(cache=True, parallel=True)
-def _matmul_bf16(w, x, out):
-    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_BF16)
-    _run(_rows_bf16, w, x.shape[1], yq, yd, ys, ybs, yf, out)
-
-
-@njit(cache=True, parallel=True)
-def _matmul_q4_0(w, x, out):
-    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_0)
-    _run4(_rows_q4_0, _rows4_q4_0, w, x.shape[1] // QK, yq, yd, ys, ybs, yf, out)
-
-
-@njit(cache=True, parallel=True)
-def _matmul_q4_1(w, x, out):
-    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_1)
-    _run4(_rows_q4_1, _rows4_q4_1, w, x.shape[1] // QK, yq, yd, ys, ybs, yf, out)
-
-
-@njit(cache=True, parallel=True)
-def _matmul_q5_0(w, x, out):
-    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_0)
-    _run4(_rows_q5_0, _rows4_q5_0, w, x.shape[1] // QK, yq, yd, ys, ybs, yf, out)
-
-
-@njit(cache=True, parallel=True)
-def _matmul_q5_1(w, x, out):
-    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_1)
-    _run4(_rows_q5_1, _rows4_q5_1, w, x.shape[1] // QK, yq, yd, ys, ybs, yf, out)
-
-
-@njit(cache=True, parallel=True)
-def _matmul_q8_0(w, x, out):
-    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_0)
-    _run4(_rows_q8_0, _rows4_q8_0, w, x.shape[1] // QK, yq, yd, ys, ybs, yf, out)
-
-
-@njit(cache=True, parallel=True)
-def _matmul_iq4_nl(w, x, out):
-    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_0)
-    _run4(_rows_iq4_nl, _rows4_iq4_nl, w, x.shape[1] // QK, yq, yd, ys, ybs, yf, out)
-
-
-@njit(cache=True, parallel=True)
-def _matmul_q2_k(w, x, out):
-    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_K)
-    _run(_rows_q2_k, w, x.shape[1] // QK_K, yq, yd, ys, ybs, yf, out)
-
-
-@njit(cache=True, parallel=True)
-def _matmul_q3_k(w, x, out):
-    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_K)
-    _run(_rows_q3_k, w, x.shape[1] // QK_K, yq, yd, ys, ybs, yf, out)
-
-
-@njit(cache=True, parallel=True)
-def _matmul_q4_k(w, x, out):
-    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_K)
-    _run4(_rows_q4_k, _rows4_q4_k, w, x.shape[1] // QK_K, yq, yd, ys, ybs, yf, out)
-
-
-@njit(cache=True, parallel=True)
-def _matmul_q5_k(w, x, out):
-    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_K)
-    _run(_rows_q5_k, w, x.shape[1] // QK_K, yq, yd, ys, ybs, yf, out)
-
-
-@njit(cache=True, parallel=True)
-def _matmul_q6_k(w, x, out):
-    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_K)
-    _run4(_rows_q6_k, _rows4_q6_k, w, x.shape[1] // QK_K, yq, yd, ys, ybs, yf, out)
-
-
-@njit(cache=True, parallel=True)
-def _matmul_iq4_xs(w, x, out):
-    yq, yd, ys, ybs, yf = _quantize_activations(x, ACT_Q8_K)
-    _run(_rows_iq4_xs, w, x.shape[1] // QK_K, yq, yd, ys, ybs, yf, out)
-
+# -- the table: one row per weight type ----------------------------------------------------------------
+#
+# name: the suffix of the generated functions; act: the activation format (ggml's vec_dot_type); dot /
+# dot4: the row . token(s) expression in terms of the generic families above (the arguments every dot
+# takes, `w, wo, nb, yq, yd, ys, ybs, yf, t`, are appended); dot4 None: no 4-token tile, each token in
+# turn; x8: the group-block function of x8.py when the type has a row-interleaved kernel (prepare()
+# repacks it then). Block sizes and bytes come from gguf's GGML_QUANT_SIZES.
 
 T = GGMLQuantizationType
-MATMUL_KERNELS = {
-    T.F32: _matmul_f32,
-    T.F16: _matmul_f16,
-    T.BF16: _matmul_bf16,
-    T.Q4_0: _matmul_q4_0,
-    T.Q4_1: _matmul_q4_1,
-    T.Q5_0: _matmul_q5_0,
-    T.Q5_1: _matmul_q5_1,
-    T.Q8_0: _matmul_q8_0,
-    T.Q2_K: _matmul_q2_k,
-    T.Q3_K: _matmul_q3_k,
-    T.Q4_K: _matmul_q4_k,
-    T.Q5_K: _matmul_q5_k,
-    T.Q6_K: _matmul_q6_k,
-    T.IQ4_NL: _matmul_iq4_nl,
-    T.IQ4_XS: _matmul_iq4_xs,
-}
-# the activation format each weight type is multiplied with (ggml's vec_dot_type)
-VEC_DOT_TYPE = {
-    T.F32: T.F32, T.F16: T.F16, T.BF16: T.BF16,
-    T.Q4_0: T.Q8_0, T.Q5_0: T.Q8_0, T.Q8_0: T.Q8_0, T.IQ4_NL: T.Q8_0,
-    T.Q4_1: T.Q8_1, T.Q5_1: T.Q8_1,
-    T.Q2_K: T.Q8_K, T.Q3_K: T.Q8_K, T.Q4_K: T.Q8_K, T.Q5_K: T.Q8_K, T.Q6_K: T.Q8_K, T.IQ4_XS: T.Q8_K,
+FORMATS: dict[GGMLQuantizationType, dict] = {
+    T.F32: dict(name="f32", act="ACT_F32", dot="_dot_float(f32x8_at, f32_at, 4", dot4=None, x8=None),
+    T.F16: dict(name="f16", act="ACT_F16", dot="_dot_float(f16x8_at, f16_at, 2", dot4=None, x8=None),
+    T.BF16: dict(name="bf16", act="ACT_BF16", dot="_dot_float(bf16x8_at, bf16_at, 2", dot4=None, x8=None),
+    T.Q4_0: dict(name="q4_0", act="ACT_Q8_0", dot="_dot_legacy(_x_q4_0, True, 18",
+                 dot4="_dot4_legacy(_x_q4_0, True, 18", x8="_blk_q4_0"),
+    T.Q5_0: dict(name="q5_0", act="ACT_Q8_0", dot="_dot_legacy(_x_q5_0, True, 22",
+                 dot4="_dot4_legacy(_x_q5_0, True, 22", x8=None),
+    T.Q8_0: dict(name="q8_0", act="ACT_Q8_0", dot="_dot_legacy(_x_q8_0, True, 34",
+                 dot4="_dot4_legacy(_x_q8_0, True, 34", x8="_blk_q8_0"),
+    T.IQ4_NL: dict(name="iq4_nl", act="ACT_Q8_0", dot="_dot_legacy(_x_iq4_nl, True, 18",
+                   dot4="_dot4_legacy(_x_iq4_nl, True, 18", x8=None),
+    T.Q4_1: dict(name="q4_1", act="ACT_Q8_1", dot="_dot_legacy_min(_x_q4_1, 20",
+                 dot4="_dot4_legacy_min(_x_q4_1, 20", x8=None),
+    T.Q5_1: dict(name="q5_1", act="ACT_Q8_1", dot="_dot_legacy_min(_x_q5_1, 24",
+                 dot4="_dot4_legacy_min(_x_q5_1, 24", x8=None),
+    T.Q2_K: dict(name="q2_k", act="ACT_Q8_K", dot="_dot_q2_k(", dot4=None, x8=None),
+    T.Q3_K: dict(name="q3_k", act="ACT_Q8_K", dot="_dot_q3_k(", dot4=None, x8=None),
+    T.Q4_K: dict(name="q4_k", act="ACT_Q8_K", dot="_dot_q4_k(", dot4="_dot4_q4_k(", x8="_blk_q4_k"),
+    T.Q5_K: dict(name="q5_k", act="ACT_Q8_K", dot="_dot_q5_k(", dot4=None, x8=None),
+    T.Q6_K: dict(name="q6_k", act="ACT_Q8_K", dot="_dot_q6_k(", dot4="_dot4_q6_k(", x8="_blk_q6_k"),
+    T.IQ4_XS: dict(name="iq4_xs", act="ACT_Q8_K", dot="_dot_iq4_xs(", dot4=None, x8=None),
 }  # fmt: skip
+# the activation format each weight type is multiplied with (ggml's vec_dot_type)
+VEC_DOT_TYPE = {t: {"ACT_F32": T.F32, "ACT_F16": T.F16, "ACT_BF16": T.BF16, "ACT_Q8_0": T.Q8_0,
+                    "ACT_Q8_1": T.Q8_1, "ACT_Q8_K": T.Q8_K}[f["act"]] for t, f in FORMATS.items()}  # fmt: skip
 del T
+
+# -- the wrappers, generated from the table ------------------------------------------------------------
+#
+# Per type: `_rows_<name>` (rows r0..r1-1 against token t) and `_rows4_<name>` (tokens t..t+3), the dot
+# inlined, compiled without reference counting (_nrt=False: they allocate nothing; otherwise each call
+# would count references to its arrays, atomics the threads contend for); `_matmul_<name>(w, x, out)`,
+# the parallel entry (quantize x once, then the row chunks); and for x8 types `_x8rows_<name>` /
+# `_matmul_x8_<name>` over repacked weights. They are real module-level functions (compiled from this
+# file's text below, with this file's name), so Numba caches each like any other.
+
+_FLOAT_DOT = "(w, wo, nb, yq, yd, ys, ybs, yf, t)"
+
+_TEMPLATE = '''
+@njit(cache=True, _nrt=False)
+def _rows_{name}(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    for r in range(r0, r1):
+        out[t, r] = {dot}w, r * row_bytes, nb, yq, yd, ys, ybs, yf, t)
+'''
+_TEMPLATE4 = '''
+@njit(cache=True, _nrt=False)
+def _rows4_{name}(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+    for r in range(r0, r1):
+        y0, y1, y2, y3 = {dot4}w, r * row_bytes, nb, yq, yd, ys, ybs, yf, t)
+        out[t, r] = y0
+        out[t + 1, r] = y1
+        out[t + 2, r] = y2
+        out[t + 3, r] = y3
+'''
+_TEMPLATE_MATMUL = '''
+@njit(cache=True, parallel=True)
+def _matmul_{name}(w, x, out):
+    yq, yd, ys, ybs, yf, yqs = _quantize_activations(x, {act})
+    {run}
+'''
+_TEMPLATE_X8 = '''
+@njit(cache=True, _nrt=False)
+def _x8rows_{name}(w, g0, g1, nc, yq, yd, yqs, ybs, of, n_tokens, n_rows):
+    x8.rows(x8.{x8}, {group_bytes}, {block_size}, w, g0, g1, nc, yq, yd, yqs, ybs, of, n_tokens, n_rows)
+
+
+@njit(cache=True, parallel=True)
+def _matmul_x8_{name}(w, x, out):
+    yq, yd, ys, ybs, yf, yqs = _quantize_activations(x, {act})
+    nc = x.shape[1]
+    x8.run(_x8rows_{name}, w, nc, nc // {block_size} * {type_size}, yq, yd, yqs, ybs, out)
+'''
+
+
+def _generate() -> tuple[dict, dict]:
+    src = []
+    for t, f in FORMATS.items():
+        block_size, type_size = GGML_QUANT_SIZES[t]
+        nb = "x.shape[1]" if f["act"] in ("ACT_F32", "ACT_F16", "ACT_BF16") else f"x.shape[1] // {block_size}"
+        args = dict(f, dot=f["dot"] + ("" if f["dot"].endswith("(") else ", "),
+                    dot4=(f["dot4"] or "") + ("" if (f["dot4"] or "(").endswith("(") else ", "),
+                    block_size=block_size, type_size=type_size, group_bytes=8 * type_size)  # fmt: skip
+        src.append(_TEMPLATE.format(**args))
+        if f["dot4"]:
+            src.append(_TEMPLATE4.format(**args))
+            run = f"_run4(_rows_{f['name']}, _rows4_{f['name']}, w, {nb}, yq, yd, ys, ybs, yf, out)"
+        else:
+            run = f"_run(_rows_{f['name']}, w, {nb}, yq, yd, ys, ybs, yf, out)"
+        src.append(_TEMPLATE_MATMUL.format(run=run, **args))
+        if f["x8"]:
+            src.append(_TEMPLATE_X8.format(**args))
+    exec(compile("".join(src), __file__, "exec"), globals())
+    plain = {t: globals()[f"_matmul_{f['name']}"] for t, f in FORMATS.items()}
+    packed = {t: globals()[f"_matmul_x8_{f['name']}"] for t, f in FORMATS.items() if f["x8"]}
+    return plain, packed
+
+
+MATMUL_KERNELS, X8_KERNELS = _generate()
 
 
 # -- checked entry points ------------------------------------------------------------------------------
@@ -1130,6 +934,61 @@ def _weight_bytes(w: QTensor, block_size: int, type_size: int) -> np.ndarray:
 
 
 _FLAT: dict[int, tuple[weakref.ref, np.ndarray]] = {}  # id(QTensor) -> (the tensor, its flat bytes)
+_X8_PLANS: dict[int, tuple] = {}  # id(QTensor) -> (the tensor, kernel, flat bytes) of an x8 weight
+
+
+def repack_enabled() -> bool:
+    """Whether prepare() repacks weights at load (EDGEINFER_REPACK=0: no, as for the native backend)."""
+    return os.environ.get("EDGEINFER_REPACK", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def prepare(w: QTensor) -> QTensor:
+    """w repacked to the x8 layout (x8.py: rows interleaved eight at a time, native/x8.h's bytes) when
+    its type has an x8 kernel here, else w itself."""
+    if w.layout != "plain" or w.ggml_type not in X8_KERNELS or w.raw.ndim != 2 or w.n_rows < 1:
+        return w
+    if not repack_enabled():
+        return w
+    block_size, type_size = GGML_QUANT_SIZES[w.ggml_type]
+    flat = _weight_bytes(w, block_size, type_size)  # checked against the shape
+    packed = x8.pack(w.ggml_type, flat.reshape(w.n_rows, -1), type_size)
+    return QTensor(w.name, w.ggml_type, w.ne, packed, layout="x8")
+
+
+def to_plain(w: QTensor) -> QTensor:
+    """The file's layout of an x8 weight (lookups, dequantization; types without an x8 kernel here)."""
+    if w.layout != "x8":
+        return w
+    _, type_size = GGML_QUANT_SIZES[w.ggml_type]
+    return QTensor(w.name, w.ggml_type, w.ne, x8.unpack(w.ggml_type, w.raw, w.n_rows, type_size))
+
+
+def _x8_plan(w: QTensor, plain_kernel, block_size: int, type_size: int):
+    """(kernel, flat bytes) of an x8 weight, checked once per QTensor; a type without an x8 kernel here
+    (repacked by the native backend) runs in the file's layout, unpacked once."""
+    entry = _X8_PLANS.get(id(w))
+    if entry is not None and entry[0]() is w:
+        return entry[1], entry[2]
+    if w.ggml_type not in x8.FIELDS:
+        raise ValueError(f"{w.name}: {w.ggml_type.name} has no x8 layout")
+    raw = w.raw
+    need = ((w.n_rows + 7) // 8 * 8, w.n_cols // block_size * type_size)
+    if raw.dtype != np.uint8 or raw.shape != need or w.n_cols % block_size:
+        raise ValueError(
+            f"{w.name}: an x8 {w.ggml_type.name} weight of {w.n_rows} rows x {w.n_cols} columns needs raw "
+            f"uint8 of shape {need}, not {raw.dtype} {raw.shape}."
+        )
+    kernel = X8_KERNELS.get(w.ggml_type)
+    if kernel is None:
+        kernel, flat = plain_kernel, _weight_bytes(to_plain(w), block_size, type_size)
+    else:
+        flat = np.ascontiguousarray(raw).reshape(-1)
+        if flat.flags.writeable:
+            flat = flat.view()
+            flat.flags.writeable = False
+    _X8_PLANS[id(w)] = (weakref.ref(w), kernel, flat)
+    weakref.finalize(w, _X8_PLANS.pop, id(w), None)
+    return kernel, flat
 
 
 def _activations(w: QTensor, x) -> np.ndarray:
@@ -1160,7 +1019,10 @@ def matmul(w: QTensor, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
             f"it multiplies {', '.join(t.name for t in MATMUL_KERNELS)}."
         )
     kernel, block_size, type_size = entry
-    flat = _weight_bytes(w, block_size, type_size)
+    if w.layout == "x8":
+        kernel, flat = _x8_plan(w, kernel, block_size, type_size)
+    else:
+        flat = _weight_bytes(w, block_size, type_size)
     if type(x) is not np.ndarray or x.dtype is not _F32 or x.ndim != 2 or not x.flags.c_contiguous:
         x = _activations(w, x)
     elif x.shape[1] != w.ne[0]:
@@ -1196,6 +1058,7 @@ def _require_plain(w: QTensor) -> None:
 
 def get_rows(w: QTensor, ids: np.ndarray) -> np.ndarray:
     """Rows `ids` of W dequantized: float32 (len(ids), n_cols) (embedding lookup)."""
+    w = to_plain(w)
     _require_plain(w)
     ids = np.asarray(ids)
     if not np.issubdtype(ids.dtype, np.integer):
@@ -1209,5 +1072,6 @@ def get_rows(w: QTensor, ids: np.ndarray) -> np.ndarray:
 
 def dequantize(w: QTensor) -> np.ndarray:
     """The whole tensor as float32, numpy-order shape."""
+    w = to_plain(w)
     _require_plain(w)
     return dequant.dequantize(w.raw, w.ggml_type, w.shape, w.name)

@@ -782,3 +782,240 @@ def f32_from_bits(typingctx, u):
         return builder.bitcast(v, _f32)
 
     return types.float32(u), codegen
+
+
+# -- row-interleaved ("x8") tiles: a 32-bit lane per weight row (edgeinfer.kernels.numba.x8) ------------
+
+
+@intrinsic
+def bcast4_i8x32(typingctx, a, off):
+    """The 4 bytes at byte offset off, repeated in every 32-bit lane (vpbroadcastd)."""
+    if not (_is_byte_array(a) and isinstance(off, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _ptr(context, builder, a, args[0], _to_i64(context, builder, off, args[1]), _i32)
+        return builder.bitcast(_splat(builder, builder.load(p, align=1, typ=_i32), 8), _V8x32)
+
+    return i8x32(a, off), codegen
+
+
+@intrinsic
+def bcast2_i16x16(typingctx, a, i):
+    """int16 elements i, i + 1 of an int16 array, repeated in every 32-bit lane."""
+    if not (isinstance(a, types.Array) and a.dtype == types.int16 and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        off = builder.mul(_to_i64(context, builder, i, args[1]), ir.Constant(ir.IntType(64), 2))
+        p = _ptr(context, builder, a, args[0], off, _i32)
+        return builder.bitcast(_splat(builder, builder.load(p, align=2, typ=_i32), 8), _V16x16)
+
+    return i16x16(a, i), codegen
+
+
+@intrinsic
+def load_i32x8(typingctx, a, off):
+    """8 int32 at byte offset off of a byte array."""
+    if not (_is_byte_array(a) and isinstance(off, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _ptr(context, builder, a, args[0], _to_i64(context, builder, off, args[1]), _V32x8)
+        return builder.load(p, align=1, typ=_V32x8)
+
+    return i32x8(a, off), codegen
+
+
+@intrinsic
+def i16x16_add(typingctx, a, b):
+    if a != i16x16 or b != i16x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.add(args[0], args[1])
+
+    return i16x16(a, b), codegen
+
+
+@intrinsic
+def i8x32_abs(typingctx, a):
+    if a != i8x32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _call(builder, "llvm.abs.v32i8", _V8x32, [args[0], ir.Constant(_i1, 0)])
+
+    return i8x32(a), codegen
+
+
+@intrinsic
+def i8x32_sign(typingctx, a, b):
+    """a with b's sign: -a where b < 0, 0 where b == 0, else a (psignb)."""
+    if a != i8x32 or b != i8x32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        x, s = args
+        if USE_AVX2:
+            return _call(builder, "llvm.x86.avx2.psign.b", _V8x32, [x, s])
+        zero = _const_vec(_V8x32, 0)
+        neg = builder.select(builder.icmp_signed("<", s, zero), builder.sub(zero, x), x)
+        return builder.select(builder.icmp_signed("==", s, zero), zero, neg)
+
+    return i8x32(a, b), codegen
+
+
+def _i32x8_binop(op):
+    @intrinsic
+    def fn(typingctx, a, b):
+        if a != i32x8:
+            return None
+        if b == i32x8:
+
+            def codegen(context, builder, sig, args):
+                return getattr(builder, op)(args[0], args[1])
+
+            return i32x8(a, b), codegen
+        if isinstance(b, types.Integer):
+
+            def codegen(context, builder, sig, args):
+                s = builder.trunc(context.cast(builder, args[1], b, types.int64), _i32)
+                return getattr(builder, op)(args[0], _splat(builder, s, 8))
+
+            return i32x8(a, b), codegen
+        return None
+
+    return fn
+
+
+i32x8_and = _i32x8_binop("and_")
+i32x8_or = _i32x8_binop("or_")
+i32x8_shr = _i32x8_binop("lshr")  # logical
+i32x8_subs = _i32x8_binop("sub")  # minus a vector or a scalar broadcast
+
+
+@intrinsic
+def i32x8_dup_byte(typingctx, v, j):
+    """Byte j (0..3) of each 32-bit lane, zero-extended into both int16 halves of the lane (a row's
+    scale as the int16 pair (s, s) that pmaddwd multiplies a lane's two pair sums by)."""
+    if v != i32x8 or not isinstance(j, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        s = builder.trunc(context.cast(builder, args[1], j, types.int64), _i32)
+        if USE_AVX2:  # vpshufb: bytes (4L + j, none, 4L + j, none) of lane L (0x80: a zero byte)
+            base = ir.Constant(_V32x8, [(0x80008000 + 0x00040004 * (L % 4)) - (1 << 32) for L in range(8)])
+            mask = builder.add(base, _splat(builder, builder.mul(s, ir.Constant(_i32, 0x00010001)), 8))
+            v = _call(builder, "llvm.x86.avx2.pshuf.b", _V8x32, [builder.bitcast(args[0], _V8x32),
+                                                                  builder.bitcast(mask, _V8x32)])
+            return builder.bitcast(v, _V16x16)
+        b = builder.and_(builder.lshr(args[0], _splat(builder, builder.mul(s, ir.Constant(_i32, 8)), 8)),
+                         _const_vec(_V32x8, 0xFF))
+        return builder.bitcast(builder.or_(b, builder.shl(b, _const_vec(_V32x8, 16))), _V16x16)
+
+    return i16x16(v, j), codegen
+
+
+@intrinsic
+def i16x16_dup_pairs(typingctx, v, odd):
+    """int16 element 2L + odd of each 32-bit lane L into both halves of the lane (odd: 0 or 1)."""
+    if v != i16x16 or not isinstance(odd, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ev = _shuffle(builder, args[0], args[0], [2 * (k // 2) for k in range(16)])
+        od = _shuffle(builder, args[0], args[0], [2 * (k // 2) + 1 for k in range(16)])
+        o = context.cast(builder, args[1], odd, types.int64)
+        return builder.select(builder.icmp_signed("!=", o, ir.Constant(ir.IntType(64), 0)), od, ev)
+
+    return i16x16(v, odd), codegen
+
+
+@intrinsic
+def f32x8_mul_scalar(typingctx, a, s):
+    if a != f32x8 or s != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fmul(args[0], _splat(builder, args[1], 8))
+
+    return f32x8(a, s), codegen
+
+
+@intrinsic
+def fma_exact_i32x8(typingctx, d, v, acc):
+    """fma(d, float(v), acc) lane by lane, one rounding (llvm.fma: never split into mul + add)."""
+    if d != f32x8 or v != i32x8 or acc != f32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        fv = builder.sitofp(args[1], _VF32x8)
+        return _call(builder, "llvm.fma.v8f32", _VF32x8, [args[0], fv, args[2]])
+
+    return f32x8(d, v, acc), codegen
+
+
+@intrinsic
+def fnma_exact_i32x8(typingctx, d, v, acc):
+    """fma(-d, float(v), acc) lane by lane, one rounding."""
+    if d != f32x8 or v != i32x8 or acc != f32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        fv = builder.sitofp(args[1], _VF32x8)
+        return _call(builder, "llvm.fma.v8f32", _VF32x8, [builder.fneg(args[0]), fv, args[2]])
+
+    return f32x8(d, v, acc), codegen
+
+
+@intrinsic
+def store_f32x8(typingctx, a, i, v):
+    """a[i : i + 8] = v (a: 1-D float32 array, no bounds check)."""
+    if not (_float_array(a) and isinstance(i, types.Integer) and v == f32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        off = builder.mul(_to_i64(context, builder, i, args[1]), ir.Constant(ir.IntType(64), 4))
+        builder.store(args[2], _ptr(context, builder, a, args[0], off, _VF32x8), align=4)
+        return context.get_dummy_value()
+
+    return types.none(a, i, v), codegen
+
+
+@intrinsic
+def f32x8_lane(typingctx, v, i):
+    """Lane i of v."""
+    if v != f32x8 or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.extract_element(args[0], builder.trunc(context.cast(builder, args[1], i, types.int64), _i32))
+
+    return types.float32(v, i), codegen
+
+
+@intrinsic
+def i16x16_zero(typingctx):
+    def codegen(context, builder, sig, args):
+        return _const_vec(_V16x16, 0)
+
+    return i16x16(), codegen
+
+
+@intrinsic
+def prefetch(typingctx, a, off):
+    """Prefetch the cache line at byte offset off of an array into L1 (a hint: past the end is harmless)."""
+    if not (isinstance(a, types.Array) and isinstance(off, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(a)(context, builder, args[0]).data
+        p = builder.gep(builder.bitcast(data, _i8.as_pointer()), [_to_i64(context, builder, off, args[1])],
+                        source_etype=_i8)  # fmt: skip
+        fnty = ir.FunctionType(ir.VoidType(), [_i8.as_pointer(), _i32, _i32, _i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [p, ir.Constant(_i32, 0), ir.Constant(_i32, 3), ir.Constant(_i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(a, off), codegen
