@@ -6,141 +6,12 @@ import argparse
 import json
 import os
 import sys
-import time
 
 from .errors import EdgeInferError
+from .info import format_info, format_system, model_info
 from .progress import format_bytes as _human_bytes
 
 BACKEND_CHOICES = ("auto", "native", "numba", "reference")  # as edgeinfer.bench (not imported: slow)
-
-
-def _human_count(n: int) -> str:
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.1f}{unit}"
-    return str(n)
-
-
-def model_info(path: str) -> dict:
-    """What `edgeinfer info` prints, as a dict (also used by the TUI and the server)."""
-    from .gguf import GGUFFile
-
-    start = time.perf_counter()
-    f = GGUFFile(path)
-    load_s = time.perf_counter() - start
-    m = f.metadata
-    arch = f.architecture or "unknown"
-    n_params = sum(t.n_elements for t in f.tensors.values())
-    n_bytes = sum(t.n_bytes for t in f.tensors.values())
-    tokens = m.get("tokenizer.ggml.tokens")
-    info = {
-        "path": str(path),
-        "name": m.get("general.name"),
-        "architecture": arch,
-        "gguf_version": f.version,
-        "file_size": f.file_size,
-        "n_params": n_params,
-        "bits_per_weight": round(8 * n_bytes / max(n_params, 1), 2),
-        "context_length": f.arch_get("context_length"),
-        "n_layer": f.arch_get("block_count"),
-        "n_embd": f.arch_get("embedding_length"),
-        "n_ff": f.arch_get("feed_forward_length"),
-        "n_head": f.arch_get("attention.head_count"),
-        "n_head_kv": f.arch_get("attention.head_count_kv"),
-        "n_expert": f.arch_get("expert_count"),
-        "n_expert_used": f.arch_get("expert_used_count"),
-        "rope_freq_base": f.arch_get("rope.freq_base"),
-        "tokenizer": m.get("tokenizer.ggml.model"),
-        "tokenizer_pre": m.get("tokenizer.ggml.pre"),
-        "n_vocab": len(tokens) if tokens is not None else None,
-        "chat_template": "in file" if m.get("tokenizer.chat_template") else "none (built-in used)",
-        "n_tensors": len(f.tensors),
-        "tensor_types": f.type_counts(),
-        "open_seconds": round(load_s, 4),
-        "kv_bytes_per_token": _kv_bytes_per_token(f),
-    }
-    for key in ("n_ff", "n_head", "n_head_kv"):  # per-layer arrays in some files
-        value = info[key]
-        if hasattr(value, "tolist"):
-            info[key] = value.tolist()
-    return info
-
-
-def _kv_bytes_per_token(f) -> dict | None:
-    """Bytes of K and V one token takes in the KV cache, per kv_type (None for an unknown architecture)."""
-    from .arch import load_config
-    from .nn.kv import KV_TYPES
-
-    try:
-        c = load_config(f)
-    except EdgeInferError:
-        return None
-    dims = (c.n_layer, c.n_head_kv, c.head_dim, c.head_dim_v)
-    if not all(isinstance(d, int) for d in dims):  # per-layer head counts: not summarized here
-        return None
-    return {
-        name: c.n_layer * c.n_head_kv * (t.row_bytes(c.head_dim) + t.row_bytes(c.head_dim_v))
-        for name, t in KV_TYPES.items()
-        if not (c.head_dim % t.block or c.head_dim_v % t.block)
-    }
-
-
-def _format_kv(per_token: dict | None, n_ctx: int | None) -> str | None:
-    if not per_token:
-        return None
-    from .nn.kv import DEFAULT_KV_TYPE
-
-    n = n_ctx or 4096
-    parts = [f"{k} {_human_bytes(v * n)}" + (" (default)" if k == DEFAULT_KV_TYPE else "") for k, v in per_token.items()]
-    return f"{', '.join(parts)} at {n} tokens (--kv-type)"
-
-
-def format_info(info: dict) -> str:
-    """`edgeinfer info`'s text for a model_info() dict (also shown by the chat app)."""
-    rows = [
-        ("name", info["name"]),
-        ("architecture", info["architecture"]),
-        ("file", f"{info['path']} ({_human_bytes(info['file_size'])}, GGUF v{info['gguf_version']})"),
-        ("parameters", f"{_human_count(info['n_params'])} ({info['bits_per_weight']} bits per weight)"),
-        ("context length", info["context_length"]),
-        ("layers", info["n_layer"]),
-        ("embedding", info["n_embd"]),
-        ("feed forward", info["n_ff"]),
-        ("heads (kv)", f"{info['n_head']} ({info['n_head_kv']})"),
-    ]
-    if info["n_expert"]:
-        rows.append(("experts (used)", f"{info['n_expert']} ({info['n_expert_used']})"))
-    rows += [
-        ("rope base", info["rope_freq_base"]),
-        ("KV cache", _format_kv(info.get("kv_bytes_per_token"), 4096)),
-        ("tokenizer", f"{info['tokenizer']} (pre: {info['tokenizer_pre']}), {info['n_vocab']} tokens"),
-        ("chat template", info["chat_template"]),
-        ("tensors", f"{info['n_tensors']}: " + ", ".join(f"{k} x{v}" for k, v in info["tensor_types"].items())),
-        ("opened in", f"{info['open_seconds'] * 1000:.0f} ms"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{key:>{width}}  {value}" for key, value in rows if value is not None)
-
-
-def _print_info(info: dict) -> None:
-    print(format_info(info))
-
-
-def format_system(report: dict) -> str:
-    feats = " ".join(k for k, on in report.get("cpu_features", {}).items() if on) or "-"
-    lines = [
-        f"cpu          {report['cpu']}",
-        f"threads      {report['threads']} (the cores this process may use)",
-        f"features     {feats}",
-    ]
-    if report.get("native_built"):
-        lines.append(f"native ISA   {report['isa']} (of {', '.join(report['isas'])}; EDGEINFER_ISA overrides)")
-        if report.get("isa_requested_unavailable"):
-            lines.append(f"             EDGEINFER_ISA={report['isa_requested_unavailable']} cannot run here")
-        lines.append(f"repack       {'x8 rows at load' if report['repack'] else 'off (EDGEINFER_REPACK=0)'}")
-    else:
-        lines.append(f"native       not built ({report.get('why_not_built')}): the Numba backend runs")
-    return "\n".join(lines)
 
 
 def cmd_info(args) -> int:
@@ -161,7 +32,7 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        _print_info(info)
+        print(format_info(info))
     return 0
 
 
@@ -312,7 +183,7 @@ def cmd_run(args) -> int:
 
 def cmd_chat(args) -> int:
     try:  # the TUI (and textual) load only for this command
-        from tui.app import run_chat
+        from .tui.app import run_chat
     except ImportError as e:
         raise EdgeInferError(f"`edgeinfer chat` needs the textual package ({e}); pip install textual") from None
     _ngl_env(args)
@@ -336,6 +207,23 @@ def cmd_serve(args) -> int:
     )  # fmt: skip
 
 
+def _add_sampling(p, per: str) -> None:
+    """The sampling flags of run and chat; their defaults are SamplingParams' (and the chat's max_tokens)."""
+    from .chat import REPLY_MAX_TOKENS
+    from .engine.sampling import SamplingParams
+
+    d = SamplingParams()
+    p.add_argument("-n", "--max-tokens", type=int, default=REPLY_MAX_TOKENS,
+                   help=f"most tokens {per} (default {REPLY_MAX_TOKENS})")  # fmt: skip
+    p.add_argument("--temp", type=float, default=d.temperature,
+                   help=f"temperature, 0 for greedy (default {d.temperature})")  # fmt: skip
+    p.add_argument("--top-k", type=int, default=d.top_k)
+    p.add_argument("--top-p", type=float, default=d.top_p)
+    p.add_argument("--min-p", type=float, default=d.min_p)
+    p.add_argument("--repeat-penalty", type=float, default=d.repeat_penalty)
+    p.add_argument("--seed", type=int, default=d.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -350,13 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="?", help="answer this and exit (without it: an interactive chat)")
     p.add_argument("--raw", action="store_true", help="complete the prompt as plain text, no chat template")
     p.add_argument("--system", help="system prompt")
-    p.add_argument("-n", "--max-tokens", type=int, default=512, help="most tokens to generate (default 512)")
-    p.add_argument("--temp", type=float, default=0.8, help="temperature, 0 for greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--min-p", type=float, default=0.05)
-    p.add_argument("--repeat-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    _add_sampling(p, "to generate")
     p.add_argument("--stop", action="append", help="stop at this text (may be repeated)")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: the available cores)")
     p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
@@ -382,13 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="a GGUF path or a model name (fetched on first use)")
     p.add_argument("--system", help="system prompt")
-    p.add_argument("-n", "--max-tokens", type=int, default=512, help="most tokens per reply (default 512)")
-    p.add_argument("--temp", type=float, default=0.8, help="temperature, 0 for greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--min-p", type=float, default=0.05)
-    p.add_argument("--repeat-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    _add_sampling(p, "per reply")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: the available cores)")
     p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="kernels to run on (default: auto)")

@@ -13,18 +13,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-SETTABLE = {
-    "temperature": float,
-    "top_k": int,
-    "top_p": float,
-    "min_p": float,
-    "repeat_penalty": float,
-    "presence_penalty": float,
-    "frequency_penalty": float,
-    "seed": int,
-    "max_tokens": int,
-}
-ALIASES = {"temp": "temperature", "num_predict": "max_tokens", "n": "max_tokens", "topk": "top_k", "topp": "top_p"}
+from .chat import SETTABLE, Conversation, SettingError, dropped_turns, setting_name
 
 HELP = """Available commands:
   /set PARAM VALUE   set a sampling parameter: {params}
@@ -42,13 +31,11 @@ class ChatSession:
     def __init__(self, llm, params: dict, system: str | None = None, verbose: bool = False,
                  stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None):
         self.llm = llm
-        self.params = dict(params)
-        self.system = system
+        self.chat = Conversation(params, system)
         self.verbose = verbose
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
-        self.messages: list[dict] = []
         self.interactive = hasattr(self.stdin, "isatty") and self.stdin.isatty()
 
     # -- input ---------------------------------------------------------------------------------------
@@ -96,11 +83,11 @@ class ChatSession:
         if cmd in ("/?", "/help"):
             print(HELP.format(params=", ".join(SETTABLE)), file=self.stdout)
         elif cmd == "/clear":
-            self.messages.clear()
+            self.chat.clear()
             print("Cleared the conversation.", file=self.stdout)
         elif cmd == "/show":
-            settings = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-            print(f"{settings}\nsystem: {self.system or '(none)'}", file=self.stdout)
+            settings = ", ".join(f"{k}={v}" for k, v in sorted(self.chat.params.items()))
+            print(f"{settings}\nsystem: {self.chat.system or '(none)'}", file=self.stdout)
         elif cmd == "/set":
             self._set(words[1:])
         else:
@@ -111,58 +98,29 @@ class ChatSession:
         if not args:
             print("Usage: /set PARAM VALUE (see /?)", file=self.stdout)
             return
-        name = ALIASES.get(args[0].lower(), args[0].lower())
-        if name == "system":
-            self.system = args[1] if len(args) > 1 else None
-            self.messages.clear()
+        if setting_name(args[0]) == "system":
+            self.chat.system = args[1] if len(args) > 1 else None
+            self.chat.clear()
             print("Set the system prompt and cleared the conversation.", file=self.stdout)
             return
-        if name not in SETTABLE or len(args) < 2:
-            print(f"Cannot set {args[0]!r}; settable: system, {', '.join(SETTABLE)}.", file=self.stdout)
-            return
         try:
-            value = SETTABLE[name](args[1])
-        except ValueError:
-            print(f"{name} needs a {SETTABLE[name].__name__}, got {args[1]!r}.", file=self.stdout)
-            return
-        from .engine.sampling import SamplingError, SamplingParams
-
-        fields = SamplingParams.__dataclass_fields__  # not max_tokens, speculative, draft_max
-        trial = {k: v for k, v in {**self.params, name: value}.items() if k in fields}
-        try:
-            SamplingParams(**trial).validate()
-        except (SamplingError, TypeError) as e:
+            name, value = self.chat.set(args[0], args[1] if len(args) > 1 else "")
+        except SettingError as e:
             print(str(e), file=self.stdout)
             return
-        if name == "max_tokens" and value <= 0:
-            print("max_tokens must be positive.", file=self.stdout)
-            return
-        self.params[name] = value
         print(f"Set {name} to {value}.", file=self.stdout)
 
     # -- conversation --------------------------------------------------------------------------------
 
-    def conversation(self) -> list[dict]:
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + self.messages
-
-    def _fit_context(self) -> None:
-        """Drop the oldest turns until the prompt and the reply's budget fit the context."""
-        budget = self.llm.n_ctx - min(self.params.get("max_tokens", 256), self.llm.n_ctx // 2)
-        dropped = 0
-        while len(self.messages) > 1 and len(self.llm.tokenize_chat(self.conversation())) > budget:
-            del self.messages[: 2 if len(self.messages) > 2 else 1]
-            dropped += 1
-        if dropped:
-            print(f"[context: dropped the {dropped} oldest turn(s) to fit the {self.llm.n_ctx}-token context]",
-                  file=self.stderr)
-
     def reply(self, text: str) -> None:
-        self.messages.append({"role": "user", "content": text})
-        self._fit_context()
+        self.chat.messages.append({"role": "user", "content": text})
+        dropped = self.chat.fit(self.llm)
+        if dropped:
+            print(f"[context: dropped the {dropped_turns(dropped)} oldest turn(s) to fit the {self.llm.n_ctx}-token "
+                  "context]", file=self.stderr)  # fmt: skip
         pieces: list[str] = []
         try:
-            for piece in self.llm.chat(self.conversation(), stream=True, **self.params):
+            for piece in self.llm.chat(self.chat.for_model(), stream=True, **self.chat.params):
                 pieces.append(piece)
                 self.stdout.write(piece)
                 self.stdout.flush()
@@ -170,7 +128,7 @@ class ChatSession:
             self.stdout.write("\n[stopped]")
         self.stdout.write("\n\n")
         self.stdout.flush()
-        self.messages.append({"role": "assistant", "content": "".join(pieces)})
+        self.chat.messages.append({"role": "assistant", "content": "".join(pieces)})
         if self.verbose:
             print_stats(self.llm.last_stats, self.stderr)
 

@@ -215,7 +215,7 @@ def test_cli_interactive_session(smollm2_path):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "Set temperature to 0.0." in out
-    assert "top_k needs a int" in out
+    assert "top_k needs an integer" in out
     assert "L'Étoile" in out or FRANCE_OTHER in out  # the near-tie (see FRANCE_REPLY)
     assert "Cleared the conversation." in out and "temperature=0.0" in out
     assert out.count(">>> ") >= 5 and "... " in out

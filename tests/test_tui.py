@@ -1,4 +1,5 @@
-"""`edgeinfer chat`: the Textual app (tui/) driven through Textual's own harness (App.run_test + Pilot).
+"""`edgeinfer chat`: the Textual app (tui/, installed as edgeinfer.tui) driven through Textual's own harness
+(App.run_test + Pilot).
 
 Most tests use a tiny random llama written here with a byte-level vocabulary of printable ASCII, so any
 English text tokenizes and replies are random printable characters (the special tokens' output rows are
@@ -23,10 +24,10 @@ import pytest
 pytest.importorskip("textual")
 
 from edgeinfer.api import load  # noqa: E402
-from tui import app as tui_app  # noqa: E402
-from tui.app import AssistantTurn, ChatApp, ChatInput, Notice, ReplyResult, UserTurn  # noqa: E402
-from tui.conversation import SettingError, draft_acceptance, load_conversation, parse_setting  # noqa: E402
-from tui.screens import HelpScreen, InfoScreen, SettingsScreen  # noqa: E402
+from edgeinfer.tui import app as tui_app  # noqa: E402
+from edgeinfer.tui.app import AssistantTurn, ChatApp, ChatInput, Notice, ReplyResult, UserTurn  # noqa: E402
+from edgeinfer.tui.conversation import SettingError, draft_acceptance, load_conversation, parse_setting  # noqa: E402
+from edgeinfer.tui.screens import HelpScreen, InfoScreen, SettingsScreen  # noqa: E402
 
 SIZE = (110, 36)
 
@@ -241,7 +242,7 @@ def test_status_bar_after_a_reply(tiny):
             app.send("How fast are you?")
             await reply_done(app, pilot)
             stats = app.last_result.stats
-            used = len(tiny.tokenize_chat(app.session.conversation(), add_generation_prompt=False))
+            used = len(tiny.tokenize_chat(app.session.for_model(), add_generation_prompt=False))
             status = str(app.query_one("#status").render())
             assert f"ctx {used}/512" in status
             rates = f"prompt {tui_app.format_rate(stats.pp_tps)} · gen {tui_app.format_rate(stats.tg_tps)} tok/s"
@@ -307,7 +308,7 @@ def test_settings_apply(tiny):
             app.send("Again.")
             await reply_done(app, pilot)
             assert tiny.last_stats.n_generated <= 7
-            conversation = app.session.conversation()
+            conversation = app.session.for_model()
             assert conversation[0] == {"role": "system", "content": "You are terse."}
             # /system alone removes the prompt; seed random
             await command(app, pilot, "/system")
@@ -369,7 +370,7 @@ def test_save_and_load_round_trip(tiny, tmp_path):
             assert app.session.messages == saved and app.session.system == "Be brief."
             assert len(app.query(UserTurn)) == 2 and len(app.query(AssistantTurn)) == 2
             assert [w.source for w in app.query(AssistantTurn)] == [saved[1]["content"], saved[3]["content"]]
-            used = len(tiny.tokenize_chat(app.session.conversation(), add_generation_prompt=False))
+            used = len(tiny.tokenize_chat(app.session.for_model(), add_generation_prompt=False))
             assert f"ctx {used}/512" in app.status_text()
             app.send("Third?")  # the loaded conversation goes on
             await reply_done(app, pilot)
@@ -404,12 +405,12 @@ def test_context_overflow_drops_oldest_turns_with_a_notice(tiny_path):
             assert warnings and "dropped the" in warnings[0] and "system prompt is kept" in warnings[0]
             contents = [m["content"] for m in app.session.messages]
             assert questions[0] not in contents and questions[-1] in contents
-            assert app.session.conversation()[0] == {"role": "system", "content": "Keep me."}
+            assert app.session.for_model()[0] == {"role": "system", "content": "Keep me."}
             # the dropped turns stay on screen, dimmed; the model's view matches the session
             dropped = list(app.query(".turn.dropped"))
             assert dropped and "out of context" in dropped[0].border_subtitle
             assert len(shown_turns(app)) == len(app.session.messages)
-            used = len(llm.tokenize_chat(app.session.conversation(), add_generation_prompt=False))
+            used = len(llm.tokenize_chat(app.session.for_model(), add_generation_prompt=False))
             assert used <= 160 and f"ctx {used}/160" in app.status_text()
 
     run(go())
@@ -510,6 +511,6 @@ def test_cli_chat_command_and_lazy_import(tiny_path):
     assert ChatApp(str(tiny_path), draft="small.gguf").load_kwargs["draft"] == "small.gguf"
     assert ChatApp(str(tiny_path), kv_type="q8_0").load_kwargs["kv_type"] == "q8_0"
     # `edgeinfer run` (the cli module and its parser) never imports textual
-    code = "import sys, edgeinfer.cli as c; c.build_parser(); import tui; print('textual' in sys.modules)"
+    code = "import sys, edgeinfer.cli as c; c.build_parser(); import edgeinfer.tui; print('textual' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -1,6 +1,6 @@
 """`edgeinfer chat MODEL`: a Textual chat app on edgeinfer's public API.
 
-    from tui.app import ChatApp
+    from edgeinfer.tui.app import ChatApp
     ChatApp("smollm2-135m", n_ctx=4096).run()
 
 The model loads in a worker thread (a download on first use, then the weights), and every reply is
@@ -12,7 +12,6 @@ progress=False, and pip's output (a download) is captured by edgeinfer.models.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import sys
 import threading
@@ -29,8 +28,8 @@ from textual.content import Content
 from textual.message import Message
 from textual.widgets import Footer, LoadingIndicator, Markdown, Static, TextArea
 
+from edgeinfer.chat import Conversation, default_params, dropped_turns
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.repl import ChatSession
 
 from .conversation import (
     SETTABLE,
@@ -39,26 +38,13 @@ from .conversation import (
     draft_acceptance,
     format_rate,
     load_conversation,
-    parse_setting,
     save_conversation,
     setting_name,
     tokens_per_joule,
-    validate_params,
 )
 from .screens import HelpScreen, InfoScreen, SettingsScreen
 
 POST_INTERVAL_S = 0.1  # the reply's text reaches the screen at most this often (10 updates a second)
-
-DEFAULT_PARAMS = {
-    "max_tokens": 512,
-    "temperature": 0.8,
-    "top_k": 40,
-    "top_p": 0.95,
-    "min_p": 0.05,
-    "repeat_penalty": 1.0,
-    "seed": None,
-}
-
 
 # -- widgets -----------------------------------------------------------------------------------------
 
@@ -253,10 +239,9 @@ class ChatApp(App):
         self.meter = None
         self.info_text = ""
         self.model_name = Path(str(self.model_arg)).stem if model else "model"
-        # the conversation and its settings: `edgeinfer run`'s ChatSession, so the two drop old turns alike
-        self._session_out = io.StringIO()
-        self.session = ChatSession(None, {**DEFAULT_PARAMS, **(params or {})}, system=system or None,
-                                   stdin=io.StringIO(), stdout=self._session_out, stderr=self._session_out)  # fmt: skip
+        # the conversation and its settings: edgeinfer.chat's, as `edgeinfer run` holds, so the two parse
+        # settings alike and drop old turns alike
+        self.session = Conversation({**default_params(), **(params or {})}, system=system)
         self.turns: list = []  # the widget of each message in session.messages
         self.load_error: str | None = None
         self.model_loading = llm is None
@@ -346,7 +331,7 @@ class ChatApp(App):
             return None
 
     def _info_text(self, llm, meter=None) -> str:
-        from edgeinfer.cli import format_info, model_info
+        from edgeinfer.info import format_info, model_info
 
         try:
             text = format_info(model_info(str(llm.path)))
@@ -377,7 +362,6 @@ class ChatApp(App):
 
     def _loaded(self, llm, info_text: str | None, warmup_s: float | None) -> None:
         self.llm = llm
-        self.session.llm = llm
         self.model_loading = False
         if self.meter is None:
             self.meter = self._open_meter()
@@ -438,12 +422,9 @@ class ChatApp(App):
         self._start_reply()
 
     def _fit_context(self) -> None:
-        """Drop the oldest turns that no longer fit (the logic of `edgeinfer run`), and say so."""
-        before = len(self.session.messages)
-        self._session_out.seek(0)
-        self._session_out.truncate()
-        self.session._fit_context()
-        dropped = before - len(self.session.messages)
+        """Drop the oldest turns that no longer fit (as `edgeinfer run` does), and say so."""
+        gone_messages = self.session.fit(self.llm)
+        dropped = len(gone_messages)
         if not dropped:
             return
         gone, self.turns = self.turns[:dropped], self.turns[dropped:]
@@ -451,7 +432,7 @@ class ChatApp(App):
             widget.add_class("dropped")
             widget.border_subtitle = "dropped: out of context"
         self.dropped_total += dropped
-        turns = (dropped + 1) // 2
+        turns = dropped_turns(gone_messages)
         kept = "; the system prompt is kept" if self.session.system else ""
         text = (f"The conversation no longer fits the {self.llm.n_ctx}-token context: dropped the "
                 f"{turns} oldest turn{'s' if turns != 1 else ''} ({dropped} message{'s' if dropped != 1 else ''})"
@@ -474,7 +455,7 @@ class ChatApp(App):
         self._reply_widget = widget
         self._show(widget)
         self._stream = Markdown.get_stream(widget)
-        self._generate(self._reply_id, self.session.conversation(), dict(self.session.params), self._stop)
+        self._generate(self._reply_id, self.session.for_model(), dict(self.session.params), self._stop)
         self._refresh_status()
 
     @work(thread=True, group="reply", exit_on_error=False)
@@ -756,12 +737,10 @@ class ChatApp(App):
             self._refresh_status()
             return
         try:
-            key, value = parse_setting(name, text)
-            validate_params({**self.session.params, key: value})
+            key, value = self.session.set(name, text)
         except SettingError as e:
             self.notice(str(e), "error")
             return
-        self.session.params[key] = value
         shown = "random (a fresh seed each reply)" if key == "seed" and value is None else value
         self.notice(f"Set {key} to {shown}.", "info")
         self._refresh_status()
@@ -773,7 +752,7 @@ class ChatApp(App):
         if self.llm is None or self.generating:
             return
         try:
-            conversation = self.session.conversation()
+            conversation = self.session.for_model()
             self.ctx_used = len(self.llm.tokenize_chat(conversation, add_generation_prompt=False)) if conversation else 0
         except Exception:  # noqa: BLE001 - the next reply reports a template problem
             self.ctx_used = None

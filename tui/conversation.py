@@ -1,5 +1,6 @@
-"""What the chat app knows without a screen: settings parsing and checking, the conversation file format,
-and the figures of the status bar. Kept apart from the widgets so it is easy to test and to reuse.
+"""What the chat app knows without a screen beyond edgeinfer.chat (the conversation, settings parsing and
+checking, shared with `edgeinfer run`): the conversation file format and the figures of the status bar.
+Kept apart from the widgets so it is easy to test and to reuse.
 
 A saved conversation is one JSON object:
 
@@ -18,7 +19,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeinfer.repl import ALIASES, SETTABLE
+from edgeinfer.chat import SETTABLE, SettingError, parse_setting, setting_name, validate_params
+from edgeinfer.engine.sampling import SamplingParams
+
+__all__ = [
+    "PANEL_SETTINGS", "SETTABLE", "SettingError", "describe_params", "draft_acceptance", "format_rate",
+    "load_conversation", "parse_setting", "save_conversation", "setting_name", "tokens_per_joule",
+    "validate_params",
+]  # fmt: skip
 
 FORMAT = "edgeinfer-chat"
 VERSION = 1
@@ -28,55 +36,12 @@ ROLES = ("user", "assistant")
 PANEL_SETTINGS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens", "seed")
 
 
-class SettingError(ValueError):
-    """A setting that cannot be applied; the message says why, in a sentence."""
-
-
-def setting_name(name: str) -> str:
-    """The canonical name of a setting ("temp" -> "temperature", "top-p" -> "top_p", ...)."""
-    key = name.strip().lower().replace("-", "_")
-    return ALIASES.get(key, ALIASES.get(key.replace("_", ""), key))
-
-
-def parse_setting(name: str, text: str):
-    """(name, value) from text typed by a person: `/set temp 0.2`, a field of the settings panel.
-    seed takes "random" (or "none", or nothing) for a fresh seed each reply."""
-    name = setting_name(name)
-    if name not in SETTABLE:
-        raise SettingError(f"Cannot set {name!r}; settable: system, {', '.join(SETTABLE)}.")
-    text = (text or "").strip()
-    if name == "seed" and text.lower() in ("", "random", "none", "-1"):
-        return name, None
-    if not text:
-        raise SettingError(f"{name} needs a value.")
-    kind = SETTABLE[name]
-    try:
-        value = kind(text)
-    except ValueError:
-        raise SettingError(f"{name} needs {'an integer' if kind is int else 'a number'}, got {text!r}.") from None
-    return name, value
-
-
-def validate_params(params: dict) -> None:
-    """Raise SettingError when the sampling settings are out of range (the engine's own rules)."""
-    from edgeinfer.engine.sampling import SamplingError, SamplingParams
-
-    max_tokens = params.get("max_tokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
-        raise SettingError(f"max_tokens must be a positive integer, got {max_tokens!r}.")
-    trial = {k: v for k, v in params.items() if k != "max_tokens"}
-    try:
-        SamplingParams(**trial).validate()
-    except (SamplingError, TypeError) as e:
-        raise SettingError(str(e)) from None
-
-
 def describe_params(params: dict) -> str:
-    """"temp 0.8 · top-p 0.95 · max 512 · seed random" for the status bar."""
+    """"temp 0.8 · top-p 0.95 · max 512 · seed random" for the status bar (absent: SamplingParams' defaults)."""
     seed = params.get("seed")
     parts = [
-        f"temp {params.get('temperature', 0.8):g}",
-        f"top-p {params.get('top_p', 0.95):g}",
+        f"temp {params.get('temperature', SamplingParams.temperature):g}",
+        f"top-p {params.get('top_p', SamplingParams.top_p):g}",
         f"max {params.get('max_tokens', '-')}",
         f"seed {'random' if seed is None else seed}",
     ]

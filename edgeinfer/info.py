@@ -1,0 +1,135 @@
+"""What a model file holds and how this machine runs it, as `edgeinfer info` prints it (and the chat app's
+model screen shows it): `model_info(path)` reads the GGUF header into a dict, `format_info` lays it out.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .errors import EdgeInferError
+from .progress import format_bytes as _human_bytes
+
+
+def _human_count(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def model_info(path: str) -> dict:
+    """What `edgeinfer info` prints, as a dict (the chat app shows it too)."""
+    from .gguf import GGUFFile
+
+    start = time.perf_counter()
+    f = GGUFFile(path)
+    load_s = time.perf_counter() - start
+    m = f.metadata
+    arch = f.architecture or "unknown"
+    n_params = sum(t.n_elements for t in f.tensors.values())
+    n_bytes = sum(t.n_bytes for t in f.tensors.values())
+    tokens = m.get("tokenizer.ggml.tokens")
+    info = {
+        "path": str(path),
+        "name": m.get("general.name"),
+        "architecture": arch,
+        "gguf_version": f.version,
+        "file_size": f.file_size,
+        "n_params": n_params,
+        "bits_per_weight": round(8 * n_bytes / max(n_params, 1), 2),
+        "context_length": f.arch_get("context_length"),
+        "n_layer": f.arch_get("block_count"),
+        "n_embd": f.arch_get("embedding_length"),
+        "n_ff": f.arch_get("feed_forward_length"),
+        "n_head": f.arch_get("attention.head_count"),
+        "n_head_kv": f.arch_get("attention.head_count_kv"),
+        "n_expert": f.arch_get("expert_count"),
+        "n_expert_used": f.arch_get("expert_used_count"),
+        "rope_freq_base": f.arch_get("rope.freq_base"),
+        "tokenizer": m.get("tokenizer.ggml.model"),
+        "tokenizer_pre": m.get("tokenizer.ggml.pre"),
+        "n_vocab": len(tokens) if tokens is not None else None,
+        "chat_template": "in file" if m.get("tokenizer.chat_template") else "none (built-in used)",
+        "n_tensors": len(f.tensors),
+        "tensor_types": f.type_counts(),
+        "open_seconds": round(load_s, 4),
+        "kv_bytes_per_token": _kv_bytes_per_token(f),
+    }
+    for key in ("n_ff", "n_head", "n_head_kv"):  # per-layer arrays in some files
+        value = info[key]
+        if hasattr(value, "tolist"):
+            info[key] = value.tolist()
+    return info
+
+
+def _kv_bytes_per_token(f) -> dict | None:
+    """Bytes of K and V one token takes in the KV cache, per kv_type (None for an unknown architecture)."""
+    from .arch import load_config
+    from .nn.kv import KV_TYPES
+
+    try:
+        c = load_config(f)
+    except EdgeInferError:
+        return None
+    dims = (c.n_layer, c.n_head_kv, c.head_dim, c.head_dim_v)
+    if not all(isinstance(d, int) for d in dims):  # per-layer head counts: not summarized here
+        return None
+    return {
+        name: c.n_layer * c.n_head_kv * (t.row_bytes(c.head_dim) + t.row_bytes(c.head_dim_v))
+        for name, t in KV_TYPES.items()
+        if not (c.head_dim % t.block or c.head_dim_v % t.block)
+    }
+
+
+def _format_kv(per_token: dict | None, n_ctx: int | None) -> str | None:
+    if not per_token:
+        return None
+    from .nn.kv import DEFAULT_KV_TYPE
+
+    n = n_ctx or 4096
+    parts = [f"{k} {_human_bytes(v * n)}" + (" (default)" if k == DEFAULT_KV_TYPE else "") for k, v in per_token.items()]
+    return f"{', '.join(parts)} at {n} tokens (--kv-type)"
+
+
+def format_info(info: dict) -> str:
+    """`edgeinfer info`'s text for a model_info() dict (also shown by the chat app)."""
+    rows = [
+        ("name", info["name"]),
+        ("architecture", info["architecture"]),
+        ("file", f"{info['path']} ({_human_bytes(info['file_size'])}, GGUF v{info['gguf_version']})"),
+        ("parameters", f"{_human_count(info['n_params'])} ({info['bits_per_weight']} bits per weight)"),
+        ("context length", info["context_length"]),
+        ("layers", info["n_layer"]),
+        ("embedding", info["n_embd"]),
+        ("feed forward", info["n_ff"]),
+        ("heads (kv)", f"{info['n_head']} ({info['n_head_kv']})"),
+    ]
+    if info["n_expert"]:
+        rows.append(("experts (used)", f"{info['n_expert']} ({info['n_expert_used']})"))
+    rows += [
+        ("rope base", info["rope_freq_base"]),
+        ("KV cache", _format_kv(info.get("kv_bytes_per_token"), 4096)),
+        ("tokenizer", f"{info['tokenizer']} (pre: {info['tokenizer_pre']}), {info['n_vocab']} tokens"),
+        ("chat template", info["chat_template"]),
+        ("tensors", f"{info['n_tensors']}: " + ", ".join(f"{k} x{v}" for k, v in info["tensor_types"].items())),
+        ("opened in", f"{info['open_seconds'] * 1000:.0f} ms"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{key:>{width}}  {value}" for key, value in rows if value is not None)
+
+
+def format_system(report: dict) -> str:
+    feats = " ".join(k for k, on in report.get("cpu_features", {}).items() if on) or "-"
+    lines = [
+        f"cpu          {report['cpu']}",
+        f"threads      {report['threads']} (the cores this process may use)",
+        f"features     {feats}",
+    ]
+    if report.get("native_built"):
+        lines.append(f"native ISA   {report['isa']} (of {', '.join(report['isas'])}; EDGEINFER_ISA overrides)")
+        if report.get("isa_requested_unavailable"):
+            lines.append(f"             EDGEINFER_ISA={report['isa_requested_unavailable']} cannot run here")
+        lines.append(f"repack       {'x8 rows at load' if report['repack'] else 'off (EDGEINFER_REPACK=0)'}")
+    else:
+        lines.append(f"native       not built ({report.get('why_not_built')}): the Numba backend runs")
+    return "\n".join(lines)
