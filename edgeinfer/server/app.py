@@ -14,10 +14,13 @@ next step.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
+import os
 import secrets
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +28,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -40,6 +43,11 @@ from .metrics import Metrics
 log = logging.getLogger("edgeinfer.server")
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+BODY_IDLE_S = 30.0  # the most a request body may pause between two chunks
+BODY_TIMEOUT_S = 120.0  # the most a whole request body may take to arrive
+HEADER_TIMEOUT_S = 30.0  # the most a connection may take to send a request's headers (slowloris)
+KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
+MAX_CONNECTIONS = 1000  # connections and requests at once; uvicorn answers 503 beyond
 PUBLIC_PATHS = ("/health",)
 KNOWN_PATHS = {
     "/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/tokenize", "/detokenize",
@@ -60,10 +68,12 @@ class _Guard:
     """Outermost layer: the API key, request counting by endpoint and status, and a JSON 500 for any
     exception that escapes a handler (the server keeps serving)."""
 
-    def __init__(self, app, api_key: str | None, metrics: Metrics):
+    def __init__(self, app, api_key: str | None, metrics: Metrics, cors_origins: list[str] | None = None):
         self.app = app
         self.api_key = api_key
+        self._key_bytes = api_key.encode("utf-8") if api_key is not None else b""
         self.metrics = metrics
+        self.cors_origins = [o.rstrip("/") for o in cors_origins or ()]
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -78,6 +88,31 @@ class _Guard:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)
+
+        origin = _header(scope, b"origin")
+        if origin is not None:
+            if not origin_allowed(origin, self.cors_origins):
+                response = _error(f"Cross-origin requests from {origin[:200]!r} are refused: this server allows only "
+                                  "local origins (localhost, 127.0.0.1, [::1]) unless started with --cors-origin "
+                                  "ORIGIN (or EDGEINFER_CORS_ORIGINS=ORIGIN,...).", 403, code="origin_not_allowed")  # fmt: skip
+                self.metrics.count_request(endpoint, 403)
+                return await response(scope, receive, send)
+            cors = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+            if scope.get("method") == "OPTIONS" and _header(scope, b"access-control-request-method") is not None:
+                asked = _header(scope, b"access-control-request-headers") or "authorization, content-type"
+                await send({"type": "http.response.start", "status": 204, "headers": [
+                    *cors, (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                    (b"access-control-allow-headers", asked.encode("latin-1")),
+                    (b"access-control-max-age", b"600")]})  # fmt: skip
+                await send({"type": "http.response.body", "body": b""})
+                self.metrics.count_request(endpoint, 204)
+                return
+            inner_send = send
+
+            async def send(message):  # noqa: F811 (the CORS headers on every response to this origin)
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", ()), *cors]}
+                await inner_send(message)
 
         try:
             if self.api_key is not None and path not in PUBLIC_PATHS and not self._authorized(scope):
@@ -99,9 +134,39 @@ class _Guard:
     def _authorized(self, scope) -> bool:
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                return scheme.lower() == "bearer" and secrets.compare_digest(token.strip(), self.api_key)
+                scheme, _, token = value.partition(b" ")
+                # bytes on both sides: a header of any bytes is compared, never a TypeError (non-ASCII str)
+                return scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), self._key_bytes)
         return False
+
+
+def _header(scope, name: bytes) -> str | None:
+    for k, v in scope.get("headers", ()):
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def origin_allowed(origin: str, allowed: list[str]) -> bool:
+    """Whether a browser page at `origin` may call this server: any listed origin ("*": every one), else
+    only local pages (http(s)://localhost, 127.0.0.1 or [::1], any port)."""
+    origin = origin.rstrip("/")
+    if "*" in allowed or origin in allowed:
+        return True
+    if allowed:
+        return False
+    scheme, sep, rest = origin.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return False
+    host = rest.rsplit(":", 1)[0] if not rest.endswith("]") else rest
+    return host in LOCAL_HOSTS
+
+
+class _BodyAbandoned(Exception):
+    """The client disconnected while it was still sending its request body."""
 
 
 class _ClientGone(Exception):
@@ -216,10 +281,13 @@ SHUTDOWN_MESSAGE = "The server is shutting down; this reply was cut short. Try a
 
 def create_app(llm, runner, api_key: str | None = None, model_name: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, energy_source: str | None = None,
-               n_ctx: int | None = None, speculative: str | None = "auto") -> Starlette:  # fmt: skip
+               n_ctx: int | None = None, speculative: str | None = "auto",
+               cors_origins: list[str] | None = None) -> Starlette:  # fmt: skip
     """The ASGI app. `runner` must be started by the caller (serve() does). `n_ctx`: the context of
     one sequence (default: the runner's, else the model's). `speculative`: what a request that does not
-    say gets ("auto": the draft model when one is loaded, "draft", "ngram", or None)."""
+    say gets ("auto": the draft model when one is loaded, "draft", "ngram", or None). `cors_origins`:
+    the browser origins that may call it ("*": any); default only local pages (localhost, 127.0.0.1,
+    [::1]); a request with another Origin is refused (403)."""
     model_name = model_name or Path(str(getattr(llm, "path", "model"))).stem
     n_ctx = int(n_ctx or getattr(runner, "n_ctx", None) or llm.n_ctx)
     n_vocab = llm.n_vocab
@@ -233,12 +301,26 @@ def create_app(llm, runner, api_key: str | None = None, model_name: str | None =
             raise P.RequestError(f"The request body is {int(length)} bytes; this server takes at most "
                                  f"{max_body_bytes}.", status=413, code="request_too_large")  # fmt: skip
         chunks, n = [], 0
-        async for chunk in request.stream():
-            n += len(chunk)
-            if n > max_body_bytes:
-                raise P.RequestError(f"The request body is over {max_body_bytes} bytes, the most this server takes.",
-                                     status=413, code="request_too_large")  # fmt: skip
-            chunks.append(chunk)
+        body = aiter(request.stream())
+        deadline = time.monotonic() + BODY_TIMEOUT_S
+        try:
+            while True:
+                # a client that sends its body slowly (or not at all) holds a connection: bounded per chunk and in all
+                left = deadline - time.monotonic()
+                try:
+                    chunk = await asyncio.wait_for(anext(body), timeout=max(0.0, min(BODY_IDLE_S, left)))
+                except StopAsyncIteration:
+                    break
+                n += len(chunk)
+                if n > max_body_bytes:
+                    raise P.RequestError(f"The request body is over {max_body_bytes} bytes, the most this server "
+                                         "takes.", status=413, code="request_too_large")  # fmt: skip
+                chunks.append(chunk)
+        except asyncio.TimeoutError:
+            raise P.RequestError(f"The request body did not arrive in time (at most {BODY_IDLE_S:g} s between "
+                                 f"chunks, {BODY_TIMEOUT_S:g} s in all).", status=408, code="request_timeout") from None  # fmt: skip
+        except ClientDisconnect:
+            raise _BodyAbandoned() from None
         return P.parse_json_body(b"".join(chunks))
 
     def handles_errors(fn):
@@ -247,6 +329,8 @@ def create_app(llm, runner, api_key: str | None = None, model_name: str | None =
                 return await fn(request)
             except P.RequestError as e:
                 return _from_request_error(e)
+            except _BodyAbandoned:  # the client left while sending its body: nobody reads an answer
+                return Response(status_code=499)
             except SamplingError as e:  # the engine's own checks, should ours ever miss one
                 return _error(str(e), 400, param=str(e).split(" ")[0] or None)
 
@@ -332,11 +416,21 @@ def create_app(llm, runner, api_key: str | None = None, model_name: str | None =
             if echo_text:
                 yield chunk(echo_text)
         fin = None
-        async for event in handle.events():
-            if isinstance(event, Finish):
-                fin = event
-            else:
-                yield chunk(event)
+        try:
+            async for event in handle.events():
+                if isinstance(event, Finish):
+                    fin = event
+                else:
+                    yield chunk(event)
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as e:  # the stream has begun: end it with an error event, never a cut connection
+            log.exception("unexpected error in a stream")
+            handle.cancel()
+            yield P.sse(P.error_body(f"Internal server error ({type(e).__name__}); the server is still running.",
+                                     "server_error"))  # fmt: skip
+            yield P.sse("[DONE]")
+            return
         observe(fin)
         if fin.reason == "cancelled":
             return
@@ -436,8 +530,59 @@ def create_app(llm, runner, api_key: str | None = None, model_name: str | None =
     app.state.llm = llm
     app.state.model_name = model_name
     app.state.begin_shutdown = stopping.set  # running requests end at once (serve() calls it on Ctrl-C)
-    app.add_middleware(_Guard, api_key=api_key, metrics=metrics)
+    app.add_middleware(_Guard, api_key=api_key, metrics=metrics, cors_origins=cors_origins)
     return app
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a --host value) listens only on this machine."""
+    h = host.strip("[]")
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def _timed_h11_protocol():
+    """uvicorn's h11 protocol with a header timeout: a connection that has not sent a whole request head
+    within HEADER_TIMEOUT_S of opening (or of its previous response) is closed, so slow or idle
+    connections (slowloris) cannot pile up. uvicorn bounds only keep-alive idleness itself."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        header_timeout = HEADER_TIMEOUT_S
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self.cycle is None or self.cycle.response_complete:
+                if not self.transport.is_closing():
+                    self.transport.close()
+
+        def handle_events(self) -> None:
+            before = self.cycle
+            super().handle_events()
+            if self.cycle is not before and getattr(self, "_head_timer", None) is not None:
+                self._head_timer.cancel()  # a request head arrived
+                self._head_timer = None
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if getattr(self, "_head_timer", None) is None and not self.transport.is_closing():
+                self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+        def connection_lost(self, exc) -> None:
+            if getattr(self, "_head_timer", None) is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            super().connection_lost(exc)
+
+    return TimedH11Protocol
 
 
 def _model_name(model) -> str:
@@ -459,9 +604,10 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, c
           api_key: str | None = None, threads: int | None = None, backend="auto", max_queue: int = 16,
           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, model_name: str | None = None,
           energy_source: str | None = None, kv_size: int | None = None, draft=None, speculative: str | None = "auto",
-          kv_type: str = DEFAULT_KV_TYPE, print_fn=print) -> int:  # fmt: skip
+          kv_type: str = DEFAULT_KV_TYPE, print_fn=print, cors_origins: list[str] | None = None) -> int:  # fmt: skip
     """Load `model` (a path or a registry name), start a runner and serve the API until Ctrl-C or SIGTERM.
-    Prints one line when it listens. kv_type: the KV cache's format (edgeinfer.load's)."""
+    Prints one line when it listens. kv_type: the KV cache's format (edgeinfer.load's). cors_origins:
+    browser origins allowed besides local pages (default: $EDGEINFER_CORS_ORIGINS, comma-separated)."""
     import signal
 
     import uvicorn
@@ -491,13 +637,20 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, c
         raise EdgeInferError(f"speculative must be 'auto', 'draft', 'ngram' or None, got {speculative!r}.")
     if speculative == "draft" and draft is None:
         raise EdgeInferError("--spec draft needs a draft model: give --draft MODEL.")
+    if cors_origins is None:
+        cors_origins = [o.strip() for o in os.environ.get("EDGEINFER_CORS_ORIGINS", "").split(",") if o.strip()]
+    if api_key is None and not is_loopback(host):
+        print(f"edgeinfer serve: WARNING: listening on {host}, reachable from other machines, and no API key is "
+                 "set: anyone who can reach this port can use the model. Set one with --api-key KEY (or "
+                 "EDGEINFER_API_KEY=KEY), or listen on 127.0.0.1.", file=sys.stderr, flush=True)  # fmt: skip
     llm = load(model, n_ctx=ctx_size, n_threads=threads, backend=backend, draft=draft, kv_type=kv_type)
     runner = make_runner(llm, parallel=parallel, max_queue=max_queue, n_ctx=ctx_size, kv_cells=kv_size)
     app = create_app(llm, runner, api_key=api_key, model_name=model_name or _model_name(model),
                      max_body_bytes=max_body_bytes, energy_source=energy_source, n_ctx=ctx_size,
-                     speculative=speculative)  # fmt: skip
+                     speculative=speculative, cors_origins=cors_origins)  # fmt: skip
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
-                            lifespan="off")  # fmt: skip
+                            lifespan="off", http=_timed_h11_protocol(), timeout_keep_alive=KEEP_ALIVE_S,
+                            limit_concurrency=MAX_CONNECTIONS, h11_max_incomplete_event_size=64 * 1024)  # fmt: skip
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 from ..engine.sampling import SamplingParams
 
 MAX_STOP_STRINGS = 16
+MAX_LOGIT_BIAS = 1024  # entries of one request's logit_bias (OpenAI allows 300)
 MAX_STOP_CHARS = 1000
 LOGIT_BIAS_RANGE = 100.0  # as OpenAI: each bias in [-100, 100]
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -63,7 +65,16 @@ def parse_json_body(raw: bytes) -> dict:
         raise RequestError(f"The request body is not valid JSON: {e}.") from None
     if not isinstance(body, dict):
         raise RequestError(f"The request body must be a JSON object, not {_json_type(body)}.")
+    if b"\\u" in raw and _SURROGATE_ESCAPE.search(raw):  # only then can a lone surrogate be in it
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError("The request holds a lone UTF-16 surrogate (an escape like \\ud800 without its "
+                               "pair), which is not a Unicode character; send valid text.") from None  # fmt: skip
     return body
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 # -- field readers: each returns the value or the default, or raises RequestError naming the field
@@ -150,6 +161,9 @@ def _logit_bias(body: dict, n_vocab: int | None) -> dict[int, float]:
         return {}
     if not isinstance(value, dict):
         raise RequestError(f"'logit_bias' must be an object of token id -> bias, got {_json_type(value)}.",
+                           "logit_bias")  # fmt: skip
+    if len(value) > MAX_LOGIT_BIAS:
+        raise RequestError(f"'logit_bias' holds {len(value)} entries; at most {MAX_LOGIT_BIAS} are allowed.",
                            "logit_bias")  # fmt: skip
     out: dict[int, float] = {}
     for key, bias in value.items():
@@ -400,7 +414,7 @@ def completion_chunk(id: str, created: int, model: str, text: str | None, reason
 def sse(data: dict | str) -> bytes:
     """One server-sent event: `data: {...}\\n\\n`."""
     text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {text}\n\n".encode()
+    return f"data: {text}\n\n".encode("utf-8", "replace")  # a lone surrogate becomes '?', never an exception
 
 
 def now() -> int:
