@@ -44,9 +44,8 @@ def _zeroed(shape: tuple[int, ...], dtype) -> np.ndarray:
 
     numpy asks for huge pages on large arrays (madvise MADV_HUGEPAGE). For a KV pool that is the wrong
     trade: the first write of a block then faults in a whole 2 MiB page per layer and for K and V
-    (measured in this project's VM: 8-15 ms per fault, so a batch crossing into new pages stalled about
-    0.45 s over 30 layers), and memory follows tokens in 2 MiB steps. In 4 KiB pages a block's first
-    write costs microseconds."""
+    (milliseconds each in a VM: see README, Measured), and memory follows tokens in 2 MiB steps. In
+    4 KiB pages a block's first write costs microseconds."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if nbytes == 0:

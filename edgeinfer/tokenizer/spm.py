@@ -18,7 +18,7 @@ does to one raw-text fragment, which the caller has already cut out of the speci
    result of a merge, and a merge only happens when the merged text is a piece, so every multi-character
    symbol is a piece.
 
-Speed. A pure-Python heap over a whole 60,000-character fragment costs about half a second, so `encode`
+Speed. A pure-Python heap over a whole long fragment (tens of thousands of characters) is slow, so `encode`
 first cuts the fragment where no piece can span the cut, and encodes (and caches) the chunks one by one.
 The cut criterion is exact: every symbol the algorithm ever builds is a single character or a piece, so a
 position p (between characters p-1 and p) that no piece occurrence spans is never crossed by a merge;

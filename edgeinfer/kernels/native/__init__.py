@@ -29,8 +29,8 @@ else:
     _IMPORT_ERROR = None
     # With the C kernels, Numba's OpenMP threads only run the small ops of a prefill, between products
     # on the C pool. OpenMP's default is to spin ~300k iterations after each region, against the pool's
-    # threads on a small machine: a short spin took SmolLM2's pp512 from ~170 to ~215 tok/s here (tg
-    # unchanged). Only when nobody chose an OpenMP policy, and before Numba starts its threads.
+    # threads on a small machine: a short spin pays in prefill (README, Measured). Only when nobody chose
+    # an OpenMP policy, and before Numba starts its threads.
     if (
         "GOMP_SPINCOUNT" not in os.environ
         and "OMP_WAIT_POLICY" not in os.environ
