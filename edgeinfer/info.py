@@ -87,7 +87,9 @@ def _format_kv(per_token: dict | None, n_ctx: int | None) -> str | None:
     from .nn.kv import DEFAULT_KV_TYPE
 
     n = n_ctx or 4096
-    parts = [f"{k} {_human_bytes(v * n)}" + (" (default)" if k == DEFAULT_KV_TYPE else "") for k, v in per_token.items()]
+    parts = [
+        f"{k} {_human_bytes(v * n)}" + (" (default)" if k == DEFAULT_KV_TYPE else "") for k, v in per_token.items()
+    ]
     return f"{', '.join(parts)} at {n} tokens (--kv-type)"
 
 

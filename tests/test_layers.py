@@ -32,7 +32,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # (directory, the package name it is installed as: pyproject.toml's package-dir)
-SOURCES = ((ROOT / "edgeinfer", "edgeinfer"), (ROOT / "tui", "edgeinfer.tui"), (ROOT / "models", "edgeinfer.models.data"))
+SOURCES = (
+    (ROOT / "edgeinfer", "edgeinfer"),
+    (ROOT / "tui", "edgeinfer.tui"),
+    (ROOT / "models", "edgeinfer.models.data"),
+)
 
 BASE = {"edgeinfer.errors", "edgeinfer.system", "edgeinfer.progress"}
 # compiled extensions (setup.py), present or not: the layer each belongs to

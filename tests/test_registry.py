@@ -39,7 +39,7 @@ def test_parse_registry():
     assert tiny.aliases == ("tiny-alias",) and [p.member for p in tiny.parts] == ["tiny/a.part", "b"]
     for bad, why in (
         (GOOD.format(sha="xyz"), "sha256"),
-        (GOOD.format(sha="ab" * 32).replace('size = 10', 'size = "10"'), "size must be int"),
+        (GOOD.format(sha="ab" * 32).replace("size = 10", 'size = "10"'), "size must be int"),
         (GOOD.format(sha="ab" * 32).replace('filename = "tiny.gguf"\n', ""), "filename is missing"),
         (GOOD.format(sha="ab" * 32).replace("[tiny]", "[tiny]\nlicense = 1"), "unknown keys"),
         (GOOD.format(sha="ab" * 32).replace("[tiny]", "[Tiny]"), "lower case"),

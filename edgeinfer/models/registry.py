@@ -69,7 +69,7 @@ def parse_registry(text: str, origin: str = REGISTRY_FILE) -> dict[str, ModelSou
         parts = []
         for part in entry["parts"]:
             if not isinstance(part, dict) or set(part) != {"requirement", "member"}:
-                raise RegistryError(f"{where}: each part is {{ requirement = \"...\", member = \"...\" }}")
+                raise RegistryError(f'{where}: each part is {{ requirement = "...", member = "..." }}')
             parts.append(WheelPart(str(part["requirement"]), str(part["member"])))
         if not parts or entry["size"] <= 0:
             raise RegistryError(f"{where}: a model needs at least one part and a positive size")
