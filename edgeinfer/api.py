@@ -19,7 +19,7 @@ from .arch import build_model
 from .engine.generate import GenerationStats, generate_stream
 from .engine.kv_cache import KVCache
 from .engine.sampling import SamplingParams
-from .engine.speculative import CostModel, SpecConfig, Speculator, check_vocab_compatible, generate_speculative
+from .engine.speculative import MODES, CostModel, SpecConfig, check_vocab_compatible, make_speculator
 from .errors import ContextFullError, EdgeInferError
 from .gguf import GGUFFile
 from .models import resolve_model
@@ -29,7 +29,7 @@ from .tokenizer import Tokenizer
 from .tokenizer.chat import ChatTemplate
 
 
-SPECULATIVE_MODES = ("auto", "draft", "ngram", None)
+SPECULATIVE_MODES = ("auto", *MODES, None)
 
 
 class LLM:
@@ -187,19 +187,10 @@ class LLM:
         ).validate(self.n_vocab)  # fmt: skip
         stats = GenerationStats()
         self.last_stats = stats
-        if mode is None:
-            pieces = generate_stream(self.model, self.tokenizer, ids, self.n_ctx, params, kw["max_tokens"], stops, stats)
-        else:
-            costs = self.spec_costs
-            if params.seed is not None and not params.greedy:  # reproducible: no clock in the choices
-                costs = CostModel.nominal(self._draft_ratio() if mode == "draft" else 0.0)
-            if mode == "draft":
-                spec = Speculator.draft(self.draft.model, self.n_ctx, costs, cfg, seed=kw["seed"])
-            else:
-                spec = Speculator.ngram(costs, cfg)
-            pieces = generate_speculative(
-                self.model, self.tokenizer, ids, self.n_ctx, params, spec, kw["max_tokens"], stops, stats
-            )
+        ratio = self._draft_ratio() if mode == "draft" else 0.0
+        spec = make_speculator(mode, self.draft.model if self.draft is not None else None, self.n_ctx, cfg,
+                               self.spec_costs, params, ratio)  # fmt: skip
+        pieces = generate_stream(self.model, self.tokenizer, ids, self.n_ctx, params, kw["max_tokens"], stops, stats, spec)
         pieces = self._warn_on_context_end(pieces, stats)
         return pieces if stream else "".join(pieces)
 

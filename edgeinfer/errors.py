@@ -31,3 +31,20 @@ class ContextFullError(EdgeInferError, RuntimeError):
 
 class UnsupportedArchitectureError(EdgeInferError, NotImplementedError):
     """The file's `general.architecture` is one edgeinfer has no model code for."""
+
+
+class PromptTooLongError(ContextFullError, ValueError):
+    """The prompt does not fit the context with room for one generated token (HTTP 400). Never truncated."""
+
+
+class InvalidPromptError(EdgeInferError, ValueError):
+    """The prompt is empty or holds token ids outside the vocabulary (HTTP 400)."""
+
+
+class QueueFullError(EdgeInferError, RuntimeError):
+    """Too many requests are waiting; try again later (HTTP 503 with Retry-After: retry_after_s, the
+    runner's estimate of when a place frees up)."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

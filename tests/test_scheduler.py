@@ -11,7 +11,8 @@ import pytest
 
 from edgeinfer.engine.batch import BatchRunner
 from edgeinfer.engine.kv_cache import KVCache
-from edgeinfer.engine.runner import Finish, InvalidPromptError, PromptTooLongError, QueueFullError, SerialRunner, make_runner
+from edgeinfer.engine.batch import make_runner
+from edgeinfer.engine.runner import Finish, InvalidPromptError, PromptTooLongError, QueueFullError, SerialRunner
 from edgeinfer.engine.sampling import SamplingParams
 from edgeinfer.engine.scheduler import Scheduler, SeqState
 
@@ -231,7 +232,7 @@ def test_queue_full_and_prompt_too_long(llm):
     runner = BatchRunner(llm, parallel=1, max_queue=1)
     with pytest.raises(PromptTooLongError, match="context holds 512"):
         runner.submit(list(range(1, 600)), SamplingParams(), 4)
-    with pytest.raises(PromptTooLongError, match="empty"):
+    with pytest.raises(InvalidPromptError, match="empty"):
         runner.submit([], SamplingParams(), 4)
     with pytest.raises(InvalidPromptError, match="token id 49152, outside the vocabulary"):
         runner.submit([1, 2, 49152], SamplingParams(), 4)

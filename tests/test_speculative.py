@@ -1,6 +1,8 @@
-"""Speculative decoding (engine/speculative.py): the same greedy tokens as plain decoding (draft models and
-n-gram lookup, both backends, rollbacks at every position), the rejection rule's distribution checked
-statistically, vocabularies compared, the tuner, stops and limits inside accepted runs, the API."""
+"""Speculative decoding (engine/speculative.py, proposers.py, verify.py, spec_policy.py, run by the engine
+core): the same greedy tokens as plain decoding (draft models and n-gram lookup, both backends, rollbacks
+at every position), the rejection rule's distribution checked statistically, vocabularies compared, the
+fixed and adaptive policies (the adaptive one on an injected clock), stops and limits inside accepted
+runs, the API."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from gguf import GGMLQuantizationType as T
 from reference_model import write_tiny_model
 
 from edgeinfer.api import load
+from edgeinfer.engine.core import Engine, Request
 from edgeinfer.engine.generate import GenerationStats, generate_stream
 from edgeinfer.engine.kv_cache import KVCache
 from edgeinfer.engine.sampling import Sampler, SamplingParams
@@ -26,7 +29,6 @@ from edgeinfer.engine.speculative import (
     accept_draft,
     check_vocab_compatible,
     expected_tokens,
-    generate_speculative,
     residual,
 )
 from edgeinfer.errors import EdgeInferError
@@ -35,7 +37,7 @@ from edgeinfer.tokenizer import Tokenizer
 
 BACKENDS = ["numba", pytest.param("native", marks=pytest.mark.skipif(not native_available(), reason="no C extension"))]
 GREEDY = SamplingParams(temperature=0)
-FIXED = SpecConfig(adaptive=False)  # always draft_max drafts: rejections everywhere with a weak draft
+FIXED = SpecConfig(draft_p_min=None)  # always draft_max drafts: rejections everywhere with a weak draft
 PROMPTS = [[1, 5, 6, 7], [1, 100, 30, 2, 77, 9], [1, 44, 45, 46, 44, 45, 46, 44, 45], [1, 200, 13]]
 
 
@@ -70,9 +72,10 @@ def plain_tokens(llm, prompt, max_tokens, params=GREEDY, stop=()):
     return stats.tokens, text, stats
 
 
-def spec_tokens(llm, prompt, max_tokens, spec, params=GREEDY, stop=()):
+def spec_tokens(llm, prompt, max_tokens, spec, params=GREEDY, stop=(), clock=None):
     stats = GenerationStats()
-    pieces = generate_speculative(llm.model, llm.tokenizer, prompt, llm.n_ctx, params, spec, max_tokens, stop, stats)
+    kw = {} if clock is None else {"clock": clock}
+    pieces = generate_stream(llm.model, llm.tokenizer, prompt, llm.n_ctx, params, max_tokens, stop, stats, spec, **kw)
     text = "".join(pieces)
     return stats.tokens, text, stats
 
@@ -134,7 +137,7 @@ def test_draft_greedy_identical_with_rejections_everywhere(backend, tiny):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ngram_greedy_identical(backend, tiny):
     llm = loaded(tiny["target"], backend)
-    for cfg in (FIXED, SpecConfig(), SpecConfig(ngram_min=1, ngram_max=2, draft_max=3, adaptive=False)):
+    for cfg in (FIXED, SpecConfig(adaptive=True), SpecConfig(ngram_min=1, ngram_max=2, draft_max=3)):
         for prompt in PROMPTS:
             want, text, _ = plain_tokens(llm, prompt, 48)
             got, got_text, stats = spec_tokens(llm, prompt, 48, Speculator.ngram(CostModel(), cfg))
@@ -174,17 +177,14 @@ def test_rollbacks_at_every_position(backend, tiny):
         want, _, _ = plain_tokens(llm, prompt, 60)
         plain = list(prompt) + want
         oracle = OracleProposer(plain, model.n_vocab, seed)
-        spec = Speculator(oracle, CostModel(), SpecConfig(draft_max=6, adaptive=False))
-        cache = KVCache.for_model(model, llm.n_ctx)
-        sampler = Sampler(GREEDY, model.n_vocab, history=list(prompt))
-        tok = sampler.sample(model.forward(np.array(prompt, np.int32), cache, all_logits=False)[-1])
-        sampler.accept(tok)
-        context = list(prompt) + [tok]
-        while len(context) < len(plain):
-            out = spec.step(model, cache, sampler, context, len(plain) - len(context) - 1)
-            context += out
-            assert cache.n_past == len(context) - 1
-            assert context == plain[: len(context)]
+        spec = Speculator(oracle, CostModel(), SpecConfig(draft_max=6))
+        engine = Engine(model, llm.tokenizer, llm.n_ctx)
+        seq = engine.sequence(Request(list(prompt), GREEDY, max_tokens=len(want)), speculator=spec)
+        engine.step([engine.next_work(seq)])  # the prompt, then the first token
+        while seq.finish is None:
+            engine.step([engine.next_work(seq)])  # the next token and its drafts: rolled back past a rejection
+            assert seq.cache.n_past == len(seq.context) - 1 or seq.finish
+            assert seq.context == plain[: len(seq.context)]
         offsets |= oracle.offsets
         assert 0 < spec.n_accepted < spec.n_drafted
     assert offsets == set(range(7))
@@ -194,7 +194,7 @@ def test_rollbacks_at_every_position(backend, tiny):
 def test_draft_cache_rolls_back_to_the_kept_tokens(backend, tiny):
     llm = loaded(tiny["target"], backend)
     weak = loaded(tiny["close"], backend).model
-    spec = Speculator.draft(weak, llm.n_ctx, CostModel(), SpecConfig(draft_max=5, adaptive=False))
+    spec = Speculator.draft(weak, llm.n_ctx, CostModel(), SpecConfig(draft_max=5, draft_p_min=None))
     prompt = PROMPTS[1]
     got, _, stats = spec_tokens(llm, prompt, 50, spec)
     assert 0 < stats.n_accepted < stats.n_drafted
@@ -307,9 +307,9 @@ class FixedDraft:
     def __init__(self, qs, seed):
         self.qs = qs
         self.rng = np.random.default_rng(seed)
-        self.confidences, self.step_seconds, self.catchup_seconds = [], [], 0.0
+        self.confidences, self.fed = [], []
 
-    def propose(self, context, k, sampler, tuner=None):
+    def propose(self, context, k, sampler, decide=None):
         drafts = [int(self.rng.choice(len(q), p=q)) for q in self.qs[:k]]
         self.confidences = [float(q.max()) for q in self.qs[:k]]
         return drafts, [q for q in self.qs[:k]]
@@ -394,11 +394,22 @@ def test_vocabulary_mismatch_is_refused(tiny, smollm2_path, gemma3_path):
 # -- the tuner --------------------------------------------------------------------------------------------
 
 
+class FakeClock:
+    """A clock for the adaptive policy's tests: each reading one second after the last."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        self.t += 1.0
+        return self.t
+
+
 class WrongDraft(DraftProposer):
     """A real draft model's work, every draft made wrong: acceptance 0."""
 
-    def propose(self, context, k, sampler, tuner=None):
-        drafts, probs = super().propose(context, k, sampler, tuner)
+    def propose(self, context, k, sampler, decide=None):
+        drafts, probs = super().propose(context, k, sampler, decide)
         return [(d + 1) % self.model.n_vocab for d in drafts], probs
 
 
@@ -406,14 +417,19 @@ def test_tuner_turns_speculation_off_when_nothing_is_accepted(tiny):
     llm = loaded(tiny["target"], "numba")
     prompt = PROMPTS[1]
     want, _, _ = plain_tokens(llm, prompt, 120)
-    costs = CostModel()
-    spec = Speculator(WrongDraft(llm.model, llm.n_ctx), costs, SpecConfig(draft_max=4))
-    got, _, stats = spec_tokens(llm, prompt, 120, spec)
+    clock = FakeClock()  # every reading 1 s after the last: the same choices on every run
+    costs = CostModel(clock=clock)
+    cfg = SpecConfig(draft_max=4, adaptive=True)
+    spec = Speculator(WrongDraft(llm.model, llm.n_ctx), costs, cfg, clock=clock)
+    got, _, stats = spec_tokens(llm, prompt, 120, spec, clock=clock)
     assert got == want
     assert stats.n_accepted == 0 and stats.spec_off
     assert stats.spec_rounds <= 16 and stats.n_drafted <= 40  # a few rounds, then only the probes
-    spec = Speculator(WrongDraft(llm.model, llm.n_ctx), costs, SpecConfig(draft_max=4, reprobe=False))
-    got, _, stats = spec_tokens(llm, prompt, 120, spec)
+    rounds = stats.spec_rounds
+    again = Speculator(WrongDraft(llm.model, llm.n_ctx), CostModel(clock=clock), cfg, clock=clock)
+    assert spec_tokens(llm, prompt, 120, again, clock=clock)[2].spec_rounds == rounds  # deterministic
+    spec = Speculator(WrongDraft(llm.model, llm.n_ctx), costs, SpecConfig(draft_max=4, adaptive=True, reprobe=False), clock=clock)
+    got, _, stats = spec_tokens(llm, prompt, 120, spec, clock=clock)
     assert got == want and stats.spec_rounds <= Tuner.MIN_ROUNDS
 
 
@@ -428,7 +444,7 @@ def test_tuner_logic_on_given_costs():
     for _ in range(30):  # a length read often (and cheap: a kernel tile) keeps its own figure
         costs.observe_pass(4, 11.0)
     assert 11.0 < costs.t_pass(4) < 11.5 and costs.t_pass(9) > costs.t_pass(5) > costs.t_pass(4)
-    tuner = Tuner(costs, SpecConfig(draft_max=16), "ngram")
+    tuner = Tuner(costs, SpecConfig(draft_max=16, adaptive=True), "ngram")
     assert tuner.draft_length(10) == Tuner.K_START  # the first round
     tuner.successes, tuner.rounds = 1000.0, 1  # every draft stands: long drafts pay
     assert tuner.best_k(16) == 16 and tuner.best_k(5) == 5
@@ -460,7 +476,7 @@ def test_draft_length_follows_the_calibration():
     for m in range(1, 18):
         costs.observe_pass(m, 10.0 + 0.5 * (m - 1))
     costs.observe_draft_step(2.0)
-    tuner = Tuner(costs, SpecConfig(), "draft")
+    tuner = Tuner(costs, SpecConfig(adaptive=True), "draft")
 
     def length(confidence):
         tuner.begin_round()
@@ -491,7 +507,7 @@ def test_stops_and_limits_inside_accepted_runs(tiny):
     model = llm.model
 
     def self_draft(k=8):
-        return Speculator.draft(model, llm.n_ctx, CostModel(), SpecConfig(draft_max=k, adaptive=False))
+        return Speculator.draft(model, llm.n_ctx, CostModel(), SpecConfig(draft_max=k, draft_p_min=None))
 
     prompt = PROMPTS[1]
     full, full_text, _ = plain_tokens(llm, prompt, 40)
@@ -548,7 +564,9 @@ def test_api_modes_and_errors(tiny):
     assert llm.draft is not None and "draft=" in repr(llm)
     want = plain.generate(PROMPTS[1], max_tokens=30, temperature=0)
     assert llm.generate(PROMPTS[1], max_tokens=30, temperature=0) == want  # auto: the draft
-    assert llm.last_stats.speculative == "draft" and llm.last_stats.n_drafted > 0
+    assert llm.last_stats.speculative == "draft"  # (a random tiny draft is never 75% sure: it drafts nothing)
+    assert llm.generate(PROMPTS[1], max_tokens=30, temperature=0, draft_p_min=0.0) == want
+    assert llm.last_stats.n_drafted > 0
     assert llm.generate(PROMPTS[1], max_tokens=30, temperature=0, speculative=None) == want
     assert llm.last_stats.speculative == ""
     pieces = list(llm.generate(PROMPTS[1], max_tokens=30, temperature=0, stream=True, draft_max=3, draft_p_min=0.2))

@@ -18,7 +18,7 @@ from ..errors import EdgeInferError, GGUFError, UnsupportedArchitectureError
 from ..gguf import GGUFFile
 from ..gguf import typed
 from ..kernels.base import Backend, QTensor
-from ..nn import Batch, Embedding, GatedMLP, KVCacheLike, Linear, RMSNorm, RopeParams, Segments
+from ..nn import Embedding, ForwardBatch, GatedMLP, KVCacheLike, Linear, RMSNorm, RopeParams
 from ..nn.moe import MoE, Routing
 from ..nn.kv import DEFAULT_KV_TYPE, kv_type
 
@@ -389,7 +389,7 @@ class DecoderModel:
         x = block(x) for each layer          (the block is the architecture's own)
         logits = output(output_norm(x))      (then softcap, if the config has one)
 
-    A block is called as block(x, batch, cache, il, cb) -> x (batch: nn.Batch, the positions).
+    A block is called as block(x, batch, il, cb) -> x (batch: nn.ForwardBatch: rows, positions, caches).
     """
 
     arch: ClassVar[str]
@@ -467,37 +467,30 @@ class DecoderModel:
         False; all_logits may also be one bool per sequence (a speculative sequence verifying drafts needs
         every row, the others their last). ContextFullError (before any work) when a cache cannot take
         its tokens."""
-        if len(tokens) != len(caches) or not tokens:
-            raise EdgeInferError("forward_many() takes as many token arrays as caches, at least one.")
-        if len(set(map(id, caches))) != len(caches):
-            raise EdgeInferError("forward_many(): each sequence needs its own cache.")
-        every = [bool(all_logits)] * len(tokens) if isinstance(all_logits, (bool, int)) else [bool(a) for a in all_logits]
-        if len(every) != len(tokens):
-            raise EdgeInferError("forward_many(): all_logits needs one flag per sequence.")
         tokens = [self._check_tokens(t) for t in tokens]
-        for t, c in zip(tokens, caches):  # all checks first: a full cache fails before any is touched
-            if c.n_past + t.size > c.n_ctx:
-                c.begin(np.arange(c.n_past, c.n_past + t.size, dtype=np.int32))  # raises ContextFullError
-        bounds, batches, start = [], [], 0
-        for t, c in zip(tokens, caches):
-            positions = np.arange(c.n_past, c.n_past + t.size, dtype=np.int32)
-            kv_pos = c.begin(positions)
-            batches.append(Batch(positions, kv_pos, int(positions.max())))
-            bounds.append((start, start + t.size))
-            start += t.size
-        seg = Segments(tuple(bounds), tuple(batches), tuple(caches))
-        x = self._embed(np.concatenate(tokens))
+        return self.run(ForwardBatch.plan(tokens, caches), all_logits)
+
+    def run(self, batch: ForwardBatch, all_logits=False) -> list[np.ndarray]:
+        """One forward pass over a ForwardBatch (cells already claimed: ForwardBatch.plan); commits the
+        caches after it. Returns per sequence its logits, as forward_many."""
+        n = len(batch.seqs)
+        every = [bool(all_logits)] * n if isinstance(all_logits, (bool, int)) else [bool(a) for a in all_logits]
+        if len(every) != n:
+            raise EdgeInferError("forward_many(): all_logits needs one flag per sequence.")
+        x = self._embed(batch.tokens)
         for il, block in enumerate(self.blocks):
-            x = block(x, seg, seg, il, None)
-        for c in caches:
-            c.commit()
-        rows = [r for (r0, r1), e in zip(bounds, every) for r in (range(r0, r1) if e else (r1 - 1,))]
+            cb = self._cb(il)
+            x = block(x, batch, il, cb)
+            if cb is not None:
+                cb("l_out", x)
+        batch.commit()
+        rows = [r for s, e in zip(batch.seqs, every) for r in (range(s.r0, s.r1) if e else (s.r1 - 1,))]
         logits = self._logits(x if len(rows) == x.shape[0] else x[rows])
         out, i = [], 0
-        for (r0, r1), e in zip(bounds, every):
-            n = r1 - r0 if e else 1
-            out.append(logits[i : i + n])
-            i += n
+        for s, e in zip(batch.seqs, every):
+            k = s.r1 - s.r0 if e else 1
+            out.append(logits[i : i + k])
+            i += k
         return out
 
     def moe_layers(self) -> list:
@@ -547,24 +540,8 @@ class DecoderModel:
         work) when the cache cannot take n more tokens.
         """
         tokens = self._check_tokens(tokens)
-        n = tokens.size
-        if positions is None:
-            positions = np.arange(cache.n_past, cache.n_past + n, dtype=np.int32)
-        else:
-            positions = np.asarray(positions, dtype=np.int32).reshape(n)
-            if positions.min() < 0:
-                raise EdgeInferError(f"positions must be non-negative, got {int(positions.min())}.")
-        kv_pos = cache.begin(positions)  # (n_kv,)
-        batch = Batch(positions, kv_pos, int(positions.max()))
-
-        x = self._embed(tokens)  # (n_tokens, n_embd)
-        for il, block in enumerate(self.blocks):
-            cb = self._cb(il)
-            x = block(x, batch, cache, il, cb)
-            if cb is not None:
-                cb("l_out", x)
-        cache.commit()
-        return self._logits(x if all_logits else x[-1:])
+        batch = ForwardBatch.plan([tokens], [cache], None if positions is None else [positions])
+        return self.run(batch, all_logits)[0]
 
     def _embed(self, tokens: np.ndarray) -> np.ndarray:
         x = self.tok_embd(tokens)

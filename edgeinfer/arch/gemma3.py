@@ -21,7 +21,7 @@ import numpy as np
 
 from ..gguf import GGUFFile
 from ..kernels.base import Backend
-from ..nn import Attention, Batch, GatedMLP, KVCacheLike, RMSNorm, Rope
+from ..nn import Attention, ForwardBatch, GatedMLP, RMSNorm, Rope
 from .base import BaseConfig, DecoderModel, Weights, meta_int
 
 
@@ -63,14 +63,13 @@ class Block:
     def __call__(
         self,
         x: np.ndarray,
-        batch: Batch,
-        cache: KVCacheLike,
+        batch: ForwardBatch,
         il: int,
         cb: Callable[[str, np.ndarray], None] | None = None,
     ) -> np.ndarray:
         """x (n_tokens, n_embd) -> (n_tokens, n_embd)"""
         h = self.attn_norm(x)
-        h = self.attn(h, batch, cache, il, cb)
+        h = self.attn(h, batch, il, cb)
         x = x + self.post_attention_norm(h)
         if cb is not None:
             cb("sa_out", x)

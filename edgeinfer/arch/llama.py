@@ -19,7 +19,7 @@ import numpy as np
 
 from ..gguf import GGUFFile
 from ..kernels.base import Backend
-from ..nn import Attention, Batch, GatedMLP, KVCacheLike, RMSNorm, Rope
+from ..nn import Attention, ForwardBatch, GatedMLP, RMSNorm, Rope
 from .base import BaseConfig, DecoderModel, MoEConfig, Weights
 
 
@@ -43,8 +43,7 @@ class Block:
     def __call__(
         self,
         x: np.ndarray,
-        batch: Batch,
-        cache: KVCacheLike,
+        batch: ForwardBatch,
         il: int,
         cb: Callable[[str, np.ndarray], None] | None = None,
     ) -> np.ndarray:
@@ -52,7 +51,7 @@ class Block:
         h = self.attn_norm(x)
         if cb is not None:
             cb("attn_norm", h)
-        x = x + self.attn(h, batch, cache, il, cb)
+        x = x + self.attn(h, batch, il, cb)
         if cb is not None:
             cb("ffn_inp", x)
         return x + self.ffn(self.ffn_norm(x))

@@ -24,11 +24,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .generate import ReplyText
+from ..errors import PromptTooLongError
+from .core import Engine, Request, Sequence as Seq_
 from .kv_cache import BlockPool, KVCache
-from .runner import Finish, Handle, PromptTooLongError, SerialRunner
-from .sampling import Sampler
+from .runner import Finish, Handle, SerialRunner
 from .scheduler import Scheduler, SeqState
+from .spec_policy import CostModel
+from .speculative import make_speculator
 
 MIN_PREFIX = 4  # shorter common prefixes are computed again (not worth a copy)
 
@@ -49,9 +51,8 @@ class BatchRunner(SerialRunner):
         self._kept: list[tuple[list[int], KVCache]] = []  # finished sequences' tokens and caches, newest last
         self.prefix_tokens_reused = 0
         self._stats_spec = [0, 0]  # tokens drafted, drafts accepted
-        from .speculative import CostModel
-
         self._spec_costs = CostModel()  # this runner's pass costs (a batched pass is not a lone one)
+        self.engine = Engine(llm.model, llm.tokenizer, self.n_ctx, on_end=self._ended)
 
     # -- lifecycle
     def start(self) -> None:
@@ -119,7 +120,7 @@ class BatchRunner(SerialRunner):
             for h in incoming:  # blocks for the prompt and the longest reply it may get, up to the context
                 longest = min(self.n_ctx, len(h.prompt_ids) + max(1, h.max_tokens))
                 reserve = min(-(-longest // bs), self.pool.n_blocks)
-                self.sched.waiting.append(SeqState(list(h.prompt_ids), reserve=reserve, data={"handle": h}))
+                self.sched.waiting.append(_Waiting(list(h.prompt_ids), reserve=reserve, client=h))
             try:
                 self._step()
             except Exception as e:  # a failed step fails its sequences, never the runner
@@ -131,99 +132,37 @@ class BatchRunner(SerialRunner):
     def _step(self) -> None:
         sched = self.sched
         for seq in list(sched.active) + list(sched.waiting):  # clients that went away
-            if seq.data["handle"].cancelled.is_set():
+            if seq.client.cancelled.is_set():
                 self._end(seq, "cancelled")
-        for seq in sched.admit():
+        for i, seq in enumerate(sched.admit()):
             with self._lock:
                 self._stats.queue_depth -= 1
                 self._stats.active += 1
-            self._start(seq)
+            started = self._start(seq)
+            sched.active[sched.active.index(seq)] = started
         work = sched.plan()
-        if not work:
-            return
-        feeds, drafts = [], []
-        for w in work:  # a speculating sequence's decode step carries its drafts
-            d = self._propose(w.seq) if w.sample and not w.seq.prefilling else []
-            feeds.append(np.asarray(list(w.tokens) + d, np.int32))
-            drafts.append(d)
-        spec = [w.seq.data.get("spec") is not None and w.sample and not w.seq.prefilling for w in work]
-        n_past = [w.seq.data["cache"].n_past for w in work]
-        start = time.perf_counter()
-        logits = self.llm.model.forward_many(feeds, [w.seq.data["cache"] for w in work], all_logits=spec)
-        step_s = time.perf_counter() - start
-        n_fed = sum(len(f) for f in feeds)
-        sched.advance(work)
-        n_new = 0
-        for w, lg, f, d, sp, n0 in zip(work, logits, feeds, drafts, spec, n_past):
-            if not w.sample:
-                continue
-            if not sp:
-                n_new += 1
-                self._sample(w.seq, lg[-1])
-                continue
-            n_new += self._verify(w.seq, lg, d, n0, step_s * len(f) / n_fed)
-        self._count_tokens(n_new)
+        if work:
+            self._count_tokens(self.engine.step(work))
 
-    # -- speculative decoding inside the batch
     def _speculator(self, h: Handle):
         """The request's Speculator (engine/speculative.py), or None for plain decoding."""
-        mode = h.speculative
         draft = getattr(self.llm, "draft", None)
-        if mode == "auto":
-            mode = "draft" if draft is not None else None
+        mode = ("draft" if draft is not None else None) if h.speculative == "auto" else h.speculative
         if mode is None:
             return None
-        from .speculative import CostModel, Speculator
+        ratio = self.llm._draft_ratio() if mode == "draft" else 0.0
+        return make_speculator(mode, draft.model if draft is not None else None, self.n_ctx,
+                               getattr(self.llm, "spec_config", None), self._spec_costs, h.params, ratio)  # fmt: skip
 
-        cfg = getattr(self.llm, "spec_config", None)
-        costs = self._spec_costs
-        if h.params.seed is not None and not h.params.greedy:  # reproducible: no clock in the choices
-            costs = CostModel.nominal(self.llm._draft_ratio() if mode == "draft" else 0.0)
-        if mode == "draft":
-            return Speculator.draft(draft.model, self.n_ctx, costs, cfg, seed=h.params.seed)
-        return Speculator.ngram(costs, cfg)
-
-    def _propose(self, seq: SeqState) -> list[int]:
-        """Drafts for a decoding sequence's next pass (none without speculation, or when its tuner
-        says they do not pay, or when no room is left for them)."""
-        spec = seq.data.get("spec")
-        if spec is None:
-            return []
-        d, h = seq.data, seq.data["handle"]
-        # the pass adds 1 + k tokens to the cache; the reply needs at most the tokens it has left
-        room = min(h.max_tokens - len(d["generated"]), d["limit"] - d["cache"].n_past) - 1
-        k = spec.draft_length(room) if room > 0 else 0
-        return spec.propose(seq.prompt + d["generated"], k, d["sampler"]) if k > 0 else []
-
-    def _verify(self, seq: SeqState, logits: np.ndarray, drafts: list[int], n_past: int, share_s: float) -> int:
-        """A speculating sequence's pass: the tokens its drafts yield (verify() accepts them into the
-        sampler), its cache rolled back past the first rejection, each token then taken as a sampled one
-        would be (stops and limits end it at exactly the right token). Returns the tokens taken."""
-        spec, d = seq.data["spec"], seq.data
-        out = spec.verify(d["sampler"], logits, drafts)
-        d["cache"].truncate(n_past + len(out))
-        spec.observe_pass(len(drafts) + 1, share_s)
-        if drafts:
-            spec.observe_round(len(out), spec.last_propose_seconds + share_s)
-        with self._lock:
-            self._stats_spec[0] += len(drafts)
-            self._stats_spec[1] += len(out) - 1 if drafts else 0
-        taken = 0
-        for tok in out:
-            taken += 1  # the cache as a plain decode would hold it when this token is sampled
-            if not self._take(seq, tok, n_held=n_past + taken):
-                break
-        return taken
-
-    def _start(self, seq: SeqState) -> None:
-        """A sequence's cache (holding the longest known prefix of its prompt), sampler and filters."""
-        h: Handle = seq.data["handle"]
-        seq.data["admitted"] = time.perf_counter()
-        prompt = seq.prompt
+    def _start(self, waiting: "_Waiting") -> Seq_:
+        """A sequence for an admitted request: its cache (holding the longest known prefix of its
+        prompt), sampler, reply and speculator."""
+        h: Handle = waiting.client
+        prompt = waiting.prompt
         limit = len(prompt) - 1  # at least one token is computed: its logits choose the first token
         best_n, best_src = 0, None
         sources = [(tokens, c.n_past, c) for tokens, c in self._kept]
-        sources += [(o.prompt, o.n_prefilled, o.data["cache"]) for o in self.sched.active if o is not seq and "cache" in o.data]
+        sources += [(o.prompt, o.n_prefilled, o.cache) for o in self.sched.active if isinstance(o, Seq_)]
         for tokens, n_held, c in sources:
             n = _common_prefix(tokens, prompt, min(limit, n_held))
             if n > best_n:
@@ -235,64 +174,47 @@ class BatchRunner(SerialRunner):
                 self._kept.remove(k)
             cache.copy_prefix(best_src, best_n)  # full blocks shared, the rest copied
             self._kept.extend(kept)  # the most recently used now
-        seq.n_prefilled = cache.n_past
         self.prefix_tokens_reused += cache.n_past
-        reply = ReplyText(self.llm.tokenizer, h.stop, h.max_tokens)
-        seq.data.update(
-            cache=cache,
-            limit=min(self.n_ctx, seq.reserve * self.pool.block_size),  # tokens it may hold
-            sampler=Sampler(h.params, self.llm.n_vocab, history=prompt),
-            reply=reply,
-            generated=reply.tokens,
-            spec=self._speculator(h),
-        )
+        request = Request(prompt, h.params, h.max_tokens, h.stop, h.speculative)
+        seq = self.engine.sequence(
+            request, cache, self._speculator(h), limit=min(self.n_ctx, waiting.reserve * self.pool.block_size),
+            emit=h.emit, reserve=waiting.reserve, client=h,
+        )  # fmt: skip
+        seq.t_admitted = time.perf_counter()
+        return seq
 
-    def _sample(self, seq: SeqState, logits: np.ndarray) -> None:
-        token = seq.data["sampler"].sample(logits)
-        seq.data["sampler"].accept(token)
-        self._take(seq, token)
+    def _end(self, seq, reason: str, error: str | None = None) -> None:
+        """End a sequence from outside a step (cancelled, failed): the engine's end rules, then _ended."""
+        if isinstance(seq, Seq_):
+            seq.error = error
+            self.engine.end(seq, reason)
+        else:  # still waiting: never started
+            seq.finish, seq.error = reason, error
+            self._ended(seq)
 
-    def _take(self, seq: SeqState, token: int, n_held: int | None = None) -> bool:
-        """A new token of the sequence (already accepted by its sampler): emit its text, end the
-        sequence on EOG, a stop string or a limit; else it feeds the next step. Whether it goes on.
-        n_held: the tokens in its cache when this one was chosen (default: the cache's n_past)."""
-        h: Handle = seq.data["handle"]
-        d = seq.data
-        reply: ReplyText = d["reply"]
-        text = reply.push(token)
-        if len(reply.tokens) == 1:
-            d["first"] = time.perf_counter()
-        if text:
-            h.emit(text)
-        if reply.finish:
-            self._end(seq, reply.finish)
-            return False
-        if (d["cache"].n_past if n_held is None else n_held) >= d["limit"]:
-            self._end(seq, "length")
-            return False
-        seq.next_token = token
-        return True
-
-    def _end(self, seq: SeqState, reason: str, error: str | None = None) -> None:
-        h: Handle = seq.data["handle"]
+    def _ended(self, seq) -> None:
+        """A sequence ended (in a step, or by _end): its slot and cache back, its Finish out."""
+        h: Handle = seq.client
         was_active = seq in self.sched.active
         self.sched.remove(seq)
-        d = seq.data
-        if "reply" in d and reason in ("stop", "length"):
-            tail = d["reply"].tail()  # nothing after a stop string
-            if d["reply"].finish == "stop":
-                reason = "stop"  # the held-back text completed a stop string
-            if tail:
-                h.emit(tail)
-        cache = d.pop("cache", None)
-        if cache is not None and reason != "error":  # kept for the prefix of a later request
-            self._kept.append((list(seq.prompt) + d.get("generated", [])[:-1], cache))
-            if len(self._kept) > self.parallel:
-                self._kept.pop(0)[1].release()
-        elif cache is not None:
-            cache.release()
+        reason = seq.finish
+        started = isinstance(seq, Seq_)
+        if started:
+            cache = seq.cache
+            if reason != "error":  # kept for the prefix of a later request
+                self._kept.append((list(seq.prompt) + seq.generated[:-1], cache))
+                if len(self._kept) > self.parallel:
+                    self._kept.pop(0)[1].release()
+            else:
+                cache.release()
+            if seq.speculator is not None:
+                with self._lock:
+                    self._stats_spec[0] += seq.speculator.n_drafted
+                    self._stats_spec[1] += seq.speculator.n_accepted
         now = time.perf_counter()
-        n_gen = len(d.get("generated", []))
+        n_gen = len(seq.generated) if started else 0
+        admitted = getattr(seq, "t_admitted", None) or now
+        first = seq.t_first if started and seq.t_first is not None else now
         with self._lock:
             total = now - h.submitted
             self._mean_request_s = total if not self._mean_request_s else 0.8 * self._mean_request_s + 0.2 * total
@@ -303,9 +225,19 @@ class BatchRunner(SerialRunner):
                 self._stats.queue_depth -= 1
             self._stats.requests_finished[reason] = self._stats.requests_finished.get(reason, 0) + 1
         h.emit(Finish(
-            reason, len(seq.prompt), n_gen, queued_s=d.get("admitted", now) - h.submitted,
-            ttft_s=d.get("first", now) - h.submitted, total_s=now - h.submitted, error=error,
+            reason, len(seq.prompt), n_gen, queued_s=admitted - h.submitted,
+            ttft_s=first - h.submitted, total_s=now - h.submitted, error=getattr(seq, "error", None),
         ))  # fmt: skip
+
+
+class _Waiting(SeqState):
+    """A request in the queue, not yet started (no cache yet): the scheduler's view and its handle."""
+
+    def __init__(self, prompt: list[int], reserve: int, client: Handle):
+        super().__init__(prompt, reserve=reserve)
+        self.client = client
+        self.finish: str | None = None
+        self.error: str | None = None
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
@@ -317,4 +249,10 @@ def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
     return n
 
 
-__all__ = ["BatchRunner"]
+def make_runner(llm, parallel: int = 1, max_queue: int = 16, n_ctx: int | None = None, kv_cells: int | None = None):
+    """The runner `edgeinfer serve` uses: continuous batching of up to `parallel` sequences over a paged
+    KV cache of `kv_cells` cells (default n_ctx * parallel), with prompt-prefix reuse and chunked prefill."""
+    return BatchRunner(llm, parallel=parallel, max_queue=max_queue, n_ctx=n_ctx, kv_cells=kv_cells)
+
+
+__all__ = ["BatchRunner", "make_runner"]

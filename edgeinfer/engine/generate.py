@@ -1,22 +1,20 @@
-"""The generation loop: prefill the prompt, then sample and decode one token at a time.
-
-Text comes out through a streaming detokenizer (never half a UTF-8 character) and a stop-string
-filter that holds back only the text that could still become a stop string, so a stop string is never
-shown and everything before it always is.
+"""Text and stats over the engine core (engine/core.py), for one request: `generate_stream` submits one
+sequence, steps it to its end and yields its text as it comes, filling in `GenerationStats`. The
+library (`LLM.generate/chat`), `edgeinfer run`, the chat app and the serial runner all read replies
+through it; the batch runner steps many sequences with the same core.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ContextFullError, EdgeInferError
-from ..tokenizer.stream import StreamingDetokenizer
-from .kv_cache import KVCache
-from .sampling import Sampler, SamplingParams
+from .core import Engine, Request, check_prompt
+from .reply import ReplyText, StopFilter
+from .sampling import SamplingParams
 
 
 @dataclass
@@ -33,8 +31,8 @@ class GenerationStats:
     expert_counts: np.ndarray | None = None
     # speculative decoding (engine/speculative.py): tokens proposed (by a draft model or n-gram lookup)
     # and verified by the model, and how many of them it accepted; speculative: the mode that ran
-    # ("draft", "ngram"; "" for plain decoding), spec_rounds: verify passes, spec_off: the tuner found
-    # speculation did not pay and turned it off (it may have probed again later)
+    # ("draft", "ngram"; "" for plain decoding), spec_rounds: verify passes, spec_off: the adaptive
+    # policy found speculation did not pay and turned it off (it may have probed again later)
     n_drafted: int = 0
     n_accepted: int = 0
     speculative: str = ""
@@ -55,95 +53,6 @@ class GenerationStats:
         return self.n_accepted / self.n_drafted if self.n_drafted else 0.0
 
 
-class StopFilter:
-    """Holds back text that might be the start of a stop string; finds the first stop string."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-        self.stopped = False
-
-    def push(self, text: str) -> str:
-        """Text safe to show now; sets `stopped` (and drops the rest) when a stop string appears."""
-        if not self.stops:
-            return text
-        self.pending += text
-        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            out, self.pending, self.stopped = self.pending[:cut], "", True
-            return out
-        hold = 0
-        for s in self.stops:  # the longest suffix of pending that is a proper prefix of a stop string
-            for k in range(min(len(s) - 1, len(self.pending)), 0, -1):
-                if self.pending.endswith(s[:k]):
-                    hold = max(hold, k)
-                    break
-        out = self.pending[: len(self.pending) - hold]
-        self.pending = self.pending[len(out) :]
-        return out
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
-
-
-class ReplyText:
-    """One reply's tokens as text, and the end rules every decode loop applies after each sampled token
-    (plain, speculative and the batch runner alike): an end-of-generation token ends the reply ("stop"),
-    a stop string ends it at exactly the token that completes it ("stop", its text and what follows never
-    shown), `max_tokens` ends it ("length"). Text goes through the streaming detokenizer, then the stop
-    filter."""
-
-    def __init__(self, tokenizer, stop: Sequence[str], max_tokens: int):
-        self.tokenizer = tokenizer
-        self.detok = StreamingDetokenizer(tokenizer)
-        self.stops = StopFilter(stop)
-        self.max_tokens = max_tokens
-        self.tokens: list[int] = []
-        self.finish: str | None = None  # "stop" or "length" once the reply has ended
-
-    def push(self, token: int) -> str:
-        """Take the next sampled token; the text that may be shown now ("" if none). Sets `finish` when
-        this token ends the reply."""
-        self.tokens.append(token)
-        if self.tokenizer.is_eog(token):
-            self.finish = "stop"
-            return ""
-        text = self.stops.push(self.detok.add(token))
-        if self.stops.stopped:
-            self.finish = "stop"
-        elif len(self.tokens) >= self.max_tokens:
-            self.finish = "length"
-        return text
-
-    def tail(self) -> str:
-        """The text still held back, at the end of a reply that did not end on a stop string (a stop
-        string completed by it ends the reply as "stop")."""
-        if self.stops.stopped:
-            return ""
-        text = self.stops.push(self.detok.flush())
-        if self.stops.stopped:
-            self.finish = "stop"
-            return text
-        return text + self.stops.flush()
-
-
-def check_prompt(prompt_ids: Sequence[int], n_vocab: int, n_ctx: int) -> np.ndarray:
-    """The prompt as int32 ids, or an EdgeInferError (empty, ids outside the vocabulary) or a
-    ContextFullError (no room left for a reply)."""
-    prompt = np.asarray(list(prompt_ids), dtype=np.int32)
-    if prompt.size == 0:
-        raise EdgeInferError("The prompt is empty: give at least one token (or text that tokenizes to one).")
-    if prompt.min() < 0 or prompt.max() >= n_vocab:
-        raise EdgeInferError(f"The prompt holds token ids outside the vocabulary (0..{n_vocab - 1}).")
-    if prompt.size >= n_ctx:
-        raise ContextFullError(
-            f"The prompt is {prompt.size} tokens long but the context holds {n_ctx}: shorten the prompt "
-            "or load the model with a larger n_ctx."
-        )
-    return prompt
-
-
 def generate_stream(
     model,
     tokenizer,
@@ -153,49 +62,42 @@ def generate_stream(
     max_tokens: int = 256,
     stop: Sequence[str] = (),
     stats: GenerationStats | None = None,
+    speculator=None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Iterator[str]:
-    """Text pieces of the continuation of `prompt_ids`. `stats` is filled in as it runs."""
+    """Text pieces of the continuation of `prompt_ids`. `stats` is filled in as it runs. speculator:
+    engine.speculative.Speculator for speculative decoding (None: plain)."""
     stats = stats if stats is not None else GenerationStats()
-    n_vocab = tokenizer.n_vocab
-    prompt = check_prompt(prompt_ids, n_vocab, n_ctx)
+    prompt = check_prompt(prompt_ids, tokenizer.n_vocab, n_ctx)
+    stats.speculative = speculator.mode if speculator is not None else ""
     if max_tokens <= 0:
         return
-    sampler = Sampler(params, n_vocab, history=prompt.tolist())
-    reply = ReplyText(tokenizer, stop, max_tokens)
-    cache = KVCache.for_model(model, n_ctx)
-    generated = reply.tokens
-    stats.tokens = generated
+    engine = Engine(model, tokenizer, n_ctx, clock=clock)
+    pieces: list[str] = []
+    request = Request(prompt.tolist(), params, max_tokens, stop, stats.speculative or None)
+    seq = engine.sequence(request, speculator=speculator, emit=pieces.append)
+    stats.tokens = seq.generated
     stats.n_prompt = int(prompt.size)
-
     counts = getattr(model, "expert_counts", lambda: None)
     base = counts()
-
-    def count_experts() -> None:
+    start = clock()
+    stats.finish_reason = "length"  # what a reader sees if the consumer stops early
+    while seq.finish is None:
+        engine.step([engine.next_work(seq)])
         if base is not None:
             stats.expert_counts = counts() - base
+        if seq.t_prefilled is not None:
+            stats.prompt_s = seq.t_prefilled - start
+        stats.n_generated = len(seq.generated)
+        stats.gen_s = (seq.t_last - seq.t_prefilled) if seq.t_last is not None else 0.0
+        if speculator is not None:
+            stats.n_drafted, stats.n_accepted = speculator.n_drafted, speculator.n_accepted
+            stats.spec_rounds, stats.spec_off = speculator.rounds, speculator.was_off
+        if seq.finish is not None:
+            stats.finish_reason = seq.finish
+            stats.context_full = seq.context_full
+        while pieces:
+            yield pieces.pop(0)
 
-    start = time.perf_counter()
-    logits = model.forward(prompt, cache, all_logits=False)[-1]
-    stats.prompt_s = time.perf_counter() - start
-    count_experts()
-    gen_start = time.perf_counter()
-    stats.finish_reason = "length"  # what a reader sees if the consumer stops early
-    while True:
-        token = sampler.sample(logits)
-        sampler.accept(token)
-        text = reply.push(token)
-        stats.n_generated = len(generated)
-        stats.gen_s = time.perf_counter() - gen_start
-        if text:
-            yield text
-        if reply.finish:
-            break
-        if cache.n_past >= n_ctx:
-            stats.context_full = True
-            break
-        logits = model.forward(np.array([token], dtype=np.int32), cache, all_logits=False)[-1]
-        count_experts()
-    tail = reply.tail()
-    stats.finish_reason = reply.finish or "length"
-    if tail:
-        yield tail
+
+__all__ = ["GenerationStats", "ReplyText", "StopFilter", "check_prompt", "generate_stream"]

@@ -25,26 +25,11 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ..errors import EdgeInferError
+from ..errors import EdgeInferError, InvalidPromptError, PromptTooLongError, QueueFullError
+from .core import check_prompt
 from .generate import GenerationStats, generate_stream
 from .sampling import SamplingParams
-
-
-class QueueFullError(EdgeInferError, RuntimeError):
-    """Too many requests are waiting; try again later (HTTP 503 with Retry-After: retry_after_s, the
-    runner's estimate of when a place frees up)."""
-
-    def __init__(self, message: str, retry_after_s: float = 1.0):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class PromptTooLongError(EdgeInferError, ValueError):
-    """The prompt does not fit the context (HTTP 400)."""
-
-
-class InvalidPromptError(EdgeInferError, ValueError):
-    """The prompt holds token ids outside the vocabulary (HTTP 400)."""
+from .spec_policy import MODES
 
 
 @dataclass
@@ -195,18 +180,7 @@ class SerialRunner:
         )
 
     def check_prompt(self, prompt_ids: Sequence[int]) -> None:
-        n = len(prompt_ids)
-        if n == 0:
-            raise PromptTooLongError("The prompt is empty: give at least one token.")
-        n_vocab = self.llm.n_vocab
-        bad = next((t for t in prompt_ids if not 0 <= t < n_vocab), None)
-        if bad is not None:
-            raise InvalidPromptError(f"The prompt holds token id {bad}, outside the vocabulary (0..{n_vocab - 1}).")
-        if n >= self.n_ctx:
-            raise PromptTooLongError(
-                f"The prompt is {n} tokens long but the context holds {self.n_ctx} (and needs room for at least "
-                "one generated token): shorten the prompt or start the server with a larger --ctx-size."
-            )
+        check_prompt(prompt_ids, self.llm.n_vocab, self.n_ctx, hint="start the server with a larger --ctx-size")
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams, max_tokens: int, stop: Sequence[str] = (),
                loop: asyncio.AbstractEventLoop | None = None, speculative: str | None = None) -> Handle:  # fmt: skip
@@ -226,7 +200,7 @@ class SerialRunner:
         return handle
 
     def check_speculative(self, mode: str | None) -> None:
-        if mode not in ("auto", "draft", "ngram", None):
+        if mode not in ("auto", *MODES, None):
             raise EdgeInferError(f"speculative must be 'auto', 'draft', 'ngram' or None, got {mode!r}.")
         if mode == "draft" and getattr(self.llm, "draft", None) is None:
             raise EdgeInferError("speculative 'draft' needs a draft model: start the server with --draft MODEL.")
@@ -310,15 +284,4 @@ class SerialRunner:
             ))  # fmt: skip
 
 
-
-
-def make_runner(llm, parallel: int = 1, max_queue: int = 16, n_ctx: int | None = None, kv_cells: int | None = None):
-    """The runner `edgeinfer serve` uses: continuous batching of up to `parallel` sequences
-    (engine/batch.py) over a paged KV cache of `kv_cells` cells (default n_ctx * parallel), with
-    prompt-prefix reuse and chunked prefill."""
-    from .batch import BatchRunner
-
-    return BatchRunner(llm, parallel=parallel, max_queue=max_queue, n_ctx=n_ctx, kv_cells=kv_cells)
-
-
-__all__ = ["Finish", "Handle", "InvalidPromptError", "PromptTooLongError", "QueueFullError", "RunnerStats", "SerialRunner", "make_runner"]
+__all__ = ["Finish", "Handle", "InvalidPromptError", "PromptTooLongError", "QueueFullError", "RunnerStats", "SerialRunner"]

@@ -14,21 +14,20 @@ ones; a request that does not fit waits, and the ones behind it wait too (first 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .runner import QueueFullError
+from ..errors import QueueFullError
 
 
 @dataclass(eq=False)
 class SeqState:
-    """One request as the scheduler sees it. The runner keeps its model-side state in `data`."""
+    """One request as the scheduler sees it (engine/core.py's Sequence adds the model-side state)."""
 
     prompt: list[int]
     n_prefilled: int = 0  # prompt tokens already in the cache (a reused prefix counts)
     next_token: int | None = None  # the sampled token the next decode step feeds
     done: bool = False
     reserve: int = 0  # KV blocks it may need at most (counted against the scheduler's kv_blocks)
-    data: dict = field(default_factory=dict)
 
     @property
     def prefilling(self) -> bool:
@@ -116,13 +115,18 @@ class Scheduler:
 
     def advance(self, work: list[Work]) -> None:
         """Record that a step's work ran (prompt chunks are now in the caches)."""
-        for w in work:
-            if w.seq.prefilling:
-                w.seq.n_prefilled += len(w.tokens)
+        advance(work)
 
     @property
     def queue_depth(self) -> int:
         return len(self.waiting)
 
 
-__all__ = ["Scheduler", "SeqState", "Work"]
+def advance(work: list[Work]) -> None:
+    """Record that a step's work ran: prompt chunks are now in the caches."""
+    for w in work:
+        if w.seq.prefilling:
+            w.seq.n_prefilled += len(w.tokens)
+
+
+__all__ = ["Scheduler", "SeqState", "Work", "advance"]

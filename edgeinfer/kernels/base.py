@@ -62,7 +62,8 @@ class QTensor:
 
 class Backend(Protocol):
     """Quantized products and the small ops of a layer (float32, C-contiguous arrays; each returns a
-    new array). kernels.numpy_ops defines the small ops' meaning; every backend matches it."""
+    new array). kernels.numpy_ops defines the small ops' meaning; every backend matches it. Backends
+    inherit `BackendDefaults` for the methods that have a generic form (prepare, attention_many)."""
 
     name: str
 
@@ -103,6 +104,10 @@ class Backend(Protocol):
         cache's block table), or row j when cells is None -> (n, H * Dv) float32; causal by position,
         with a sliding window of n_swa positions when n_swa > 0."""
 
+    def attention_many(self, items, n_swa: int, scale: float) -> list[np.ndarray]:
+        """attention() of several sequences, items = [(q, k, v, q_pos, kv_pos, cells), ...]: each result
+        is what attention() gives for that sequence alone (a backend may run them as one job)."""
+
     def glu(self, gu: np.ndarray, act: str) -> np.ndarray:
         """gu (n, 2 f) = [gate | up] -> act(gate) * up, act "silu" or "gelu_tanh"."""
 
@@ -110,3 +115,14 @@ class Backend(Protocol):
         """A Mixture-of-Experts router's choice: logits (n, n_expert) -> chosen int32 (n, n_used), the
         experts with the largest softmax (or sigmoid) probabilities (+ bias), largest first, ties in index
         order; weights float32 (n, n_used), renormalized to sum 1 when norm_weights, times scale."""
+
+
+class BackendDefaults:
+    """The generic form of the protocol's methods that a backend may do better: keep the file's layout,
+    run attention one sequence at a time."""
+
+    def prepare(self, w: QTensor) -> QTensor:
+        return w
+
+    def attention_many(self, items, n_swa: int, scale: float) -> list[np.ndarray]:
+        return [self.attention(q, k, v, qp, kp, n_swa, scale, cells=c) for q, k, v, qp, kp, c in items]

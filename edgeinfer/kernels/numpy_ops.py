@@ -25,6 +25,7 @@ import numpy as np
 from gguf.constants import GGMLQuantizationType
 
 from ..quant import dequantize, quantize
+from .base import BackendDefaults
 
 QUERY_CHUNK = 256  # queries scored at once: bounds the (Hkv, group, chunk, n_kv) score buffer
 
@@ -166,7 +167,7 @@ def moe_route(logits, n_used: int, gating: str, norm_weights: bool, scale: float
     return chosen.astype(np.int32), weights.astype(np.float32, copy=False)
 
 
-class NumpyOps:
+class NumpyOps(BackendDefaults):
     """The small ops as backend methods (mixed into the reference backend)."""
 
     def rms_norm(self, x, weight, eps):

@@ -3,14 +3,15 @@
     Linear, Embedding        (linear.py)     y = x @ W.T (+ b); row lookup
     RMSNorm                  (norm.py)
     Rope, RopeParams         (rope.py)       NORM and NEOX layouts, linear and YaRN scaling
-    Attention, Batch,        (attention.py)  GQA, causal mask, sliding window, QK-norm
-      causal_mask
+    Attention, causal_mask   (attention.py)  GQA, causal mask, sliding window, QK-norm
+    ForwardBatch, SeqRows    (batch.py)      what one forward pass runs over: rows, positions, caches
     GatedMLP                 (mlp.py)        SwiGLU / GeGLU
     KVCacheLike              (kv.py)         what attention needs from a cache (the engine implements it)
     KV_TYPES, kv_type        (kv.py)         the formats a cache stores K and V in: f16, q8_0, f32
 """
 
-from .attention import Attention, Batch, Segments, causal_mask
+from .attention import Attention, causal_mask
+from .batch import ForwardBatch, SeqRows
 from .kv import KV_TYPES, KVCacheLike, kv_type
 from .linear import Embedding, Linear
 from .mlp import GatedMLP
@@ -19,8 +20,8 @@ from .rope import Rope, RopeParams
 
 __all__ = [
     "Attention",
-    "Batch",
-    "Segments",
+    "ForwardBatch",
+    "SeqRows",
     "causal_mask",
     "KVCacheLike",
     "KV_TYPES",

@@ -8,37 +8,14 @@ come from one matmul when their weights share a format (the rows stacked at load
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..kernels.numpy_ops import causal_mask
-from .kv import KVCacheLike
+from .batch import ForwardBatch
 from .linear import Linear
 from .norm import RMSNorm
 from .rope import Rope
-
-
-@dataclass(frozen=True)
-class Batch:
-    """What every layer of one forward pass shares: the tokens' positions (n,), the positions of all
-    cells in use (n_kv,), and the largest position (rope tables are sized by it)."""
-
-    positions: np.ndarray
-    kv_pos: np.ndarray
-    max_pos: int
-
-
-@dataclass(frozen=True)
-class Segments:
-    """Several sequences in one forward pass (continuous batching): the rows of x are the sequences'
-    tokens one after another; bounds[i] = (first row, end row) of sequence i, batches[i] its positions,
-    caches[i] its KV cache. Matmuls run over all rows at once (each weight read once per step);
-    attention runs per sequence, on its own cache. Passed to a block as both its batch and its cache."""
-
-    bounds: tuple[tuple[int, int], ...]
-    batches: tuple[Batch, ...]
-    caches: tuple
 
 
 class Attention:
@@ -83,34 +60,21 @@ class Attention:
         parts = [self.wq, self.wk, self.wv] if self.wqkv is not None else [self.wq, self.wk] if self.wqk is not None else []
         return [p.weight.name for p in parts]
 
-    def __call__(
-        self,
-        x: np.ndarray,
-        batch: Batch | Segments,
-        cache: KVCacheLike | Segments,
-        il: int,
-        cb: Callable[[str, np.ndarray], None] | None = None,
-    ) -> np.ndarray:
-        """x (n_tokens, n_embd) -> (n_tokens, n_embd). One sequence (batch: Batch, cache: its cache), or
-        several (both Segments): one projection matmul for all rows, attention per sequence, one output
-        matmul; each sequence gets what it gets alone."""
-        if isinstance(batch, Segments):
-            parts = list(zip(batch.bounds, batch.batches, batch.caches))
-            fused = True
-        else:
-            parts = [((0, x.shape[0]), batch, cache)]
-            # the fused op where the projections come from one matmul and nobody traces the steps
-            fused = (self.wqkv is not None or self.wqk is not None) and cb is None
+    def __call__(self, x: np.ndarray, batch: ForwardBatch, il: int,
+                 cb: Callable[[str, np.ndarray], None] | None = None) -> np.ndarray:  # fmt: skip
+        """x (n_rows, n_embd) -> (n_rows, n_embd) for the pass's sequences: one projection matmul for all
+        rows, QK-norm, rope and the K/V writes in one backend call per KV pool, attention per sequence
+        (one backend call for all of them), one output matmul. Each sequence gets what it gets alone."""
         qkv = self._project(x)
-        qn, kn = (None, None) if self.qk_norm_full else (self.q_norm, self.k_norm)
-        items = self._store_many(qkv, parts, il, qn, kn) if len(parts) > 1 else None
-        if items is None:
-            items = [self._store(qkv[r0:r1], b, c, il, qn, kn, fused, cb) for (r0, r1), b, c in parts]
-        many = getattr(self.backend, "attention_many", None)
-        if many is not None and len(items) > 1:  # one call (one job on a thread pool) for all of them
-            outs = many(items, self.n_swa, self.scale)
-        else:
-            outs = [self.backend.attention(*item[:5], self.n_swa, self.scale, cells=item[5]) for item in items]
+        if cb is not None:  # the projections, before QK-norm and rope (llama.cpp names them so too)
+            nq, nk = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
+            n = x.shape[0]
+            cb("Kcur", qkv[:, nq : nq + nk].reshape(n, self.n_head_kv, self.head_dim))
+            cb("Vcur", qkv[:, nq + nk :].reshape(n, self.n_head_kv, self.head_dim_v))
+        items = self._store(qkv, batch, il)
+        if cb is not None:
+            cb("Qcur", np.concatenate([it[0] for it in items]) if len(items) > 1 else items[0][0])
+        outs = self.backend.attention_many(items, self.n_swa, self.scale)
         out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
         if cb is not None:
             cb("kqv_out", out)
@@ -130,53 +94,35 @@ class Attention:
             qkv[:, nq : nq + nk] = self.k_norm(np.ascontiguousarray(qkv[:, nq : nq + nk]))
         return qkv
 
-    def _store_many(self, qkv, parts, il: int, qn, kn):
-        """Several sequences whose caches share one pool: QK-norm, rope and the K/V writes of all their
-        rows in one qkv_store call (each row as it would be alone). None when they do not."""
-        stores = []
-        for _, _, c in parts:
-            store = c.storage(il)
-            if stores and store[0] is not stores[0][0]:  # one pool: the same layer view
-                return None
-            stores.append(store)
-        k_store, v_store = stores[0][0], stores[0][1]
-        positions = np.concatenate([b.positions for _, b, _ in parts])
-        cos, sin = self.rope.tables(max(b.max_pos for _, b, _ in parts))
-        q = self.backend.qkv_store(
-            np.ascontiguousarray(qkv), self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v, positions,
-            cos, sin, self.rope.params.n_rot, self.rope.params.neox, None if qn is None else qn.weight,
-            None if kn is None else kn.weight, 0.0 if qn is None else qn.eps, k_store, v_store,
-            np.concatenate([st[2] for st in stores]),
-        )  # fmt: skip
-        return [(q[r0:r1], k_store, v_store, b.positions, b.kv_pos, st[3]) for ((r0, r1), b, _), st in zip(parts, stores)]
-
-    def _store(self, rows, b: Batch, cache, il: int, qn, kn, fused: bool, cb):
-        """One sequence's rows of [q | k | v]: per-head QK-norm (qn, kn or None) and rope; K and V into
-        its cache. Returns attention()'s arguments (q, k, v, q_pos, kv_pos, cells): K and V the cache's
-        storage (in its kv_type), read through cells (its block table)."""
-        n = rows.shape[0]
-        k_store, v_store, new_cells, cells = cache.storage(il)
-        if fused:  # one call: QK-norm, rope, K and V into the cache
-            cos, sin = self.rope.tables(b.max_pos)
-            q = self.backend.qkv_store(
-                np.ascontiguousarray(rows), self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v,
-                b.positions, cos, sin, self.rope.params.n_rot, self.rope.params.neox,
-                None if qn is None else qn.weight, None if kn is None else kn.weight,
-                0.0 if qn is None else qn.eps, k_store, v_store, new_cells,
+    def _store(self, qkv: np.ndarray, batch: ForwardBatch, il: int) -> list[tuple]:
+        """QK-norm (per head) and rope of every row's q and k; K and V written into each sequence's cache
+        (rounded to its kv_type): one backend call for the sequences whose caches share a pool (one
+        storage), one per storage otherwise. Returns attention()'s arguments per sequence (q, k, v,
+        q_pos, kv_pos, cells): K and V the cache's storage, read through cells (its block table)."""
+        qn, kn = (None, None) if self.qk_norm_full else (self.q_norm, self.k_norm)
+        stores = [s.cache.storage(il) for s in batch.seqs]  # (k, v, new cells, all cells) per sequence
+        groups: dict[int, list[int]] = {}
+        for i, st in enumerate(stores):
+            groups.setdefault(id(st[0]), []).append(i)
+        cos, sin = self.rope.tables(batch.max_pos)
+        q = np.empty((qkv.shape[0], self.n_head, self.head_dim), np.float32)
+        for members in groups.values():
+            seqs = [batch.seqs[i] for i in members]
+            rows = np.concatenate([np.arange(s.r0, s.r1) for s in seqs]) if len(seqs) > 1 else None
+            part = qkv if len(seqs) == len(batch.seqs) else qkv[rows] if rows is not None else qkv[seqs[0].r0 : seqs[0].r1]
+            k_store, v_store = stores[members[0]][0], stores[members[0]][1]
+            positions = np.concatenate([s.positions for s in seqs]) if len(seqs) > 1 else seqs[0].positions
+            new_cells = np.concatenate([stores[i][2] for i in members]) if len(members) > 1 else stores[members[0]][2]
+            qg = self.backend.qkv_store(
+                np.ascontiguousarray(part), self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v, positions,
+                cos, sin, self.rope.params.n_rot, self.rope.params.neox, None if qn is None else qn.weight,
+                None if kn is None else kn.weight, 0.0 if qn is None else qn.eps, k_store, v_store, new_cells,
             )  # fmt: skip
-            return q, k_store, v_store, b.positions, b.kv_pos, cells
-        nq, nk = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
-        q = rows[:, :nq].reshape(n, self.n_head, self.head_dim)
-        k = rows[:, nq : nq + nk].reshape(n, self.n_head_kv, self.head_dim)
-        v = rows[:, nq + nk :].reshape(n, self.n_head_kv, self.head_dim_v)
-        if qn is not None:
-            q, k = qn(q), kn(k)
-        q = self.rope(q, b.positions, b.max_pos, self.backend)
-        k = self.rope(k, b.positions, b.max_pos, self.backend)
-        if cb is not None:
-            cb("Qcur", q), cb("Kcur", k), cb("Vcur", v)
-        cache.update(il, k, v)  # (n, n_head_kv, head_dim), (n, n_head_kv, head_dim_v), rounded as stored
-        return q, k_store, v_store, b.positions, b.kv_pos, cells
+            if len(seqs) == len(batch.seqs):
+                q = qg
+            else:
+                q[rows if rows is not None else slice(seqs[0].r0, seqs[0].r1)] = qg
+        return [(q[s.r0 : s.r1], st[0], st[1], s.positions, s.kv_pos, st[3]) for s, st in zip(batch.seqs, stores)]
 
 
-__all__ = ["Attention", "Batch", "Segments", "causal_mask"]
+__all__ = ["Attention", "causal_mask"]

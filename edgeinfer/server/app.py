@@ -613,7 +613,7 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, c
     import uvicorn
 
     from ..api import load
-    from ..engine.runner import make_runner
+    from ..engine.batch import make_runner
 
     for name, value, lo in (("parallel", parallel, 1), ("ctx_size", ctx_size, 2), ("max_queue", max_queue, 1),
                             ("max_body_bytes", max_body_bytes, 1)):  # fmt: skip

@@ -26,7 +26,7 @@ import weakref
 
 import numpy as np
 
-from ..base import QTensor
+from ..base import BackendDefaults, QTensor
 from ..numpy_ops import kv_rows_f32, kv_store
 from .binding import ACTIVATIONS, CudaError, open_library
 
@@ -50,7 +50,7 @@ def _stderr_log(msg: str) -> None:
     print(f"edgeinfer: {msg}", file=sys.stderr, flush=True)
 
 
-class CudaBackend:
+class CudaBackend(BackendDefaults):
     """Quantized matmuls and a layer's ops on CUDA device `device`; `host` (default: the best CPU
     backend, with n_threads) does what the GPU does not. `lib` is the loaded library (default: built and
     loaded on first use); tests pass a stand-in."""

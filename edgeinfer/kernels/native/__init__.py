@@ -270,7 +270,11 @@ class NativeBackend(NumbaBackend):
 
     def attention_many(self, items, n_swa: int, scale: float) -> list[np.ndarray]:
         """attention() of several sequences, items = [(q, k, v, q_pos, kv_pos, cells), ...], in one job on
-        the pool (continuous batching): each result is what attention() gives for that sequence alone."""
+        the pool (continuous batching): each result is what attention() gives for that sequence alone.
+        One sequence goes to attention(), which also splits a token's heads between the threads."""
+        if len(items) == 1:
+            q, k, v, qp, kp, c = items[0]
+            return [self.attention(q, k, v, qp, kp, n_swa, scale, c)]
         try:
             outs = [_empty((it[0].shape[0], it[0].shape[1] * kv_head_dim(it[2])), _F32) for it in items]
             qs, ks, vs, qps, kps, cls = (list(x) for x in zip(*items))
