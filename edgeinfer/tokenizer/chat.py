@@ -28,6 +28,7 @@ from typing import Any
 
 import jinja2
 from jinja2 import nodes
+from jinja2.compiler import CodeGenerator
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
@@ -297,10 +298,39 @@ def _check_value(value: Any) -> Any:
 
 def _check_args(args: tuple, kwargs: dict) -> None:
     for a in (*args, *kwargs.values()):
+        what = None
         if isinstance(a, int) and not isinstance(a, bool) and abs(a) > MAX_CALL_INT:
-            b = _Budget.current()
             what = f"an integer argument of {a}, larger than {MAX_CALL_INT}"
+        elif isinstance(a, (list, tuple)) and len(a) <= MAX_VALUE_LEN:  # join() and the like: the parts' size
+            n = sum(len(x) for x in a if isinstance(x, str))
+            if n > MAX_VALUE_LEN:
+                what = f"a list of strings of {n:,} characters in all, more than {MAX_VALUE_LEN:,}"
+        if what is not None:
+            b = _Budget.current()
             raise b.refuse(what) if b else TemplateBudgetError(what)
+
+
+def _concat(items: tuple) -> str:
+    """Jinja's `~` (str_join), its size checked before it is made."""
+    parts = [x if isinstance(x, str) else str(x) for x in items]
+    n = sum(map(len, parts))
+    if n > MAX_VALUE_LEN:
+        b = _Budget.current()
+        what = f"'~' would make a string of {n:,} characters, more than {MAX_VALUE_LEN:,}"
+        raise b.refuse(what) if b else TemplateBudgetError(what)
+    return "".join(parts)
+
+
+class _CodeGenerator(CodeGenerator):
+    """Jinja's code generator with `~` routed through _concat (the sandbox intercepts binary operators,
+    but `~` compiles to a plain join)."""
+
+    def visit_Concat(self, node: nodes.Concat, frame) -> None:
+        self.write("environment.concat_checked((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
 
 
 def _budget_range(*args: Any) -> Any:
@@ -349,6 +379,8 @@ def _format_width(obj: Any) -> int:
 
 class _Sandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset(["*", "**", "+", "%"])
+    code_generator_class = _CodeGenerator
+    concat_checked = staticmethod(_concat)
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
         # The stock sandbox returns an Undefined that fails only when used; fail at once instead.
