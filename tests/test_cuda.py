@@ -25,6 +25,7 @@ from gguf import GGMLQuantizationType as T
 from reference_model import LLAMACPP_TINY, _random_kquant, write_llamacpp_tiny, write_tiny_model
 
 import edgeinfer
+from edgeinfer.kernels.base import HeadSpec
 from edgeinfer.arch import build_model
 from edgeinfer.engine.kv_cache import KVCache
 from edgeinfer.errors import EdgeInferError
@@ -576,7 +577,7 @@ def test_backend_attention_reads_the_cells(kv_type):
     cos, sin = np.ones((8, 16), np.float32), np.zeros((8, 16), np.float32)
     k_host, v_host = k.copy(), v.copy()
     pos = np.array([1, 2], np.int32)
-    be.qkv_store(qkv, 4, 2, 32, 64, pos, cos, sin, 32, True, None, None, 0.0, k, v, cells[:2])
+    be.qkv_store(qkv, HeadSpec(4, 2, 32, 64, 32, True, None, None, 0.0), pos, cos, sin, k, v, cells[:2])
     numpy_ops.qkv_store(qkv, 4, 2, 32, 64, pos, cos, sin, 32, True, None, None, 0.0, k_host, v_host, cells[:2])
     assert "qkv" in be.lib.calls and np.array_equal(k, k_host) and np.array_equal(v, v_host)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from numba import njit
 
+from edgeinfer.kernels.base import HeadSpec
 from edgeinfer.kernels import get_backend, numpy_ops
 from edgeinfer.kernels.numba import ops as nops
 
@@ -155,7 +156,7 @@ def test_qkv_store(backend, qk_norm, neox, n_rot):
     kw = rng.standard_normal(D).astype(np.float32) if qk_norm else None
     k_c = np.zeros((cap, Hkv, D), np.float32)
     v = np.zeros((cap, Hkv, Dv), np.float32)
-    q = backend.qkv_store(qkv, H, Hkv, D, Dv, pos, cos, sin, n_rot, neox, qw, kw, 1e-6, k_c, v, cells)
+    q = backend.qkv_store(qkv, HeadSpec(H, Hkv, D, Dv, n_rot, neox, qw, kw, 1e-6), pos, cos, sin, k_c, v, cells)
     q_ref = qkv[:, : H * D].reshape(n, H, D)
     k_ref = qkv[:, H * D : H * D + Hkv * D].reshape(n, Hkv, D)
     if qk_norm:
@@ -217,9 +218,9 @@ def test_qkv_store_rounds_as_the_reference(backend, kv_type, qk_norm):
     qw = rng.standard_normal(D).astype(np.float32) if qk_norm else None
     kw = rng.standard_normal(D).astype(np.float32) if qk_norm else None
     k32, v32 = np.zeros((cap, Hkv, D), np.float32), np.zeros((cap, Hkv, Dv), np.float32)
-    q32 = backend.qkv_store(qkv, H, Hkv, D, Dv, pos, cos, sin, n_rot, True, qw, kw, 1e-6, k32, v32, cells)
+    q32 = backend.qkv_store(qkv, HeadSpec(H, Hkv, D, Dv, n_rot, True, qw, kw, 1e-6), pos, cos, sin, k32, v32, cells)
     k, v = _store(kv_type, np.zeros((cap, Hkv, D), np.float32)), _store(kv_type, np.zeros((cap, Hkv, Dv), np.float32))
-    q = backend.qkv_store(qkv, H, Hkv, D, Dv, pos, cos, sin, n_rot, True, qw, kw, 1e-6, k, v, cells)
+    q = backend.qkv_store(qkv, HeadSpec(H, Hkv, D, Dv, n_rot, True, qw, kw, 1e-6), pos, cos, sin, k, v, cells)
     assert np.array_equal(q, q32)
     assert np.array_equal(k, _store(kv_type, k32)) and np.array_equal(v, _store(kv_type, v32))
 

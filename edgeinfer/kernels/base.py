@@ -60,6 +60,24 @@ class QTensor:
         return cls(t.name, t.ggml_type, tuple(t.ne), raw)
 
 
+@dataclass(frozen=True, eq=False)
+class HeadSpec:
+    """An attention layer's head geometry and rope settings, as qkv_store needs them: n_head query heads
+    of head_dim, n_head_kv K/V heads (K of head_dim, V of head_dim_v), rope over the first n_rot values
+    of each head (NEOX: pairs half apart, else consecutive), optional per-head QK-norm (RMSNorm weights
+    (head_dim,) or None, and its eps)."""
+
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    head_dim_v: int
+    n_rot: int
+    neox: bool
+    q_norm: np.ndarray | None = None
+    k_norm: np.ndarray | None = None
+    eps: float = 0.0
+
+
 class Backend(Protocol):
     """Quantized products and the small ops of a layer (float32, C-contiguous arrays; each returns a
     new array). kernels.numpy_ops defines the small ops' meaning; every backend matches it. Backends
@@ -88,10 +106,10 @@ class Backend(Protocol):
         """x (n, h, d) rotated: pairs (NORM: consecutive, NEOX: half apart) of the first n_rot values by
         the angles of the tables' rows cos/sin (n_pos, n_rot / 2) at `positions` (n,)."""
 
-    def qkv_store(self, qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
-                  q_norm, k_norm, eps, k, v, cells) -> np.ndarray:  # fmt: skip
+    def qkv_store(self, qkv, heads: HeadSpec, positions, cos, sin, k, v, cells) -> np.ndarray:
         """qkv (n, H D + Hkv D + Hkv Dv), the stacked Q/K/V matmul's output -> q (n, H, D) after the
-        optional QK-norm (RMSNorm weights (D,) or None, eps) and rope; K (normed, rotated) and V are
+        optional QK-norm and rope (heads: the geometry, rope and QK-norm settings; cos/sin: the rope
+        tables, rows by position, positions (n,)); K (normed, rotated) and V are
         written into a cache's storage k (n_cells, Hkv, D), v (n_cells, Hkv, Dv) at rows cells (int32
         (n,), a paged cache's cells for these tokens), rounded to the storage's format (float32, float16,
         or uint8 rows of Q8_0 blocks: numpy_ops.kv_store). One call for what rms_norm, rope and a cache

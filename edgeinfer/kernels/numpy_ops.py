@@ -176,10 +176,10 @@ class NumpyOps(BackendDefaults):
     def rope(self, x, positions, cos, sin, n_rot, neox):
         return rope(x, positions, cos, sin, n_rot, neox)
 
-    def qkv_store(self, qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
-                  q_norm, k_norm, eps, k, v, cells):  # fmt: skip
-        return qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
-                         q_norm, k_norm, eps, k, v, cells)  # fmt: skip
+    def qkv_store(self, qkv, heads, positions, cos, sin, k, v, cells):
+        h = heads
+        return qkv_store(qkv, h.n_head, h.n_head_kv, h.head_dim, h.head_dim_v, positions, cos, sin, h.n_rot, h.neox,
+                         h.q_norm, h.k_norm, h.eps, k, v, cells)  # fmt: skip
 
     def attention(self, q, k, v, q_pos, kv_pos, n_swa, scale, cells=None):
         return attention(q, k, v, q_pos, kv_pos, n_swa, scale, cells)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..kernels.base import HeadSpec
 from ..kernels.numpy_ops import causal_mask
 from .batch import ForwardBatch
 from .linear import Linear
@@ -54,6 +55,10 @@ class Attention:
         # rather than per head (Qwen 3, Gemma 3)
         self.qk_norm_full = qk_norm_full and q_norm is not None
         self.n_swa = n_swa
+        qn, kn = (None, None) if self.qk_norm_full else (q_norm, k_norm)  # per head, in qkv_store
+        self.heads = HeadSpec(n_head, n_head_kv, head_dim, head_dim_v, rope.params.n_rot, rope.params.neox,
+                              None if qn is None else qn.weight, None if kn is None else kn.weight,
+                              0.0 if qn is None else qn.eps)  # fmt: skip
 
     def stacked_sources(self) -> list[str]:
         """The weights whose rows were copied into wqkv / wqk."""
@@ -99,7 +104,6 @@ class Attention:
         (rounded to its kv_type): one backend call for the sequences whose caches share a pool (one
         storage), one per storage otherwise. Returns attention()'s arguments per sequence (q, k, v,
         q_pos, kv_pos, cells): K and V the cache's storage, read through cells (its block table)."""
-        qn, kn = (None, None) if self.qk_norm_full else (self.q_norm, self.k_norm)
         stores = [s.cache.storage(il) for s in batch.seqs]  # (k, v, new cells, all cells) per sequence
         groups: dict[int, list[int]] = {}
         for i, st in enumerate(stores):
@@ -113,11 +117,8 @@ class Attention:
             k_store, v_store = stores[members[0]][0], stores[members[0]][1]
             positions = np.concatenate([s.positions for s in seqs]) if len(seqs) > 1 else seqs[0].positions
             new_cells = np.concatenate([stores[i][2] for i in members]) if len(members) > 1 else stores[members[0]][2]
-            qg = self.backend.qkv_store(
-                np.ascontiguousarray(part), self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v, positions,
-                cos, sin, self.rope.params.n_rot, self.rope.params.neox, None if qn is None else qn.weight,
-                None if kn is None else kn.weight, 0.0 if qn is None else qn.eps, k_store, v_store, new_cells,
-            )  # fmt: skip
+            qg = self.backend.qkv_store(np.ascontiguousarray(part), self.heads, positions, cos, sin, k_store, v_store,
+                                        new_cells)  # fmt: skip
             if len(seqs) == len(batch.seqs):
                 q = qg
             else:

@@ -1,11 +1,12 @@
 """What attention needs from a KV cache, as a Protocol (model code never imports the engine), and the
 formats a cache may store K and V in.
 
-The engine's `KVCache` (edgeinfer.engine.kv_cache) implements it. One forward pass over n tokens:
+The engine's `KVCache` (edgeinfer.engine.kv_cache) implements it. One forward pass over n tokens
+(nn.ForwardBatch.plan claims the cells, DecoderModel.run commits them):
 
     kv_pos = cache.begin(positions)                  # claim n cells; ContextFullError if they do not fit
     k, v, new, cells = cache.storage(il)             # per layer: the storage, the claimed cells, all cells
-    q = backend.qkv_store(..., k, v, new)            # K/V of the batch written (or cache.update(il, k, v))
+    q = backend.qkv_store(qkv, heads, ..., k, v, new)   # QK-norm, rope; K/V of the batch written at `new`
     out = backend.attention(q, k, v, ..., cells=cells)
     cache.commit()                                   # the n tokens become part of the sequence
 

@@ -157,12 +157,13 @@ class CudaBackend(BackendDefaults):
         self.lib.rope(x, c, s, int(n_rot), bool(neox), out)
         return out
 
-    def qkv_store(self, qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot, neox,
-                  q_norm, k_norm, eps, k, v, cells) -> np.ndarray:  # fmt: skip
+    def qkv_store(self, qkv, heads, positions, cos, sin, k, v, cells) -> np.ndarray:
         """Q/K/V split, QK-norm and rope on the GPU; K and V written into the (host) cache at cells."""
         if not self.small_ops_on_gpu:
-            return self.host.qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos, sin, n_rot,
-                                       neox, q_norm, k_norm, eps, k, v, cells)  # fmt: skip
+            return self.host.qkv_store(qkv, heads, positions, cos, sin, k, v, cells)
+        h = heads
+        n_head, n_head_kv, head_dim, head_dim_v, n_rot, neox = h.n_head, h.n_head_kv, h.head_dim, h.head_dim_v, h.n_rot, h.neox
+        q_norm, k_norm, eps = h.q_norm, h.k_norm, h.eps
         qkv = np.ascontiguousarray(qkv, dtype=_F32)
         n = qkv.shape[0]
         q = np.empty((n, n_head, head_dim), _F32)
