@@ -19,7 +19,7 @@ or absolute. Two rules:
    engine up), models (the registry and the download cache: nothing; read from the faces).
    BASE modules, leaf utilities with no edgeinfer import but each other, may be imported from anywhere:
    edgeinfer.errors (the exception classes), edgeinfer.system (thread counts), edgeinfer.progress
-   (progress bars, byte formatting).
+   (progress bars, byte formatting), edgeinfer.fsutil (atomic file writes).
 
 `python tests/test_layers.py` prints the graph's circles and upward imports without failing.
 """
@@ -38,7 +38,7 @@ SOURCES = (
     (ROOT / "models", "edgeinfer.models.data"),
 )
 
-BASE = {"edgeinfer.errors", "edgeinfer.system", "edgeinfer.progress"}
+BASE = {"edgeinfer.errors", "edgeinfer.system", "edgeinfer.progress", "edgeinfer.fsutil"}
 # compiled extensions (setup.py), present or not: the layer each belongs to
 EXTENSIONS = {"edgeinfer._native": "kernels"}
 STACK = ("gguf", "quant", "kernels", "nn", "arch", "engine", "faces")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from edgeinfer.chat import SETTABLE, SettingError, parse_setting, setting_name, validate_params
 from edgeinfer.engine.sampling import SamplingParams
+from edgeinfer.fsutil import atomic_write_text
 
 __all__ = [
     "PANEL_SETTINGS", "SETTABLE", "SettingError", "describe_params", "draft_acceptance", "format_rate",
@@ -63,7 +64,7 @@ def save_conversation(path: str | Path, messages: list[dict], system: str | None
         "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
     }
     try:
-        path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")  # a crash keeps the old file
     except OSError as e:
         raise SettingError(f"Could not save to {path}: {e.strerror or e}.") from None
     return path

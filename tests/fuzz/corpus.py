@@ -36,7 +36,8 @@ def _base() -> Spec:
 
 
 def _arch_key(s: Spec, suffix: str) -> str:
-    return f"{s.get('general.architecture').value}.{suffix}"
+    kv = s.get("general.architecture")
+    return f"{kv.value if kv is not None and isinstance(kv.value, str) else 'llama'}.{suffix}"
 
 
 def handcrafted() -> list[tuple[str, bytes]]:
@@ -237,8 +238,10 @@ def mutate_bytes(rng: random.Random) -> bytes:
     if _VALID is None:
         _VALID = serialize(tiny_model())
     b = bytearray(_VALID)
-    head = min(len(b), 12000)  # metadata and tensor infos: where a flipped byte means something
     for _ in range(rng.choice([1, 1, 2, 4, 8])):
+        head = min(len(b), 12000)  # metadata and tensor infos: where a flipped byte means something
+        if head < 2:
+            break
         op = rng.random()
         if op < 0.4:
             i = rng.randrange(head)
@@ -248,7 +251,7 @@ def mutate_bytes(rng: random.Random) -> bytes:
             v = rng.choice(INTS) & (2**64 - 1)
             b[i : i + 8] = struct.pack("<Q", v) if rng.random() < 0.5 else struct.pack("<Q", v)[:4] + b[i + 4 : i + 8]
         elif op < 0.85:
-            del b[rng.randrange(len(b)) :]
+            del b[rng.randrange(1, len(b)) :]
         elif op < 0.93:
             i = rng.randrange(head)
             b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))

@@ -334,7 +334,9 @@ def _build(plan: BuildPlan, log) -> Path:
         "seconds": round(seconds, 1),
         "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    (plan.directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    tmp = plan.directory / f".manifest.json.{os.getpid()}.tmp"  # written whole, then renamed: never half-written
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, plan.directory / "manifest.json")
     log(f"built {plan.library} in {seconds:.0f} s")
     return plan.library
 
