@@ -32,6 +32,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from ..engine.spec_policy import MODES
 from ..engine.runner import Finish, InvalidPromptError, PromptTooLongError, QueueFullError
 from ..engine.sampling import SamplingError
 from ..errors import EdgeInferError
@@ -93,8 +94,9 @@ class _Guard:
         if origin is not None:
             if not origin_allowed(origin, self.cors_origins):
                 response = _error(f"Cross-origin requests from {origin[:200]!r} are refused: this server allows only "
-                                  "local origins (localhost, 127.0.0.1, [::1]) unless started with --cors-origin "
-                                  "ORIGIN (or EDGEINFER_CORS_ORIGINS=ORIGIN,...).", 403, code="origin_not_allowed")  # fmt: skip
+                                  "local origins (localhost, 127.0.0.1, [::1]) unless started with "
+                                  "EDGEINFER_CORS_ORIGINS=ORIGIN,... in its environment (serve(cors_origins=...)).",
+                                  403, code="origin_not_allowed")  # fmt: skip
                 self.metrics.count_request(endpoint, 403)
                 return await response(scope, receive, send)
             cors = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
@@ -633,7 +635,7 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, c
         sock.close()
         raise EdgeInferError(f"Cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host.") \
             from None  # fmt: skip
-    if speculative not in ("auto", "draft", "ngram", None):
+    if speculative not in ("auto", *MODES, None):
         raise EdgeInferError(f"speculative must be 'auto', 'draft', 'ngram' or None, got {speculative!r}.")
     if speculative == "draft" and draft is None:
         raise EdgeInferError("--spec draft needs a draft model: give --draft MODEL.")
