@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .engine.spec_policy import MODES
 from .engine.kv_cache import KVCache
 from .errors import EdgeInferError
 from .nn.kv import DEFAULT_KV_TYPE
@@ -262,7 +263,7 @@ def bench_model(
 
 # -- speculative decoding: plain against speculative replies on a real prompt --------------------------------
 
-SPEC_MODES = ("ngram", "draft")
+SPEC_MODES = MODES  # ("draft", "ngram")
 SPEC_PARAGRAPH = (
     "The old lighthouse stood at the edge of the cliff, its white paint peeling in long strips after "
     "decades of salt wind. Every evening the keeper climbed the one hundred and twelve steps to light "

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from .engine.spec_policy import MODES as SPEC_MODES
 from .errors import EdgeInferError
 from .info import format_info, format_system, model_info
 from .progress import format_bytes as _human_bytes
@@ -155,6 +156,10 @@ def cmd_run(args) -> int:
     params["speculative"] = None if args.spec == "off" else args.spec
     if args.draft_max is not None:
         params["draft_max"] = args.draft_max
+    if args.draft_p_min is not None:
+        params["draft_p_min"] = args.draft_p_min
+    if args.spec_adaptive:
+        llm.spec_config.adaptive = True
     if args.prompt is None:
         prompt_stdin = not sys.stdin.isatty() and args.raw
         if not prompt_stdin:
@@ -246,12 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="kernels to run on (default: auto)")
     p.add_argument("--draft", default=None, metavar="PATH_OR_NAME",
                    help="a smaller model with the same vocabulary, for speculative decoding")  # fmt: skip
-    p.add_argument("--spec", choices=("auto", "draft", "ngram", "off"), default="auto",
+    p.add_argument("--spec", choices=("auto", *SPEC_MODES, "off"), default="auto",
                    help="speculative decoding: auto (the draft model when --draft is given, else off), draft, "
                    "ngram (drafts copied from the prompt and the reply so far: for replies that quote their "
                    "input), off. At --temp 0 the reply is the same either way; --verbose shows the acceptance")  # fmt: skip
     p.add_argument("--draft-max", type=int, default=None, metavar="N",
-                   help="most tokens drafted per pass (default 16; the tuner picks the length up to it)")  # fmt: skip
+                   help="most tokens drafted per pass (default 16)")  # fmt: skip
+    p.add_argument("--draft-p-min", type=float, default=None, metavar="P",
+                   help="a draft model stops drafting where its top probability falls under P (default 0.75, "
+                   "llama.cpp's rule; 0: never)")  # fmt: skip
+    p.add_argument("--spec-adaptive", action="store_true",
+                   help="let a tuner choose the draft length from measured costs and turn speculation off where "
+                   "it does not pay (default: the fixed length above)")  # fmt: skip
     _add_ngl(p)
     _add_kv_type(p)
     p.set_defaults(func=cmd_run)
@@ -291,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context of one sequence in tokens (default 4096)")
     p.add_argument("--draft", default=None, metavar="MODEL",
                    help="a draft model for speculative decoding (same vocabulary, smaller or cheaper)")  # fmt: skip
-    p.add_argument("--spec", choices=("auto", "draft", "ngram", "off"), default="auto",
+    p.add_argument("--spec", choices=("auto", *SPEC_MODES, "off"), default="auto",
                    help="speculation for requests that do not ask (their \"speculative\" field): auto (the draft "
                    "model when one is given, else off), draft, ngram (prompt lookup) or off (default auto)")  # fmt: skip
     p.add_argument("--kv-size", type=int, default=None, metavar="TOKENS",
@@ -333,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "NVML's GPU board energy added where readable)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress on stderr)")
     p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
-    p.add_argument("--spec", choices=("off", "ngram", "draft"), default="off",
+    p.add_argument("--spec", choices=("off", *SPEC_MODES), default="off",
                    help="also time greedy replies to a chat prompt, plain and with this speculative decoding "
                    "(tokens/s, speed-up, acceptance, tokens per joule); default off (draft when --draft is given)")  # fmt: skip
     p.add_argument("--draft", default=None, metavar="PATH_OR_NAME", help="the draft model for --spec draft")

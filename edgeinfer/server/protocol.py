@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.sampling import SamplingParams
+from ..engine.spec_policy import MODES
 
 MAX_STOP_STRINGS = 16
 MAX_LOGIT_BIAS = 1024  # entries of one request's logit_bias (OpenAI allows 300)
@@ -245,7 +246,7 @@ def _common(body: dict, kind: str, n_vocab: int | None) -> GenerationRequest:
         raise RequestError(f"'stream_options' must be an object, got {_json_type(options)}.", "stream_options")
     include_usage = _boolean(options or {}, "include_usage", False) if stream else False
     spec = body.get("speculative", "default")
-    if spec not in ("default", "auto", "draft", "ngram", "off", None):
+    if spec not in ("default", "auto", *MODES, "off", None):
         raise RequestError(f"'speculative' must be one of \"auto\", \"draft\", \"ngram\", \"off\" or null, got {spec!r}.",
                            "speculative")  # fmt: skip
     req = GenerationRequest(kind, params, max_tokens, stop, stream, include_usage)
