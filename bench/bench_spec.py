@@ -80,8 +80,10 @@ def draft_pair(log) -> dict[str, Path]:
 
 
 def run_once(llm, messages, mode, n_gen, meter) -> dict:
+    """One reply; mode None (plain), "ngram" / "draft" (the fixed policy) or "ngram+adaptive" / "draft+adaptive"."""
+    llm.spec_config.adaptive = bool(mode) and mode.endswith("+adaptive")
     with meter.measure() as m:
-        text = llm.chat(messages, max_tokens=n_gen, temperature=0, speculative=mode)
+        text = llm.chat(messages, max_tokens=n_gen, temperature=0, speculative=mode.split("+")[0] if mode else None)
     s = llm.last_stats
     return {
         "text": text,
@@ -207,6 +209,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating timed rounds (default 3)")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--policy", choices=("fixed", "adaptive", "both"), default="both",
+                    help="speculation policy: the fixed draft length (the default), the adaptive tuner, or both")
     ap.add_argument("--drafts", nargs="+", default=["q8_0", "q4_0"], choices=("q8_0", "q4_0"))
     ap.add_argument("--prompts", type=int, default=len(CHAT_PROMPTS), help="chat prompts for the draft task")
     ap.add_argument("--llama-python", default=None, help="python with llama-cpp-python: llama.cpp's prompt lookup beside")
@@ -215,6 +219,9 @@ def main(argv=None) -> int:
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
+
+    def policies(mode: str) -> list[str]:
+        return {"fixed": [mode], "adaptive": [mode + "+adaptive"], "both": [mode, mode + "+adaptive"]}[args.policy]
 
     meter = open_meter("cpu")
     load1 = os.getloadavg()
@@ -240,7 +247,7 @@ def main(argv=None) -> int:
         llm = edgeinfer.load(path, n_ctx=2048, n_threads=args.threads, backend=args.backend, progress=False)
         for name, messages in (("repeat", REPEAT), ("chat", CHAT_PROMPTS[0])):
             log(f"ngram / {name}: SmolLM2-135M Q4_1")
-            res = measure(llm, messages, [None, "ngram"], args.n_gen, args.rounds, meter, log)
+            res = measure(llm, messages, [None, *policies("ngram")], args.n_gen, args.rounds, meter, log)
             result["tasks"][f"ngram_{name}"] = res
             out.append(table(f"\nn-gram lookup, SmolLM2-135M Q4_1, {name} prompt:", res))
         if args.llama_python:
@@ -262,7 +269,7 @@ def main(argv=None) -> int:
                                  backend=args.backend, progress=False)  # fmt: skip
             for i, messages in enumerate(CHAT_PROMPTS[: args.prompts]):
                 log(f"draft {d} / prompt {i}: SmolLM2-135M F32 target")
-                res = measure(llm, messages, [None, "draft"], args.n_gen, args.rounds, meter, log)
+                res = measure(llm, messages, [None, *policies("draft")], args.n_gen, args.rounds, meter, log)
                 result["tasks"][f"draft_{d}_prompt{i}"] = res
                 prompt = textwrap.shorten(messages[0]["content"], 48)
                 out.append(table(f"\ndraft {d.upper()} for SmolLM2-135M F32, prompt {i} ({prompt!r}):", res))
