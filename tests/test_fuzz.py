@@ -15,3 +15,21 @@ def test_hostile_files_end_cleanly(tmp_path):
     assert report.cases > 100
     assert report.outcomes["ok"] > 0 and report.outcomes["clean"] > 0
     assert not report.findings, report.summary()
+
+
+def test_tokenizing_pathological_text_is_linear(tmp_path, smollm2_gguf):
+    """One character repeated, whitespace runs, long numbers, invalid UTF-8 turned text: time grows
+    linearly (a 4x longer text takes well under 16x as long)."""
+    import time
+
+    from edgeinfer.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_gguf(smollm2_gguf)
+    for unit in ("a", " ", "7", "\n", "é", "\ufffd", "ab 12\t"):
+        times = []
+        for n in (20_000, 80_000):
+            text = unit * (n // len(unit))
+            t = time.perf_counter()
+            tok.encode(text, True, True)
+            times.append(time.perf_counter() - t)
+        assert times[1] < 10 * times[0] + 0.05, (unit, times)
