@@ -44,6 +44,7 @@ from ..base import QTensor
 from . import dequant, x8
 from .simd import (
     address,
+    atomic_add,
     bf16_at,
     bf16x8_at,
     bits_i8x32,
@@ -95,6 +96,7 @@ from .simd import (
 QK = 32  # values per block of the legacy formats, IQ4_NL, Q8_0 and Q8_1
 QK_K = 256  # values per K-quant super-block and Q8_K block
 PARALLEL_QUANTIZE_MIN_TOKENS = 8  # below this, x is quantized by one thread (a parallel region costs more)
+MAX_WORKERS = x8.MAX_WORKERS  # the loop that takes chunks from a counter (x8.run)
 MIN_CHUNKS = 32  # row chunks per matmul at least (threads take equal shares of them)
 
 
@@ -757,16 +759,23 @@ def _row_loop4(dot4, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
 
 @njit(cache=True, inline="always")
 def _run(rows1, w, nb, yq, yd, ys, ybs, yf, out):
-    """out[t, r] = row r . token t: threads share chunks of rows, every token per row chunk."""
+    """out[t, r] = row r . token t: threads take chunks of rows from an atomic counter (a thread the OS
+    holds back does not hold the others up), every token per row chunk."""
     n_tokens, n_rows = out.shape
     row_bytes = w.size // n_rows
     rows = _chunk_rows(n_rows, row_bytes)
     n_chunks = (n_rows + rows - 1) // rows
-    for c in prange(n_chunks):
-        r0 = c * rows
-        r1 = min(r0 + rows, n_rows)
-        for t in range(n_tokens):
-            rows1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+    next_chunk = np.empty(1, np.int64)  # (np.zeros here: a parfor that the parallel loop's lowering mishandles)
+    next_chunk[0] = 0
+    for worker in prange(min(n_chunks, MAX_WORKERS)):
+        slot = worker - worker  # 0, but of the loop: Numba would hoist a call with loop-invariant arguments
+        c = atomic_add(next_chunk, slot, 1)
+        while c < n_chunks:
+            r0 = c * rows
+            r1 = min(r0 + rows, n_rows)
+            for t in range(n_tokens):
+                rows1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+            c = atomic_add(next_chunk, slot, 1)
 
 
 @njit(cache=True, inline="always")
@@ -777,13 +786,19 @@ def _run4(rows1, rows4, w, nb, yq, yd, ys, ybs, yf, out):
     rows = _chunk_rows(n_rows, row_bytes)
     n_chunks = (n_rows + rows - 1) // rows
     n_tiled = n_tokens - n_tokens % 4
-    for c in prange(n_chunks):
-        r0 = c * rows
-        r1 = min(r0 + rows, n_rows)
-        for t in range(0, n_tiled, 4):
-            rows4(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-        for t in range(n_tiled, n_tokens):
-            rows1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+    next_chunk = np.empty(1, np.int64)  # (np.zeros here: a parfor that the parallel loop's lowering mishandles)
+    next_chunk[0] = 0
+    for worker in prange(min(n_chunks, MAX_WORKERS)):
+        slot = worker - worker  # 0, but of the loop: Numba would hoist a call with loop-invariant arguments
+        c = atomic_add(next_chunk, slot, 1)
+        while c < n_chunks:
+            r0 = c * rows
+            r1 = min(r0 + rows, n_rows)
+            for t in range(0, n_tiled, 4):
+                rows4(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+            for t in range(n_tiled, n_tokens):
+                rows1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
+            c = atomic_add(next_chunk, slot, 1)
 
 
 # -- the table: one row per weight type ----------------------------------------------------------------

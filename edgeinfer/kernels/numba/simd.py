@@ -1019,3 +1019,18 @@ def prefetch(typingctx, a, off):
         return context.get_dummy_value()
 
     return types.none(a, off), codegen
+
+
+@intrinsic
+def atomic_add(typingctx, a, i, v):
+    """a[i] += v atomically (a: 1-D int64 array); returns the value before."""
+    if not (isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.int64
+            and isinstance(i, types.Integer) and isinstance(v, types.Integer)):  # fmt: skip
+        return None
+
+    def codegen(context, builder, sig, args):
+        arr = context.make_array(a)(context, builder, args[0])
+        p = builder.gep(arr.data, [_to_i64(context, builder, i, args[1])], source_etype=ir.IntType(64))
+        return builder.atomic_rmw("add", p, _to_i64(context, builder, v, args[2]), "monotonic")
+
+    return types.int64(a, i, v), codegen

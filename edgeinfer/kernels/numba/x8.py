@@ -28,6 +28,7 @@ from gguf.constants import GGMLQuantizationType
 from numba import njit, prange
 
 from .simd import (
+    atomic_add,
     bcast2_i16x16,
     bcast4_i8x32,
     dot_u8,
@@ -313,18 +314,30 @@ def rows(blk, gb, bs, w, g0, g1, nc, yq, yd, yqs, ybs, of, n_tokens, n_rows):
                 t += 1
 
 
+# Workers of a product's parallel loop: OpenMP hands each thread a static share of them, and each worker
+# takes chunks from the counter until none is left, so the first worker of each thread does the work
+# and the others return at once (numba.get_num_threads() inside the kernel would keep it out of the cache)
+MAX_WORKERS = 1024
 MIN_CHUNKS = 32  # group chunks per matmul at least (the threads take them in turn)
 CHUNK_BYTES = 64 * 1024  # weight bytes per chunk at most (a prefill re-reads them per token block, from L2)
 
 
 @njit(cache=True, inline="always")
 def run(rows_fn, w, nc, row_bytes, yq, yd, yqs, ybs, out):
-    """out[t, r] for every row and token: threads share chunks of groups of 8 rows."""
+    """out[t, r] for every row and token: threads take chunks of groups of 8 rows from an atomic counter
+    (as the native pool does), so that a thread the OS holds back does not hold the others up: the
+    running threads take its share (OpenMP's static split would wait for it)."""
     n_tokens, n_rows = out.shape
     n_groups = (n_rows + 7) // 8
     per = max(1, min(CHUNK_BYTES // (8 * row_bytes), (n_groups + MIN_CHUNKS - 1) // MIN_CHUNKS))
     n_chunks = (n_groups + per - 1) // per
     of = out.reshape(-1)
-    for c in prange(n_chunks):
-        g0 = c * per
-        rows_fn(w, g0, min(g0 + per, n_groups), nc, yq, yd, yqs, ybs, of, n_tokens, n_rows)
+    next_chunk = np.empty(1, np.int64)  # (np.zeros here: a parfor that the parallel loop's lowering mishandles)
+    next_chunk[0] = 0
+    for worker in prange(min(n_chunks, MAX_WORKERS)):
+        slot = worker - worker  # 0, but of the loop: Numba would hoist a call with loop-invariant arguments
+        c = atomic_add(next_chunk, slot, 1)
+        while c < n_chunks:
+            g0 = c * per
+            rows_fn(w, g0, min(g0 + per, n_groups), nc, yq, yd, yqs, ybs, of, n_tokens, n_rows)
+            c = atomic_add(next_chunk, slot, 1)
