@@ -17,6 +17,7 @@ import numpy as np
 
 from .arch import build_model
 from .engine.generate import GenerationStats, generate_stream
+from .engine.constrain import grammar_from_request
 from .engine.kv_cache import KVCache
 from .engine.sampling import SamplingParams
 from .engine.speculative import MODES, CostModel, SpecConfig, check_vocab_compatible, make_speculator
@@ -135,6 +136,11 @@ class LLM:
         logit_bias: dict[int, float] | None = None,
         draft_max: int | None = None,
         draft_p_min: float | None = None,
+        response_format: dict | None = None,
+        grammar: str | None = None,
+        json_schema: dict | str | None = None,
+        regex: str | None = None,
+        logprobs: int | None = None,
     ) -> str | Iterator[str]:
         """The continuation of a prompt (text, tokenized with BOS and special tokens parsed, or ids).
         Returns the text, or an iterator of text pieces when stream=True. `last_stats` holds the
@@ -145,8 +151,13 @@ class LLM:
         With temperature 0 the text is the same with and without. draft_max: the most tokens drafted
         per pass (default llm.spec_config.draft_max, 16; the tuner picks the length up to it);
         draft_p_min: a draft model also stops drafting where its top probability falls under this
-        (llama.cpp's rule; default None: the tuner alone decides, from how often the draft's guesses
-        at each confidence stood)."""
+        (llama.cpp's rule, default 0.75; 0 keeps every draft).
+
+        Constrained output (engine/constrain.py, llguidance; at most one of these): response_format as
+        OpenAI's ({"type": "json_object"}, {"type": "json_schema", "json_schema": {"schema": {...}}}),
+        grammar (GBNF, or Lark), json_schema (a JSON Schema), regex. Every token obeys it; one that does
+        not compile raises GrammarError (never unconstrained output). logprobs: None, or N >= 0: each
+        generated token's log-probability (and the N likeliest beside it) in `last_stats.logprobs`."""
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_special=True, parse_special=True)
         else:
@@ -185,12 +196,17 @@ class LLM:
             repeat_penalty=kw["repeat_penalty"], presence_penalty=kw["presence_penalty"],
             frequency_penalty=kw["frequency_penalty"], seed=kw["seed"], logit_bias=dict(kw["logit_bias"] or {}),
         ).validate(self.n_vocab)  # fmt: skip
+        constraint = grammar_from_request(kw["response_format"], kw["grammar"], kw["json_schema"], kw["regex"])
+        n_top = kw["logprobs"]
+        if n_top is not None and (isinstance(n_top, bool) or not isinstance(n_top, int) or not 0 <= n_top <= 20):
+            raise EdgeInferError(f"logprobs must be None or an integer in 0..20, got {n_top!r}.")
         stats = GenerationStats()
         self.last_stats = stats
         ratio = self._draft_ratio() if mode == "draft" else 0.0
         spec = make_speculator(mode, self.draft.model if self.draft is not None else None, self.n_ctx, cfg,
                                self.spec_costs, params, ratio)  # fmt: skip
-        pieces = generate_stream(self.model, self.tokenizer, ids, self.n_ctx, params, kw["max_tokens"], stops, stats, spec)
+        pieces = generate_stream(self.model, self.tokenizer, ids, self.n_ctx, params, kw["max_tokens"], stops, stats, spec,
+                                 grammar=constraint, logprobs=n_top)  # fmt: skip
         pieces = self._warn_on_context_end(pieces, stats)
         return pieces if stream else "".join(pieces)
 

@@ -175,7 +175,7 @@ class BatchRunner(SerialRunner):
             cache.copy_prefix(best_src, best_n)  # full blocks shared, the rest copied
             self._kept.extend(kept)  # the most recently used now
         self.prefix_tokens_reused += cache.n_past
-        request = Request(prompt, h.params, h.max_tokens, h.stop, h.speculative)
+        request = Request(prompt, h.params, h.max_tokens, h.stop, h.speculative, h.grammar, h.logprobs)
         seq = self.engine.sequence(
             request, cache, self._speculator(h), limit=min(self.n_ctx, waiting.reserve * self.pool.block_size),
             emit=h.emit, reserve=waiting.reserve, client=h,
@@ -227,6 +227,7 @@ class BatchRunner(SerialRunner):
         h.emit(Finish(
             reason, len(seq.prompt), n_gen, queued_s=admitted - h.submitted,
             ttft_s=first - h.submitted, total_s=now - h.submitted, error=getattr(seq, "error", None),
+            logprobs=seq.logprobs if started else None,
         ))  # fmt: skip
 
 

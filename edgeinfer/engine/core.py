@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import InvalidPromptError, PromptTooLongError
 from ..nn import ForwardBatch
+from .constrain import Grammar
 from .kv_cache import KVCache
 from .reply import ReplyText
 from .sampling import Sampler, SamplingParams
@@ -55,26 +56,55 @@ def check_prompt(prompt_ids: Seq[int], n_vocab: int, n_ctx: int,
 
 @dataclass
 class Request:
-    """What a caller asks for. speculative: the resolved mode ("draft", "ngram") or None."""
+    """What a caller asks for. speculative: the resolved mode ("draft", "ngram") or None; grammar: every
+    token obeys it (engine/constrain.py); logprobs: None (off), or how many of the most likely tokens
+    to report beside each chosen one's log-probability (0: the chosen one only)."""
 
     prompt: list[int]
     params: SamplingParams
     max_tokens: int = 256
     stop: Seq[str] = ()
     speculative: str | None = None
+    grammar: Grammar | None = None
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A chosen token's log-probability under the model (log_softmax of its raw logits: before the
+    sampling chain and any grammar), and the `top` most likely tokens as (id, logprob), likeliest first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def token_logprob(logits: np.ndarray, token: int, n_top: int) -> TokenLogprob:
+    x = logits.astype(np.float64)
+    m = x.max()
+    lse = m + np.log(np.exp(x - m).sum())
+    top = ()
+    if n_top > 0:
+        k = min(n_top, x.size)
+        ids = np.argpartition(-x, k - 1)[:k]
+        ids = ids[np.lexsort((ids, -x[ids]))]
+        top = tuple((int(i), float(x[i] - lse)) for i in ids)
+    return TokenLogprob(int(token), float(x[token] - lse), top)
 
 
 class Sequence(SeqState):
     """A request being served (what the scheduler plans, and its model-side state)."""
 
     def __init__(self, request: Request, cache: KVCache, sampler: Sampler, reply: ReplyText, speculator,
-                 limit: int, emit: Callable[[str], None], reserve: int = 0, client=None):  # fmt: skip
+                 limit: int, emit: Callable[[str], None], reserve: int = 0, client=None, constraint=None):  # fmt: skip
         super().__init__(list(request.prompt), n_prefilled=cache.n_past, reserve=reserve)
         self.request = request
         self.cache = cache
         self.sampler = sampler
         self.reply = reply
         self.speculator = speculator  # engine/speculative.py Speculator, or None (plain decoding)
+        self.constraint = constraint  # engine/constrain.py Constraint, or None
+        self.logprobs: list[TokenLogprob] | None = [] if request.logprobs is not None else None
         self.limit = limit  # tokens its cache may hold (the context, or the server's reservation)
         self.emit = emit  # receives the reply's text, piece by piece
         self.client = client  # the caller's handle (a runner's Handle), untouched by the engine
@@ -115,8 +145,9 @@ class Engine:
         cache = cache if cache is not None else KVCache.for_model(self.model, self.n_ctx)
         sampler = Sampler(request.params, self.tokenizer.n_vocab, history=list(request.prompt))
         reply = ReplyText(self.tokenizer, request.stop, request.max_tokens)
+        constraint = request.grammar.matcher(self.tokenizer) if request.grammar is not None else None
         return Sequence(request, cache, sampler, reply, speculator, int(limit or self.n_ctx),
-                        emit or (lambda text: None), reserve, client)  # fmt: skip
+                        emit or (lambda text: None), reserve, client, constraint)  # fmt: skip
 
     # -- one pass
     def step(self, work: list[Work]) -> int:
@@ -154,23 +185,30 @@ class Engine:
             if not w.sample:
                 continue
             if not sp:
-                token = s.sampler.sample(lg[-1])
+                row = lg[-1]
+                c = s.constraint
+                token = s.sampler.sample(c.mask(row) if c is not None else row)
                 s.sampler.accept(token)
+                if c is not None:
+                    c.consume(token)
                 n_new += 1
-                self._take(s, token)
+                self._take(s, token, row=row)
                 continue
-            out = s.speculator.verify(s.sampler, lg, d)
+            out = s.speculator.verify(s.sampler, lg, d, s.constraint)
             s.cache.truncate(n0 + len(out))  # forget the rejected drafts
             s.speculator.observe(len(f), pass_s * len(f) / n_fed, len(out), k)
             for i, token in enumerate(out, 1):
                 n_new += 1  # the cache as a plain decode would hold it when this token is chosen
-                if not self._take(s, token, n_held=n0 + i):
+                if not self._take(s, token, n_held=n0 + i, row=lg[i - 1]):
                     break
         return n_new
 
-    def _take(self, s: Sequence, token: int, n_held: int | None = None) -> bool:
+    def _take(self, s: Sequence, token: int, n_held: int | None = None, row: np.ndarray | None = None) -> bool:
         """A chosen token (already accepted by the sampler): its text out, then the end rules. Whether
-        the sequence goes on. n_held: the tokens in its cache when this one was chosen."""
+        the sequence goes on. n_held: the tokens in its cache when this one was chosen; row: the logits
+        it was chosen from (for its log-probability)."""
+        if s.logprobs is not None and row is not None:
+            s.logprobs.append(token_logprob(row, token, s.request.logprobs))
         s.t_last = self.clock()
         if s.t_first is None:
             s.t_first = s.t_last
@@ -211,4 +249,4 @@ class Engine:
         return Work(s, [s.next_token], True)
 
 
-__all__ = ["Engine", "Request", "Sequence", "check_prompt"]
+__all__ = ["Engine", "Request", "Sequence", "TokenLogprob", "check_prompt", "token_logprob"]

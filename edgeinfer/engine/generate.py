@@ -38,6 +38,7 @@ class GenerationStats:
     speculative: str = ""
     spec_rounds: int = 0
     spec_off: bool = False
+    logprobs: list | None = None  # engine.core.TokenLogprob of each generated token, when asked for
 
     @property
     def pp_tps(self) -> float:
@@ -64,9 +65,12 @@ def generate_stream(
     stats: GenerationStats | None = None,
     speculator=None,
     clock: Callable[[], float] = time.perf_counter,
+    grammar=None,
+    logprobs: int | None = None,
 ) -> Iterator[str]:
     """Text pieces of the continuation of `prompt_ids`. `stats` is filled in as it runs. speculator:
-    engine.speculative.Speculator for speculative decoding (None: plain)."""
+    engine.speculative.Speculator for speculative decoding (None: plain); grammar: engine.constrain.Grammar
+    every token obeys; logprobs: None, or the top-n to record beside each token's (stats.logprobs)."""
     stats = stats if stats is not None else GenerationStats()
     prompt = check_prompt(prompt_ids, tokenizer.n_vocab, n_ctx)
     stats.speculative = speculator.mode if speculator is not None else ""
@@ -74,9 +78,10 @@ def generate_stream(
         return
     engine = Engine(model, tokenizer, n_ctx, clock=clock)
     pieces: list[str] = []
-    request = Request(prompt.tolist(), params, max_tokens, stop, stats.speculative or None)
+    request = Request(prompt.tolist(), params, max_tokens, stop, stats.speculative or None, grammar, logprobs)
     seq = engine.sequence(request, speculator=speculator, emit=pieces.append)
     stats.tokens = seq.generated
+    stats.logprobs = seq.logprobs
     stats.n_prompt = int(prompt.size)
     counts = getattr(model, "expert_counts", lambda: None)
     base = counts()

@@ -44,6 +44,7 @@ class Finish:
     ttft_s: float = 0.0  # from submit() to its first generated token
     total_s: float = 0.0  # from submit() to the end
     error: str | None = None
+    logprobs: list | None = None  # engine.core.TokenLogprob of each generated token, when asked for
 
 
 _ids = itertools.count(1)
@@ -53,13 +54,16 @@ class Handle:
     """One request's stream of events: str pieces of text, then one Finish."""
 
     def __init__(self, prompt_ids: list[int], params: SamplingParams, max_tokens: int, stop: Sequence[str],
-                 loop: asyncio.AbstractEventLoop | None, speculative: str | None = None):  # fmt: skip
+                 loop: asyncio.AbstractEventLoop | None, speculative: str | None = None, grammar=None,
+                 logprobs: int | None = None):  # fmt: skip
         self.id = next(_ids)
         self.prompt_ids = prompt_ids
         self.params = params
         self.max_tokens = max_tokens
         self.stop = list(stop)
         self.speculative = speculative  # "auto", "draft", "ngram" or None (BatchRunner)
+        self.grammar = grammar  # engine.constrain.Grammar every token obeys, or None
+        self.logprobs = logprobs  # None, or the top-n to report beside each token's log-probability
         self.submitted = time.perf_counter()
         self.cancelled = threading.Event()
         self.finished = False
@@ -183,14 +187,16 @@ class SerialRunner:
         check_prompt(prompt_ids, self.llm.n_vocab, self.n_ctx, hint="start the server with a larger --ctx-size")
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams, max_tokens: int, stop: Sequence[str] = (),
-               loop: asyncio.AbstractEventLoop | None = None, speculative: str | None = None) -> Handle:  # fmt: skip
+               loop: asyncio.AbstractEventLoop | None = None, speculative: str | None = None, grammar=None,
+               logprobs: int | None = None) -> Handle:  # fmt: skip
         """Queue a request. speculative: "auto" (the draft model when the runner has one), "draft",
-        "ngram" or None; only the batched runner speculates (SerialRunner decodes plainly)."""
+        "ngram" or None; only the batched runner speculates (SerialRunner decodes plainly). grammar:
+        engine.constrain.Grammar the reply obeys; logprobs: None, or the top-n beside each token's."""
         prompt_ids = [int(t) for t in prompt_ids]
         self.check_prompt(prompt_ids)
         params.validate(self.llm.n_vocab)
         self.check_speculative(speculative)
-        handle = Handle(prompt_ids, params, max_tokens, stop, loop, speculative)
+        handle = Handle(prompt_ids, params, max_tokens, stop, loop, speculative, grammar, logprobs)
         with self._lock:
             if self._stats.queue_depth >= self.max_queue:
                 raise self._queue_full()
@@ -258,7 +264,8 @@ class SerialRunner:
                     reason = "cancelled"
                 else:
                     pieces = generate_stream(self.llm.model, self.llm.tokenizer, h.prompt_ids, self.n_ctx, h.params,
-                                             h.max_tokens, h.stop, stats)  # fmt: skip
+                                             h.max_tokens, h.stop, stats, grammar=h.grammar,
+                                             logprobs=h.logprobs)  # fmt: skip
                     seen = 0
                     reason = None
                     for piece in pieces:
@@ -281,6 +288,7 @@ class SerialRunner:
             self._finish(h, Finish(
                 reason, len(h.prompt_ids), stats.n_generated, queued_s=start - h.submitted,
                 ttft_s=((first or end) - h.submitted), total_s=end - h.submitted, error=error,
+                logprobs=stats.logprobs,
             ))  # fmt: skip
 
 

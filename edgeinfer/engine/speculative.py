@@ -153,15 +153,16 @@ class Speculator:
         self._drafts, self._probs = [int(d) for d in drafts], probs
         return list(self._drafts)
 
-    def verify(self, sampler: Sampler, logits: np.ndarray, drafts: Sequence[int]) -> list[int]:
+    def verify(self, sampler: Sampler, logits: np.ndarray, drafts: Sequence[int], constraint=None) -> list[int]:
         """The tokens this pass yields (verify.verify) for the drafts propose() made (or any drafts of a
-        greedy or deterministic proposal). Calls sampler.accept() for exactly these tokens."""
+        greedy or deterministic proposal). Calls sampler.accept() (and constraint.consume()) for exactly
+        these tokens."""
         drafts = [int(d) for d in drafts]
         mine = drafts == self._drafts
         probs = self._probs if mine else None
         if probs is None and not sampler.params.greedy and self.proposer.kind == "draft" and drafts:
             raise EdgeInferError("verify() got drafts that propose() did not make (their probabilities are unknown).")
-        out = verify(sampler, logits, drafts, probs)
+        out = verify(sampler, logits, drafts, probs, constraint)
         n_acc = len(out) - 1
         if drafts:
             self.rounds += 1

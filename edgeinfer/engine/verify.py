@@ -43,36 +43,41 @@ def residual(p: np.ndarray, q: np.ndarray | None, token: int) -> np.ndarray:
     return r if r.sum() > 0.0 else p
 
 
-def verify(sampler: Sampler, logits: np.ndarray, drafts: Sequence[int], probs: Sequence[np.ndarray] | None) -> list[int]:
+def verify(sampler: Sampler, logits: np.ndarray, drafts: Sequence[int], probs: Sequence[np.ndarray] | None,
+           constraint=None) -> list[int]:  # fmt: skip
     """The tokens a pass yields: the drafts that stand, then the model's own next token (the
     replacement of the first rejected draft, or the bonus token after all of them). logits: the pass's
     rows (len(drafts) + 1, n_vocab); probs: the distribution each draft was drawn from (None: one-hot
-    drafts). Calls sampler.accept() for exactly these tokens."""
+    drafts). Calls sampler.accept() for exactly these tokens. constraint (engine/constrain.py): each
+    row masked by the grammar as it stands after the tokens before it (a draft it forbids is rejected),
+    and each kept token consumed."""
     drafts = [int(d) for d in drafts]
     if len(logits) < len(drafts) + 1:
         raise EdgeInferError(f"verify() needs {len(drafts) + 1} rows of logits, got {len(logits)}.")
     out: list[int] = []
+
+    def keep(tok: int) -> int:
+        sampler.accept(tok)
+        if constraint is not None:
+            constraint.consume(tok)
+        out.append(tok)
+        return tok
+
     for i, d in enumerate(drafts):
+        row = constraint.mask(logits[i]) if constraint is not None else logits[i]
         if sampler.params.greedy:
-            tok = sampler.sample(logits[i])
-            sampler.accept(tok)
-            out.append(tok)
-            if tok != d:
+            if keep(sampler.sample(row)) != d:
                 return out
             continue
-        p = sampler.distribution(logits[i])
+        p = sampler.distribution(row)
         q = probs[i] if probs is not None else None
         if accept_draft(sampler.rng, p, q, d):
-            sampler.accept(d)
-            out.append(d)
+            keep(d)
             continue
-        tok = sampler.draw(residual(p, q, d))
-        sampler.accept(tok)
-        out.append(tok)
+        keep(sampler.draw(residual(p, q, d)))
         return out
-    tok = sampler.sample(logits[len(drafts)])
-    sampler.accept(tok)
-    out.append(tok)
+    row = logits[len(drafts)]
+    keep(sampler.sample(constraint.mask(row) if constraint is not None else row))
     return out
 
 
