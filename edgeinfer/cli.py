@@ -208,7 +208,8 @@ def cmd_serve(args) -> int:
         api_key=args.api_key or os.environ.get("EDGEINFER_API_KEY") or None, threads=args.threads,
         max_queue=args.max_queue, max_body_bytes=args.max_body_kb * 1024, model_name=args.alias,
         energy_source=args.energy, kv_size=args.kv_size, draft=args.draft,
-        speculative=None if args.spec == "off" else args.spec, kv_type=args.kv_type, **_backend_kwargs(args),
+        speculative=None if args.spec == "off" else args.spec, kv_type=args.kv_type,
+        cors_origins=args.cors_origin or None, **_backend_kwargs(args),
     )  # fmt: skip
 
 
@@ -305,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", choices=("auto", *SPEC_MODES, "off"), default="auto",
                    help="speculation for requests that do not ask (their \"speculative\" field): auto (the draft "
                    "model when one is given, else off), draft, ngram (prompt lookup) or off (default auto)")  # fmt: skip
+    p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                   help="a browser origin (https://app.example) allowed to call the API besides local pages; "
+                   "repeat for more (default: $EDGEINFER_CORS_ORIGINS, comma-separated)")  # fmt: skip
     p.add_argument("--kv-size", type=int, default=None, metavar="TOKENS",
                    help="KV cache of all sequences together, in tokens, shared in blocks (default: ctx-size x parallel; "
                    "a request waits until the blocks it may need are free)")  # fmt: skip

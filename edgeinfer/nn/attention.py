@@ -104,11 +104,16 @@ class Attention:
         (rounded to its kv_type): one backend call for the sequences whose caches share a pool (one
         storage), one per storage otherwise. Returns attention()'s arguments per sequence (q, k, v,
         q_pos, kv_pos, cells): K and V the cache's storage, read through cells (its block table)."""
+        cos, sin = self.rope.tables(batch.max_pos)
+        if len(batch.seqs) == 1:  # one sequence: one call on all rows
+            s = batch.seqs[0]
+            k, v, new, cells = s.cache.storage(il)
+            q = self.backend.qkv_store(np.ascontiguousarray(qkv), self.heads, s.positions, cos, sin, k, v, new)
+            return [(q, k, v, s.positions, s.kv_pos, cells)]
         stores = [s.cache.storage(il) for s in batch.seqs]  # (k, v, new cells, all cells) per sequence
         groups: dict[int, list[int]] = {}
         for i, st in enumerate(stores):
             groups.setdefault(id(st[0]), []).append(i)
-        cos, sin = self.rope.tables(batch.max_pos)
         q = np.empty((qkv.shape[0], self.n_head, self.head_dim), np.float32)
         for members in groups.values():
             seqs = [batch.seqs[i] for i in members]

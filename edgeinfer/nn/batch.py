@@ -28,16 +28,14 @@ class SeqRows:
     positions: np.ndarray
     kv_pos: np.ndarray
     cache: KVCacheLike
-
-    @property
-    def max_pos(self) -> int:
-        return int(self.positions.max())
+    max_pos: int  # the largest of positions (rope tables are sized by it)
 
 
 @dataclass(frozen=True)
 class ForwardBatch:
     tokens: np.ndarray  # int32 (n_rows,): every sequence's tokens, one after another
     seqs: tuple[SeqRows, ...]
+    max_pos: int  # the largest position of the pass
 
     @property
     def n_rows(self) -> int:
@@ -46,10 +44,6 @@ class ForwardBatch:
     @property
     def positions(self) -> np.ndarray:
         return np.concatenate([s.positions for s in self.seqs]) if len(self.seqs) > 1 else self.seqs[0].positions
-
-    @property
-    def max_pos(self) -> int:
-        return max(s.max_pos for s in self.seqs)
 
     @classmethod
     def plan(cls, tokens: Sequence[np.ndarray], caches: Sequence[KVCacheLike],
@@ -76,10 +70,10 @@ class ForwardBatch:
                 c.begin(p)  # raises ContextFullError
         seqs, start = [], 0
         for t, c, p in zip(tokens, caches, pos):
-            seqs.append(SeqRows(start, start + t.size, p, c.begin(p), c))
+            seqs.append(SeqRows(start, start + t.size, p, c.begin(p), c, int(p.max())))
             start += t.size
         flat = np.concatenate(tokens) if len(tokens) > 1 else tokens[0]
-        return cls(flat.astype(np.int32, copy=False), tuple(seqs))
+        return cls(flat.astype(np.int32, copy=False), tuple(seqs), max(s.max_pos for s in seqs))
 
     def commit(self) -> None:
         """The pass ran: its tokens become part of their sequences."""

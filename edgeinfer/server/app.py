@@ -95,7 +95,7 @@ class _Guard:
             if not origin_allowed(origin, self.cors_origins):
                 response = _error(f"Cross-origin requests from {origin[:200]!r} are refused: this server allows only "
                                   "local origins (localhost, 127.0.0.1, [::1]) unless started with "
-                                  "EDGEINFER_CORS_ORIGINS=ORIGIN,... in its environment (serve(cors_origins=...)).",
+                                  "--cors-origin ORIGIN (or EDGEINFER_CORS_ORIGINS=ORIGIN,... in its environment).",
                                   403, code="origin_not_allowed")  # fmt: skip
                 self.metrics.count_request(endpoint, 403)
                 return await response(scope, receive, send)
@@ -341,7 +341,7 @@ def create_app(llm, runner, api_key: str | None = None, model_name: str | None =
 
     # -- generation
 
-    async def generate(request: Request, req: P.GenerationRequest, ids: list[int], echo_text: str = ""):
+    async def generate(request: Request, req: P.GenerationRequest, ids: list[int], echo_text: str = "", plan=None):
         param = "messages" if req.kind == "chat" else "prompt"
         try:
             runner.check_prompt(ids)
@@ -358,7 +358,8 @@ def create_app(llm, runner, api_key: str | None = None, model_name: str | None =
         spec = speculative if req.speculative == "default" else req.speculative
         try:
             handle = runner.submit(ids, req.params, max_tokens, req.stop, loop=asyncio.get_running_loop(),
-                                   speculative=spec)  # fmt: skip
+                                   speculative=spec, grammar=plan.grammar if plan is not None else req.grammar,
+                                   logprobs=req.logprobs)  # fmt: skip
         except PromptTooLongError as e:
             raise P.RequestError(str(e), param, code="context_length_exceeded") from None
         except QueueFullError as e:
@@ -368,14 +369,15 @@ def create_app(llm, runner, api_key: str | None = None, model_name: str | None =
         rid = P.new_id("chatcmpl" if req.kind == "chat" else "cmpl")
         t = P.now()
         if req.stream:
-            return _EventStream(stream(req, handle, rid, t, echo_text), handle, stopping)
-        return await complete(request, req, handle, rid, t, echo_text)
+            return _EventStream(stream(req, handle, rid, t, echo_text, plan), handle, stopping)
+        return await complete(request, req, handle, rid, t, echo_text, plan)
 
     def observe(fin: Finish) -> None:
         if fin.n_generated > 0 and fin.reason not in ("error", "cancelled"):
             metrics.observe_ttft(fin.ttft_s)
 
-    async def complete(request: Request, req: P.GenerationRequest, handle, rid: str, t: int, echo_text: str):
+    async def complete(request: Request, req: P.GenerationRequest, handle, rid: str, t: int, echo_text: str,
+                       plan=None):  # fmt: skip
         pieces, fin = [], None
         try:
             async for event in _guarded(handle.events(), request.receive, handle, stopping):
@@ -391,39 +393,95 @@ def create_app(llm, runner, api_key: str | None = None, model_name: str | None =
         if fin.reason == "error":
             return _error(f"Generation failed: {fin.error}", 500, type="server_error")
         text = echo_text + "".join(pieces)
+        tok = llm.tokenizer
         if req.kind == "chat":
-            body = P.chat_response(rid, t, model_name, text, fin.reason, fin.n_prompt, fin.n_generated)
+            parser = plan.parser()
+            parser.feed(text)
+            parser.finish()
+            res = parser.result(fin.reason)
+            calls = [c.to_openai() for c in res.tool_calls] or None
+            body = P.chat_response(rid, t, model_name, res.text, res.finish_reason, fin.n_prompt, fin.n_generated,
+                                   calls, res.reasoning, P.chat_logprobs(tok, fin.logprobs))  # fmt: skip
         else:
-            body = P.completion_response(rid, t, model_name, text, fin.reason, fin.n_prompt, fin.n_generated)
+            body = P.completion_response(rid, t, model_name, text, fin.reason, fin.n_prompt, fin.n_generated,
+                                         P.completion_logprobs(tok, fin.logprobs, len(echo_text)))  # fmt: skip
         return JSONResponse(body)
 
-    async def stream(req: P.GenerationRequest, handle, rid: str, t: int, echo_text: str) -> AsyncIterator[bytes]:
+    async def stream(req: P.GenerationRequest, handle, rid: str, t: int, echo_text: str,
+                     plan=None) -> AsyncIterator[bytes]:  # fmt: skip
         inc = req.include_usage
+        tok = llm.tokenizer
+        sent = 0  # log-probabilities sent so far
+        offset = len(echo_text)
+
+        def new_logprobs(fin=None):
+            nonlocal sent
+            if req.logprobs is None:
+                return None
+            held = fin.logprobs if fin is not None and fin.logprobs is not None else handle.live_logprobs
+            new = list((held or [])[sent:])
+            sent += len(new)
+            return new
+
         if req.kind == "chat":
-            def chunk(text, reason=None):
-                delta = {"content": text} if text else {}
-                return P.sse(P.chat_chunk(rid, t, model_name, delta, reason, include_usage=inc))
+            parser = plan.parser()
+            pending: list = []
+
+            def chunks(text, reason=None, fin=None):
+                nonlocal pending
+                lp = new_logprobs(fin)
+                if lp:
+                    pending.extend(lp)
+                deltas = parser.feed(text) if text else []
+                if reason is not None:
+                    deltas += parser.finish()
+                out = []
+                for d in deltas:
+                    delta = {}
+                    if d.content:
+                        delta["content"] = d.content
+                    if d.reasoning:
+                        delta["reasoning_content"] = d.reasoning
+                    if d.tool_call is not None:
+                        delta["tool_calls"] = [d.tool_call.to_openai()]
+                    lps = P.chat_logprobs(tok, pending) if pending else None
+                    pending = []
+                    out.append(P.sse(P.chat_chunk(rid, t, model_name, delta, include_usage=inc, logprobs=lps)))
+                if reason is not None:
+                    lps = P.chat_logprobs(tok, pending) if pending else None
+                    pending = []
+                    final = parser.result(reason).finish_reason
+                    out.append(P.sse(P.chat_chunk(rid, t, model_name, {}, final, include_usage=inc, logprobs=lps)))
+                return b"".join(out)
+
+            def chunk(text, reason=None, fin=None):
+                return chunks(text, reason, fin)
 
             def usage_chunk(u):
                 return P.sse(P.chat_chunk(rid, t, model_name, None, usage_=u, include_usage=True))
 
             yield P.sse(P.chat_chunk(rid, t, model_name, {"role": "assistant", "content": ""}, include_usage=inc))
         else:
-            def chunk(text, reason=None):
-                return P.sse(P.completion_chunk(rid, t, model_name, text, reason, include_usage=inc))
+            def chunk(text, reason=None, fin=None):
+                nonlocal offset
+                lps = P.completion_logprobs(tok, new_logprobs(fin), offset) if req.logprobs is not None else None
+                offset += len(text)
+                return P.sse(P.completion_chunk(rid, t, model_name, text, reason, include_usage=inc, logprobs=lps))
 
             def usage_chunk(u):
                 return P.sse(P.completion_chunk(rid, t, model_name, None, usage_=u, include_usage=True))
 
             if echo_text:
-                yield chunk(echo_text)
+                yield P.sse(P.completion_chunk(rid, t, model_name, echo_text, include_usage=inc))
         fin = None
         try:
             async for event in handle.events():
                 if isinstance(event, Finish):
                     fin = event
                 else:
-                    yield chunk(event)
+                    data = chunk(event)
+                    if data:
+                        yield data
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as e:  # the stream has begun: end it with an error event, never a cut connection
@@ -439,7 +497,7 @@ def create_app(llm, runner, api_key: str | None = None, model_name: str | None =
         if fin.reason == "error":
             yield P.sse(P.error_body(f"Generation failed: {fin.error}", "server_error"))
             return
-        yield chunk("", fin.reason)
+        yield chunk("", fin.reason, fin)
         if inc:
             yield usage_chunk(P.usage(fin.n_prompt, fin.n_generated))
         yield P.sse("[DONE]")
@@ -447,11 +505,18 @@ def create_app(llm, runner, api_key: str | None = None, model_name: str | None =
     @handles_errors
     async def chat_completions(request: Request):
         req = P.parse_chat_request(await read_json(request), n_vocab)
-        try:
-            ids = await run_in_threadpool(llm.tokenize_chat, req.messages)
+        from ..engine.constrain import GrammarError
+        from ..toolcalls import plan_chat
+
+        try:  # the template renders the tools and tool results; the grammar makes a required call valid
+            plan = await run_in_threadpool(plan_chat, llm.chat_template, llm.tokenizer, req.messages, req.tools,
+                                           req.tool_choice, req.parallel_tool_calls, req.grammar,
+                                           req.reasoning_budget)  # fmt: skip
         except ChatTemplateError as e:
             raise P.RequestError(f"The model's chat template refused the messages: {e}", "messages") from None
-        return await generate(request, req, ids)
+        except GrammarError as e:  # ToolError too
+            raise P.RequestError(str(e), e.field or "tools", code="invalid_grammar") from None
+        return await generate(request, req, plan.prompt_ids, plan=plan)
 
     @handles_errors
     async def completions(request: Request):

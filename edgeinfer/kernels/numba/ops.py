@@ -108,6 +108,8 @@ def _rope(x, positions, cos_t, sin_t, n_rot, neox, out):
     half = n_rot // 2
     for t in range(n):
         p = positions[t]
+        if p < 0 or p >= cos_t.shape[0]:
+            raise ValueError("rope: a position outside the tables")
         for hh in range(h):
             for j in range(n_rot, d):
                 out[t, hh, j] = x[t, hh, j]
@@ -126,7 +128,9 @@ def _rope(x, positions, cos_t, sin_t, n_rot, neox, out):
 
 def check_rope_contract(d: int, n: int, positions, cos_t, sin_t, n_rot: int) -> None:
     """The shape contract of the rope kernels, checked once per call (they index without bounds
-    checks): n_rot even and at most the head size d, tables of n_rot / 2 columns, positions rows of them."""
+    checks): n_rot even and at most the head size d, tables of n_rot / 2 columns, one position per token.
+    Each position is checked against the tables' rows in the kernels themselves (a compiled loop: a
+    numpy min/max here cost more than the rope of a decode step)."""
     n_rot = int(n_rot)
     if n_rot < 0 or n_rot % 2 or n_rot > d:
         raise ValueError(f"rope: n_rot {n_rot} must be even and at most the head size {d}")
@@ -134,8 +138,6 @@ def check_rope_contract(d: int, n: int, positions, cos_t, sin_t, n_rot: int) -> 
         raise ValueError(f"rope: cos/sin tables {cos_t.shape}/{sin_t.shape} do not cover n_rot {n_rot}")
     if len(positions) != n:
         raise ValueError("rope: one position per token")
-    if n and (int(np.min(positions)) < 0 or int(np.max(positions)) >= cos_t.shape[0]):
-        raise ValueError(f"rope: a position outside the tables' {cos_t.shape[0]} rows")
 
 
 def rope(x, positions, cos_t, sin_t, n_rot: int, neox: bool) -> np.ndarray:
@@ -187,6 +189,8 @@ def _qkv_store(qkv, n_head, n_head_kv, head_dim, head_dim_v, positions, cos_t, s
     k_row = np.empty(head_dim, np.float32)  # a K row, normed and rotated in float32, then stored
     for t in range(qkv.shape[0]):
         row = qkv[t]
+        if positions[t] < 0 or positions[t] >= cos_t.shape[0]:
+            raise ValueError("qkv_store: a position outside the rope tables")
         c_row = cos_t[positions[t]]
         s_row = sin_t[positions[t]]
         for h in range(n_head):
