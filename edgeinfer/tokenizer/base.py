@@ -71,10 +71,15 @@ class Tokenizer:
 
     def __init__(self, vocab: Vocab):
         self.vocab = vocab
+        self._wpm = None
         if vocab.is_spm:
             from .spm import SPMEncoder
             self._spm = SPMEncoder(vocab.tokens, vocab.scores, vocab.token_types, vocab.unk_id)
             self._bpe = None
+        elif vocab.model == "bert":
+            from .wpm import WPMEncoder
+            self._spm = self._bpe = None
+            self._wpm = WPMEncoder(vocab, vocab.normalizer_lowercase, vocab.normalizer_strip_accents)
         else:
             self._spm = None
             self._bpe = BPEEncoder(vocab)
@@ -83,7 +88,7 @@ class Tokenizer:
         self._matchers: dict[bool, _SpecialMatcher] = {}
         self._pieces: dict[int, bytes] = {}
         self._fragment_cache: dict[str, list[int]] = {}
-        if not vocab.is_spm:
+        if self._bpe is not None:
             ids = self.encode("\n", add_special=False)
             vocab.nl_id = ids[0] if ids else vocab.pad_id
 
@@ -148,11 +153,17 @@ class Tokenizer:
                 out.extend(self._spm_encode(frag.replace(" ", "\u2581")))
                 prev_special = False
         else:
+            encoder = self._bpe if self._bpe is not None else self._wpm
+            escape = self._bpe is not None and v.escape_whitespaces  # Gemma 4: spaces are "▁" before BPE
             for frag in fragments:
                 if isinstance(frag, int):
                     out.append(frag)
                 else:
-                    out.extend(self._bpe.encode(frag))
+                    out.extend(encoder.encode(frag.replace(" ", "\u2581") if escape else frag))
+        if add_special and v.add_sep and self._wpm is not None:  # BERT: [CLS] ... [SEP]
+            if v.sep_id is None:
+                raise TokenizerError("the vocabulary asks for SEP but has no SEP token")
+            out.append(v.sep_id)
         if add_special and v.add_eos:
             if v.eos_id is None:
                 raise TokenizerError("the vocabulary asks for EOS but has no EOS token")

@@ -19,6 +19,8 @@ class BPEEncoder:
         self.token_to_id = vocab.token_to_id
         self.cache: dict[str, list[int]] = {}
         self.cache_size = cache_size
+        # Gemma 4: merges run on the UTF-8 characters themselves, raw bytes are <0xNN> tokens
+        self.byte_encode = vocab.pre != "gemma4"
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a text fragment (no special tokens in it)."""
@@ -27,7 +29,12 @@ class BPEEncoder:
         for word in self.pre.split(text):
             ids = cache.get(word)
             if ids is None:
-                ids = self.encode_word(byte_encode(word))
+                if self.byte_encode:
+                    ids = self.encode_word(byte_encode(word))
+                elif not word.strip("\n") and word in self.token_to_id:  # a run of newlines that is a token
+                    ids = [self.token_to_id[word]]
+                else:
+                    ids = self.encode_word(word)
                 if len(cache) >= self.cache_size:
                     cache.clear()
                 cache[word] = ids
@@ -76,8 +83,14 @@ class BPEEncoder:
         if tid is not None:
             return [tid]
         # llama.cpp falls back to the tokens of the symbol's single bytes; a byte that is not a
-        # character of its own (>= 0x80) has none and is dropped
+        # character of its own (>= 0x80) has none and is dropped (Gemma 4: the <0xNN> tokens)
         out = []
+        if not self.byte_encode:
+            for b in symbol.encode("utf-8", "surrogatepass"):
+                tid = self.token_to_id.get(f"<0x{b:02X}>")
+                if tid is not None:
+                    out.append(tid)
+            return out
         for b in symbol.encode("utf-8", "surrogatepass"):
             tid = self.token_to_id.get(chr(b)) if b < 0x80 else None
             if tid is not None:

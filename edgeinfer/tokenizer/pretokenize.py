@@ -157,6 +157,8 @@ PRE_REGEXES: dict[str, list[str]] = {
     "exaone-moe": [
         "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?(?:\\p{L}\\p{M}*(?: \\p{L}\\p{M}*)*)+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]?|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+",
     ],
+    # Gemma 4: spaces already "▁", BPE over whole lines of raw UTF-8 (no byte encoding)
+    "gemma4": ["[^\\n]+|[\\n]+"],
     "minicpm5": [
         '\\p{N}{1,3}',
         "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}+| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
@@ -204,6 +206,7 @@ _PRE_NAMES: dict[str, tuple[str, dict]] = {
     "granite-embed-multi-97m": ("granite-emb-multi", {"clean_spaces": False, "ignore_merges": True}),
     "minicpm5": ("minicpm5", {"ignore_merges": True}),
     "laguna": ("laguna", _NO_CLEAN),
+    **{n: ("gemma4", {}) for n in ("gemma4", "granite-embed-multi-311m")},
 }
 
 

@@ -52,7 +52,7 @@ _TYPE_TO_ATTR = np.array(
      TokenAttr.USER_DEFINED, TokenAttr.UNUSED, TokenAttr.BYTE], dtype=np.int32)
 
 # Tokenizer models this package can run, as `tokenizer.ggml.model` names them.
-SUPPORTED_MODELS = ("llama", "gpt2")
+SUPPORTED_MODELS = ("llama", "gpt2", "gemma4", "bert")
 
 # Token texts llama.cpp recognises as special when the file does not name them (llama-vocab.cpp).
 _EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
@@ -108,6 +108,8 @@ class Vocab:
     escape_whitespaces: bool = True
     ignore_merges: bool = False
     clean_spaces: bool = False      # clean_up_tokenization_spaces when detokenizing
+    normalizer_lowercase: bool = True       # WordPiece (BERT): lowercase, strip accents
+    normalizer_strip_accents: bool = True
     eog_ids: frozenset[int] = frozenset()
     special_ids: list[int] = field(default_factory=list)  # llama.cpp's cache_special_tokens order
 
@@ -119,12 +121,18 @@ class Vocab:
     def is_spm(self) -> bool:
         return self.model == "llama"
 
+    @property
+    def byte_tokens(self) -> bool:
+        """Whether raw bytes are the `<0xNN>` tokens (SPM, Gemma 4's BPE) rather than GPT-2's byte
+        characters."""
+        return self.model == "llama" or self.pre == "gemma4"
+
     def attr(self, token_id: int) -> TokenAttr:
         return TokenAttr(int(self.attrs[token_id]))
 
     def byte_to_token(self, byte: int) -> int:
         """The token of one raw byte, as llama.cpp's `byte_to_token`."""
-        if self.is_spm:
+        if self.byte_tokens:
             tid = self.token_to_id.get(f"<0x{byte:02X}>")
             if tid is None:
                 tid = self.token_to_id.get(chr(byte)) if byte < 0x80 else None
@@ -150,7 +158,8 @@ def _build(meta) -> Vocab:
                              "edgeinfer needs a GGUF with its vocabulary")
     if model not in SUPPORTED_MODELS:
         raise TokenizerError(f"tokenizer model {model!r} is not supported (supported: "
-                             f"{', '.join(SUPPORTED_MODELS)}: 'llama' = SentencePiece, 'gpt2' = byte-level BPE)")
+                             f"{', '.join(SUPPORTED_MODELS)}: 'llama' = SentencePiece, 'gpt2' = byte-level BPE, "
+                             "'gemma4' = BPE on UTF-8 with SentencePiece-style spaces, 'bert' = WordPiece)")
     tokens = meta.get(_KEY + "tokens")
     if tokens is None:
         raise TokenizerError("the file has no token list (tokenizer.ggml.tokens); it cannot be tokenized")
@@ -178,16 +187,24 @@ def _build(meta) -> Vocab:
         pre, flags = "default", dict(add_space_prefix=True, clean_spaces=False, ignore_merges=False)
         add_bos, add_eos, escape_ws = True, False, True
         bpe_ranks: dict[tuple[str, str], int] = {}
+    elif model == "bert":  # WordPiece: llama.cpp's LLAMA_VOCAB_TYPE_WPM defaults
+        ids = dict(bos=101, eos=None, unk=100, sep=102, pad=0, mask=103)
+        pre, flags = "default", dict(add_space_prefix=False, clean_spaces=True, ignore_merges=False)
+        add_bos, add_eos, escape_ws = True, False, True
+        bpe_ranks = {}
     else:
         ids = dict(bos=11, eos=11, unk=None, sep=None, pad=None, mask=None)
+        if model == "gemma4":  # BPE on raw UTF-8 with "▁" for spaces; no default special ids
+            ids = dict.fromkeys(ids)
         merges = meta.get(_KEY + "merges")
         if merges is None:
             raise TokenizerError("BPE vocabulary without merges (tokenizer.ggml.merges is missing); "
                                  "the file is incomplete")
         bpe_ranks = _ranks(typed.as_str_list(_KEY + "merges", merges, error=TokenizerError))
-        pre, flags = resolve_pre(typed.get_str(meta, _KEY + "pre", None, error=TokenizerError, max_len=256) or "default")
+        pre_name = typed.get_str(meta, _KEY + "pre", None, error=TokenizerError, max_len=256) or "default"
+        pre, flags = resolve_pre("gemma4" if model == "gemma4" else pre_name)
         flags = dict(flags, add_space_prefix=False)
-        add_bos, add_eos, escape_ws = False, False, False
+        add_bos, add_eos, escape_ws = False, False, pre == "gemma4"
         if flags["no_default_bos"]:
             ids["bos"] = None
     add_space_prefix = _flag(meta, "add_space_prefix", flags["add_space_prefix"])
@@ -210,9 +227,9 @@ def _build(meta) -> Vocab:
             v = typed.get_int(meta, _KEY + key, None, error=TokenizerError)
             if v is not None and 0 <= v < n:
                 fim[name] = v
-    add_bos = _flag(meta, "add_bos_token", add_bos)
+    add_bos = _flag(meta, "add_bos_token", add_bos) or pre == "gemma4"  # llama.cpp forces BOS for Gemma 4
     add_eos = _flag(meta, "add_eos_token", add_eos)
-    add_sep = _flag(meta, "add_sep_token", False)
+    add_sep = _flag(meta, "add_sep_token", model == "bert")
 
     # special tokens found by their text (llama.cpp scans its hash map; we scan in id order, which
     # gives the same ids whenever a vocabulary holds one candidate per role)
@@ -261,6 +278,7 @@ def _build(meta) -> Vocab:
         eog.discard(texts["</s>"])
         attrs[texts["</s>"]] = TokenAttr.NORMAL
 
+    lowercase = _flag(meta, "normalizer.lowercase", True)
     special_mask = int(TokenAttr.CONTROL | TokenAttr.USER_DEFINED | TokenAttr.UNKNOWN)
     special = np.nonzero(attrs & special_mask)[0].tolist()
     # longest first; llama.cpp's std::sort leaves ties in an unspecified order, which only matters for
@@ -290,6 +308,8 @@ def _build(meta) -> Vocab:
         remove_extra_whitespaces=_flag(meta, "remove_extra_whitespaces", False),
         escape_whitespaces=escape_ws, ignore_merges=flags["ignore_merges"], clean_spaces=flags["clean_spaces"],
         eog_ids=frozenset(eog), special_ids=special,
+        normalizer_lowercase=lowercase,
+        normalizer_strip_accents=_flag(meta, "normalizer.strip_accents", lowercase),
     )
     vocab.nl_id = _newline_id(vocab)
     return vocab
@@ -328,7 +348,9 @@ def _ranks(merges) -> dict[tuple[str, str], int]:
 
 
 def _newline_id(vocab: Vocab) -> int | None:
-    if vocab.is_spm:
+    if vocab.model == "bert":
+        return vocab.pad_id
+    if vocab.byte_tokens:
         try:
             return vocab.byte_to_token(0x0A)
         except TokenizerError:
