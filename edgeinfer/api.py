@@ -164,11 +164,75 @@ class LLM:
             ids = [int(i) for i in prompt]
         return self._run(ids, locals(), stream)
 
-    def chat(self, messages: list[dict], **kwargs) -> str | Iterator[str]:
+    def chat(self, messages: list[dict], tools: list[dict] | None = None, tool_choice=None,
+             parallel_tool_calls: bool = True, top_logprobs: int | None = None,
+             reasoning_budget: int | None = None, **kwargs):  # fmt: skip
         """The assistant's reply to `messages` (the model's chat template applied); same keywords as
-        `generate`."""
-        ids = self.tokenize_chat(messages)
-        return self.generate(ids, **kwargs)
+        `generate`. Returns the text (or its pieces with stream=True) -- or, when tools, logprobs or a
+        reasoning_budget are asked for, a `ChatResult(text, tool_calls, reasoning, logprobs,
+        finish_reason)` (with stream=True: `ChatDelta`s, the last one carrying finish_reason).
+
+        tools: OpenAI's [{"type": "function", "function": {"name", "description", "parameters"}}], shown
+        to the model by its own template (edgeinfer/toolcalls.py); tool_choice: "auto" (default), "none",
+        "required" or {"type": "function", "function": {"name": ...}} -- the last two enforced by a grammar,
+        so the reply is a valid call whose arguments obey the function's parameters schema;
+        parallel_tool_calls: several calls allowed in one reply. logprobs: True (or N) with top_logprobs=N:
+        each token's log-probability and the N likeliest. reasoning_budget: the most tokens a <think>
+        block may take before it is closed; reasoning goes to ChatResult.reasoning, never the text."""
+        lp = kwargs.pop("logprobs", None)
+        if tools is None and tool_choice is None and lp in (None, False) and reasoning_budget is None:
+            return self.generate(self.tokenize_chat(messages), **kwargs)
+        from .toolcalls import plan_chat
+
+        n_top = None
+        if lp is not None and lp is not False:
+            n_top = top_logprobs if lp is True else lp
+            n_top = 0 if n_top is None else n_top
+        base = grammar_from_request(kwargs.pop("response_format", None), kwargs.pop("grammar", None),
+                                    kwargs.pop("json_schema", None), kwargs.pop("regex", None))  # fmt: skip
+        plan = plan_chat(self.chat_template, self.tokenizer, messages, tools, tool_choice, parallel_tool_calls, base,
+                         reasoning_budget)  # fmt: skip
+        stream = kwargs.pop("stream", False)
+        pieces = self.generate(plan.prompt_ids, stream=True, logprobs=n_top, grammar=plan.grammar, **kwargs)
+        stats = self.last_stats
+        parser = plan.parser()
+        if not stream:
+            for piece in pieces:
+                parser.feed(piece)
+            parser.finish()
+            return parser.result(stats.finish_reason or "length", stats.logprobs)
+        return self._chat_deltas(pieces, parser, stats)
+
+    @staticmethod
+    def _chat_deltas(pieces, parser, stats):
+        sent = 0
+
+        def logprobs():
+            nonlocal sent
+            if stats.logprobs is None:
+                return None
+            new = stats.logprobs[sent:]
+            sent += len(new)
+            return new
+
+        pending: list = []
+        for piece in pieces:
+            deltas = parser.feed(piece)
+            lp = logprobs()
+            if lp:
+                pending.extend(lp)
+            for i, d in enumerate(deltas):
+                if i == 0 and stats.logprobs is not None:
+                    d.logprobs, pending = pending, []
+                yield d
+        from .toolcalls import ChatDelta
+
+        for d in parser.finish():
+            yield d
+        last = ChatDelta(finish_reason=parser.result(stats.finish_reason or "length").finish_reason)
+        if stats.logprobs is not None:
+            last.logprobs = pending + (logprobs() or [])
+        yield last
 
     def _run(self, ids: list[int], kw: dict, stream: bool):
         if not isinstance(kw["max_tokens"], int) or kw["max_tokens"] < 0:
@@ -196,7 +260,10 @@ class LLM:
             repeat_penalty=kw["repeat_penalty"], presence_penalty=kw["presence_penalty"],
             frequency_penalty=kw["frequency_penalty"], seed=kw["seed"], logit_bias=dict(kw["logit_bias"] or {}),
         ).validate(self.n_vocab)  # fmt: skip
-        constraint = grammar_from_request(kw["response_format"], kw["grammar"], kw["json_schema"], kw["regex"])
+        if kw["grammar"] is not None and not isinstance(kw["grammar"], str):  # compiled already (chat's tools)
+            constraint = kw["grammar"]
+        else:
+            constraint = grammar_from_request(kw["response_format"], kw["grammar"], kw["json_schema"], kw["regex"])
         n_top = kw["logprobs"]
         if n_top is not None and (isinstance(n_top, bool) or not isinstance(n_top, int) or not 0 <= n_top <= 20):
             raise EdgeInferError(f"logprobs must be None or an integer in 0..20, got {n_top!r}.")

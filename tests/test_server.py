@@ -564,7 +564,10 @@ def test_parse_chat_request_defaults_and_fields():
                                                                    "logit_bias"),
     ({"messages": CHAT, "logit_bias": {"1": "x"}}, "logit_bias"), ({"messages": CHAT, "stream": 1}, "stream"),
     ({"messages": CHAT, "stream": True, "stream_options": 1}, "stream_options"),
-    ({"messages": CHAT, "logprobs": True}, "logprobs"),
+    ({"messages": CHAT, "logprobs": 1}, "logprobs"), ({"messages": CHAT, "top_logprobs": 2}, "top_logprobs"),
+    ({"messages": CHAT, "top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+    ({"messages": CHAT, "response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+    ({"messages": CHAT, "grammar": "root ::= ("}, "grammar"),
 ])  # fmt: skip
 def test_parse_chat_request_errors(body, param):
     with pytest.raises(RequestError) as e:
@@ -580,7 +583,7 @@ def test_parse_completion_request():
     assert parse_completion_request({"prompt": [[1, 2]]}, n_vocab=10).prompt == [1, 2]
     assert parse_completion_request({"prompt": "x", "echo": True, "best_of": 1}).echo
     for body in ({}, {"prompt": 5}, {"prompt": []}, {"prompt": ["a", "b"]}, {"prompt": [1, 10]}, {"prompt": [True]},
-                 {"prompt": "x", "best_of": 2, "_p": "best_of"}, {"prompt": "x", "logprobs": 2, "_p": "logprobs"},
+                 {"prompt": "x", "best_of": 2, "_p": "best_of"}, {"prompt": "x", "logprobs": 21, "_p": "logprobs"},
                  {"prompt": "x", "suffix": "y", "_p": "suffix"},
                  {"prompt": "x", "echo": "yes", "_p": "echo"}):  # fmt: skip
         with pytest.raises(RequestError) as e:

@@ -181,6 +181,7 @@ class BatchRunner(SerialRunner):
             emit=h.emit, reserve=waiting.reserve, client=h,
         )  # fmt: skip
         seq.t_admitted = time.perf_counter()
+        h.live_logprobs = seq.logprobs  # read by the server's stream, chunk by chunk
         return seq
 
     def _end(self, seq, reason: str, error: str | None = None) -> None:

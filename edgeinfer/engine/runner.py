@@ -64,6 +64,7 @@ class Handle:
         self.speculative = speculative  # "auto", "draft", "ngram" or None (BatchRunner)
         self.grammar = grammar  # engine.constrain.Grammar every token obeys, or None
         self.logprobs = logprobs  # None, or the top-n to report beside each token's log-probability
+        self.live_logprobs: list | None = None  # the TokenLogprobs so far (the runner's list, appended before each piece)
         self.submitted = time.perf_counter()
         self.cancelled = threading.Event()
         self.finished = False
@@ -271,6 +272,7 @@ class SerialRunner:
                     for piece in pieces:
                         if first is None:
                             first = time.perf_counter()
+                            h.live_logprobs = stats.logprobs
                         self._count_tokens(stats.n_generated - seen)
                         seen = stats.n_generated
                         h.emit(piece)

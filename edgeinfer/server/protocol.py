@@ -6,7 +6,7 @@ A field that is wrong raises `RequestError` naming it; the app turns that into O
     {"error": {"message": "...", "type": "invalid_request_error", "param": "temperature", "code": null}}
 
 Fields this server does not know are ignored (as OpenAI's clients send many). Fields it knows but
-cannot honour (n > 1, logprobs, best_of > 1) are refused rather than silently dropped.
+cannot honour (n > 1, best_of > 1) are refused rather than silently dropped.
 """
 
 from __future__ import annotations
@@ -210,6 +210,12 @@ class GenerationRequest:
     prompt: str | list[int] | None = None  # completion: text or token ids
     echo: bool = False  # completion: the prompt's text before the reply
     speculative: str | None = "default"  # "auto", "draft", "ngram", None (off), "default": the server's
+    grammar: Any = None  # engine.constrain.Grammar every token obeys (response_format, grammar, json_schema)
+    logprobs: int | None = None  # None: off; N: each token's log-probability and the N likeliest
+    tools: Any = None  # chat: OpenAI's tools (validated again by toolcalls.plan_chat)
+    tool_choice: Any = None
+    parallel_tool_calls: bool = True
+    reasoning_budget: int | None = None  # tokens a <think> block may take (None: no limit)
 
 
 def parse_sampling(body: dict, n_vocab: int | None = None) -> tuple[SamplingParams, int | None, list[str]]:
@@ -251,6 +257,14 @@ def _common(body: dict, kind: str, n_vocab: int | None) -> GenerationRequest:
                            "speculative")  # fmt: skip
     req = GenerationRequest(kind, params, max_tokens, stop, stream, include_usage)
     req.speculative = None if spec == "off" else spec
+    from ..engine.constrain import GrammarError, grammar_from_request
+
+    try:  # fail closed: a schema or grammar that does not compile is a 400 naming it
+        req.grammar = grammar_from_request(body.get("response_format"), body.get("grammar"), body.get("json_schema"))
+    except GrammarError as e:
+        raise RequestError(str(e), e.field or "response_format", code="invalid_grammar") from None
+    budget = _integer(body, "reasoning_budget", None, lo=-1)
+    req.reasoning_budget = None if budget is None or budget < 0 else budget
     return req
 
 
@@ -294,11 +308,37 @@ def parse_chat_request(body: dict, n_vocab: int | None = None) -> GenerationRequ
             raise RequestError(f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}; got {role!r}.", "messages")
         if role == "developer":  # OpenAI's newer name for the system message
             role = "system"
-        clean.append({"role": role, "content": _message_content(m.get("content"), i)})
-    if _truthy(body.get("logprobs")) or body.get("top_logprobs") is not None:
-        raise RequestError("'logprobs' are not supported by this server.", "logprobs")
+        msg = {"role": role, "content": _message_content(m.get("content"), i)}
+        calls = m.get("tool_calls")
+        if calls is not None and role == "assistant":
+            if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("function"), dict)
+                                                      for c in calls):  # fmt: skip
+                raise RequestError(f"messages[{i}].tool_calls must be an array of {{\"id\", \"type\": \"function\", "
+                                   "\"function\": {\"name\", \"arguments\"}} objects.", "messages")  # fmt: skip
+            if calls:
+                msg["tool_calls"] = calls
+        for key in ("tool_call_id", "name"):
+            if isinstance(m.get(key), str):
+                msg[key] = m[key]
+        clean.append(msg)
+    logprobs = _boolean(body, "logprobs", False)
+    top = _integer(body, "top_logprobs", None, lo=0, hi=20)
+    if top is not None and not logprobs:
+        raise RequestError("'top_logprobs' needs 'logprobs': true.", "top_logprobs")
     req = _common(body, "chat", n_vocab)
     req.messages = clean
+    req.logprobs = (top or 0) if logprobs else None
+    tools = body.get("tools")
+    if tools is not None or body.get("tool_choice") is not None:
+        from ..toolcalls import ToolError, parse_tool_choice, parse_tools
+
+        try:
+            parsed = parse_tools(tools)
+            parse_tool_choice(body.get("tool_choice"), parsed)
+        except ToolError as e:
+            raise RequestError(str(e), e.field or "tools") from None
+        req.tools, req.tool_choice = tools, body.get("tool_choice")
+    req.parallel_tool_calls = _boolean(body, "parallel_tool_calls", True)
     return req
 
 
@@ -318,8 +358,7 @@ def parse_completion_request(body: dict, n_vocab: int | None = None) -> Generati
         prompt = _token_ids(prompt, "prompt", n_vocab)
     elif not isinstance(prompt, str):
         raise RequestError(f"'prompt' must be a string or an array of token ids, got {_json_type(prompt)}.", "prompt")
-    if _truthy(body.get("logprobs")):
-        raise RequestError("'logprobs' are not supported by this server.", "logprobs")
+    logprobs = _integer(body, "logprobs", None, lo=0, hi=20)
     best_of = _integer(body, "best_of", 1)
     if best_of != 1:
         raise RequestError(f"'best_of' = {best_of}: this server makes one choice per request.", "best_of")
@@ -328,6 +367,7 @@ def parse_completion_request(body: dict, n_vocab: int | None = None) -> Generati
     req = _common(body, "completion", n_vocab)
     req.prompt = prompt
     req.echo = _boolean(body, "echo", False)
+    req.logprobs = logprobs
     return req
 
 
@@ -354,11 +394,51 @@ def usage(n_prompt: int, n_generated: int) -> dict:
 
 
 def finish_reason(reason: str) -> str:
-    """The runner's reasons -> OpenAI's ("stop" or "length")."""
-    return "length" if reason == "length" else "stop"
+    """The runner's reasons -> OpenAI's ("stop", "length", "tool_calls")."""
+    return reason if reason in ("length", "tool_calls") else "stop"
 
 
-def chat_response(id: str, created: int, model: str, text: str, reason: str, n_prompt: int, n_gen: int) -> dict:
+def _token_entry(piece: bytes, logprob: float) -> dict:
+    return {"token": piece.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(piece)}
+
+
+def chat_logprobs(tokenizer, lps: list | None) -> dict | None:
+    """engine.core.TokenLogprob list -> OpenAI's chat `logprobs` ({"content": [{token, logprob, bytes,
+    top_logprobs}]})."""
+    if lps is None:
+        return None
+    piece = lambda t: tokenizer.token_to_piece(int(t), True)  # noqa: E731
+    return {"content": [{**_token_entry(piece(x.token), x.logprob),
+                         "top_logprobs": [_token_entry(piece(t), lp) for t, lp in x.top]} for x in lps],
+            "refusal": None}  # fmt: skip
+
+
+def completion_logprobs(tokenizer, lps: list | None, offset: int = 0) -> dict | None:
+    """engine.core.TokenLogprob list -> OpenAI's completions `logprobs` (tokens, token_logprobs,
+    top_logprobs, text_offset)."""
+    if lps is None:
+        return None
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for x in lps:
+        text = tokenizer.token_to_piece(int(x.token), True).decode("utf-8", "replace")
+        out["tokens"].append(text)
+        out["token_logprobs"].append(x.logprob)
+        top: dict = {}
+        for t, lp in x.top:
+            top.setdefault(tokenizer.token_to_piece(int(t), True).decode("utf-8", "replace"), lp)
+        out["top_logprobs"].append(top)
+        out["text_offset"].append(offset)
+        offset += len(text)
+    return out
+
+
+def chat_response(id: str, created: int, model: str, text: str, reason: str, n_prompt: int, n_gen: int,
+                  tool_calls: list | None = None, reasoning: str | None = None, logprobs: dict | None = None) -> dict:  # fmt: skip
+    message: dict = {"role": "assistant", "content": text if text or not tool_calls else None}
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "id": id,
         "object": "chat.completion",
@@ -366,8 +446,8 @@ def chat_response(id: str, created: int, model: str, text: str, reason: str, n_p
         "model": model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": None,
+            "message": message,
+            "logprobs": logprobs,
             "finish_reason": finish_reason(reason),
         }],  # fmt: skip
         "usage": usage(n_prompt, n_gen),
@@ -375,12 +455,12 @@ def chat_response(id: str, created: int, model: str, text: str, reason: str, n_p
 
 
 def chat_chunk(id: str, created: int, model: str, delta: dict | None, reason: str | None = None,
-               usage_: dict | None = None, include_usage: bool = False) -> dict:  # fmt: skip
+               usage_: dict | None = None, include_usage: bool = False, logprobs: dict | None = None) -> dict:  # fmt: skip
     chunk = {"id": id, "object": "chat.completion.chunk", "created": created, "model": model}
     if delta is None:  # the usage chunk: no choices
         chunk["choices"] = []
     else:
-        chunk["choices"] = [{"index": 0, "delta": delta, "logprobs": None,
+        chunk["choices"] = [{"index": 0, "delta": delta, "logprobs": logprobs,
                              "finish_reason": finish_reason(reason) if reason else None}]  # fmt: skip
     if include_usage:
         chunk["usage"] = usage_
@@ -388,24 +468,24 @@ def chat_chunk(id: str, created: int, model: str, delta: dict | None, reason: st
 
 
 def completion_response(id: str, created: int, model: str, text: str, reason: str, n_prompt: int,
-                        n_gen: int) -> dict:  # fmt: skip
+                        n_gen: int, logprobs: dict | None = None) -> dict:  # fmt: skip
     return {
         "id": id,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(reason)}],
+        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason(reason)}],
         "usage": usage(n_prompt, n_gen),
     }
 
 
 def completion_chunk(id: str, created: int, model: str, text: str | None, reason: str | None = None,
-                     usage_: dict | None = None, include_usage: bool = False) -> dict:  # fmt: skip
+                     usage_: dict | None = None, include_usage: bool = False, logprobs: dict | None = None) -> dict:  # fmt: skip
     chunk = {"id": id, "object": "text_completion", "created": created, "model": model}
     if text is None:
         chunk["choices"] = []
     else:
-        chunk["choices"] = [{"index": 0, "text": text, "logprobs": None,
+        chunk["choices"] = [{"index": 0, "text": text, "logprobs": logprobs,
                              "finish_reason": finish_reason(reason) if reason else None}]  # fmt: skip
     if include_usage:
         chunk["usage"] = usage_
