@@ -160,6 +160,7 @@ def cmd_run(args) -> int:
         params["draft_p_min"] = args.draft_p_min
     if args.spec_adaptive:
         llm.spec_config.adaptive = True
+    params.update(_constraint_kwargs(args))
     if args.prompt is None:
         prompt_stdin = not sys.stdin.isatty() and args.raw
         if not prompt_stdin:
@@ -186,6 +187,28 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _constraint_kwargs(args) -> dict:
+    """--json-schema FILE|JSON and --grammar FILE (GBNF or Lark) -> generate()'s keywords (checked here:
+    a schema or grammar that does not compile is an error before the model runs, never free text)."""
+    from pathlib import Path
+
+    from .engine.constrain import grammar_from_request
+
+    out = {}
+    if getattr(args, "json_schema", None):
+        text = args.json_schema
+        if not text.lstrip().startswith("{") and os.path.exists(text):
+            text = Path(text).read_text(encoding="utf-8")
+        out["json_schema"] = text
+    if getattr(args, "grammar", None):
+        try:
+            out["grammar"] = Path(args.grammar).read_text(encoding="utf-8")
+        except OSError as e:
+            raise EdgeInferError(f"--grammar: cannot read {args.grammar!r} ({e.strerror or e}).") from None
+    grammar_from_request(grammar=out.get("grammar"), json_schema=out.get("json_schema"))  # GrammarError, named
+    return out
+
+
 def cmd_chat(args) -> int:
     try:  # the TUI (and textual) load only for this command
         from .tui.app import run_chat
@@ -209,7 +232,7 @@ def cmd_serve(args) -> int:
         max_queue=args.max_queue, max_body_bytes=args.max_body_kb * 1024, model_name=args.alias,
         energy_source=args.energy, kv_size=args.kv_size, draft=args.draft,
         speculative=None if args.spec == "off" else args.spec, kv_type=args.kv_type,
-        cors_origins=args.cors_origin or None, **_backend_kwargs(args),
+        cors_origins=args.cors_origin or None, reasoning_budget=args.reasoning_budget, **_backend_kwargs(args),
     )  # fmt: skip
 
 
@@ -244,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="?", help="answer this and exit (without it: an interactive chat)")
     p.add_argument("--raw", action="store_true", help="complete the prompt as plain text, no chat template")
     p.add_argument("--system", help="system prompt")
+    p.add_argument("--json-schema", default=None, metavar="FILE|JSON",
+                   help="the reply is JSON obeying this JSON Schema (a file, or the schema's text)")  # fmt: skip
+    p.add_argument("--grammar", default=None, metavar="FILE",
+                   help="the reply obeys this grammar (llama.cpp GBNF, or Lark) read from FILE")  # fmt: skip
     _add_sampling(p, "to generate")
     p.add_argument("--stop", action="append", help="stop at this text (may be repeated)")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: the available cores)")
@@ -306,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", choices=("auto", *SPEC_MODES, "off"), default="auto",
                    help="speculation for requests that do not ask (their \"speculative\" field): auto (the draft "
                    "model when one is given, else off), draft, ngram (prompt lookup) or off (default auto)")  # fmt: skip
+    p.add_argument("--reasoning-budget", type=int, default=None, metavar="TOKENS",
+                   help="the most tokens a <think> block may take before it is closed, for requests that do not "
+                   "say (their \"reasoning_budget\"); default: no limit")  # fmt: skip
     p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                    help="a browser origin (https://app.example) allowed to call the API besides local pages; "
                    "repeat for more (default: $EDGEINFER_CORS_ORIGINS, comma-separated)")  # fmt: skip

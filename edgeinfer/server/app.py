@@ -284,7 +284,7 @@ SHUTDOWN_MESSAGE = "The server is shutting down; this reply was cut short. Try a
 def create_app(llm, runner, api_key: str | None = None, model_name: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, energy_source: str | None = None,
                n_ctx: int | None = None, speculative: str | None = "auto",
-               cors_origins: list[str] | None = None) -> Starlette:  # fmt: skip
+               cors_origins: list[str] | None = None, reasoning_budget: int | None = None) -> Starlette:  # fmt: skip
     """The ASGI app. `runner` must be started by the caller (serve() does). `n_ctx`: the context of
     one sequence (default: the runner's, else the model's). `speculative`: what a request that does not
     say gets ("auto": the draft model when one is loaded, "draft", "ngram", or None). `cors_origins`:
@@ -511,7 +511,8 @@ def create_app(llm, runner, api_key: str | None = None, model_name: str | None =
         try:  # the template renders the tools and tool results; the grammar makes a required call valid
             plan = await run_in_threadpool(plan_chat, llm.chat_template, llm.tokenizer, req.messages, req.tools,
                                            req.tool_choice, req.parallel_tool_calls, req.grammar,
-                                           req.reasoning_budget)  # fmt: skip
+                                           req.reasoning_budget if req.reasoning_budget is not None
+                                           else reasoning_budget)  # fmt: skip
         except ChatTemplateError as e:
             raise P.RequestError(f"The model's chat template refused the messages: {e}", "messages") from None
         except GrammarError as e:  # ToolError too
@@ -671,7 +672,8 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, c
           api_key: str | None = None, threads: int | None = None, backend="auto", max_queue: int = 16,
           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, model_name: str | None = None,
           energy_source: str | None = None, kv_size: int | None = None, draft=None, speculative: str | None = "auto",
-          kv_type: str = DEFAULT_KV_TYPE, print_fn=print, cors_origins: list[str] | None = None) -> int:  # fmt: skip
+          kv_type: str = DEFAULT_KV_TYPE, print_fn=print, cors_origins: list[str] | None = None,
+          reasoning_budget: int | None = None) -> int:  # fmt: skip
     """Load `model` (a path or a registry name), start a runner and serve the API until Ctrl-C or SIGTERM.
     Prints one line when it listens. kv_type: the KV cache's format (edgeinfer.load's). cors_origins:
     browser origins allowed besides local pages (default: $EDGEINFER_CORS_ORIGINS, comma-separated)."""
@@ -714,7 +716,8 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, c
     runner = make_runner(llm, parallel=parallel, max_queue=max_queue, n_ctx=ctx_size, kv_cells=kv_size)
     app = create_app(llm, runner, api_key=api_key, model_name=model_name or _model_name(model),
                      max_body_bytes=max_body_bytes, energy_source=energy_source, n_ctx=ctx_size,
-                     speculative=speculative, cors_origins=cors_origins)  # fmt: skip
+                     speculative=speculative, cors_origins=cors_origins,
+                     reasoning_budget=None if reasoning_budget is None or reasoning_budget < 0 else reasoning_budget)  # fmt: skip
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
                             lifespan="off", http=_timed_h11_protocol(), timeout_keep_alive=KEEP_ALIVE_S,
                             limit_concurrency=MAX_CONNECTIONS, h11_max_incomplete_event_size=64 * 1024)  # fmt: skip
