@@ -635,7 +635,7 @@ class _FakeRunner:
     def check_speculative(self, mode):
         pass
 
-    def submit(self, ids, params, max_tokens, stop=(), loop=None, speculative=None):
+    def submit(self, ids, params, max_tokens, stop=(), loop=None, speculative=None, grammar=None, logprobs=None):
         self.submitted.append((list(ids), max_tokens))
         if self.mode == "crash":
             raise KeyError("boom")
