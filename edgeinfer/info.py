@@ -55,11 +55,39 @@ def model_info(path: str) -> dict:
         "open_seconds": round(load_s, 4),
         "kv_bytes_per_token": _kv_bytes_per_token(f),
     }
+    info["runnable"], info["not_runnable_why"] = runnable(f)
     for key in ("n_ff", "n_head", "n_head_kv"):  # per-layer arrays in some files
         value = info[key]
         if hasattr(value, "tolist"):
             info[key] = value.tolist()
     return info
+
+
+def runnable(f) -> tuple[bool, list[str]]:
+    """Whether edgeinfer can run the open GGUF file: its architecture (and hyper-parameters), its tensor
+    types and its tokenizer, checked as load() checks them but without building anything. Returns
+    (True, []) or (False, one sentence per reason)."""
+    from .arch import check_formats, load_config
+    from .tokenizer.pretokenize import resolve_pre
+    from .tokenizer.vocab import SUPPORTED_MODELS
+
+    why = []
+    for check in (load_config, check_formats):
+        try:
+            check(f)
+        except EdgeInferError as e:
+            why.append(str(e))
+    model = f.metadata.get("tokenizer.ggml.model")
+    if model is None:
+        why.append("the file has no tokenizer (tokenizer.ggml.model is missing).")
+    elif model not in SUPPORTED_MODELS:
+        why.append(f"tokenizer model {str(model)[:80]!r} is not supported (supported: {', '.join(SUPPORTED_MODELS)}).")
+    elif model == "gpt2":
+        try:
+            resolve_pre(str(f.metadata.get("tokenizer.ggml.pre") or "default"))
+        except EdgeInferError as e:
+            why.append(str(e))
+    return not why, why
 
 
 def _kv_bytes_per_token(f) -> dict | None:
@@ -95,8 +123,10 @@ def _format_kv(per_token: dict | None, n_ctx: int | None) -> str | None:
 
 def format_info(info: dict) -> str:
     """`edgeinfer info`'s text for a model_info() dict (also shown by the chat app)."""
+    why = info.get("not_runnable_why") or []
     rows = [
         ("name", info["name"]),
+        ("runnable", None if "runnable" not in info else "yes" if info["runnable"] else "no: " + " ".join(why)),
         ("architecture", info["architecture"]),
         ("file", f"{info['path']} ({_human_bytes(info['file_size'])}, GGUF v{info['gguf_version']})"),
         ("parameters", f"{_human_count(info['n_params'])} ({info['bits_per_weight']} bits per weight)"),

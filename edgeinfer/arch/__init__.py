@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from ..errors import UnsupportedArchitectureError
+from ..errors import UnsupportedArchitectureError, UnsupportedTypeError
 from ..gguf import GGUFFile
 from ..kernels.base import Backend
 from .base import BaseConfig, DecoderModel, LayerBackends
@@ -27,6 +27,10 @@ ARCHITECTURES: dict[str, str] = {
     "qwen2moe": "qwen2moe",
     "qwen3moe": "qwen3moe",
     "olmoe": "olmoe",
+    "phi3": "phi3",
+    "gemma2": "gemma2",
+    "granite": "granite",
+    "smollm3": "smollm3",
 }
 
 # other names files use for a supported family -> the name above
@@ -46,6 +50,24 @@ def get_arch_module(arch: str | None):
             f"{', '.join(SUPPORTED_ARCHITECTURES)}. Use a model of one of these families."
         )
     return importlib.import_module(f".{ARCHITECTURES[name]}", __name__)
+
+
+def check_formats(f: GGUFFile) -> None:
+    """UnsupportedTypeError, one sentence naming the file's tensor types edgeinfer cannot decode and
+    listing those it can, when any tensor is in one (before a layer is built or a token run)."""
+    from ..quant import SUPPORTED_TYPES, is_supported
+
+    bad: dict[str, int] = {}
+    for t in f.tensors.values():
+        if not is_supported(t.ggml_type):
+            name = getattr(t.ggml_type, "name", str(t.ggml_type))
+            bad[name] = bad.get(name, 0) + 1
+    if bad:
+        which = ", ".join(f"{k} ({v} tensor{'s' if v > 1 else ''})" for k, v in sorted(bad.items()))
+        raise UnsupportedTypeError(
+            f"{f.path} holds tensors in {which}, which edgeinfer cannot decode; supported types: "
+            f"{', '.join(t.name for t in SUPPORTED_TYPES)} (llama.cpp's llama-quantize can convert the file)."
+        )
 
 
 def load_config(f: GGUFFile) -> BaseConfig:
@@ -68,6 +90,7 @@ def build_model(
     if layer_backend is not None:
         backend = LayerBackends(backend, layer_backend)
     load_config(f)  # the hyper-parameters checked before any layer or kernel sees them
+    check_formats(f)
     model = get_arch_module(f.architecture).Model.from_gguf(f, backend)
     # their bytes now live in stacked or repacked copies (reading them again faults them back in)
     f.release_pages(model.stacked_sources())
@@ -83,6 +106,7 @@ __all__ = [
     "DecoderModel",
     "LayerBackends",
     "build_model",
+    "check_formats",
     "get_arch_module",
     "load_config",
 ]

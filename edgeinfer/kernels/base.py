@@ -126,6 +126,11 @@ class Backend(Protocol):
         """attention() of several sequences, items = [(q, k, v, q_pos, kv_pos, cells), ...]: each result
         is what attention() gives for that sequence alone (a backend may run them as one job)."""
 
+    def attention_softcap(self, items, n_swa: int, scale: float, softcap: float) -> list[np.ndarray]:
+        """attention_many() with every score soft-capped before the mask and softmax: cap * tanh(s / cap),
+        s = scale q.k (Gemma 2). Optional: where a backend lacks it, the model runs numpy_ops.attention
+        with softcap (arch/gemma2.py)."""
+
     def glu(self, gu: np.ndarray, act: str) -> np.ndarray:
         """gu (n, 2 f) = [gate | up] -> act(gate) * up, act "silu" or "gelu_tanh"."""
 

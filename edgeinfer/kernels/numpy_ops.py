@@ -5,7 +5,8 @@ Shapes (float32 unless said):
     rms_norm(x (..., d), weight (d,), eps)                        x / sqrt(mean(x^2) + eps) * weight
     rope(x (n, h, d), positions int (n,), cos, sin (n_pos, n_rot/2), n_rot, neox)    rotated copy
     attention(q (n, H, D), k (n_cells, Hkv, D), v (n_cells, Hkv, Dv), q_pos (n,), kv_pos (n_kv,), n_swa,
-        scale, cells=None) -> (n, H * Dv); the sequence's token j is row cells[j] of k and v (a paged
+        scale, cells=None, softcap=0) -> (n, H * Dv); scores cap * tanh(s / cap) when softcap > 0 (Gemma 2);
+        the sequence's token j is row cells[j] of k and v (a paged
         cache's block table; None: row j, n_cells = n_kv); query i sees token j when kv_pos[j] <= q_pos[i]
         (and q_pos[i] - kv_pos[j] < n_swa when n_swa > 0); query head h reads KV head h // (H / Hkv)
     qkv_store(qkv (n, H D + Hkv D + Hkv Dv), ..., k, v, cells) -> q (n, H, D): QK-norm (optional) and
@@ -94,7 +95,7 @@ def causal_mask(q_pos: np.ndarray, kv_pos: np.ndarray, n_swa: int = 0) -> np.nda
     return mask
 
 
-def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None) -> np.ndarray:
+def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None, softcap: float = 0.0) -> np.ndarray:
     if cells is not None:
         k, v = k[cells], v[cells]
     k, v = kv_rows_f32(k), kv_rows_f32(v)  # the slow oracle: the sequence's rows gathered, then converted
@@ -113,6 +114,8 @@ def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None) -> n
         c1 = min(c0 + QUERY_CHUNK, n)
         scores = qg[:, :, c0:c1] @ k_tr  # (Hkv, group, chunk, n_kv)
         scores *= np.float32(scale)
+        if softcap:  # Gemma 2: cap * tanh(scores / cap), before the mask and softmax
+            scores = np.tanh(scores * np.float32(1.0 / softcap)) * np.float32(softcap)
         scores[:, :, ~mask[c0:c1]] = -np.inf
         scores -= scores.max(axis=-1, keepdims=True)
         np.exp(scores, out=scores)

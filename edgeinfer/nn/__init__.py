@@ -3,6 +3,7 @@
     Linear, Embedding        (linear.py)     y = x @ W.T (+ b); row lookup
     RMSNorm                  (norm.py)
     Rope, RopeParams         (rope.py)       NORM and NEOX layouts, linear and YaRN scaling
+    NoRope                   (rope.py)       a layer without rotary embedding (SmolLM3, Granite)
     Attention, causal_mask   (attention.py)  GQA, causal mask, sliding window, QK-norm
     ForwardBatch, SeqRows    (batch.py)      what one forward pass runs over: rows, positions, caches
     GatedMLP                 (mlp.py)        SwiGLU / GeGLU
@@ -16,7 +17,7 @@ from .kv import KV_TYPES, KVCacheLike, kv_type
 from .linear import Embedding, Linear
 from .mlp import GatedMLP
 from .norm import RMSNorm
-from .rope import Rope, RopeParams
+from .rope import NoRope, Rope, RopeParams
 
 __all__ = [
     "Attention",
@@ -31,5 +32,6 @@ __all__ = [
     "GatedMLP",
     "RMSNorm",
     "Rope",
+    "NoRope",
     "RopeParams",
 ]

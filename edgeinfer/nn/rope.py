@@ -80,3 +80,15 @@ class Rope:
         """x (n_tokens, n_head, head_dim), positions int (n_tokens,) in 0..max_pos -> rotated copy."""
         cos, sin = self.tables(max_pos)
         return backend.rope(x, positions, cos, sin, self.params.n_rot, self.params.neox)
+
+
+class NoRope(Rope):
+    """A layer without rotary embedding (SmolLM3's every fourth layer, llama.cpp's n_no_rope_layer_step;
+    Granite's rope.scaling.finetuned = false): tables of angle 0, cos = 1 and sin = 0, so the rotation
+    x0 * 1 - x1 * 0 leaves every value exactly as it was, through any backend's rope kernel."""
+
+    def tables(self, max_pos: int) -> tuple[np.ndarray, np.ndarray]:
+        if max_pos >= len(self._cos):
+            n, half = max(2 * len(self._cos), max_pos + 1, 256), self.params.n_rot // 2
+            self._cos, self._sin = np.ones((n, half), np.float32), np.zeros((n, half), np.float32)
+        return self._cos, self._sin
