@@ -52,7 +52,7 @@ class _Runner:
     def check_speculative(self, mode):
         pass
 
-    def submit(self, ids, params, max_tokens, stop=(), loop=None, speculative=None):
+    def submit(self, ids, params, max_tokens, stop=(), loop=None, speculative=None, grammar=None, logprobs=None):
         h = Handle(list(ids), params, max_tokens, stop, loop)
         h.emit("ok")
         h.emit(Finish("stop", len(ids), 1))
