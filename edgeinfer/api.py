@@ -118,6 +118,84 @@ class LLM:
         cache = KVCache.for_model(self.model, max(int(tokens.size), 1))
         return self.model.forward(tokens, cache, all_logits=True)
 
+    POOLINGS = ("mean", "last")
+
+    def embed(self, inputs, pooling: str = "mean", normalize: bool = True, batch_tokens: int = 512) -> np.ndarray:
+        """Embeddings: the last hidden state (after the output norm, llama.cpp's t_embd) pooled over each
+        input, "mean" (every token's) or "last" (the last token's), L2-normalized unless normalize=False.
+
+        inputs: a text (tokenized with BOS as the file says, special tokens not parsed, as llama.cpp's
+        embedding example), a list of token ids, or a list of either. Returns float32 (n_embd,) for one
+        input, (n_inputs, n_embd) for a list. Inputs run together: each pass holds up to `batch_tokens`
+        rows from several inputs (each on its own cache), a long input spans passes. An input longer
+        than the context is a ContextFullError, never truncated."""
+        if pooling not in self.POOLINGS:
+            raise EdgeInferError(f"pooling must be 'mean' or 'last', got {pooling!r}.")
+        single = isinstance(inputs, str) or (isinstance(inputs, (list, tuple, np.ndarray)) and len(inputs) > 0
+                                             and all(isinstance(t, (int, np.integer)) for t in inputs))  # fmt: skip
+        items = [inputs] if single else list(inputs)
+        ids = [self.tokenize(x) if isinstance(x, str) else [int(t) for t in x] for x in items]
+        out = self.embed_tokens(ids, pooling, normalize, batch_tokens)
+        return out[0] if single else out
+
+    def embed_tokens(self, ids: Sequence[Sequence[int]], pooling: str = "mean", normalize: bool = True,
+                     batch_tokens: int = 512) -> np.ndarray:  # fmt: skip
+        """embed() for inputs already tokenized: float32 (len(ids), n_embd)."""
+        from .nn import ForwardBatch
+
+        if pooling not in self.POOLINGS:
+            raise EdgeInferError(f"pooling must be 'mean' or 'last', got {pooling!r}.")
+        n_embd = self.model.config.n_embd
+        for i, t in enumerate(ids):
+            if not t:
+                raise EdgeInferError(f"Input {i} has no tokens; an embedding needs at least one.")
+            if len(t) > self.n_ctx:
+                raise ContextFullError(f"Input {i} is {len(t)} tokens long, more than the context of {self.n_ctx}: "
+                                       "shorten it or load with a larger n_ctx.")  # fmt: skip
+            bad = [x for x in t if not 0 <= x < self.n_vocab]
+            if bad:
+                raise EdgeInferError(f"Input {i} holds token id {bad[0]}, outside the vocabulary (0..{self.n_vocab - 1}).")
+        acc = np.zeros((len(ids), n_embd), dtype=np.float64)
+        caches: dict[int, KVCache] = {}
+        done = [0] * len(ids)
+        pending = list(range(len(ids)))
+        budget = max(1, int(batch_tokens))
+        try:
+            while pending:
+                take, left = [], budget
+                for i in pending:
+                    if left <= 0:
+                        break
+                    k = min(len(ids[i]) - done[i], left)
+                    take.append((i, k))
+                    left -= k
+                toks, cs, rows = [], [], []
+                for i, k in take:
+                    if i not in caches:
+                        caches[i] = KVCache.for_model(self.model, len(ids[i]))
+                    toks.append(np.asarray(ids[i][done[i] : done[i] + k], dtype=np.int32))
+                    cs.append(caches[i])
+                    rows.append("all" if pooling == "mean" else "last")
+                hs = self.model.hidden_states(ForwardBatch.plan(toks, cs), rows)
+                for (i, k), h in zip(take, hs):
+                    done[i] += k
+                    if pooling == "mean":
+                        acc[i] += h.sum(axis=0, dtype=np.float64)
+                    elif done[i] == len(ids[i]):
+                        acc[i] = h[-1]
+                    if done[i] == len(ids[i]):
+                        caches.pop(i).release()
+                pending = [i for i in pending if done[i] < len(ids[i])]
+        finally:
+            for c in caches.values():
+                c.release()
+        if pooling == "mean":
+            acc /= np.array([len(t) for t in ids], dtype=np.float64)[:, None]
+        if normalize:
+            norms = np.linalg.norm(acc, axis=1, keepdims=True)
+            acc /= np.where(norms > 0, norms, 1.0)
+        return acc.astype(np.float32)
+
     def generate(
         self,
         prompt: str | Sequence[int],

@@ -493,6 +493,30 @@ class DecoderModel:
             i += k
         return out
 
+    def hidden_states(self, batch: ForwardBatch, rows: list | None = None) -> list[np.ndarray]:
+        """One forward pass over a ForwardBatch without the output head (embeddings): per sequence its
+        last hidden states after the output norm, float32 (n_i, n_embd) (llama.cpp's t_embd,
+        "result_norm"). rows: per sequence "all" (every row, default) or "last" (its last row only).
+        Commits the caches after it, as run()."""
+        x = self._embed(batch.tokens)
+        for il, block in enumerate(self.blocks):
+            cb = self._cb(il)
+            x = block(x, batch, il, cb)
+            if cb is not None:
+                cb("l_out", x)
+        batch.commit()
+        every = [r != "last" for r in rows] if rows is not None else [True] * len(batch.seqs)
+        if len(every) != len(batch.seqs):
+            raise EdgeInferError("hidden_states(): rows needs one entry per sequence.")
+        picked = [r for s, e in zip(batch.seqs, every) for r in (range(s.r0, s.r1) if e else (s.r1 - 1,))]
+        h = self.output_norm(x if len(picked) == x.shape[0] else x[picked])
+        out, i = [], 0
+        for s, e in zip(batch.seqs, every):
+            k = s.r1 - s.r0 if e else 1
+            out.append(h[i : i + k])
+            i += k
+        return out
+
     def moe_layers(self) -> list:
         """The blocks' MoE feed-forwards (nn.moe.MoE), in layer order; empty for a dense model."""
         return [b.ffn for b in self.blocks if isinstance(getattr(b, "ffn", None), MoE)]
