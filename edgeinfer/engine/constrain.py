@@ -205,17 +205,17 @@ class Constraint:
     def allowed(self) -> np.ndarray:
         """bool (n_vocab,): the tokens the grammar allows next."""
         bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        return np.unpackbits(bits, bitorder="little")[: self.n_vocab].astype(bool)
+        return np.unpackbits(bits, count=self.n_vocab, bitorder="little").view(bool)
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
         """A copy of logits (n_logits,) with every token the grammar forbids at -inf (ids past the
         tokenizer's vocabulary too). EdgeInferError if it allows none."""
         allowed = self.allowed()
-        if not allowed.any():
-            raise EdgeInferError(f"The {self.grammar.source} constraint allows no token here ({self.matcher.get_error() or 'stuck'}).")
-        out = np.full(logits.shape, -np.inf, dtype=np.float32)
         n = min(self.n_vocab, logits.shape[-1])
-        out[:n] = np.where(allowed[:n], logits[:n], -np.inf)
+        out = np.full(logits.shape, -np.inf, dtype=np.float32)
+        np.copyto(out[:n], logits[:n], where=allowed[:n])
+        if not allowed[:n].any():
+            raise EdgeInferError(f"The {self.grammar.source} constraint allows no token here ({self.matcher.get_error() or 'stuck'}).")
         return out
 
     def consume(self, token: int) -> None:
