@@ -173,8 +173,14 @@ def cmd_run(args) -> int:
             messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
                 {"role": "user", "content": args.prompt}
             ]
-            pieces = llm.chat(messages, stream=True, stop=args.stop or None, **params)
+            budget = {} if args.reasoning_budget is None else {"reasoning_budget": args.reasoning_budget}
+            pieces = llm.chat(messages, stream=True, stop=args.stop or None, **params, **budget)
         for piece in pieces:
+            if not isinstance(piece, str):  # a ChatDelta (with a reasoning budget): the thinking to stderr
+                if piece.reasoning:
+                    sys.stderr.write(piece.reasoning)
+                    sys.stderr.flush()
+                piece = piece.content
             sys.stdout.write(piece)
             sys.stdout.flush()
     except KeyboardInterrupt:
@@ -271,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the reply is JSON obeying this JSON Schema (a file, or the schema's text)")  # fmt: skip
     p.add_argument("--grammar", default=None, metavar="FILE",
                    help="the reply obeys this grammar (llama.cpp GBNF, or Lark) read from FILE")  # fmt: skip
+    p.add_argument("--reasoning-budget", type=int, default=None, metavar="TOKENS",
+                   help="a reasoning model's <think> block is closed after this many tokens; its text goes to "
+                   "stderr, the answer to stdout (one-shot chat)")  # fmt: skip
     _add_sampling(p, "to generate")
     p.add_argument("--stop", action="append", help="stop at this text (may be repeated)")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: the available cores)")
