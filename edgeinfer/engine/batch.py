@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -53,6 +54,7 @@ class BatchRunner(SerialRunner):
         self._stats_spec = [0, 0]  # tokens drafted, drafts accepted
         self._spec_costs = CostModel()  # this runner's pass costs (a batched pass is not a lone one)
         self.engine = Engine(llm.model, llm.tokenizer, self.n_ctx, on_end=self._ended)
+        self._jobs: list[tuple] = []  # (fn, Future): work run on the worker between steps (embeddings)
 
     # -- lifecycle
     def start(self) -> None:
@@ -68,6 +70,18 @@ class BatchRunner(SerialRunner):
                 self._cv.notify()
             self._thread.join(timeout=30)
             self._thread = None
+
+    def run_between_steps(self, fn) -> Future:
+        """Run fn() on the worker thread between two steps (the model is never run by two threads at
+        once); its result or exception lands in the returned Future. The server's embeddings use it."""
+        fut: Future = Future()
+        with self._cv:
+            if self._stopping or self._thread is None:
+                fut.set_exception(RuntimeError("the runner is stopped"))
+                return fut
+            self._jobs.append((fn, fut))
+            self._cv.notify()
+        return fut
 
     def _enqueue(self, handle: Handle) -> None:
         self._incoming.append(handle)
@@ -108,14 +122,25 @@ class BatchRunner(SerialRunner):
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._incoming and not self.sched.active and not self.sched.waiting and not self._stopping:
+                while (not self._incoming and not self._jobs and not self.sched.active and not self.sched.waiting
+                       and not self._stopping):  # fmt: skip
                     self._cv.wait()
+                jobs, self._jobs = self._jobs, []
                 if self._stopping:
+                    for _, fut in jobs:
+                        if not fut.cancelled():
+                            fut.set_exception(RuntimeError("the runner is stopped"))
                     for h in self._incoming:
                         h.emit(Finish("cancelled", len(h.prompt_ids)))
                     self._incoming.clear()
                     break
                 incoming, self._incoming = self._incoming, []
+            for fn, fut in jobs:
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn())
+                    except BaseException as e:  # the job's caller gets it; the runner goes on
+                        fut.set_exception(e)
             bs = self.pool.block_size
             for h in incoming:  # blocks for the prompt and the longest reply it may get, up to the context
                 longest = min(self.n_ctx, len(h.prompt_ids) + max(1, h.max_tokens))
