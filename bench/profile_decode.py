@@ -73,6 +73,9 @@ class TimedBackend:
     def attention(self, q, k, v, q_pos, kv_pos, n_swa, scale, cells=None):
         return self._timed("attention", lambda: self.inner.attention(q, k, v, q_pos, kv_pos, n_swa, scale, cells))
 
+    def attention_many(self, items, n_swa, scale):
+        return self._timed("attention", self.inner.attention_many, items, n_swa, scale)
+
     def glu(self, gu, act):
         return self._timed("glu", self.inner.glu, gu, act)
 
