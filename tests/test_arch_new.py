@@ -152,8 +152,8 @@ def tiny_llama(tmp_path_factory):
     [
         (dict(arch="lfm2"), UnsupportedArchitectureError, ["'lfm2'", "Supported:", "phi3", "gemma2", "smollm3"]),
         (dict(tokenizer="t5"), TokenizerError, ["'t5'", "supported", "gemma4", "bert"]),
-        (dict(retype={"blk.0.ffn_down.weight": (T.IQ2_XXS, np.zeros((64, 66), np.uint8))}), UnsupportedTypeError,
-         ["IQ2_XXS (1 tensor)", "supported types:", "Q4_K"]),
+        (dict(retype={"blk.0.ffn_down.weight": (T.NVFP4, np.zeros((64, 144), np.uint8))}), UnsupportedTypeError,
+         ["NVFP4 (1 tensor)", "supported types:", "Q4_K"]),
     ],
 )  # fmt: skip
 def test_what_is_not_run_is_refused_at_load_in_one_sentence(tmp_path, tiny_llama, change, error, words):

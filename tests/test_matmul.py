@@ -397,8 +397,8 @@ def test_bad_inputs_are_clear_errors():
         nm.matmul(QTensor("bad", T.Q4_0, (64, 8), np.zeros((8, 40), np.uint8)), x)
     with pytest.raises(UnsupportedTypeError, match="Q8_K"):
         nm.matmul(QTensor("q8k", T.Q8_K, (256, 1), np.zeros((1, 292), np.uint8)), random_x(1, 256))
-    with pytest.raises(UnsupportedTypeError, match="IQ2_XXS"):
-        nm.matmul(QTensor("iq2", T.IQ2_XXS, (256, 1), np.zeros((1, 66), np.uint8)), random_x(1, 256))
+    with pytest.raises(UnsupportedTypeError, match="NVFP4"):
+        nm.matmul(QTensor("nvfp4", T.NVFP4, (256, 1), np.zeros((1, 144), np.uint8)), random_x(1, 256))
 
 
 def test_inputs_are_converted():

@@ -297,8 +297,8 @@ def test_bad_inputs_are_clear_errors():
         b.matmul(QTensor("experts", T.Q4_0, (64, 4, 2), np.zeros((2, 4, 36), np.uint8)), x)
     with pytest.raises(ValueError, match=r"needs raw uint8 of shape \(8, 36\)"):
         b.matmul(QTensor("bad", T.Q4_0, (64, 8), np.zeros((8, 40), np.uint8)), x)
-    with pytest.raises(UnsupportedTypeError, match="IQ2_XXS"):
-        b.matmul(QTensor("iq2", T.IQ2_XXS, (256, 1), np.zeros((1, 66), np.uint8)), random_x(1, 256))
+    with pytest.raises(UnsupportedTypeError, match="NVFP4"):
+        b.matmul(QTensor("nvfp4", T.NVFP4, (256, 1), np.zeros((1, 144), np.uint8)), random_x(1, 256))
     from edgeinfer import _native
 
     with pytest.raises(ValueError, match="do not fit"):  # the C side checks the byte sizes too

@@ -19,6 +19,7 @@ GGUF_PY_QUANT = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
 EXPECTED_TYPES = {
     T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0,
     T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.Q8_K, T.IQ4_NL, T.IQ4_XS,
+    T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M, T.TQ1_0, T.TQ2_0, T.MXFP4,
 }  # fmt: skip
 
 # fp16 scales every random block set starts with: zeros, subnormals, the largest finite values
@@ -47,6 +48,13 @@ def random_blocks(ggml_type: T, n_blocks: int, seed: int = 0) -> np.ndarray:
             blocks[name][:k] = SPECIAL_F16[:k]
         elif field_dtype == np.dtype("<f4"):
             blocks[name] = rng.standard_normal(n_blocks).astype(np.float32)
+    if ggml_type == T.MXFP4:  # E8M0 exponents whose values stay finite (2^(e - 128) * 12)
+        blocks["e"] = rng.integers(0, 250, n_blocks)
+    if ggml_type == T.IQ1_M:  # the fp16 scale is the top nibbles of the four scale words: finite bits
+        h = rng.integers(0, 1 << 16, n_blocks, dtype=np.uint16)
+        h = np.where((h & 0x7C00) == 0x7C00, h & np.uint16(0xBFFF), h).astype(np.uint16)
+        for k in range(4):
+            blocks["scales"][:, k] = (blocks["scales"][:, k] & 0x0FFF) | (((h >> (4 * k)) & 0xF) << 12)
     return raw
 
 
@@ -96,7 +104,7 @@ def test_row_bytes():
         quant.row_bytes(T.Q4_0, 100)
 
 
-@pytest.mark.parametrize("ggml_type", [T.IQ2_XXS, T.IQ1_S, T.TQ1_0, T.Q8_1, T.I32])
+@pytest.mark.parametrize("ggml_type", [T.NVFP4, T.Q1_0, T.Q8_1, T.I32])
 def test_unsupported_type_is_a_clear_error(ggml_type):
     assert not quant.is_supported(ggml_type)
     with pytest.raises(UnsupportedTypeError) as err:
@@ -128,8 +136,8 @@ def test_size_mismatch_names_tensor_type_and_sizes():
 
 
 def test_quantizing_to_an_unsupported_type_is_a_clear_error():
-    with pytest.raises(UnsupportedTypeError, match="IQ2_XXS, which edgeinfer cannot decode"):
-        quant.quantize(np.zeros(256, np.float32), T.IQ2_XXS)
+    with pytest.raises(UnsupportedTypeError, match="NVFP4, which edgeinfer cannot decode"):
+        quant.quantize(np.zeros(256, np.float32), T.NVFP4)
     with pytest.raises(ValueError, match="not 48"):
         quant.quantize(np.zeros((2, 48), np.float32), T.Q8_0)
 

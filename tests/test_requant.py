@@ -586,8 +586,8 @@ def test_requantize_a_small_file(tmp_path):
 
 def test_requantize_refuses_types_it_cannot_write(tmp_path):
     _write_tiny(tmp_path / "f32.gguf")
-    with pytest.raises(ValueError, match="Re-quantizing to IQ2_XXS is not supported"):
-        requant.requantize_gguf(tmp_path / "f32.gguf", tmp_path / "x.gguf", T.IQ2_XXS, progress=False)
+    with pytest.raises(ValueError, match="Re-quantizing to IQ1_S is not supported"):
+        requant.requantize_gguf(tmp_path / "f32.gguf", tmp_path / "x.gguf", T.IQ1_S, progress=False)
 
 
 # -- SmolLM2 against llama.cpp's own files --------------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 from gguf.constants import GGMLQuantizationType
 
 from ..errors import GGUFError, UnsupportedTypeError
-from . import floats, iquants, kquants, legacy  # noqa: F401  (importing registers the formats)
+from . import floats, iquants, kquants, legacy, lowbit  # noqa: F401  (importing registers the formats)
 from .base import FORMATS, QuantFormat
 
 __all__ = [
