@@ -114,21 +114,26 @@ class Attention:
         groups: dict[int, list[int]] = {}
         for i, st in enumerate(stores):
             groups.setdefault(id(st[0]), []).append(i)
-        q = np.empty((qkv.shape[0], self.n_head, self.head_dim), np.float32)
+        qs: list = [None] * len(batch.seqs)
         for members in groups.values():
             seqs = [batch.seqs[i] for i in members]
-            rows = np.concatenate([np.arange(s.r0, s.r1) for s in seqs]) if len(seqs) > 1 else None
-            part = qkv if len(seqs) == len(batch.seqs) else qkv[rows] if rows is not None else qkv[seqs[0].r0 : seqs[0].r1]
             k_store, v_store = stores[members[0]][0], stores[members[0]][1]
-            positions = np.concatenate([s.positions for s in seqs]) if len(seqs) > 1 else seqs[0].positions
-            new_cells = np.concatenate([stores[i][2] for i in members]) if len(members) > 1 else stores[members[0]][2]
-            qg = self.backend.qkv_store(np.ascontiguousarray(part), self.heads, positions, cos, sin, k_store, v_store,
+            if len(members) == 1:  # a cache of its own: its rows as they are (a view)
+                s = seqs[0]
+                rows = qkv[s.r0 : s.r1]
+                positions, new_cells = s.positions, stores[members[0]][2]
+            else:  # caches of one pool: their rows in one call
+                contiguous = all(a.r1 == b.r0 for a, b in zip(seqs, seqs[1:]))
+                rows = qkv[seqs[0].r0 : seqs[-1].r1] if contiguous else np.concatenate([qkv[s.r0 : s.r1] for s in seqs])
+                positions = np.concatenate([s.positions for s in seqs])
+                new_cells = np.concatenate([stores[i][2] for i in members])
+            qg = self.backend.qkv_store(np.ascontiguousarray(rows), self.heads, positions, cos, sin, k_store, v_store,
                                         new_cells)  # fmt: skip
-            if len(seqs) == len(batch.seqs):
-                q = qg
-            else:
-                q[rows if rows is not None else slice(seqs[0].r0, seqs[0].r1)] = qg
-        return [(q[s.r0 : s.r1], st[0], st[1], s.positions, s.kv_pos, st[3]) for s, st in zip(batch.seqs, stores)]
+            off = 0
+            for i, s in zip(members, seqs):
+                qs[i] = qg[off : off + s.r1 - s.r0]
+                off += s.r1 - s.r0
+        return [(q, st[0], st[1], s.positions, s.kv_pos, st[3]) for q, s, st in zip(qs, batch.seqs, stores)]
 
 
 __all__ = ["Attention", "causal_mask"]
