@@ -31,6 +31,7 @@ from ...system import default_threads  # noqa: E402
 from ..base import BackendDefaults, QTensor  # noqa: E402
 from . import matmul as _matmul  # noqa: E402
 from . import ops as _ops  # noqa: E402
+from . import lowbit as _lowbit  # noqa: E402,F401  (registers the low-bit formats in the tables)
 
 _THREADS_SET: dict[int, int] = {}  # Python thread id -> the Numba thread count a backend set there
 

@@ -1,0 +1,90 @@
+"""The low-bit formats on the Numba backend (kernels/numba/lowbit.py) and the native one (which hands
+them to Numba where C has no kernel):
+
+- matmul against a float64 emulation of ggml's vec_dot: activations quantized by the numpy Q8_K / Q8_0
+  references, dot products with the numpy-dequantized weights; ggml's integer algorithm is the same sum
+  exactly, so only float rounding separates them (1e-5 of the products' magnitude);
+- get_rows and dequantize bit for bit against the numpy references;
+- a 4-token batch gives each token the bits it gets alone; several threads the bits of one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf.constants import GGML_QUANT_SIZES
+from gguf.constants import GGMLQuantizationType as T
+from test_matmul import quantize_q8_0, quantize_q8_k
+from test_quant_lowbit import LOWBIT_TYPES, random_blocks
+
+from edgeinfer import quant
+from edgeinfer.kernels import get_backend
+from edgeinfer.kernels.base import QTensor
+from edgeinfer.kernels.numba import dequant as nd
+from edgeinfer.kernels.numba import matmul as nm
+
+REL = 1e-5
+
+
+def weight(ggml_type: T, n_rows: int, n_cols: int, seed: int = 0) -> QTensor:
+    block_size, _ = GGML_QUANT_SIZES[ggml_type]
+    raw = random_blocks(ggml_type, n_rows * n_cols // block_size, seed=seed).reshape(n_rows, -1)
+    return QTensor(f"w_{ggml_type.name}", ggml_type, (n_cols, n_rows), raw)
+
+
+def emulate(w: QTensor, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the product as ggml computes it, in float64; the magnitude sum |w| |q| d per output)."""
+    wf = quant.dequantize(w.raw, w.ggml_type, (w.n_rows, w.n_cols)).astype(np.float64)
+    if nm.VEC_DOT_TYPE[w.ggml_type] == T.Q8_0:
+        q, d = quantize_q8_0(x)
+        size = 32
+    else:
+        q, d, _ = quantize_q8_k(x)
+        size = 256
+    xq = (q.astype(np.float64) * d[:, :, None]).reshape(x.shape[0], -1)  # (n_tokens, n_cols)
+    del size
+    return xq @ wf.T, np.abs(xq) @ np.abs(wf).T
+
+
+@pytest.mark.parametrize("n_tokens", [1, 5])
+@pytest.mark.parametrize("ggml_type", LOWBIT_TYPES, ids=lambda t: t.name)
+def test_matmul_matches_emulation(ggml_type, n_tokens):
+    w = weight(ggml_type, 24, 512, seed=int(ggml_type))
+    x = np.random.default_rng(int(ggml_type)).standard_normal((n_tokens, 512)).astype(np.float32)
+    y = nm.matmul(w, x)
+    expected, magnitude = emulate(w, x)
+    err = np.abs(y - expected) / magnitude
+    assert err.max() < REL, f"worst {err.max():.2e}"
+    # a token's bits do not depend on its batch
+    for t in range(n_tokens):
+        np.testing.assert_array_equal(nm.matmul(w, x[t : t + 1])[0], y[t])
+
+
+@pytest.mark.parametrize("ggml_type", LOWBIT_TYPES, ids=lambda t: t.name)
+def test_get_rows_and_dequantize_are_the_reference(ggml_type):
+    w = weight(ggml_type, 9, 512, seed=7)
+    wf = quant.dequantize(w.raw, ggml_type, (9, 512))
+    ids = np.array([8, 0, 3, 3])
+    np.testing.assert_array_equal(nm.get_rows(w, ids).view(np.uint32), wf[ids].view(np.uint32))
+    np.testing.assert_array_equal(nm.dequantize(w).view(np.uint32), wf.view(np.uint32))
+    np.testing.assert_array_equal(nd.dequantize_rows(w.raw, ggml_type, 2, 5).view(np.uint32), wf[2:5].view(np.uint32))
+
+
+@pytest.mark.parametrize("backend", ["numba", "native"])
+def test_backends_run_every_lowbit_type(backend):
+    try:
+        b = get_backend(backend, n_threads=2)
+    except Exception as e:  # the native extension is not built here
+        pytest.skip(f"{backend}: {e}")
+    x = np.random.default_rng(0).standard_normal((3, 256)).astype(np.float32)
+    for t in LOWBIT_TYPES:
+        w = b.prepare(weight(t, 40, 256, seed=1))
+        y = b.matmul(w, x)
+        np.testing.assert_array_equal(y, nm.matmul(weight(t, 40, 256, seed=1), x))
+        np.testing.assert_array_equal(b.get_rows(w, np.array([39, 0])), nm.get_rows(weight(t, 40, 256, seed=1), np.array([39, 0])))
+
+
+def test_tables_are_consistent():
+    for t in LOWBIT_TYPES:
+        assert t in nm.FORMATS and t in nm.MATMUL_KERNELS and t in nd.KERNELS
+    assert nm.VEC_DOT_TYPE[T.MXFP4] == T.Q8_0 and nm.VEC_DOT_TYPE[T.IQ2_XXS] == T.Q8_K
