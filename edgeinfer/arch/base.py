@@ -477,13 +477,7 @@ class DecoderModel:
         every = [bool(all_logits)] * n if isinstance(all_logits, (bool, int)) else [bool(a) for a in all_logits]
         if len(every) != n:
             raise EdgeInferError("forward_many(): all_logits needs one flag per sequence.")
-        x = self._embed(batch.tokens)
-        for il, block in enumerate(self.blocks):
-            cb = self._cb(il)
-            x = block(x, batch, il, cb)
-            if cb is not None:
-                cb("l_out", x)
-        batch.commit()
+        x = self._blocks(batch)
         rows = [r for s, e in zip(batch.seqs, every) for r in (range(s.r0, s.r1) if e else (s.r1 - 1,))]
         logits = self._logits(x if len(rows) == x.shape[0] else x[rows])
         out, i = [], 0
@@ -493,11 +487,9 @@ class DecoderModel:
             i += k
         return out
 
-    def hidden_states(self, batch: ForwardBatch, rows: list | None = None) -> list[np.ndarray]:
-        """One forward pass over a ForwardBatch without the output head (embeddings): per sequence its
-        last hidden states after the output norm, float32 (n_i, n_embd) (llama.cpp's t_embd,
-        "result_norm"). rows: per sequence "all" (every row, default) or "last" (its last row only).
-        Commits the caches after it, as run()."""
+    def _blocks(self, batch: ForwardBatch) -> np.ndarray:
+        """Embed the batch's tokens and run every block over them; commits the caches. The hidden states
+        (n_rows, n_embd) before the output norm."""
         x = self._embed(batch.tokens)
         for il, block in enumerate(self.blocks):
             cb = self._cb(il)
@@ -505,6 +497,14 @@ class DecoderModel:
             if cb is not None:
                 cb("l_out", x)
         batch.commit()
+        return x
+
+    def hidden_states(self, batch: ForwardBatch, rows: list | None = None) -> list[np.ndarray]:
+        """One forward pass over a ForwardBatch without the output head (embeddings): per sequence its
+        last hidden states after the output norm, float32 (n_i, n_embd) (llama.cpp's t_embd,
+        "result_norm"). rows: per sequence "all" (every row, default) or "last" (its last row only).
+        Commits the caches after it, as run()."""
+        x = self._blocks(batch)
         every = [r != "last" for r in rows] if rows is not None else [True] * len(batch.seqs)
         if len(every) != len(batch.seqs):
             raise EdgeInferError("hidden_states(): rows needs one entry per sequence.")
