@@ -1,4 +1,4 @@
-"""`edgeinfer` command line: run, chat, serve, bench, pull, list, info."""
+"""`edgeinfer` command line: run, chat, serve, ps, stop, bench, pull, list, info."""
 
 from __future__ import annotations
 
@@ -229,17 +229,92 @@ def cmd_chat(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .server import serve
+    from .server.models import parse_bytes
+    from .server.multi import serve_models
 
     _ngl_env(args)
-    return serve(
-        args.model, host=args.host, port=args.port, parallel=args.parallel, ctx_size=args.ctx_size,
+    aliases = args.alias or []
+    if len(aliases) > max(1, len(args.model)):
+        raise EdgeInferError(f"{len(aliases)} --alias values for {len(args.model)} MODEL arguments: give one per model.")
+    try:
+        max_memory = parse_bytes(args.max_memory) if args.max_memory is not None else None
+    except ValueError as e:
+        raise EdgeInferError(f"--max-memory: {e}.") from None
+    return serve_models(
+        args.model, models_dir=args.models_dir, aliases=aliases, host=args.host, port=args.port,
+        parallel=args.parallel, ctx_size=args.ctx_size,
         api_key=args.api_key or os.environ.get("EDGEINFER_API_KEY") or None, threads=args.threads,
-        max_queue=args.max_queue, max_body_bytes=args.max_body_kb * 1024, model_name=args.alias,
+        max_queue=args.max_queue, max_body_bytes=args.max_body_kb * 1024,
         energy_source=args.energy, kv_size=args.kv_size, draft=args.draft,
         speculative=None if args.spec == "off" else args.spec, kv_type=args.kv_type,
-        cors_origins=args.cors_origin or None, reasoning_budget=args.reasoning_budget, **_backend_kwargs(args),
+        cors_origins=args.cors_origin or None, reasoning_budget=args.reasoning_budget,
+        keep_alive=args.keep_alive, max_models=args.max_models, max_memory=max_memory, pooling=args.pooling,
+        **_backend_kwargs(args),
     )  # fmt: skip
+
+
+def _server_call(args, method: str, path: str, body: dict | None = None) -> dict:
+    """A request to the local server (`ps`, `stop`): its JSON, or EdgeInferError saying what went wrong."""
+    import httpx
+
+    key = args.api_key or os.environ.get("EDGEINFER_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = f"http://{args.host}:{args.port}{path}"
+    try:
+        r = httpx.request(method, url, json=body, headers=headers, timeout=args.timeout)
+    except httpx.HTTPError as e:
+        raise EdgeInferError(f"No edgeinfer server answers at {args.host}:{args.port} ({e}); start one with "
+                             "`edgeinfer serve`, or give --host/--port.") from None  # fmt: skip
+    try:
+        data = r.json()
+    except ValueError:
+        data = {}
+    if r.status_code >= 400:
+        message = (data.get("error") or {}).get("message") if isinstance(data, dict) else None
+        raise EdgeInferError(message or f"The server answered {r.status_code}.")
+    return data
+
+
+def _ago(t: float | None, now: float) -> str:
+    if not t:
+        return "-"
+    d = abs(now - t)
+    text = f"{d:.0f} seconds" if d < 90 else f"{d / 60:.0f} minutes" if d < 5400 else f"{d / 3600:.1f} hours"
+    return f"{text} ago" if t <= now else f"in {text}"
+
+
+def cmd_ps(args) -> int:
+    import time
+
+    models = _server_call(args, "GET", "/models").get("data", [])
+    shown = [m for m in models if args.all or m.get("state") in ("loaded", "loading", "unloading")]
+    if args.json:
+        print(json.dumps(shown, indent=2))
+        return 0
+    now = time.time()
+    rows = [("NAME", "STATE", "MEMORY", "REQUESTS", "LAST USED", "UNTIL")]
+    for m in shown:
+        if m.get("state") != "loaded":
+            until = "-"
+        elif m.get("active_requests"):
+            until = "while in use"
+        else:
+            until = "forever" if m.get("expires_at") is None else _ago(m.get("expires_at"), now)
+        rows.append((m["id"], m.get("state", "?"), _human_bytes(m.get("memory_bytes") or 0) if m.get("memory_bytes") else "-",
+                     str(m.get("active_requests", 0)), _ago(m.get("last_used"), now), until))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_stop(args) -> int:
+    for name in args.models:
+        data = _server_call(args, "POST", "/models/unload", {"model": name})
+        state = data.get("status")
+        print(f"{name}: " + {"unloaded": "unloaded", "unloading": "unloads when its running requests end",
+                             "not_loaded": "was not loaded"}.get(state, str(state)))  # fmt: skip
+    return 0
 
 
 def _add_sampling(p, per: str) -> None:
@@ -327,15 +402,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "serve",
-        help="an OpenAI-compatible HTTP API (chat, completions, models, metrics)",
-        description="Serve MODEL over HTTP in the OpenAI dialect: /v1/chat/completions, /v1/completions, "
-        "/v1/models, /health, /metrics, /tokenize, /detokenize. Ctrl-C stops.",
+        help="an OpenAI- and Anthropic-compatible HTTP API over one or many models",
+        description="Serve models over HTTP: OpenAI's /v1/chat/completions, /v1/completions, /v1/responses, "
+        "/v1/embeddings, /v1/models; Anthropic's /v1/messages (and /count_tokens); /models, /models/load, "
+        "/models/unload, /health, /metrics, /tokenize, /detokenize. Models load on first use and unload when "
+        "idle (--keep-alive) or when --max-models / --max-memory need room. Ctrl-C stops.",
     )
-    p.add_argument("model", help="a GGUF path or a model name (fetched on first use)")
+    p.add_argument("model", nargs="*", metavar="MODEL",
+                   help="GGUF paths or model names (fetched on first use); a request's \"model\" picks one "
+                   "(its id: the name, the file's stem, or --alias); the first is loaded at start")  # fmt: skip
+    p.add_argument("--models-dir", default=None, metavar="DIR",
+                   help="also serve every .gguf file in DIR (id: the file's stem), each loaded on first use")  # fmt: skip
+    p.add_argument("--keep-alive", default="5m", metavar="DURATION",
+                   help="how long an idle model stays loaded, for requests that do not say (their \"keep_alive\"): "
+                   "\"5m\" (default), \"1h\", seconds, 0 (unload after each reply) or -1 (keep)")  # fmt: skip
+    p.add_argument("--max-models", type=int, default=2, metavar="N",
+                   help="models loaded at once; loading one more unloads the least recently used idle one (default 2)")  # fmt: skip
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory the loaded models may hold (4G, 512M, bytes); default: 80%% of what the machine "
+                   "has available at start")  # fmt: skip
+    p.add_argument("--pooling", choices=("mean", "last"), default="mean",
+                   help="how /v1/embeddings pools the last hidden state: mean of all tokens (default) or the last token")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     p.add_argument("-np", "--parallel", type=int, default=1, metavar="N",
-                   help="sequences generated at once (default 1)")  # fmt: skip
+                   help="sequences generated at once, per model (default 1)")  # fmt: skip
     p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context of one sequence in tokens (default 4096)")
     p.add_argument("--draft", default=None, metavar="MODEL",
                    help="a draft model for speculative decoding (same vocabulary, smaller or cheaper)")  # fmt: skip
@@ -356,8 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on every endpoint but /health "
                    "(or set EDGEINFER_API_KEY)")  # fmt: skip
-    p.add_argument("--alias", default=None, metavar="NAME",
-                   help="the model id the API reports (default: the model's name)")  # fmt: skip
+    p.add_argument("--alias", action="append", default=None, metavar="NAME",
+                   help="the id of a MODEL in the API (default: its name or file stem); repeat for each MODEL, in order")  # fmt: skip
     p.add_argument("--max-body-kb", type=int, default=4096, metavar="KB",
                    help="largest request body (default 4096 KiB)")  # fmt: skip
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: the available cores)")
@@ -403,6 +494,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", action="store_true", help="the CPU, its features and the kernels chosen")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_info)
+
+    for name, help in (("ps", "what a running `edgeinfer serve` has loaded (memory, requests, until when)"),
+                       ("stop", "unload models from a running `edgeinfer serve` (after their running requests)")):  # fmt: skip
+        p = sub.add_parser(name, help=help, description=help)
+        if name == "stop":
+            p.add_argument("models", nargs="+", metavar="MODEL", help="the model ids to unload")
+        else:
+            p.add_argument("--all", action="store_true", help="every model the server knows, loaded or not")
+            p.add_argument("--json", action="store_true", help="print the server's JSON")
+        p.add_argument("--host", default=os.environ.get("EDGEINFER_HOST", "127.0.0.1"),
+                       help="the server's address (default 127.0.0.1, or $EDGEINFER_HOST)")  # fmt: skip
+        p.add_argument("--port", type=int, default=int(os.environ.get("EDGEINFER_PORT", "8080")),
+                       help="the server's port (default 8080, or $EDGEINFER_PORT)")  # fmt: skip
+        p.add_argument("--api-key", default=None, metavar="KEY", help="the server's key (or EDGEINFER_API_KEY)")
+        p.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+        p.set_defaults(func=cmd_stop if name == "stop" else cmd_ps)
 
     p = sub.add_parser("pull", help="download named models into the cache")
     p.add_argument("names", nargs="+", metavar="NAME")

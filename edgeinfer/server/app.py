@@ -53,6 +53,9 @@ PUBLIC_PATHS = ("/health",)
 KNOWN_PATHS = {
     "/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/tokenize", "/detokenize",
     "/chat/completions", "/completions", "/models",
+    # the many-model server's own (server/multi.py)
+    "/v1/embeddings", "/embeddings", "/v1/responses", "/responses", "/v1/messages", "/v1/messages/count_tokens",
+    "/models/load", "/models/unload",
 }  # fmt: skip
 
 

@@ -316,7 +316,10 @@ class ModelManager:
         return e
 
     def resolve(self, model_id: str | None) -> str:
-        """The id a request means: its `model`; when it names none, the only model, else the only loaded one."""
+        """The id a request means: its `model`; a server of one model takes any name for it (as llama-server
+        and the single-model server before it); with several, a request naming none gets the only loaded one."""
+        if len(self.entries) == 1:
+            return next(iter(self.entries))
         if model_id is None or model_id == "":
             loaded = [e.spec.id for e in self.entries.values() if e.state == "loaded"]
             if len(self.entries) == 1:
