@@ -836,12 +836,12 @@ def test_cli_bench_with_ngl(tiny_llama, monkeypatch, capsys):
 def test_cli_ngl_reaches_serve_and_chat(monkeypatch):
     """serve and chat load the model in their own code: -ngl reaches load() through the environment."""
     pytest.importorskip("starlette")  # the server's dependency (absent from the GPU machine's image)
-    import edgeinfer.server as server
+    import edgeinfer.server.multi as server  # `edgeinfer serve` runs serve_models (one model or many)
     from edgeinfer.cli import main
 
     seen = {}
     monkeypatch.delenv("EDGEINFER_N_GPU_LAYERS", raising=False)
-    monkeypatch.setattr(server, "serve", lambda *a, **kw: seen.setdefault("serve", os.environ.get("EDGEINFER_N_GPU_LAYERS")) and 0)
+    monkeypatch.setattr(server, "serve_models", lambda *a, **kw: seen.setdefault("serve", os.environ.get("EDGEINFER_N_GPU_LAYERS")) and 0)
     main(["serve", "model.gguf", "-ngl", "-1"])
     assert seen["serve"] == "-1"
     assert main(["serve", "model.gguf", "-ngl", "-3"]) == 1
