@@ -51,7 +51,7 @@ from .app import (BODY_IDLE_S, BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, KEEP_ALIV
                   is_loopback)  # fmt: skip
 from .metrics import EnergyClock
 from .models import (DEFAULT_KEEP_ALIVE_S, DEFAULT_MAX_MODELS, Entry, Lease, ModelBusy, ModelLoadError, ModelManager,
-                     ModelNotFound, ModelSpec, parse_keep_alive, specs_from)  # fmt: skip
+                     ModelNotFound, ModelSpec, parse_keep_alive, specs_from, tune_allocator)  # fmt: skip
 
 log = logging.getLogger("edgeinfer.server")
 
@@ -811,6 +811,7 @@ def serve_models(models: Iterable[str] = (), models_dir: str | None = None, alia
         print(f"edgeinfer serve: WARNING: listening on {host}, reachable from other machines, and no API key is "
               "set: anyone who can reach this port can use the models. Set one with --api-key KEY (or "
               "EDGEINFER_API_KEY=KEY), or listen on 127.0.0.1.", file=sys.stderr, flush=True)  # fmt: skip
+    tune_allocator()  # an unloaded model's memory goes back to the system
     loader = make_loader(ctx_size, parallel, max_queue, kv_size, threads, backend, kv_type, draft)
     manager = ModelManager(specs, loader, keep_alive=keep_alive_s, max_models=max_models, max_memory=max_memory)
     first = None
