@@ -141,11 +141,18 @@ class LLM:
     def embed_tokens(self, ids: Sequence[Sequence[int]], pooling: str = "mean", normalize: bool = True,
                      batch_tokens: int = 512) -> np.ndarray:  # fmt: skip
         """embed() for inputs already tokenized: float32 (len(ids), n_embd)."""
-        from .nn import ForwardBatch
+        job = self.embed_passes(ids, pooling, normalize, batch_tokens)
+        while not job.step():
+            pass
+        return job.result()
 
+    def embed_passes(self, ids: Sequence[Sequence[int]], pooling: str = "mean", normalize: bool = True,
+                     batch_tokens: int = 512) -> "EmbedPasses":  # fmt: skip
+        """embed_tokens() as a job of forward passes run one by one (EmbedPasses.step), so that a server can
+        run other work between them. The inputs are checked here (EdgeInferError, ContextFullError)."""
         if pooling not in self.POOLINGS:
             raise EdgeInferError(f"pooling must be 'mean' or 'last', got {pooling!r}.")
-        n_embd = self.model.config.n_embd
+        ids = [[int(x) for x in t] for t in ids]
         for i, t in enumerate(ids):
             if not t:
                 raise EdgeInferError(f"Input {i} has no tokens; an embedding needs at least one.")
@@ -155,46 +162,7 @@ class LLM:
             bad = [x for x in t if not 0 <= x < self.n_vocab]
             if bad:
                 raise EdgeInferError(f"Input {i} holds token id {bad[0]}, outside the vocabulary (0..{self.n_vocab - 1}).")
-        acc = np.zeros((len(ids), n_embd), dtype=np.float64)
-        caches: dict[int, KVCache] = {}
-        done = [0] * len(ids)
-        pending = list(range(len(ids)))
-        budget = max(1, int(batch_tokens))
-        try:
-            while pending:
-                take, left = [], budget
-                for i in pending:
-                    if left <= 0:
-                        break
-                    k = min(len(ids[i]) - done[i], left)
-                    take.append((i, k))
-                    left -= k
-                toks, cs, rows = [], [], []
-                for i, k in take:
-                    if i not in caches:
-                        caches[i] = KVCache.for_model(self.model, len(ids[i]))
-                    toks.append(np.asarray(ids[i][done[i] : done[i] + k], dtype=np.int32))
-                    cs.append(caches[i])
-                    rows.append("all" if pooling == "mean" else "last")
-                hs = self.model.hidden_states(ForwardBatch.plan(toks, cs), rows)
-                for (i, k), h in zip(take, hs):
-                    done[i] += k
-                    if pooling == "mean":
-                        acc[i] += h.sum(axis=0, dtype=np.float64)
-                    elif done[i] == len(ids[i]):
-                        acc[i] = h[-1]
-                    if done[i] == len(ids[i]):
-                        caches.pop(i).release()
-                pending = [i for i in pending if done[i] < len(ids[i])]
-        finally:
-            for c in caches.values():
-                c.release()
-        if pooling == "mean":
-            acc /= np.array([len(t) for t in ids], dtype=np.float64)[:, None]
-        if normalize:
-            norms = np.linalg.norm(acc, axis=1, keepdims=True)
-            acc /= np.where(norms > 0, norms, 1.0)
-        return acc.astype(np.float32)
+        return EmbedPasses(self.model, ids, pooling, normalize, max(1, int(batch_tokens)))
 
     def generate(
         self,
@@ -372,6 +340,79 @@ class LLM:
     def __repr__(self) -> str:
         draft = f", draft={str(self.draft.path)!r}" if self.draft is not None else ""
         return f"LLM({str(self.path)!r}, arch={self.architecture!r}, n_ctx={self.n_ctx}, kv_type={self.kv_type!r}{draft})"
+
+
+class EmbedPasses:
+    """An embedding job (LLM.embed_passes): each step() is one forward pass over up to `batch_tokens` rows
+    of the inputs not yet done (several inputs side by side, each on its own cache; a long input spans
+    passes), without the output head; result() pools and normalizes once every input is done."""
+
+    def __init__(self, model, ids: list[list[int]], pooling: str, normalize: bool, batch_tokens: int):
+        self.model, self.ids, self.pooling, self.normalize, self.budget = model, ids, pooling, normalize, batch_tokens
+        self.acc = np.zeros((len(ids), model.config.n_embd), dtype=np.float64)
+        self.caches: dict[int, KVCache] = {}
+        self.done = [0] * len(ids)
+        self.pending = list(range(len(ids)))
+        self.n_tokens = sum(len(t) for t in ids)
+        self.closed = False
+
+    def step(self) -> bool:
+        """One forward pass; True when every input is done (then result())."""
+        from .nn import ForwardBatch
+
+        if self.closed:
+            raise EdgeInferError("EmbedPasses.step(): the job was closed.")
+        if not self.pending:
+            return True
+        ids, done = self.ids, self.done
+        take, left = [], self.budget
+        for i in self.pending:
+            if left <= 0:
+                break
+            k = min(len(ids[i]) - done[i], left)
+            take.append((i, k))
+            left -= k
+        try:
+            toks, cs = [], []
+            for i, k in take:
+                if i not in self.caches:
+                    self.caches[i] = KVCache.for_model(self.model, len(ids[i]))
+                toks.append(np.asarray(ids[i][done[i] : done[i] + k], dtype=np.int32))
+                cs.append(self.caches[i])
+            rows = ["all" if self.pooling == "mean" else "last"] * len(take)
+            hs = self.model.hidden_states(ForwardBatch.plan(toks, cs), rows)
+        except BaseException:
+            self.close()
+            raise
+        for (i, k), h in zip(take, hs):
+            done[i] += k
+            if self.pooling == "mean":
+                self.acc[i] += h.sum(axis=0, dtype=np.float64)
+            elif done[i] == len(ids[i]):
+                self.acc[i] = h[-1]
+            if done[i] == len(ids[i]):
+                self.caches.pop(i).release()
+        self.pending = [i for i in self.pending if done[i] < len(ids[i])]
+        return not self.pending
+
+    def result(self) -> np.ndarray:
+        """float32 (n_inputs, n_embd): pooled (and L2-normalized unless normalize=False)."""
+        if self.pending or self.closed:
+            raise EdgeInferError("EmbedPasses.result(): the job has passes left (call step() until it returns True).")
+        acc = self.acc.copy()
+        if self.pooling == "mean":
+            acc /= np.array([len(t) for t in self.ids], dtype=np.float64)[:, None]
+        if self.normalize:
+            norms = np.linalg.norm(acc, axis=1, keepdims=True)
+            acc /= np.where(norms > 0, norms, 1.0)
+        return acc.astype(np.float32)
+
+    def close(self) -> None:
+        """Give the caches of unfinished inputs back (a job abandoned midway)."""
+        for c in self.caches.values():
+            c.release()
+        self.caches.clear()
+        self.closed = True
 
 
 def load(

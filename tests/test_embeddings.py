@@ -63,3 +63,19 @@ def test_shapes_and_errors(smollm2):
         smollm2.embed([[1, 10**7]])
     with pytest.raises(ContextFullError):
         smollm2.embed([[1] * 600])
+
+
+def test_passes_one_step_at_a_time(smollm2):
+    """embed_passes: a job of forward passes (the server runs one per decoding step), the same vectors."""
+    ids = [smollm2.tokenize("a short one"), smollm2.tokenize("a somewhat longer text that spans passes " * 3)]
+    job = smollm2.embed_passes(ids, "mean", batch_tokens=8)
+    steps = 1
+    while not job.step():
+        steps += 1
+    assert steps == -(-sum(map(len, ids)) // 8)
+    assert np.abs(job.result() - smollm2.embed(ids)).max() < 2e-3
+    half = smollm2.embed_passes(ids, batch_tokens=8)
+    half.step()
+    half.close()  # abandoned midway: caches given back, no result
+    with pytest.raises(EdgeInferError):
+        half.result()

@@ -143,6 +143,23 @@ def test_openai_embeddings(multi):
         assert r.status_code == 400 and r.json()["error"]["param"] == param, (body, r.text)
 
 
+def test_embeddings_beside_a_stream(multi):
+    """Embedding requests at once (batched on the runner's worker, one pass per step) while a reply streams:
+    each gets its own vectors, the stream its whole reply."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = multi.client()
+    texts = [f"text number {i} " * (1 + 20 * (i % 3)) for i in range(6)]  # up to ~100 tokens: several passes
+    alone = [client.embeddings.create(model="smol", input=t).data[0].embedding for t in texts]
+    with ThreadPoolExecutor(7) as pool:
+        stream = pool.submit(lambda: client.chat.completions.create(
+            model="smol", messages=CHAT, max_tokens=24, temperature=0, logit_bias={"2": -100}).usage.completion_tokens)  # fmt: skip
+        together = list(pool.map(lambda t: client.embeddings.create(model="smol", input=[t, "x"]).data[0].embedding, texts))
+        assert stream.result() == 24
+    for a, b in zip(alone, together):
+        assert np.abs(np.array(a) - np.array(b)).max() < 2e-3
+
+
 def test_openai_responses(multi):
     client = multi.client()
     r = client.responses.create(model="smol", input="Name a color.", instructions="Answer in one word.",

@@ -90,16 +90,19 @@ def make_loader(ctx_size: int = 4096, parallel: int = 1, max_queue: int = 16, kv
 
 
 class EmbedBatcher:
-    """Embedding requests of one model, run on its runner's worker between steps (BatchRunner.
-    run_between_steps): what arrived while the worker was busy runs together, in passes of up to
-    `batch_tokens` rows (llm.embed_tokens). Never beside another thread running the same model."""
+    """Embedding requests of one model, run on its runner's worker between decoding steps
+    (BatchRunner.run_between_steps), one forward pass of up to `batch_tokens` rows per step: the requests
+    that arrived meanwhile go through the model together (llm.embed_passes), and the model's running
+    replies keep flowing between the passes of a large request. Never beside another thread running
+    that model."""
 
     def __init__(self, llm, runner, batch_tokens: int = 512):
         self.llm, self.runner, self.batch_tokens = llm, runner, batch_tokens
         self._lock = threading.Lock()
         self._pending: list[tuple[list[list[int]], str, asyncio.Future, asyncio.AbstractEventLoop]] = []
+        self._job = None  # (EmbedPasses, its requests) being run
         self._scheduled = False
-        self._serial = threading.Lock()  # runners without run_between_steps: one embedding pass at a time
+        self._serial = threading.Lock()  # runners without run_between_steps: one pass at a time
 
     async def embed(self, ids: list[list[int]], pooling: str) -> np.ndarray:
         loop = asyncio.get_running_loop()
@@ -109,39 +112,66 @@ class EmbedBatcher:
             schedule = not self._scheduled
             self._scheduled = True
         if schedule:
-            run = getattr(self.runner, "run_between_steps", None)
-            if run is not None:
-                job = run(self._drain)
-                job.add_done_callback(lambda f: self._failed(f.exception()) if f.exception() else None)
-            else:
-                loop.run_in_executor(None, self._drain)
+            self._schedule()
         return await fut
 
+    def _schedule(self) -> None:
+        run = getattr(self.runner, "run_between_steps", None)
+        if run is not None:
+            job = run(self._pass)
+            job.add_done_callback(lambda f: self._failed(f.exception()) if f.exception() else None)
+        else:
+            threading.Thread(target=self._pass, name="edgeinfer-embed", daemon=True).start()
+
     def _failed(self, err: BaseException) -> None:
+        """The runner refused the work (it stopped): every waiting request gets the error."""
         with self._lock:
             pending, self._pending, self._scheduled = self._pending, [], False
+            job, self._job = self._job, None
+        if job is not None:
+            job[0].close()
+            pending = job[1] + pending
         for _, _, fut, loop in pending:
             loop.call_soon_threadsafe(_set_exception, fut, err)
 
-    def _drain(self) -> None:
+    def _pass(self) -> None:
+        """One forward pass of the current job (a new job from what waits when there is none); then run
+        again after the next decoding step while work is left."""
         with self._lock:
-            pending, self._pending, self._scheduled = self._pending, [], False
-        for pooling in POOLINGS:
-            group = [p for p in pending if p[1] == pooling]
-            if not group:
-                continue
-            flat = [t for ids, *_ in group for t in ids]
+            if self._job is None and self._pending:
+                pooling = self._pending[0][1]
+                group = [p for p in self._pending if p[1] == pooling]
+                self._pending = [p for p in self._pending if p[1] != pooling]
+                flat = [t for ids, *_ in group for t in ids]
+                try:
+                    self._job = (self.llm.embed_passes(flat, pooling, batch_tokens=self.batch_tokens), group)
+                except BaseException as e:  # noqa: BLE001 -- each request gets it
+                    for _, _, fut, loop in group:
+                        loop.call_soon_threadsafe(_set_exception, fut, e)
+            job = self._job
+        if job is not None:
+            passes, group = job
             try:
                 with self._serial:
-                    vecs = self.llm.embed_tokens(flat, pooling=pooling, batch_tokens=self.batch_tokens)
-            except BaseException as e:  # noqa: BLE001 -- each request gets it
-                for _, _, fut, loop in group:
-                    loop.call_soon_threadsafe(_set_exception, fut, e)
-                continue
-            i = 0
-            for ids, _, fut, loop in group:
-                loop.call_soon_threadsafe(_set_result, fut, vecs[i : i + len(ids)])
-                i += len(ids)
+                    finished = passes.step()
+                vecs = passes.result() if finished else None
+            except BaseException as e:  # noqa: BLE001
+                finished, vecs = True, e
+            if finished:
+                with self._lock:
+                    self._job = None
+                i = 0
+                for ids, _, fut, loop in group:
+                    if isinstance(vecs, BaseException):
+                        loop.call_soon_threadsafe(_set_exception, fut, vecs)
+                    else:
+                        loop.call_soon_threadsafe(_set_result, fut, vecs[i : i + len(ids)])
+                        i += len(ids)
+        with self._lock:
+            more = self._job is not None or bool(self._pending)
+            self._scheduled = more
+        if more:
+            self._schedule()
 
 
 def _set_result(fut: asyncio.Future, value) -> None:
