@@ -480,7 +480,10 @@ class ModelManager:
                 if isinstance(err, (ModelBusy, ModelLoadError)):
                     fut.set_exception(err)
                 else:
-                    log.exception("loading %s failed", e.spec.id)
+                    if isinstance(err, EdgeInferError):  # a bad file or setting: its message says it all
+                        log.warning("loading %s failed: %s", e.spec.id, err)
+                    else:
+                        log.exception("loading %s failed", e.spec.id)
                     fut.set_exception(ModelLoadError(f"Loading the model {e.spec.id!r} failed: "
                                                      f"{type(err).__name__}: {err}"))  # fmt: skip
                 return

@@ -847,11 +847,15 @@ def serve_models(models: Iterable[str] = (), models_dir: str | None = None, alia
     first = None
     if preload and models:  # the first model given loads now: a bad file fails here, not at the first request
         first = specs[0].id
+        level = log.level
+        log.setLevel(logging.ERROR)  # a bad file's warning would repeat the error printed below
         try:
             manager.load(first)
         except ModelLoadError as e:
             sock.close()
             raise EdgeInferError(str(e)) from None
+        finally:
+            log.setLevel(level)
     manager.start()
     hub = create_hub(manager, api_key=api_key, max_body_bytes=max_body_bytes, energy_source=energy_source,
                      speculative=speculative, cors_origins=cors_origins, pooling=pooling,
