@@ -843,7 +843,8 @@ def serve_models(models: Iterable[str] = (), models_dir: str | None = None, alia
               "EDGEINFER_API_KEY=KEY), or listen on 127.0.0.1.", file=sys.stderr, flush=True)  # fmt: skip
     tune_allocator()  # an unloaded model's memory goes back to the system
     loader = make_loader(ctx_size, parallel, max_queue, kv_size, threads, backend, kv_type, draft)
-    manager = ModelManager(specs, loader, keep_alive=keep_alive_s, max_models=max_models, max_memory=max_memory)
+    manager = ModelManager(specs, loader, keep_alive=keep_alive_s, max_models=max_models, max_memory=max_memory,
+                           max_waiting=max_queue)  # the queue's rule: --max-queue requests may wait for a load  # fmt: skip
     first = None
     if preload and models:  # the first model given loads now: a bad file fails here, not at the first request
         first = specs[0].id
