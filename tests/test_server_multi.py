@@ -288,6 +288,20 @@ def test_cli_ps_and_stop(multi):
     assert out.returncode == 1 and "does not exist" in out.stderr
 
 
+def test_concurrent_requests_wait_for_one_load(multi):
+    from concurrent.futures import ThreadPoolExecutor
+
+    multi.http.post("/models/unload", json={"model": "gemma"})
+    assert _wait_for(lambda: multi.states()["gemma"] == "unloaded")
+    client = multi.client()
+    with ThreadPoolExecutor(3) as pool:
+        replies = list(pool.map(lambda i: client.completions.create(model="gemma", prompt=f"{i} +", max_tokens=2),
+                                range(3)))  # fmt: skip
+    assert all(r.model == "gemma" and r.usage.completion_tokens >= 1 for r in replies)
+    gemma = next(m for m in multi.http.get("/models").json()["data"] if m["id"] == "gemma")
+    assert gemma["state"] == "loaded" and gemma["active_requests"] == 0
+
+
 def test_lru_eviction_at_max_models_1(single_slot):
     client = single_slot.client()
     assert single_slot.states() == {"smol": "loaded", "gemma": "unloaded"}
