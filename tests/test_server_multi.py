@@ -193,6 +193,11 @@ def test_responses_tools(multi):
                                         tool_choice={"type": "function", "name": "get_weather"}, temperature=0)  # fmt: skip
     calls = [o for o in r.output if o.type == "function_call"]
     assert calls and calls[0].name == "get_weather" and "city" in json.loads(calls[0].arguments)
+    with multi.client().responses.stream(model="smol", input="Weather in Paris?", tools=[tool], max_output_tokens=40,
+                                         tool_choice={"type": "function", "name": "get_weather"},
+                                         temperature=0) as stream:  # the client's helper checks the event order  # fmt: skip
+        final = stream.get_final_response()
+    assert [(o.name, o.arguments) for o in final.output] == [(c.name, c.arguments) for c in calls]
 
 
 def test_anthropic_messages(multi):
@@ -226,6 +231,11 @@ def test_anthropic_tools(multi):
                                           messages=[{"role": "user", "content": "Weather in Paris?"}])  # fmt: skip
     uses = [b for b in m.content if b.type == "tool_use"]
     assert uses and uses[0].name == "get_weather" and "city" in uses[0].input and m.stop_reason == "tool_use"
+    with multi.anthropic().messages.stream(model="smol", max_tokens=40, tools=[tool], extra_body={"temperature": 0},
+                                           tool_choice={"type": "tool", "name": "get_weather"},
+                                           messages=[{"role": "user", "content": "Weather in Paris?"}]) as stream:  # fmt: skip
+        final = stream.get_final_message()  # the tool's input rebuilt from input_json_delta events
+    assert [(b.name, b.input) for b in final.content if b.type == "tool_use"] == [(u.name, u.input) for u in uses]
     follow = multi.anthropic().messages.create(model="smol", max_tokens=5, tools=[tool], messages=[
         {"role": "user", "content": "Weather in Paris?"},
         {"role": "assistant", "content": [{"type": "tool_use", "id": uses[0].id, "name": "get_weather",
