@@ -178,9 +178,7 @@ def to_chat_body(body: dict) -> dict:
     fmt = _format(body)
     if fmt is not None:
         chat["response_format"] = fmt
-    if body.get("top_logprobs"):
-        chat["logprobs"], chat["top_logprobs"] = True, body["top_logprobs"]
-    return chat
+    return chat  # top_logprobs and include[] are not reported in this dialect (the output's logprobs stay [])
 
 
 def rename_error(e: RequestError) -> RequestError:
