@@ -233,6 +233,8 @@ def cmd_serve(args) -> int:
     from .server.multi import serve_models
 
     _ngl_env(args)
+    if args.replicas is not None or args.ray_address or args.min_replicas is not None or args.max_replicas is not None:
+        return _serve_ray(args)
     aliases = args.alias or []
     if len(aliases) > max(1, len(args.model)):
         raise EdgeInferError(f"{len(aliases)} --alias values for {len(args.model)} MODEL arguments: give one per model.")
@@ -250,6 +252,24 @@ def cmd_serve(args) -> int:
         cors_origins=args.cors_origin or None, reasoning_budget=args.reasoning_budget,
         keep_alive=args.keep_alive, max_models=args.max_models, max_memory=max_memory, pooling=args.pooling,
         **_backend_kwargs(args),
+    )  # fmt: skip
+
+
+def _serve_ray(args) -> int:
+    """`serve MODEL --replicas N`: replicas on Ray Serve (server/ray_serve.py)."""
+    from .server.ray_serve import serve_ray
+
+    if len(args.model) != 1 or args.models_dir:
+        raise EdgeInferError("--replicas serves one model: give exactly one MODEL (and no --models-dir).")
+    return serve_ray(
+        args.model[0], replicas=args.replicas or args.min_replicas or 1, ray_address=args.ray_address,
+        min_replicas=args.min_replicas, max_replicas=args.max_replicas, host=args.host, port=args.port,
+        threads=args.threads, parallel=args.parallel, ctx_size=args.ctx_size, max_queue=args.max_queue,
+        kv_size=args.kv_size, draft=args.draft, backend=args.backend or "auto", kv_type=args.kv_type,
+        model_name=(args.alias or [None])[0], api_key=args.api_key or os.environ.get("EDGEINFER_API_KEY") or None,
+        max_body_bytes=args.max_body_kb * 1024, energy_source=args.energy,
+        speculative=None if args.spec == "off" else args.spec, cors_origins=args.cors_origin or None,
+        reasoning_budget=args.reasoning_budget,
     )  # fmt: skip
 
 
@@ -423,6 +443,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "has available at start")  # fmt: skip
     p.add_argument("--pooling", choices=("mean", "last"), default="mean",
                    help="how /v1/embeddings pools the last hidden state: mean of all tokens (default) or the last token")  # fmt: skip
+    p.add_argument("--replicas", type=int, default=None, metavar="N",
+                   help="serve MODEL from N replicas on Ray Serve (pip install 'edgeinfer[ray]'): a local Ray "
+                   "cluster, or the one at --ray-address; --threads are split between them; requests that share "
+                   "a prompt prefix go to the replica holding it")  # fmt: skip
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join this Ray cluster (\"auto\", or host:port of `ray start --head`) instead of starting one")  # fmt: skip
+    p.add_argument("--min-replicas", type=int, default=None, metavar="N",
+                   help="with --replicas: let Ray Serve's autoscaler (queue depth) go down to N replicas")  # fmt: skip
+    p.add_argument("--max-replicas", type=int, default=None, metavar="N",
+                   help="with --replicas: let Ray Serve's autoscaler (queue depth) go up to N replicas")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     p.add_argument("-np", "--parallel", type=int, default=1, metavar="N",

@@ -161,7 +161,8 @@ class PrefixAwareRouter(_RequestRouter):
         self._index: dict = collections.defaultdict(collections.OrderedDict)  # ReplicaID -> {block hash: None}
         self._rr = 0
         self._ongoing: collections.Counter = collections.Counter()  # ReplicaID -> generation requests running
-        self._requests: dict = {}  # internal request id -> ReplicaID, for generation requests
+        self._routed_to: dict = {}  # id(request payload) -> ReplicaID, until the ingress releases it
+        self._chosen_by_prefix: dict = {}  # id(request payload) -> the replica chosen for its prefix
         self.routed: collections.Counter = collections.Counter()  # replica id string -> generation requests
         self.prefix_routed = 0  # requests sent where their prefix was
         self._lock = threading.Lock()
@@ -193,19 +194,22 @@ class PrefixAwareRouter(_RequestRouter):
         by_load = sorted(candidates, key=lambda r: loads[r.replica_id])
         if self.policy == "least_loaded":
             return [by_load]
-        hashes = req.get("_hashes")
-        if hashes is None:
-            hashes = req["_hashes"] = block_hashes(req["prompt_ids"], self.block_tokens)
+        hashes = self._hashes(req)
         with self._lock:
             matched = {r.replica_id: self._matched(r.replica_id, hashes) for r in candidates}
         # the longest prefix among the replicas at most `imbalance` requests busier than the least loaded
         near = [r for r in by_load if loads[r.replica_id] <= least + self.imbalance]
         best = max(near, key=lambda r: (matched[r.replica_id], -loads[r.replica_id]))
+        with self._lock:
+            self._chosen_by_prefix[id(req)] = best.replica_id if matched[best.replica_id] > 0 else None
         if matched[best.replica_id] > 0:
-            req["_by_prefix"] = True
             return [[best], by_load]
-        req["_by_prefix"] = False
         return [by_load]
+
+    def _hashes(self, req: dict) -> list[int]:
+        if self.block_tokens == BLOCK_TOKENS and req.get("hashes") is not None:
+            return req["hashes"]  # made by the ingress (RemoteRunner.submit)
+        return block_hashes(req["prompt_ids"], self.block_tokens)
 
     def _matched(self, rid, hashes: list[int]) -> int:
         index = self._index.get(rid)
@@ -224,15 +228,14 @@ class PrefixAwareRouter(_RequestRouter):
             return
         with self._lock:
             self.routed[replica_id.to_full_id_str()] += 1
+            before = self._routed_to.get(id(req))
+            if before is not None and self._ongoing.get(before, 0) > 0:
+                self._ongoing[before] -= 1  # routed again (its replica died): the first is over
             self._ongoing[replica_id] += 1
-            rid = getattr(getattr(pending_request, "metadata", None), "internal_request_id", None)
-            if rid is not None:
-                self._requests[rid] = replica_id
-            if req.get("_by_prefix"):
+            self._routed_to[id(req)] = replica_id
+            if self._chosen_by_prefix.pop(id(req), None) == replica_id:
                 self.prefix_routed += 1
-            hashes = req.get("_hashes")
-            if hashes is None:
-                hashes = req["_hashes"] = block_hashes(req["prompt_ids"], self.block_tokens)
+            hashes = self._hashes(req)
             index = self._index[replica_id]
             for h in hashes:  # the most recently used last
                 index[h] = None
@@ -240,9 +243,12 @@ class PrefixAwareRouter(_RequestRouter):
             while len(index) > self.index_blocks:
                 index.popitem(last=False)
 
-    def on_request_completed(self, replica_id, internal_request_id) -> None:
+    def release(self, req: dict) -> None:
+        """The ingress's side: the request routed with `req` has ended (Ray Serve's own completion hook
+        fires when a streaming call is dispatched, not when its stream ends)."""
         with self._lock:
-            rid = self._requests.pop(internal_request_id, None)
+            self._chosen_by_prefix.pop(id(req), None)
+            rid = self._routed_to.pop(id(req), None)
             if rid is not None and self._ongoing.get(rid, 0) > 0:
                 self._ongoing[rid] -= 1
 
@@ -338,6 +344,9 @@ class RemoteHandle:
                     self._runner.retries += 1
                     await asyncio.sleep(0.25 * attempt)  # let Ray notice the death before routing again
         finally:
+            router = self._runner._router()
+            if router is not None:
+                router.release(self._payload)
             self._release()
 
 
@@ -383,8 +392,11 @@ class RemoteRunner:
         if mode == "draft" and not self.has_draft:
             raise EdgeInferError("speculative 'draft' needs a draft model: start the server with --draft MODEL.")
 
+    def _router(self):
+        return _ROUTERS.get((self._engine.app_name, self._engine.deployment_name))
+
     def _live_replicas(self) -> list[str]:
-        router = _ROUTERS.get((self._engine.app_name, self._engine.deployment_name))
+        router = self._router()
         if router is None:
             return []
         return sorted(r.to_full_id_str() for r in router.curr_replicas)
@@ -408,7 +420,8 @@ class RemoteRunner:
                                      f"try again in about {round(wait)} s.", retry_after_s=wait)  # fmt: skip
             self.in_flight += 1
         payload = {"prompt_ids": prompt_ids, "params": params, "max_tokens": int(max_tokens), "stop": list(stop),
-                   "speculative": speculative, "grammar": grammar, "logprobs": logprobs}  # fmt: skip
+                   "speculative": speculative, "grammar": grammar, "logprobs": logprobs,
+                   "hashes": block_hashes(prompt_ids)}  # for the router  # fmt: skip
         return RemoteHandle(self, payload)
 
     def _done(self) -> None:
@@ -585,6 +598,12 @@ def serve_ray(model, replicas: int = 1, ray_address: str | None = None, host: st
     per = max(1, total // replicas)
     if not (os.path.isfile(str(model))):
         resolve_model(model)  # fetch it once here, with a progress bar (each node's replicas read the cache)
+    if int(port) == 0:  # Ray Serve's proxy needs a number: pick a free one
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
     started = False
     if ray_address:
         ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
