@@ -306,7 +306,7 @@ static void run_matmul(job_t *job, int n_threads) {
 static int block_size_of(int type) {
     switch (type) {
     case GT_F32: case GT_F16: return 1;
-    case GT_Q4_K: case GT_Q5_K: case GT_Q6_K: case GT_IQ4_XS: return QK_K;
+    case GT_Q4_K: case GT_Q5_K: case GT_Q6_K: case GT_IQ4_XS: case GT_IQ2_XXS: case GT_TQ2_0: return QK_K;
     default: return QK;
     }
 }
@@ -324,6 +324,8 @@ static int64_t type_size_of(int type) {
     case GT_Q5_K: return 176;
     case GT_Q6_K: return 210;
     case GT_IQ4_XS: return 136;
+    case GT_IQ2_XXS: case GT_TQ2_0: return 66;
+    case GT_MXFP4: return 17;
     default: return 0;
     }
 }

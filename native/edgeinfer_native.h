@@ -20,8 +20,9 @@
 /* weight types: ggml's ids (GGMLQuantizationType) */
 enum {
     GT_F32 = 0, GT_F16 = 1, GT_Q4_0 = 2, GT_Q4_1 = 3, GT_Q5_0 = 6, GT_Q5_1 = 7, GT_Q8_0 = 8,
-    GT_Q4_K = 12, GT_Q5_K = 13, GT_Q6_K = 14, GT_IQ4_NL = 20, GT_IQ4_XS = 23,
-    GT_COUNT = 32
+    GT_Q4_K = 12, GT_Q5_K = 13, GT_Q6_K = 14, GT_IQ2_XXS = 16, GT_IQ4_NL = 20, GT_IQ4_XS = 23,
+    GT_TQ2_0 = 35, GT_MXFP4 = 39,
+    GT_COUNT = 40
 };
 
 /* activation formats (ggml's vec_dot_type of each weight type) */
@@ -75,9 +76,9 @@ static inline int native_act_kind(int ggml_type) {
     switch (ggml_type) {
     case GT_F32: return ACT_F32;
     case GT_F16: return ACT_F16;
-    case GT_Q4_0: case GT_Q5_0: case GT_Q8_0: case GT_IQ4_NL: return ACT_Q8_0;
+    case GT_Q4_0: case GT_Q5_0: case GT_Q8_0: case GT_IQ4_NL: case GT_MXFP4: return ACT_Q8_0;
     case GT_Q4_1: case GT_Q5_1: return ACT_Q8_1;
-    case GT_Q4_K: case GT_Q5_K: case GT_Q6_K: case GT_IQ4_XS: return ACT_Q8_K;
+    case GT_Q4_K: case GT_Q5_K: case GT_Q6_K: case GT_IQ4_XS: case GT_IQ2_XXS: case GT_TQ2_0: return ACT_Q8_K;
     default: return ACT_NONE;
     }
 }

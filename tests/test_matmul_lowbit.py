@@ -84,6 +84,23 @@ def test_backends_run_every_lowbit_type(backend):
         np.testing.assert_array_equal(b.get_rows(w, np.array([39, 0])), nm.get_rows(weight(t, 40, 256, seed=1), np.array([39, 0])))
 
 
+def test_native_has_c_kernels_for_some_and_hands_the_rest_to_numba():
+    try:
+        from edgeinfer.kernels import native
+        from edgeinfer.kernels.native import _plan
+
+        b = get_backend("native", n_threads=1)
+    except Exception as e:
+        pytest.skip(f"native: {e}")
+    x = np.random.default_rng(2).standard_normal((9, 512)).astype(np.float32)
+    for t in LOWBIT_TYPES:
+        w = weight(t, 17, 512, seed=3)
+        in_c = t in (T.IQ2_XXS, T.TQ2_0, T.MXFP4)
+        assert (t in native.LOWBIT_C_TYPES) == in_c and (_plan(w)[1] >= 0) == in_c
+        # C (scalar, on every ISA) and Numba compute the same float operations in the same order
+        np.testing.assert_array_equal(b.matmul(w, x).view(np.uint32), nm.matmul(w, x).view(np.uint32))
+
+
 def test_tables_are_consistent():
     for t in LOWBIT_TYPES:
         assert t in nm.FORMATS and t in nm.MATMUL_KERNELS and t in nd.KERNELS
