@@ -174,6 +174,24 @@ def test_a_conversation_stays_on_one_replica(cluster):
     assert sum(s["prefix_tokens_reused"] for s in info["replicas"]) > 0
 
 
+def test_a_client_that_goes_away_frees_its_sequence_on_the_replica(cluster):
+    def cancelled() -> int:
+        return sum(s["requests_finished"].get("cancelled", 0) for s in replicas(cluster)["replicas"])
+
+    before = cancelled()
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Count from one to a thousand."}],
+            "max_tokens": 600, "temperature": 0, "stream": True, "logit_bias": {"0": -100, "2": -100, "4": -100}}
+    with httpx.stream("POST", cluster + "/v1/chat/completions", json=body, timeout=120) as r:
+        for line in r.iter_lines():
+            if '"content"' in line:
+                break
+    deadline = time.time() + 30
+    while time.time() < deadline and cancelled() == before:
+        time.sleep(0.2)
+    assert cancelled() == before + 1
+    assert all(s["active"] == 0 for s in replicas(cluster)["replicas"])
+
+
 def _kill(replica_id: str) -> None:
     ray.kill(ray.get_actor(replica_id, namespace="serve"), no_restart=True)
 
@@ -232,3 +250,23 @@ def test_router_prefers_the_replica_holding_the_prefix():
     ha, hb = RS.block_hashes(a), RS.block_hashes(b)
     assert len(ha) == 6 and ha[:2] == hb[:2] and ha[2] != hb[2]
     assert RS.block_hashes(list(range(15))) == []
+
+
+def test_autoscaling_bounds_reach_ray_serve():
+    app = RS.build_app(MODEL, replicas=2, threads=1, parallel=3, min_replicas=1, max_replicas=4, routing="round_robin")
+    engine = app._bound_deployment.init_args[0]._bound_deployment
+    cfg = engine._deployment_config
+    auto = cfg.autoscaling_config
+    assert (auto.min_replicas, auto.initial_replicas, auto.max_replicas) == (1, 2, 4)
+    assert auto.target_ongoing_requests == 3  # queue depth: --parallel requests per replica
+    assert engine.ray_actor_options["num_cpus"] == 1
+    assert cfg.request_router_config.request_router_kwargs["policy"] == "round_robin"
+    with pytest.raises(Exception, match="min-replicas"):
+        RS.build_app(MODEL, replicas=2, min_replicas=3, max_replicas=2)
+
+
+def test_cli_replicas_takes_one_model(capsys):
+    from edgeinfer.cli import main
+
+    assert main(["serve", "smollm2-135m", "gemma3-270m", "--replicas", "2"]) == 1
+    assert "one model" in capsys.readouterr().err

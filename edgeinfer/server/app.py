@@ -56,6 +56,7 @@ KNOWN_PATHS = {
     # the many-model server's own (server/multi.py)
     "/v1/embeddings", "/embeddings", "/v1/responses", "/responses", "/v1/messages", "/v1/messages/count_tokens",
     "/models/load", "/models/unload",
+    "/replicas",  # the Ray Serve ingress's (server/ray_serve.py)
 }  # fmt: skip
 
 
