@@ -461,8 +461,10 @@ def load(
             raise EdgeInferError(str(e)) from None
     plan = None
     if n_gpu_layers:
+        from .arch import load_config
         from .kernels.cuda.offload import plan_offload
 
+        load_config(gguf)  # the file's hyper-parameters checked before the plan reads them
         plan = plan_offload(gguf, backend, n_gpu_layers)
         if plan.device is not None and (plan.n_gpu_layers or plan.head_on_device):
             from .energy import note_gpu_in_use

@@ -840,7 +840,9 @@ def test_cli_ngl_reaches_serve_and_chat(monkeypatch):
     from edgeinfer.cli import main
 
     seen = {}
-    monkeypatch.delenv("EDGEINFER_N_GPU_LAYERS", raising=False)
+    # set through monkeypatch so that the value the CLI writes is undone after the test (it leaked into
+    # every later load() of the session, the fuzz suite's among them)
+    monkeypatch.setenv("EDGEINFER_N_GPU_LAYERS", "0")
     monkeypatch.setattr(server, "serve_models", lambda *a, **kw: seen.setdefault("serve", os.environ.get("EDGEINFER_N_GPU_LAYERS")) and 0)
     main(["serve", "model.gguf", "-ngl", "-1"])
     assert seen["serve"] == "-1"
