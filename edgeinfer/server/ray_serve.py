@@ -633,13 +633,14 @@ def serve_ray(model, replicas: int = 1, ray_address: str | None = None, host: st
         finally:
             signal.signal(signal.SIGTERM, previous)
     finally:
-        try:
-            serve.delete(APP_NAME)
-            if started:
-                serve.shutdown()
-        finally:
-            if started:
-                ray.shutdown()
+        # A local cluster goes with its driver (Ctrl-C in a terminal reaches Ray's own processes too, so
+        # nothing here may wait on them); a joined cluster keeps running without this application.
+        if not started:
+            try:
+                serve.delete(APP_NAME, _blocking=False)
+            except Exception:
+                pass
+        ray.shutdown()
     print_fn("edgeinfer serve: stopped", flush=True)
     return 0
 
