@@ -285,6 +285,55 @@ class _EventStream(Response):
 SHUTDOWN_MESSAGE = "The server is shutting down; this reply was cut short. Try again when it is back."
 
 
+async def read_body(request: Request, max_body_bytes: int) -> bytes:
+    """A request's body, at most max_body_bytes (413 past it: by Content-Length before reading, or as it
+    arrives), within BODY_IDLE_S between chunks and BODY_TIMEOUT_S in all (408): a client that sends its
+    body slowly, or not at all, holds a connection only so long. ClientDisconnect when it leaves."""
+    length = request.headers.get("content-length")
+    if length is not None and length.strip().isdigit() and int(length) > max_body_bytes:
+        raise P.RequestError(f"The request body is {int(length)} bytes; this server takes at most "
+                             f"{max_body_bytes}.", status=413, code="request_too_large")  # fmt: skip
+    chunks, n = [], 0
+    body = aiter(request.stream())
+    deadline = time.monotonic() + BODY_TIMEOUT_S
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                chunk = await asyncio.wait_for(anext(body), timeout=max(0.0, min(BODY_IDLE_S, left)))
+            except StopAsyncIteration:
+                break
+            n += len(chunk)
+            if n > max_body_bytes:
+                raise P.RequestError(f"The request body is over {max_body_bytes} bytes, the most this server "
+                                     "takes.", status=413, code="request_too_large")  # fmt: skip
+            chunks.append(chunk)
+    except asyncio.TimeoutError:
+        raise P.RequestError(f"The request body did not arrive in time (at most {BODY_IDLE_S:g} s between "
+                             f"chunks, {BODY_TIMEOUT_S:g} s in all).", status=408, code="request_timeout") from None  # fmt: skip
+    return b"".join(chunks)
+
+
+def bind_socket(host: str, port) -> socket.socket:
+    """A socket bound to host:port (EdgeInferError saying what to change when it cannot be)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as e:
+        sock.close()
+        raise EdgeInferError(f"Cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host.") \
+            from None  # fmt: skip
+    return sock
+
+
+def cors_from_env(cors_origins: list[str] | None) -> list[str]:
+    """cors_origins, or when None, $EDGEINFER_CORS_ORIGINS (comma-separated)."""
+    if cors_origins is not None:
+        return cors_origins
+    return [o.strip() for o in os.environ.get("EDGEINFER_CORS_ORIGINS", "").split(",") if o.strip()]
+
+
 def create_app(llm, runner, api_key: str | None = None, model_name: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, energy_source: str | None = None,
                n_ctx: int | None = None, speculative: str | None = "auto",
@@ -302,32 +351,10 @@ def create_app(llm, runner, api_key: str | None = None, model_name: str | None =
     created = int(time.time())
 
     async def read_json(request: Request) -> dict:
-        length = request.headers.get("content-length")
-        if length is not None and length.strip().isdigit() and int(length) > max_body_bytes:
-            raise P.RequestError(f"The request body is {int(length)} bytes; this server takes at most "
-                                 f"{max_body_bytes}.", status=413, code="request_too_large")  # fmt: skip
-        chunks, n = [], 0
-        body = aiter(request.stream())
-        deadline = time.monotonic() + BODY_TIMEOUT_S
         try:
-            while True:
-                # a client that sends its body slowly (or not at all) holds a connection: bounded per chunk and in all
-                left = deadline - time.monotonic()
-                try:
-                    chunk = await asyncio.wait_for(anext(body), timeout=max(0.0, min(BODY_IDLE_S, left)))
-                except StopAsyncIteration:
-                    break
-                n += len(chunk)
-                if n > max_body_bytes:
-                    raise P.RequestError(f"The request body is over {max_body_bytes} bytes, the most this server "
-                                         "takes.", status=413, code="request_too_large")  # fmt: skip
-                chunks.append(chunk)
-        except asyncio.TimeoutError:
-            raise P.RequestError(f"The request body did not arrive in time (at most {BODY_IDLE_S:g} s between "
-                                 f"chunks, {BODY_TIMEOUT_S:g} s in all).", status=408, code="request_timeout") from None  # fmt: skip
+            return P.parse_json_body(await read_body(request, max_body_bytes))
         except ClientDisconnect:
             raise _BodyAbandoned() from None
-        return P.parse_json_body(b"".join(chunks))
 
     def handles_errors(fn):
         async def endpoint(request: Request):
@@ -703,20 +730,12 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, c
         raise EdgeInferError(f"port must be in 0..65535, got {port!r}.")
     if api_key is not None and not api_key.strip():
         raise EdgeInferError("--api-key is empty: give a key, or leave the option out.")
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, int(port)))
-    except OSError as e:
-        sock.close()
-        raise EdgeInferError(f"Cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host.") \
-            from None  # fmt: skip
+    sock = bind_socket(host, port)
     if speculative not in ("auto", *MODES, None):
         raise EdgeInferError(f"speculative must be 'auto', 'draft', 'ngram' or None, got {speculative!r}.")
     if speculative == "draft" and draft is None:
         raise EdgeInferError("--spec draft needs a draft model: give --draft MODEL.")
-    if cors_origins is None:
-        cors_origins = [o.strip() for o in os.environ.get("EDGEINFER_CORS_ORIGINS", "").split(",") if o.strip()]
+    cors_origins = cors_from_env(cors_origins)
     if api_key is None and not is_loopback(host):
         print(f"edgeinfer serve: WARNING: listening on {host}, reachable from other machines, and no API key is "
                  "set: anyone who can reach this port can use the model. Set one with --api-key KEY (or "

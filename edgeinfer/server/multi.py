@@ -27,7 +27,6 @@ import contextvars
 import logging
 import math
 import os
-import socket
 import sys
 import threading
 import time
@@ -46,7 +45,7 @@ from ..nn.kv import DEFAULT_KV_TYPE
 from . import anthropic as A
 from . import protocol as P
 from . import responses as R
-from .app import (BODY_IDLE_S, BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, KEEP_ALIVE_S, MAX_CONNECTIONS, SHUTDOWN_MESSAGE,
+from .app import (BODY_IDLE_S, BODY_TIMEOUT_S, bind_socket, cors_from_env, read_body, DEFAULT_MAX_BODY_BYTES, KEEP_ALIVE_S, MAX_CONNECTIONS, SHUTDOWN_MESSAGE,
                   _ClientGone, _EventStream, _Guard, _guarded, _ShuttingDown, _Stopping, _timed_h11_protocol, create_app,
                   is_loopback)  # fmt: skip
 from .metrics import EnergyClock
@@ -320,30 +319,7 @@ class Hub:
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers or None)
 
     async def _read_body(self, request: Request) -> bytes:
-        length = request.headers.get("content-length")
-        limit = self.max_body_bytes
-        if length is not None and length.strip().isdigit() and int(length) > limit:
-            raise P.RequestError(f"The request body is {int(length)} bytes; this server takes at most {limit}.",
-                                 status=413, code="request_too_large")  # fmt: skip
-        chunks, n = [], 0
-        body = aiter(request.stream())
-        deadline = time.monotonic() + BODY_TIMEOUT_S
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                try:
-                    chunk = await asyncio.wait_for(anext(body), timeout=max(0.0, min(BODY_IDLE_S, left)))
-                except StopAsyncIteration:
-                    break
-                n += len(chunk)
-                if n > limit:
-                    raise P.RequestError(f"The request body is over {limit} bytes, the most this server takes.",
-                                         status=413, code="request_too_large")  # fmt: skip
-                chunks.append(chunk)
-        except asyncio.TimeoutError:
-            raise P.RequestError(f"The request body did not arrive in time (at most {BODY_IDLE_S:g} s between "
-                                 f"chunks, {BODY_TIMEOUT_S:g} s in all).", status=408, code="request_timeout") from None  # fmt: skip
-        return b"".join(chunks)
+        return await read_body(request, self.max_body_bytes)
 
     async def _post(self, request: Request, scope, receive, send):
         path = scope["path"]
@@ -827,16 +803,8 @@ def serve_models(models: Iterable[str] = (), models_dir: str | None = None, alia
         raise EdgeInferError("No models to serve: give MODEL (a path or a registry name) or --models-dir DIR.")
     if draft is not None and len(specs) > 1:
         raise EdgeInferError("--draft works with one model; serve the others from another server.")
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, int(port)))
-    except OSError as e:
-        sock.close()
-        raise EdgeInferError(f"Cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host.") \
-            from None  # fmt: skip
-    if cors_origins is None:
-        cors_origins = [o.strip() for o in os.environ.get("EDGEINFER_CORS_ORIGINS", "").split(",") if o.strip()]
+    sock = bind_socket(host, port)
+    cors_origins = cors_from_env(cors_origins)
     if api_key is None and not is_loopback(host):
         print(f"edgeinfer serve: WARNING: listening on {host}, reachable from other machines, and no API key is "
               "set: anyone who can reach this port can use the models. Set one with --api-key KEY (or "
