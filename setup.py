@@ -29,7 +29,7 @@ native = Extension(
         "native/x8_avx512.c",
     ],
     depends=["native/edgeinfer_native.h", "native/threadpool.h", "native/x8.h", "native/x8_tiles.h", "native/transpose_avx2.h",
-             "native/iq2xxs_grid.h"],
+             "native/iq2xxs_grid.h", "native/lowbit_avx2.h"],
     include_dirs=["native"],
     extra_compile_args=compile_args,
     extra_link_args=[] if sys.platform == "win32" else ["-pthread"],

@@ -10,6 +10,10 @@ them to Numba where C has no kernel):
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from gguf.constants import GGML_QUANT_SIZES
@@ -99,6 +103,71 @@ def test_native_has_c_kernels_for_some_and_hands_the_rest_to_numba():
         assert (t in native.LOWBIT_C_TYPES) == in_c and (_plan(w)[1] >= 0) == in_c
         # C (scalar, on every ISA) and Numba compute the same float operations in the same order
         np.testing.assert_array_equal(b.matmul(w, x).view(np.uint32), nm.matmul(w, x).view(np.uint32))
+
+
+_ISA_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+from test_matmul_lowbit import weight
+from edgeinfer.kernels import native
+from edgeinfer.kernels.numba import matmul as nm
+assert native.native_isa() == {isa!r}, native.native_isa()
+b = native.NativeBackend(2)
+x = np.random.default_rng(4).standard_normal((5, 512)).astype(np.float32)
+for t in native.LOWBIT_C_TYPES:
+    w = weight(t, 19, 512, seed=6)
+    assert np.array_equal(b.matmul(w, x).view(np.uint32), nm.matmul(w, x).view(np.uint32)), t.name
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def test_every_native_isa_gives_the_numba_bits(isa):
+    try:
+        from edgeinfer.kernels import native
+
+        if isa not in native.isas():
+            pytest.skip(f"{isa} is not available here")
+    except Exception as e:
+        pytest.skip(f"native: {e}")
+    env = dict(os.environ, EDGEINFER_NATIVE_ISA=isa)
+    script = _ISA_SCRIPT.format(tests=os.path.dirname(__file__), isa=isa)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("ggml_type", LOWBIT_TYPES, ids=lambda t: t.name)
+def test_vector_dots_are_the_scalar_loops(ggml_type):
+    """The 32-lane kernels (the table's) and the plain loops give the same bits (the same integer sums)."""
+    from edgeinfer.kernels.numba import lowbit
+
+    name = nm.FORMATS[ggml_type]["name"]
+    w = weight(ggml_type, 6, 512, seed=9)
+    x = np.random.default_rng(9).standard_normal((2, 512)).astype(np.float32)
+    scalar = getattr(lowbit, f"_dot_{name}")
+    out = np.empty((2, 6), np.float32)
+    _check_scalar(scalar, ggml_type, np.ascontiguousarray(w.raw).reshape(-1), x, out)
+    np.testing.assert_array_equal(out.view(np.uint32), nm.matmul(w, x).view(np.uint32))
+
+
+def _check_scalar(dot, ggml_type, flat, x, out):
+    from numba import njit
+
+    from edgeinfer.kernels.numba.matmul import ACT_Q8_0, ACT_Q8_K, _quantize_activations
+
+    kind = ACT_Q8_0 if nm.VEC_DOT_TYPE[ggml_type] == T.Q8_0 else ACT_Q8_K
+    block_size, _ = GGML_QUANT_SIZES[ggml_type]
+
+    @njit
+    def run(flat, x, out, kind, nb):
+        yq, yd, ys, ybs, yf, yqs = _quantize_activations(x, kind)
+        row_bytes = flat.size // out.shape[1]
+        for t in range(out.shape[0]):
+            for r in range(out.shape[1]):
+                out[t, r] = dot(flat, r * row_bytes, nb, yq, yd, ys, ybs, yf, t)
+
+    run(flat, x, out, kind, x.shape[1] // block_size)
 
 
 def test_tables_are_consistent():

@@ -15,9 +15,15 @@ lazily, on a type's first product, and caches it.
 
 from __future__ import annotations
 
+import os
+
+import llvmlite.binding as llvm
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-from numba import njit, prange  # noqa: F401  (prange: the generated wrappers)
+from llvmlite import ir
+from numba import njit, prange, types  # noqa: F401  (prange: the generated wrappers)
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
 
 from ...quant import lowbit as ql
 from . import dequant as _dq
@@ -306,6 +312,432 @@ def _dot_mxfp4(w, wo, nb, yq, yd, ys, ybs, yf, t):
     return sumf
 
 
+# -- vector helpers (LLVM IR through llvmlite, as simd.py's; kept here so that this file does not follow
+# simd.py's changes): 32 int8 lanes built from the grids, signs applied, integer dot products --------------
+
+_i1, _i8, _i16, _i32, _i64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_V8x32, _V16x16, _V32x8 = ir.VectorType(_i8, 32), ir.VectorType(_i16, 16), ir.VectorType(_i32, 8)
+USE_AVX2 = bool(llvm.get_host_cpu_features().get("avx2")) and not os.environ.get("EDGEINFER_GENERIC_SIMD")
+
+
+class _Vec(types.Type):
+    def __init__(self, name, ir_type):
+        self.ir_type = ir_type
+        super().__init__(name=f"lowbit_{name}")
+
+
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, fe_type.ir_type)
+
+
+V8 = _Vec("i8x32", _V8x32)  # 32 int8
+V32 = _Vec("i32x8", _V32x8)  # 8 int32
+register_model(_Vec)(_VecModel)
+
+
+def _call(builder, name, ret, args):
+    fnty = ir.FunctionType(ret, [a.type for a in args])
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
+
+
+def _splat(builder, value, count):
+    vty = ir.VectorType(value.type, count)
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(_i32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(_i32, count), [0] * count))
+
+
+def _data(context, builder, aty, arr):
+    return builder.bitcast(context.make_array(aty)(context, builder, arr).data, _i8.as_pointer())
+
+
+def _is_array(a, dtypes):
+    return isinstance(a, types.Array) and a.ndim == 1 and a.dtype in dtypes
+
+
+@intrinsic
+def gather8(typingctx, table, i0, i1, i2, i3):
+    """32 bytes: table[i0], table[i1], table[i2], table[i3] (a uint64 table: 8 bytes each)."""
+    if not _is_array(table, (types.uint64, types.int64)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        base = builder.bitcast(_data(context, builder, table, args[0]), _i64.as_pointer())
+        v = ir.Constant(ir.VectorType(_i64, 4), ir.Undefined)
+        for k in range(4):
+            i = context.cast(builder, args[1 + k], sig.args[1 + k], types.int64)
+            v = builder.insert_element(v, builder.load(builder.gep(base, [i]), align=8), ir.Constant(_i32, k))
+        return builder.bitcast(v, _V8x32)
+
+    return V8(table, i0, i1, i2, i3), codegen
+
+
+@intrinsic
+def gather4(typingctx, table, i0, i1, i2, i3, i4, i5, i6, i7):
+    """32 bytes: table[i0] .. table[i7] (a uint32 table: 4 bytes each)."""
+    if not _is_array(table, (types.uint32, types.int32)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        base = builder.bitcast(_data(context, builder, table, args[0]), _i32.as_pointer())
+        v = ir.Constant(_V32x8, ir.Undefined)
+        for k in range(8):
+            i = context.cast(builder, args[1 + k], sig.args[1 + k], types.int64)
+            v = builder.insert_element(v, builder.load(builder.gep(base, [i]), align=4), ir.Constant(_i32, k))
+        return builder.bitcast(v, _V8x32)
+
+    return V8(table, i0, i1, i2, i3, i4, i5, i6, i7), codegen
+
+
+@intrinsic
+def load8(typingctx, a, off):
+    """32 bytes of a byte array at byte offset off."""
+    if not _is_array(a, (types.uint8, types.int8)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = builder.gep(_data(context, builder, a, args[0]), [context.cast(builder, args[1], sig.args[1], types.int64)])
+        return builder.load(builder.bitcast(p, _V8x32.as_pointer()), align=1)
+
+    return V8(a, off), codegen
+
+
+@intrinsic
+def signed(typingctx, x, m):
+    """x with the lanes where m is -1 negated: (x ^ m) - m."""
+    if x != V8 or m != V8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.sub(builder.xor(args[0], args[1]), args[1])
+
+    return V8(x, m), codegen
+
+
+@intrinsic
+def crumbs(typingctx, v, shift, bias):
+    """((v >> shift) & 3) - bias per byte (TQ2_0's 2-bit values)."""
+    if v != V8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        sh = builder.trunc(context.cast(builder, args[1], sig.args[1], types.int64), _i8)
+        b = builder.trunc(context.cast(builder, args[2], sig.args[2], types.int64), _i8)
+        q = builder.and_(builder.lshr(args[0], _splat(builder, sh, 32)), _splat(builder, ir.Constant(_i8, 3), 32))
+        return builder.sub(q, _splat(builder, b, 32))
+
+    return V8(v, shift, bias), codegen
+
+
+@intrinsic
+def ternary(typingctx, v, p):
+    """TQ1_0's digit per byte: (((uint8)(v * p)) * 3 >> 8) - 1."""
+    if v != V8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        vt = ir.VectorType(_i16, 32)
+        pw = builder.trunc(context.cast(builder, args[1], sig.args[1], types.int64), _i8)
+        q = builder.zext(builder.mul(args[0], _splat(builder, pw, 32)), vt)  # uint8 wrap-around, then widen
+        d = builder.lshr(builder.mul(q, _splat(builder, ir.Constant(_i16, 3), 32)), _splat(builder, ir.Constant(_i16, 8), 32))
+        return builder.sub(builder.trunc(d, _V8x32), _splat(builder, ir.Constant(_i8, 1), 32))
+
+    return V8(v, p), codegen
+
+
+@intrinsic
+def mxfp4_values(typingctx, a, off):
+    """16 bytes at off -> 32 int8: kvalues_mxfp4 of the low nibbles, then of the high ones."""
+    if not _is_array(a, (types.uint8, types.int8)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = builder.gep(_data(context, builder, a, args[0]), [context.cast(builder, args[1], sig.args[1], types.int64)])
+        b16 = builder.load(builder.bitcast(p, ir.VectorType(_i8, 16).as_pointer()), align=1)
+        both = builder.shuffle_vector(b16, b16, ir.Constant(ir.VectorType(_i32, 32), list(range(16)) * 2))
+        shift = ir.Constant(_V8x32, [0] * 16 + [4] * 16)
+        idx = builder.and_(builder.lshr(both, shift), _splat(builder, ir.Constant(_i8, 15), 32))
+        table = ir.Constant(_V8x32, [ir.Constant(_i8, int(v) & 0xFF) for v in list(ql.KVALUES_MXFP4) * 2])
+        if USE_AVX2:
+            return _call(builder, "llvm.x86.avx2.pshuf.b", _V8x32, [table, idx])
+        out = ir.Constant(_V8x32, ir.Undefined)
+        for j in range(32):
+            i = builder.extract_element(idx, ir.Constant(_i32, j))
+            out = builder.insert_element(out, builder.extract_element(table, i), ir.Constant(_i32, j))
+        return out
+
+    return V8(a, off), codegen
+
+
+@intrinsic
+def sdot(typingctx, x, y, s0, s1):
+    """Integer dot of 32 signed bytes x (|x| <= 64) and y (-127..127), lanes 0..15 times s0 and 16..31
+    times s1 (|s| < 2^15), as 8 int32 partial sums (pmaddubsw then pmaddwd on AVX2, exact here)."""
+    if x != V8 or y != V8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        a, b = args[0], args[1]
+        s0v = builder.trunc(context.cast(builder, args[2], sig.args[2], types.int64), _i16)
+        s1v = builder.trunc(context.cast(builder, args[3], sig.args[3], types.int64), _i16)
+        sc = builder.shuffle_vector(_splat(builder, s0v, 16), _splat(builder, s1v, 16),
+                                    ir.Constant(ir.VectorType(_i32, 16), [0] * 8 + [16] * 8))  # fmt: skip
+        if USE_AVX2:
+            ax = _call(builder, "llvm.abs.v32i8", _V8x32, [a, ir.Constant(_i1, 0)])
+            sy = _call(builder, "llvm.x86.avx2.psign.b", _V8x32, [b, a])
+            p = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16x16, [ax, sy])
+            return _call(builder, "llvm.x86.avx2.pmadd.wd", _V32x8, [p, sc])
+        vt = ir.VectorType(_i32, 32)
+        prod = builder.mul(builder.sext(a, vt), builder.sext(b, vt))
+        idx = lambda r: ir.Constant(ir.VectorType(_i32, 16), list(range(r, 32, 2)))  # noqa: E731
+        pairs = builder.add(builder.shuffle_vector(prod, prod, idx(0)), builder.shuffle_vector(prod, prod, idx(1)))
+        pairs = builder.mul(pairs, builder.sext(sc, ir.VectorType(_i32, 16)))
+        i8 = lambda r: ir.Constant(ir.VectorType(_i32, 8), list(range(r, 16, 2)))  # noqa: E731
+        return builder.add(builder.shuffle_vector(pairs, pairs, i8(0)), builder.shuffle_vector(pairs, pairs, i8(1)))
+
+    return V32(x, y, s0, s1), codegen
+
+
+@intrinsic
+def zero32(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_V32x8, [ir.Constant(_i32, 0)] * 8)
+
+    return V32(), codegen
+
+
+@intrinsic
+def add32(typingctx, a, b):
+    if a != V32 or b != V32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.add(args[0], args[1])
+
+    return V32(a, b), codegen
+
+
+@intrinsic
+def hsum32(typingctx, a):
+    """The sum of the 8 int32 lanes, as int64."""
+    if a != V32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        s = args[0]
+        for half in (4, 2, 1):
+            s = builder.add(s, builder.shuffle_vector(s, s, ir.Constant(ir.VectorType(_i32, 8), [(k + half) % 8 for k in range(8)])))
+        return builder.sext(builder.extract_element(s, ir.Constant(_i32, 0)), _i64)
+
+    return types.int64(a), codegen
+
+
+# the grids as 64-bit / 32-bit words (a group of 8 / 4 bytes each), sign masks as words of 0x00 / 0xff bytes
+W_IQ2XXS, W_IQ2XS, W_IQ2S, W_IQ1S = ql.IQ2XXS_GRID, ql.IQ2XS_GRID, ql.IQ2S_GRID, ql.IQ1S_GRID
+W_IQ3XXS, W_IQ3S = ql.IQ3XXS_GRID, ql.IQ3S_GRID
+MASKS8 = (SIGNS8 < 0).astype(np.uint8).__mul__(255).astype(np.uint8).view(np.uint64).reshape(-1).copy()  # byte s
+MASKS7 = MASKS8[ql.KSIGNS_IQ2XS.astype(np.int64)].copy()  # ksigns_iq2xs[s]
+ONES8 = np.array([0x0101010101010101, 0xFFFFFFFFFFFFFFFF], np.uint64)  # 8 x (+1), 8 x (-1)
+
+
+# -- the same dot products with 32 lanes at a time: the integer sums are the same numbers, so the results
+# are the same bits as the scalar loops above (tests/test_matmul_lowbit.py) ------------------------------
+
+
+@njit(cache=True, inline="always")
+def _vdot_iq2_xxs(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    sumf = F(0)
+    for b in range(nb):
+        o = wo + 66 * b
+        yb = t * nb + b
+        acc = zero32()
+        for ib in range(8):
+            oo = o + 2 + 8 * ib
+            aux1 = _u32(w, oo + 4)
+            x = signed(gather8(W_IQ2XXS, w[oo], w[oo + 1], w[oo + 2], w[oo + 3]),
+                       gather8(MASKS7, aux1 & 127, (aux1 >> 7) & 127, (aux1 >> 14) & 127, (aux1 >> 21) & 127))  # fmt: skip
+            ls = 2 * (aux1 >> 28) + 1
+            acc = add32(acc, sdot(x, load8(yq, yb * QK_K + 32 * ib), ls, ls))
+        sumf += (_f16(w, o) * yd[yb]) * F(hsum32(acc))
+    return F(0.125) * sumf
+
+
+@njit(cache=True, inline="always")
+def _vdot_iq2_xs(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    sumf = F(0)
+    for b in range(nb):
+        o = wo + 74 * b
+        yb = t * nb + b
+        acc = zero32()
+        for ib in range(8):
+            q = o + 2 + 8 * ib
+            v0, v1, v2, v3 = _u16(w, q), _u16(w, q + 2), _u16(w, q + 4), _u16(w, q + 6)
+            x = signed(gather8(W_IQ2XS, v0 & 511, v1 & 511, v2 & 511, v3 & 511),
+                       gather8(MASKS7, v0 >> 9, v1 >> 9, v2 >> 9, v3 >> 9))  # fmt: skip
+            sc = np.int64(w[o + 66 + ib])
+            acc = add32(acc, sdot(x, load8(yq, yb * QK_K + 32 * ib), 2 * (sc & 15) + 1, 2 * (sc >> 4) + 1))
+        sumf += (_f16(w, o) * yd[yb]) * F(hsum32(acc))
+    return F(0.125) * sumf
+
+
+@njit(cache=True, inline="always")
+def _vdot_iq2_s(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    sumf = F(0)
+    for b in range(nb):
+        o = wo + 82 * b
+        yb = t * nb + b
+        acc = zero32()
+        for ib in range(8):
+            q = o + 2 + 4 * ib
+            qh = np.int64(w[o + 66 + ib])
+            x = signed(gather8(W_IQ2S, np.int64(w[q]) | ((qh << 8) & 0x300), np.int64(w[q + 1]) | ((qh << 6) & 0x300),
+                               np.int64(w[q + 2]) | ((qh << 4) & 0x300), np.int64(w[q + 3]) | ((qh << 2) & 0x300)),
+                       gather8(MASKS8, w[q + 32], w[q + 33], w[q + 34], w[q + 35]))  # fmt: skip
+            sc = np.int64(w[o + 74 + ib])
+            acc = add32(acc, sdot(x, load8(yq, yb * QK_K + 32 * ib), 2 * (sc & 15) + 1, 2 * (sc >> 4) + 1))
+        sumf += (_f16(w, o) * yd[yb]) * F(hsum32(acc))
+    return F(0.125) * sumf
+
+
+@njit(cache=True, inline="always")
+def _vdot_iq3_xxs(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    sumf = F(0)
+    for b in range(nb):
+        o = wo + 98 * b
+        yb = t * nb + b
+        acc = zero32()
+        for ib in range(8):
+            q = o + 2 + 8 * ib
+            aux = _u32(w, o + 66 + 4 * ib)
+            x = signed(gather4(W_IQ3XXS, w[q], w[q + 1], w[q + 2], w[q + 3], w[q + 4], w[q + 5], w[q + 6], w[q + 7]),
+                       gather8(MASKS7, aux & 127, (aux >> 7) & 127, (aux >> 14) & 127, (aux >> 21) & 127))  # fmt: skip
+            ls = 2 * (aux >> 28) + 1
+            acc = add32(acc, sdot(x, load8(yq, yb * QK_K + 32 * ib), ls, ls))
+        sumf += (_f16(w, o) * yd[yb]) * F(hsum32(acc))
+    return F(0.25) * sumf
+
+
+@njit(cache=True, inline="always")
+def _vdot_iq3_s(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    sumf = F(0)
+    for b in range(nb):
+        o = wo + 110 * b
+        yb = t * nb + b
+        acc = zero32()
+        for ib in range(8):
+            q = o + 2 + 8 * ib
+            qh = np.int64(w[o + 66 + ib])
+            x = signed(gather4(W_IQ3S, np.int64(w[q]) | ((qh << 8) & 256), np.int64(w[q + 1]) | ((qh << 7) & 256),
+                               np.int64(w[q + 2]) | ((qh << 6) & 256), np.int64(w[q + 3]) | ((qh << 5) & 256),
+                               np.int64(w[q + 4]) | ((qh << 4) & 256), np.int64(w[q + 5]) | ((qh << 3) & 256),
+                               np.int64(w[q + 6]) | ((qh << 2) & 256), np.int64(w[q + 7]) | ((qh << 1) & 256)),
+                       gather8(MASKS8, w[o + 74 + 4 * ib], w[o + 75 + 4 * ib], w[o + 76 + 4 * ib], w[o + 77 + 4 * ib]))  # fmt: skip
+            ls = 2 * ((np.int64(w[o + 106 + ib // 2]) >> (4 * (ib % 2))) & 15) + 1
+            acc = add32(acc, sdot(x, load8(yq, yb * QK_K + 32 * ib), ls, ls))
+        sumf += (_f16(w, o) * yd[yb]) * F(hsum32(acc))
+    return sumf
+
+
+@njit(cache=True, inline="always")
+def _vdot_iq1_s(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    sumf = F(0)
+    for b in range(nb):
+        o = wo + 50 * b
+        yb = t * nb + b
+        acc = zero32()
+        sumi1 = 0
+        for ib in range(8):
+            q = o + 2 + 4 * ib
+            qh = _u16(w, o + 34 + 2 * ib)
+            x = gather8(W_IQ1S, np.int64(w[q]) | ((qh << 8) & 0x700), np.int64(w[q + 1]) | ((qh << 5) & 0x700),
+                        np.int64(w[q + 2]) | ((qh << 2) & 0x700), np.int64(w[q + 3]) | ((qh >> 1) & 0x700))  # fmt: skip
+            ls = 2 * ((qh >> 12) & 7) + 1
+            acc = add32(acc, sdot(x, load8(yq, yb * QK_K + 32 * ib), ls, ls))
+            delta = -1 if qh & 0x8000 else 1
+            sumi1 += ls * delta * (np.int64(ybs[yb * 16 + 2 * ib]) + np.int64(ybs[yb * 16 + 2 * ib + 1]))
+        sumf += (_f16(w, o) * yd[yb]) * (F(hsum32(acc)) + DELTA * F(sumi1))
+    return sumf
+
+
+@njit(cache=True, inline="always")
+def _vdot_iq1_m(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    sumf = F(0)
+    for b in range(nb):
+        o = wo + 56 * b
+        yb = t * nb + b
+        s0, s1, s2, s3 = _u16(w, o + 48), _u16(w, o + 50), _u16(w, o + 52), _u16(w, o + 54)
+        d = _half((s0 >> 12) | ((s1 >> 8) & 0x00F0) | ((s2 >> 4) & 0x0F00) | (s3 & 0xF000))
+        acc1 = zero32()
+        acc2 = zero32()
+        for ib in range(8):
+            q = o + 4 * ib
+            h0, h1 = np.int64(w[o + 32 + 2 * ib]), np.int64(w[o + 33 + 2 * ib])
+            x = gather8(W_IQ1S, np.int64(w[q]) | ((h0 << 8) & 0x700), np.int64(w[q + 1]) | ((h0 << 4) & 0x700),
+                        np.int64(w[q + 2]) | ((h1 << 8) & 0x700), np.int64(w[q + 3]) | ((h1 << 4) & 0x700))  # fmt: skip
+            dv = gather8(ONES8, (h0 >> 3) & 1, (h0 >> 7) & 1, (h1 >> 3) & 1, (h1 >> 7) & 1)
+            sc = _u16(w, o + 48 + 2 * (ib // 2)) >> (6 * (ib % 2))
+            ls1, ls2 = 2 * (sc & 7) + 1, 2 * ((sc >> 3) & 7) + 1
+            y = load8(yq, yb * QK_K + 32 * ib)
+            acc1 = add32(acc1, sdot(x, y, ls1, ls2))
+            acc2 = add32(acc2, sdot(dv, y, ls1, ls2))
+        sumf += (d * yd[yb]) * (F(hsum32(acc1)) + DELTA * F(hsum32(acc2)))
+    return sumf
+
+
+@njit(cache=True, inline="always")
+def _vdot_tq1_0(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    sumf = F(0)
+    for b in range(nb):
+        o = wo + 54 * b
+        yb = t * nb + b
+        q = yb * QK_K
+        acc = zero32()
+        v = load8(w, o)
+        p = 1
+        for n in range(5):
+            acc = add32(acc, sdot(ternary(v, p), load8(yq, q + 32 * n), 1, 1))
+            p *= 3
+        s = hsum32(acc)
+        p = 1
+        for n in range(5):
+            for m in range(16):
+                s += _tq1_digit(w[o + 32 + m], p) * np.int32(yq[q + 160 + n * 16 + m])
+            p *= 3
+        p = 1
+        for n in range(4):
+            for j in range(4):
+                s += _tq1_digit(w[o + 48 + j], p) * np.int32(yq[q + 240 + n * 4 + j])
+            p *= 3
+        sumf += F(s) * (_f16(w, o + 52) * yd[yb])
+    return sumf
+
+
+@njit(cache=True, inline="always")
+def _vdot_tq2_0(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    sumf = F(0)
+    for b in range(nb):
+        o = wo + 66 * b
+        yb = t * nb + b
+        acc = zero32()
+        for h in range(2):
+            v = load8(w, o + 32 * h)
+            for l in range(4):
+                acc = add32(acc, sdot(crumbs(v, 2 * l, 1), load8(yq, yb * QK_K + 128 * h + 32 * l), 1, 1))
+        sumf += F(hsum32(acc)) * (yd[yb] * _f16(w, o + 64))
+    return sumf
+
+
+@njit(cache=True, inline="always")
+def _vdot_mxfp4(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    sumf = F(0)
+    for b in range(nb):
+        o = wo + 17 * b
+        yb = t * nb + b
+        s = hsum32(sdot(mxfp4_values(w, o + 1), load8(yq, yb * QK), 1, 1))
+        sumf += (yd[yb] * _e8m0_half(np.int64(w[o]))) * F(s)
+    return sumf
+
+
 # -- dequantization: ggml's dequantize_row_<type>, block by block --------------------------------------
 
 
@@ -476,16 +908,16 @@ def dequant_mxfp4_blocks(raw, out, block_start, n_blocks):
 
 T = GGMLQuantizationType
 LOWBIT: dict[GGMLQuantizationType, dict] = {
-    T.IQ2_XXS: dict(name="iq2_xxs", act="ACT_Q8_K", dot="_dot_iq2_xxs(", dot4=None, x8=None),
-    T.IQ2_XS: dict(name="iq2_xs", act="ACT_Q8_K", dot="_dot_iq2_xs(", dot4=None, x8=None),
-    T.IQ2_S: dict(name="iq2_s", act="ACT_Q8_K", dot="_dot_iq2_s(", dot4=None, x8=None),
-    T.IQ3_XXS: dict(name="iq3_xxs", act="ACT_Q8_K", dot="_dot_iq3_xxs(", dot4=None, x8=None),
-    T.IQ3_S: dict(name="iq3_s", act="ACT_Q8_K", dot="_dot_iq3_s(", dot4=None, x8=None),
-    T.IQ1_S: dict(name="iq1_s", act="ACT_Q8_K", dot="_dot_iq1_s(", dot4=None, x8=None),
-    T.IQ1_M: dict(name="iq1_m", act="ACT_Q8_K", dot="_dot_iq1_m(", dot4=None, x8=None),
-    T.TQ1_0: dict(name="tq1_0", act="ACT_Q8_K", dot="_dot_tq1_0(", dot4=None, x8=None),
-    T.TQ2_0: dict(name="tq2_0", act="ACT_Q8_K", dot="_dot_tq2_0(", dot4=None, x8=None),
-    T.MXFP4: dict(name="mxfp4", act="ACT_Q8_0", dot="_dot_mxfp4(", dot4=None, x8=None),
+    T.IQ2_XXS: dict(name="iq2_xxs", act="ACT_Q8_K", dot="_vdot_iq2_xxs(", dot4=None, x8=None),
+    T.IQ2_XS: dict(name="iq2_xs", act="ACT_Q8_K", dot="_vdot_iq2_xs(", dot4=None, x8=None),
+    T.IQ2_S: dict(name="iq2_s", act="ACT_Q8_K", dot="_vdot_iq2_s(", dot4=None, x8=None),
+    T.IQ3_XXS: dict(name="iq3_xxs", act="ACT_Q8_K", dot="_vdot_iq3_xxs(", dot4=None, x8=None),
+    T.IQ3_S: dict(name="iq3_s", act="ACT_Q8_K", dot="_vdot_iq3_s(", dot4=None, x8=None),
+    T.IQ1_S: dict(name="iq1_s", act="ACT_Q8_K", dot="_vdot_iq1_s(", dot4=None, x8=None),
+    T.IQ1_M: dict(name="iq1_m", act="ACT_Q8_K", dot="_vdot_iq1_m(", dot4=None, x8=None),
+    T.TQ1_0: dict(name="tq1_0", act="ACT_Q8_K", dot="_vdot_tq1_0(", dot4=None, x8=None),
+    T.TQ2_0: dict(name="tq2_0", act="ACT_Q8_K", dot="_vdot_tq2_0(", dot4=None, x8=None),
+    T.MXFP4: dict(name="mxfp4", act="ACT_Q8_0", dot="_vdot_mxfp4(", dot4=None, x8=None),
 }
 DEQUANT = {t: globals()[f"dequant_{f['name']}_blocks"] for t, f in LOWBIT.items()}
 _ACT_TYPE = {"ACT_Q8_0": T.Q8_0, "ACT_Q8_K": T.Q8_K}
