@@ -182,8 +182,8 @@ def test_a_client_that_goes_away_frees_its_sequence_on_the_replica(cluster):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Count from one to a thousand."}],
             "max_tokens": 600, "temperature": 0, "stream": True, "logit_bias": {"0": -100, "2": -100, "4": -100}}
     with httpx.stream("POST", cluster + "/v1/chat/completions", json=body, timeout=120) as r:
-        for line in r.iter_lines():
-            if '"content"' in line:
+        for line in r.iter_lines():  # the first text (the replica runs it), then the client leaves
+            if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
                 break
     deadline = time.time() + 30
     while time.time() < deadline and cancelled() == before:
@@ -270,3 +270,29 @@ def test_cli_replicas_takes_one_model(capsys):
 
     assert main(["serve", "smollm2-135m", "gemma3-270m", "--replicas", "2"]) == 1
     assert "one model" in capsys.readouterr().err
+
+
+def test_the_ingress_bounds_what_waits_on_the_replicas():
+    """RemoteRunner's own checks, before anything is sent: a full queue (503 + Retry-After in the app),
+    a prompt longer than the context or the KV cache, a draft that is not there."""
+    from edgeinfer.engine.runner import InvalidPromptError, PromptTooLongError, QueueFullError
+    from edgeinfer.engine.sampling import SamplingParams
+    from edgeinfer.errors import EdgeInferError
+
+    r = RS.RemoteRunner(None, n_vocab=100, n_ctx=64, kv_cells=32, has_draft=False, max_in_flight=1, per_replica=1,
+                        replicas=1)  # fmt: skip
+    h = r.submit([1, 2, 3], SamplingParams(temperature=0), 8)
+    assert h._payload["hashes"] == RS.block_hashes([1, 2, 3])
+    with pytest.raises(QueueFullError) as e:
+        r.submit([1, 2, 3], SamplingParams(temperature=0), 8)
+    assert e.value.retry_after_s >= 1
+    h.cancel()  # frees its place
+    r.submit([1, 2, 3], SamplingParams(temperature=0), 8)
+    with pytest.raises(PromptTooLongError, match="KV cache"):
+        r.check_prompt(list(range(40)))
+    with pytest.raises(PromptTooLongError, match="context"):
+        r.check_prompt([1] * 64)
+    with pytest.raises(InvalidPromptError):
+        r.check_prompt([100])
+    with pytest.raises(EdgeInferError, match="draft"):
+        r.check_speculative("draft")

@@ -174,9 +174,11 @@ class PrefixAwareRouter(_RequestRouter):
 
     def _load(self, rid) -> int:
         """Generation requests this router sent to the replica that have not completed."""
-        return self._ongoing.get(rid, 0)
+        return self._ongoing.get(rid, 0)  # counted from the choice until the ingress releases it
 
     async def choose_replicas(self, candidate_replicas, pending_request=None):
+        """Ranks of one replica each, the preferred first (Ray Serve takes the first that has room). The
+        request counts on the first at once: requests routed at the same moment see each other."""
         if not candidate_replicas:
             return []
         candidates = list(candidate_replicas)
@@ -184,27 +186,36 @@ class PrefixAwareRouter(_RequestRouter):
         req = _payload(pending_request)
         if req is None:
             return [candidates]
-        if self.policy == "round_robin":
-            ordered = sorted(candidate_replicas, key=lambda r: r.replica_id.to_full_id_str())
-            r = ordered[self._rr % len(ordered)]
-            self._rr += 1
-            return [[r], candidates]
-        loads = {r.replica_id: self._load(r.replica_id) for r in candidates}
-        least = min(loads.values())
-        by_load = sorted(candidates, key=lambda r: loads[r.replica_id])
-        if self.policy == "least_loaded":
-            return [by_load]
-        hashes = self._hashes(req)
         with self._lock:
-            matched = {r.replica_id: self._matched(r.replica_id, hashes) for r in candidates}
-        # the longest prefix among the replicas at most `imbalance` requests busier than the least loaded
-        near = [r for r in by_load if loads[r.replica_id] <= least + self.imbalance]
-        best = max(near, key=lambda r: (matched[r.replica_id], -loads[r.replica_id]))
-        with self._lock:
-            self._chosen_by_prefix[id(req)] = best.replica_id if matched[best.replica_id] > 0 else None
-        if matched[best.replica_id] > 0:
-            return [[best], by_load]
-        return [by_load]
+            self._unreserve(req)  # chosen before (a retry of the choice): counted again below
+            loads = {r.replica_id: self._load(r.replica_id) for r in candidates}
+            by_load = sorted(candidates, key=lambda r: loads[r.replica_id])
+            if self.policy == "round_robin":
+                ordered = sorted(candidate_replicas, key=lambda r: r.replica_id.to_full_id_str())
+                first = ordered[self._rr % len(ordered)]
+                self._rr += 1
+            elif self.policy == "least_loaded":
+                first = by_load[0]
+            else:
+                hashes = self._hashes(req)
+                matched = {r.replica_id: self._matched(r.replica_id, hashes) for r in candidates}
+                # the longest prefix among the replicas at most `imbalance` requests busier than the least loaded
+                least = loads[by_load[0].replica_id]
+                near = [r for r in by_load if loads[r.replica_id] <= least + self.imbalance]
+                best = max(near, key=lambda r: (matched[r.replica_id], -loads[r.replica_id]))
+                first = best if matched[best.replica_id] > 0 else by_load[0]
+                if matched[best.replica_id] > 0:
+                    self._chosen_by_prefix[id(req)] = best.replica_id
+            self._ongoing[first.replica_id] += 1
+            self._routed_to[id(req)] = first.replica_id
+        return [[first]] + [[r] for r in by_load if r is not first]
+
+    def _unreserve(self, req: dict) -> None:
+        """(with the lock held) The request no longer counts on the replica it was chosen for."""
+        self._chosen_by_prefix.pop(id(req), None)
+        rid = self._routed_to.pop(id(req), None)
+        if rid is not None and self._ongoing.get(rid, 0) > 0:
+            self._ongoing[rid] -= 1
 
     def _hashes(self, req: dict) -> list[int]:
         if self.block_tokens == BLOCK_TOKENS and req.get("hashes") is not None:
@@ -228,12 +239,13 @@ class PrefixAwareRouter(_RequestRouter):
             return
         with self._lock:
             self.routed[replica_id.to_full_id_str()] += 1
-            before = self._routed_to.get(id(req))
-            if before is not None and self._ongoing.get(before, 0) > 0:
-                self._ongoing[before] -= 1  # routed again (its replica died): the first is over
-            self._ongoing[replica_id] += 1
-            self._routed_to[id(req)] = replica_id
-            if self._chosen_by_prefix.pop(id(req), None) == replica_id:
+            by_prefix = self._chosen_by_prefix.get(id(req)) == replica_id
+            if self._routed_to.get(id(req)) != replica_id:  # not where it was counted (that one was full)
+                self._unreserve(req)
+                self._ongoing[replica_id] += 1
+                self._routed_to[id(req)] = replica_id
+            self._chosen_by_prefix.pop(id(req), None)
+            if by_prefix:
                 self.prefix_routed += 1
             hashes = self._hashes(req)
             index = self._index[replica_id]
@@ -247,10 +259,7 @@ class PrefixAwareRouter(_RequestRouter):
         """The ingress's side: the request routed with `req` has ended (Ray Serve's own completion hook
         fires when a streaming call is dispatched, not when its stream ends)."""
         with self._lock:
-            self._chosen_by_prefix.pop(id(req), None)
-            rid = self._routed_to.pop(id(req), None)
-            if rid is not None and self._ongoing.get(rid, 0) > 0:
-                self._ongoing[rid] -= 1
+            self._unreserve(req)
 
     def on_replica_actor_died(self, replica_id) -> None:
         super().on_replica_actor_died(replica_id)
@@ -324,7 +333,7 @@ class RemoteHandle:
                             yield item[1]
                         elif kind == "finish":
                             fin, self.replica = item[1], item[2]
-                            self._runner._served(self.replica)
+                            self._runner._served(self.replica, fin.total_s)
                             yield fin
                             return
                         else:  # the replica's runner refused it
@@ -343,6 +352,11 @@ class RemoteHandle:
                     attempt += 1
                     self._runner.retries += 1
                     await asyncio.sleep(0.25 * attempt)  # let Ray notice the death before routing again
+                except Exception:
+                    if self.cancelled:  # the call was cancelled under us (RequestCancelledError)
+                        yield Finish("cancelled", len(self._payload["prompt_ids"]))
+                        return
+                    raise
         finally:
             router = self._runner._router()
             if router is not None:
@@ -428,9 +442,10 @@ class RemoteRunner:
         with self._lock:
             self.in_flight -= 1
 
-    def _served(self, replica: str) -> None:
+    def _served(self, replica: str, seconds: float) -> None:
         with self._lock:
             self._served_by[replica] += 1
+            self._mean_s = seconds if not self._mean_s else 0.8 * self._mean_s + 0.2 * seconds
 
     # -- the replicas' counters
     async def areplica_stats(self, timeout_s: float = 5.0) -> list[dict]:
