@@ -174,3 +174,39 @@ def test_tables_are_consistent():
     for t in LOWBIT_TYPES:
         assert t in nm.FORMATS and t in nm.MATMUL_KERNELS and t in nd.KERNELS
     assert nm.VEC_DOT_TYPE[T.MXFP4] == T.Q8_0 and nm.VEC_DOT_TYPE[T.IQ2_XXS] == T.Q8_K
+
+
+_GENERIC_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from edgeinfer.kernels.numba import lowbit
+assert not lowbit.USE_AVX2
+import test_matmul_lowbit as m
+for t in m.LOWBIT_TYPES:
+    m.test_matmul_matches_emulation(t, 2)
+    m.test_vector_dots_are_the_scalar_loops(t)
+print("generic ok")
+"""
+
+
+def test_generic_vector_code():
+    """The portable LLVM IR (no AVX2: ARM), forced here in a subprocess with its own Numba cache."""
+    import hashlib
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from edgeinfer.kernels.numba import lowbit
+
+    if not lowbit.USE_AVX2:
+        pytest.skip("the generic vector code is what every test above runs")
+    env = dict(os.environ, EDGEINFER_GENERIC_SIMD="1")
+    sources = hashlib.sha1(Path(lowbit.__file__).read_bytes() + Path(nm.__file__).read_bytes()).hexdigest()[:12]
+    cache = Path(tempfile.gettempdir()) / f"edgeinfer-numba-lowbit-generic-{sources}"
+    for stale in cache.parent.glob("edgeinfer-numba-lowbit-generic-*"):
+        if stale != cache:
+            shutil.rmtree(stale, ignore_errors=True)
+    env["NUMBA_CACHE_DIR"] = str(cache)
+    script = _GENERIC_SCRIPT.format(tests=os.path.dirname(__file__))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0 and "generic ok" in done.stdout, done.stderr[-3000:]
