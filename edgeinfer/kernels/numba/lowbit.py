@@ -29,7 +29,7 @@ from ...quant import lowbit as ql
 from . import dequant as _dq
 from . import matmul as _mm
 from .dequant import _f16, _f32_from_bits, _u16, _u32
-from .matmul import ACT_Q8_0, ACT_Q8_K, _quantize_activations, _run  # noqa: F401  (the wrappers)
+from .matmul import ACT_Q8_0, ACT_Q8_K, _quantize_activations, _run, _run4  # noqa: F401  (the wrappers)
 
 QK = 32
 QK_K = 256
@@ -738,6 +738,90 @@ def _vdot_mxfp4(w, wo, nb, yq, yd, ys, ybs, yf, t):
     return sumf
 
 
+# -- 4-token tiles (a prefill): each IQ2 / IQ3 sub-block decoded once for tokens t..t+3, every token's
+# sums in the order of its one-token dot above (the same bits: a token's result does not depend on its
+# batch). decode(w, o, ib) -> (32 signed grid values of sub-block ib of the block at o, scale of lanes
+# 0..15, scale of lanes 16..31).
+
+
+@njit(cache=True, inline="always")
+def _x_iq2_xxs(w, o, ib):
+    oo = o + 2 + 8 * ib
+    aux1 = _u32(w, oo + 4)
+    x = signed(gather8(W_IQ2XXS, w[oo], w[oo + 1], w[oo + 2], w[oo + 3]),
+               gather8(MASKS7, aux1 & 127, (aux1 >> 7) & 127, (aux1 >> 14) & 127, (aux1 >> 21) & 127))  # fmt: skip
+    ls = 2 * (aux1 >> 28) + 1
+    return x, ls, ls
+
+
+@njit(cache=True, inline="always")
+def _x_iq2_xs(w, o, ib):
+    q = o + 2 + 8 * ib
+    v0, v1, v2, v3 = _u16(w, q), _u16(w, q + 2), _u16(w, q + 4), _u16(w, q + 6)
+    x = signed(gather8(W_IQ2XS, v0 & 511, v1 & 511, v2 & 511, v3 & 511),
+               gather8(MASKS7, v0 >> 9, v1 >> 9, v2 >> 9, v3 >> 9))  # fmt: skip
+    sc = np.int64(w[o + 66 + ib])
+    return x, 2 * (sc & 15) + 1, 2 * (sc >> 4) + 1
+
+
+@njit(cache=True, inline="always")
+def _x_iq2_s(w, o, ib):
+    q = o + 2 + 4 * ib
+    qh = np.int64(w[o + 66 + ib])
+    x = signed(gather8(W_IQ2S, np.int64(w[q]) | ((qh << 8) & 0x300), np.int64(w[q + 1]) | ((qh << 6) & 0x300),
+                       np.int64(w[q + 2]) | ((qh << 4) & 0x300), np.int64(w[q + 3]) | ((qh << 2) & 0x300)),
+               gather8(MASKS8, w[q + 32], w[q + 33], w[q + 34], w[q + 35]))  # fmt: skip
+    sc = np.int64(w[o + 74 + ib])
+    return x, 2 * (sc & 15) + 1, 2 * (sc >> 4) + 1
+
+
+@njit(cache=True, inline="always")
+def _x_iq3_xxs(w, o, ib):
+    q = o + 2 + 8 * ib
+    aux = _u32(w, o + 66 + 4 * ib)
+    x = signed(gather4(W_IQ3XXS, w[q], w[q + 1], w[q + 2], w[q + 3], w[q + 4], w[q + 5], w[q + 6], w[q + 7]),
+               gather8(MASKS7, aux & 127, (aux >> 7) & 127, (aux >> 14) & 127, (aux >> 21) & 127))  # fmt: skip
+    ls = 2 * (aux >> 28) + 1
+    return x, ls, ls
+
+
+@njit(cache=True, inline="always")
+def _x_iq3_s(w, o, ib):
+    q = o + 2 + 8 * ib
+    qh = np.int64(w[o + 66 + ib])
+    x = signed(gather4(W_IQ3S, np.int64(w[q]) | ((qh << 8) & 256), np.int64(w[q + 1]) | ((qh << 7) & 256),
+                       np.int64(w[q + 2]) | ((qh << 6) & 256), np.int64(w[q + 3]) | ((qh << 5) & 256),
+                       np.int64(w[q + 4]) | ((qh << 4) & 256), np.int64(w[q + 5]) | ((qh << 3) & 256),
+                       np.int64(w[q + 6]) | ((qh << 2) & 256), np.int64(w[q + 7]) | ((qh << 1) & 256)),
+               gather8(MASKS8, w[o + 74 + 4 * ib], w[o + 75 + 4 * ib], w[o + 76 + 4 * ib], w[o + 77 + 4 * ib]))  # fmt: skip
+    ls = 2 * ((np.int64(w[o + 106 + ib // 2]) >> (4 * (ib % 2))) & 15) + 1
+    return x, ls, ls
+
+
+@njit(cache=True, inline="always")
+def _vdot4_grid(decode, type_size, final, w, wo, nb, yq, yd, ys, ybs, yf, t):
+    """Tokens t..t+3 of an IQ2 / IQ3 row: d_x d_y * (the block's integer sum), summed, times `final`."""
+    s0 = s1 = s2 = s3 = F(0)
+    step = nb * QK_K
+    for b in range(nb):
+        o = wo + type_size * b
+        a0 = a1 = a2 = a3 = zero32()
+        for ib in range(8):
+            x, l0, l1 = decode(w, o, ib)
+            yo = (t * nb + b) * QK_K + 32 * ib
+            a0 = add32(a0, sdot(x, load8(yq, yo), l0, l1))
+            a1 = add32(a1, sdot(x, load8(yq, yo + step), l0, l1))
+            a2 = add32(a2, sdot(x, load8(yq, yo + 2 * step), l0, l1))
+            a3 = add32(a3, sdot(x, load8(yq, yo + 3 * step), l0, l1))
+        d = _f16(w, o)
+        yb = t * nb + b
+        s0 += (d * yd[yb]) * F(hsum32(a0))
+        s1 += (d * yd[yb + nb]) * F(hsum32(a1))
+        s2 += (d * yd[yb + 2 * nb]) * F(hsum32(a2))
+        s3 += (d * yd[yb + 3 * nb]) * F(hsum32(a3))
+    return final * s0, final * s1, final * s2, final * s3
+
+
 # -- dequantization: ggml's dequantize_row_<type>, block by block --------------------------------------
 
 
@@ -908,11 +992,11 @@ def dequant_mxfp4_blocks(raw, out, block_start, n_blocks):
 
 T = GGMLQuantizationType
 LOWBIT: dict[GGMLQuantizationType, dict] = {
-    T.IQ2_XXS: dict(name="iq2_xxs", act="ACT_Q8_K", dot="_vdot_iq2_xxs(", dot4=None, x8=None),
-    T.IQ2_XS: dict(name="iq2_xs", act="ACT_Q8_K", dot="_vdot_iq2_xs(", dot4=None, x8=None),
-    T.IQ2_S: dict(name="iq2_s", act="ACT_Q8_K", dot="_vdot_iq2_s(", dot4=None, x8=None),
-    T.IQ3_XXS: dict(name="iq3_xxs", act="ACT_Q8_K", dot="_vdot_iq3_xxs(", dot4=None, x8=None),
-    T.IQ3_S: dict(name="iq3_s", act="ACT_Q8_K", dot="_vdot_iq3_s(", dot4=None, x8=None),
+    T.IQ2_XXS: dict(name="iq2_xxs", act="ACT_Q8_K", dot="_vdot_iq2_xxs(", dot4="_vdot4_grid(_x_iq2_xxs, 66, F(0.125), ", x8=None),
+    T.IQ2_XS: dict(name="iq2_xs", act="ACT_Q8_K", dot="_vdot_iq2_xs(", dot4="_vdot4_grid(_x_iq2_xs, 74, F(0.125), ", x8=None),
+    T.IQ2_S: dict(name="iq2_s", act="ACT_Q8_K", dot="_vdot_iq2_s(", dot4="_vdot4_grid(_x_iq2_s, 82, F(0.125), ", x8=None),
+    T.IQ3_XXS: dict(name="iq3_xxs", act="ACT_Q8_K", dot="_vdot_iq3_xxs(", dot4="_vdot4_grid(_x_iq3_xxs, 98, F(0.25), ", x8=None),
+    T.IQ3_S: dict(name="iq3_s", act="ACT_Q8_K", dot="_vdot_iq3_s(", dot4="_vdot4_grid(_x_iq3_s, 110, F(1), ", x8=None),
     T.IQ1_S: dict(name="iq1_s", act="ACT_Q8_K", dot="_vdot_iq1_s(", dot4=None, x8=None),
     T.IQ1_M: dict(name="iq1_m", act="ACT_Q8_K", dot="_vdot_iq1_m(", dot4=None, x8=None),
     T.TQ1_0: dict(name="tq1_0", act="ACT_Q8_K", dot="_vdot_tq1_0(", dot4=None, x8=None),
@@ -930,6 +1014,9 @@ def _generate() -> dict:
         block_size, _ = GGML_QUANT_SIZES[t]
         src.append(_mm._TEMPLATE.format(**f))
         run = f"_run(_rows_{f['name']}, w, x.shape[1] // {block_size}, yq, yd, ys, ybs, yf, out)"
+        if f["dot4"]:
+            src.append(_mm._TEMPLATE4.format(**f))
+            run = f"_run4(_rows_{f['name']}, _rows4_{f['name']}, w, x.shape[1] // {block_size}, yq, yd, ys, ybs, yf, out)"
         src.append(_mm._TEMPLATE_MATMUL.format(run=run, **f))
     exec(compile("".join(src), __file__, "exec"), globals())
     return {t: globals()[f"_matmul_{f['name']}"] for t, f in LOWBIT.items()}
