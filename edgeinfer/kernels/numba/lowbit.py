@@ -822,6 +822,48 @@ def _vdot4_grid(decode, type_size, final, w, wo, nb, yq, yd, ys, ybs, yf, t):
     return final * s0, final * s1, final * s2, final * s3
 
 
+@njit(cache=True, inline="always")
+def _vdot4_mxfp4(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    s0 = s1 = s2 = s3 = F(0)
+    step = nb * QK
+    for b in range(nb):
+        o = wo + 17 * b
+        x = mxfp4_values(w, o + 1)
+        d = _e8m0_half(np.int64(w[o]))
+        yb = t * nb + b
+        yo = yb * QK
+        s0 += (yd[yb] * d) * F(hsum32(sdot(x, load8(yq, yo), 1, 1)))
+        s1 += (yd[yb + nb] * d) * F(hsum32(sdot(x, load8(yq, yo + step), 1, 1)))
+        s2 += (yd[yb + 2 * nb] * d) * F(hsum32(sdot(x, load8(yq, yo + 2 * step), 1, 1)))
+        s3 += (yd[yb + 3 * nb] * d) * F(hsum32(sdot(x, load8(yq, yo + 3 * step), 1, 1)))
+    return s0, s1, s2, s3
+
+
+@njit(cache=True, inline="always")
+def _vdot4_tq2_0(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    s0 = s1 = s2 = s3 = F(0)
+    step = nb * QK_K
+    for b in range(nb):
+        o = wo + 66 * b
+        yb = t * nb + b
+        a0 = a1 = a2 = a3 = zero32()
+        for h in range(2):
+            v = load8(w, o + 32 * h)
+            for l in range(4):
+                x = crumbs(v, 2 * l, 1)
+                yo = yb * QK_K + 128 * h + 32 * l
+                a0 = add32(a0, sdot(x, load8(yq, yo), 1, 1))
+                a1 = add32(a1, sdot(x, load8(yq, yo + step), 1, 1))
+                a2 = add32(a2, sdot(x, load8(yq, yo + 2 * step), 1, 1))
+                a3 = add32(a3, sdot(x, load8(yq, yo + 3 * step), 1, 1))
+        d = _f16(w, o + 64)
+        s0 += F(hsum32(a0)) * (yd[yb] * d)
+        s1 += F(hsum32(a1)) * (yd[yb + nb] * d)
+        s2 += F(hsum32(a2)) * (yd[yb + 2 * nb] * d)
+        s3 += F(hsum32(a3)) * (yd[yb + 3 * nb] * d)
+    return s0, s1, s2, s3
+
+
 # -- dequantization: ggml's dequantize_row_<type>, block by block --------------------------------------
 
 
@@ -1000,8 +1042,8 @@ LOWBIT: dict[GGMLQuantizationType, dict] = {
     T.IQ1_S: dict(name="iq1_s", act="ACT_Q8_K", dot="_vdot_iq1_s(", dot4=None, x8=None),
     T.IQ1_M: dict(name="iq1_m", act="ACT_Q8_K", dot="_vdot_iq1_m(", dot4=None, x8=None),
     T.TQ1_0: dict(name="tq1_0", act="ACT_Q8_K", dot="_vdot_tq1_0(", dot4=None, x8=None),
-    T.TQ2_0: dict(name="tq2_0", act="ACT_Q8_K", dot="_vdot_tq2_0(", dot4=None, x8=None),
-    T.MXFP4: dict(name="mxfp4", act="ACT_Q8_0", dot="_vdot_mxfp4(", dot4=None, x8=None),
+    T.TQ2_0: dict(name="tq2_0", act="ACT_Q8_K", dot="_vdot_tq2_0(", dot4="_vdot4_tq2_0(", x8=None),
+    T.MXFP4: dict(name="mxfp4", act="ACT_Q8_0", dot="_vdot_mxfp4(", dot4="_vdot4_mxfp4(", x8=None),
 }
 DEQUANT = {t: globals()[f"dequant_{f['name']}_blocks"] for t, f in LOWBIT.items()}
 _ACT_TYPE = {"ACT_Q8_0": T.Q8_0, "ACT_Q8_K": T.Q8_K}
