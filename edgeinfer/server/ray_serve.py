@@ -421,7 +421,8 @@ class RemoteRunner:
         return self.per_replica * max(1, len(self._live_replicas()) or self.replicas)
 
     def submit(self, prompt_ids: Sequence[int], params, max_tokens: int, stop: Sequence[str] = (),
-               loop=None, speculative: str | None = None, grammar=None, logprobs: int | None = None) -> RemoteHandle:  # fmt: skip
+               loop=None, speculative: str | None = None, grammar=None,
+               logprobs: int | None = None) -> RemoteHandle:  # fmt: skip
         prompt_ids = [int(t) for t in prompt_ids]
         self.check_prompt(prompt_ids)
         params.validate(self.n_vocab)
@@ -631,7 +632,8 @@ def serve_ray(model, replicas: int = 1, ray_address: str | None = None, host: st
         app = build_app(model, replicas=replicas, threads=per, min_replicas=min_replicas, max_replicas=max_replicas,
                         **kw)  # fmt: skip
         serve.run(app, name=APP_NAME, route_prefix="/")
-        bounds = f", autoscaling {min_replicas or 1}..{max_replicas or replicas}" if (min_replicas or max_replicas) else ""
+        scaling = min_replicas is not None or max_replicas is not None
+        bounds = f", autoscaling {min_replicas or 1}..{max_replicas or replicas}" if scaling else ""
         print_fn(f"edgeinfer serve: {model} on Ray Serve listening on http://{host}:{port} ({replicas} replicas x "
                  f"{per} threads{bounds}, parallel {kw.get('parallel', 1)} each, prefix-aware routing); "
                  "Ctrl-C stops", flush=True)  # fmt: skip
