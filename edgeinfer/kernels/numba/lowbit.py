@@ -864,6 +864,83 @@ def _vdot4_tq2_0(w, wo, nb, yq, yd, ys, ybs, yf, t):
     return s0, s1, s2, s3
 
 
+@njit(cache=True, inline="always")
+def _bsum2(ybs, yb, ib):
+    return np.int64(ybs[yb * 16 + 2 * ib]) + np.int64(ybs[yb * 16 + 2 * ib + 1])
+
+
+@njit(cache=True, inline="always")
+def _vdot4_iq1_s(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    s0 = s1 = s2 = s3 = F(0)
+    step = nb * QK_K
+    for b in range(nb):
+        o = wo + 50 * b
+        yb = t * nb + b
+        a0 = a1 = a2 = a3 = zero32()
+        m0 = m1 = m2 = m3 = 0
+        for ib in range(8):
+            q = o + 2 + 4 * ib
+            qh = _u16(w, o + 34 + 2 * ib)
+            x = gather8(W_IQ1S, np.int64(w[q]) | ((qh << 8) & 0x700), np.int64(w[q + 1]) | ((qh << 5) & 0x700),
+                        np.int64(w[q + 2]) | ((qh << 2) & 0x700), np.int64(w[q + 3]) | ((qh >> 1) & 0x700))  # fmt: skip
+            ls = 2 * ((qh >> 12) & 7) + 1
+            lsd = -ls if qh & 0x8000 else ls
+            yo = yb * QK_K + 32 * ib
+            a0 = add32(a0, sdot(x, load8(yq, yo), ls, ls))
+            a1 = add32(a1, sdot(x, load8(yq, yo + step), ls, ls))
+            a2 = add32(a2, sdot(x, load8(yq, yo + 2 * step), ls, ls))
+            a3 = add32(a3, sdot(x, load8(yq, yo + 3 * step), ls, ls))
+            m0 += lsd * _bsum2(ybs, yb, ib)
+            m1 += lsd * _bsum2(ybs, yb + nb, ib)
+            m2 += lsd * _bsum2(ybs, yb + 2 * nb, ib)
+            m3 += lsd * _bsum2(ybs, yb + 3 * nb, ib)
+        d = _f16(w, o)
+        s0 += (d * yd[yb]) * (F(hsum32(a0)) + DELTA * F(m0))
+        s1 += (d * yd[yb + nb]) * (F(hsum32(a1)) + DELTA * F(m1))
+        s2 += (d * yd[yb + 2 * nb]) * (F(hsum32(a2)) + DELTA * F(m2))
+        s3 += (d * yd[yb + 3 * nb]) * (F(hsum32(a3)) + DELTA * F(m3))
+    return s0, s1, s2, s3
+
+
+@njit(cache=True, inline="always")
+def _vdot4_iq1_m(w, wo, nb, yq, yd, ys, ybs, yf, t):
+    s0 = s1 = s2 = s3 = F(0)
+    step = nb * QK_K
+    for b in range(nb):
+        o = wo + 56 * b
+        yb = t * nb + b
+        c0, c1, c2, c3 = _u16(w, o + 48), _u16(w, o + 50), _u16(w, o + 52), _u16(w, o + 54)
+        d = _half((c0 >> 12) | ((c1 >> 8) & 0x00F0) | ((c2 >> 4) & 0x0F00) | (c3 & 0xF000))
+        a0 = a1 = a2 = a3 = zero32()
+        e0 = e1 = e2 = e3 = zero32()
+        for ib in range(8):
+            q = o + 4 * ib
+            h0, h1 = np.int64(w[o + 32 + 2 * ib]), np.int64(w[o + 33 + 2 * ib])
+            x = gather8(W_IQ1S, np.int64(w[q]) | ((h0 << 8) & 0x700), np.int64(w[q + 1]) | ((h0 << 4) & 0x700),
+                        np.int64(w[q + 2]) | ((h1 << 8) & 0x700), np.int64(w[q + 3]) | ((h1 << 4) & 0x700))  # fmt: skip
+            dv = gather8(ONES8, (h0 >> 3) & 1, (h0 >> 7) & 1, (h1 >> 3) & 1, (h1 >> 7) & 1)
+            sc = _u16(w, o + 48 + 2 * (ib // 2)) >> (6 * (ib % 2))
+            ls1, ls2 = 2 * (sc & 7) + 1, 2 * ((sc >> 3) & 7) + 1
+            yo = yb * QK_K + 32 * ib
+            y = load8(yq, yo)
+            a0 = add32(a0, sdot(x, y, ls1, ls2))
+            e0 = add32(e0, sdot(dv, y, ls1, ls2))
+            y = load8(yq, yo + step)
+            a1 = add32(a1, sdot(x, y, ls1, ls2))
+            e1 = add32(e1, sdot(dv, y, ls1, ls2))
+            y = load8(yq, yo + 2 * step)
+            a2 = add32(a2, sdot(x, y, ls1, ls2))
+            e2 = add32(e2, sdot(dv, y, ls1, ls2))
+            y = load8(yq, yo + 3 * step)
+            a3 = add32(a3, sdot(x, y, ls1, ls2))
+            e3 = add32(e3, sdot(dv, y, ls1, ls2))
+        s0 += (d * yd[yb]) * (F(hsum32(a0)) + DELTA * F(hsum32(e0)))
+        s1 += (d * yd[yb + nb]) * (F(hsum32(a1)) + DELTA * F(hsum32(e1)))
+        s2 += (d * yd[yb + 2 * nb]) * (F(hsum32(a2)) + DELTA * F(hsum32(e2)))
+        s3 += (d * yd[yb + 3 * nb]) * (F(hsum32(a3)) + DELTA * F(hsum32(e3)))
+    return s0, s1, s2, s3
+
+
 # -- dequantization: ggml's dequantize_row_<type>, block by block --------------------------------------
 
 
@@ -1039,8 +1116,8 @@ LOWBIT: dict[GGMLQuantizationType, dict] = {
     T.IQ2_S: dict(name="iq2_s", act="ACT_Q8_K", dot="_vdot_iq2_s(", dot4="_vdot4_grid(_x_iq2_s, 82, F(0.125), ", x8=None),
     T.IQ3_XXS: dict(name="iq3_xxs", act="ACT_Q8_K", dot="_vdot_iq3_xxs(", dot4="_vdot4_grid(_x_iq3_xxs, 98, F(0.25), ", x8=None),
     T.IQ3_S: dict(name="iq3_s", act="ACT_Q8_K", dot="_vdot_iq3_s(", dot4="_vdot4_grid(_x_iq3_s, 110, F(1), ", x8=None),
-    T.IQ1_S: dict(name="iq1_s", act="ACT_Q8_K", dot="_vdot_iq1_s(", dot4=None, x8=None),
-    T.IQ1_M: dict(name="iq1_m", act="ACT_Q8_K", dot="_vdot_iq1_m(", dot4=None, x8=None),
+    T.IQ1_S: dict(name="iq1_s", act="ACT_Q8_K", dot="_vdot_iq1_s(", dot4="_vdot4_iq1_s(", x8=None),
+    T.IQ1_M: dict(name="iq1_m", act="ACT_Q8_K", dot="_vdot_iq1_m(", dot4="_vdot4_iq1_m(", x8=None),
     T.TQ1_0: dict(name="tq1_0", act="ACT_Q8_K", dot="_vdot_tq1_0(", dot4=None, x8=None),
     T.TQ2_0: dict(name="tq2_0", act="ACT_Q8_K", dot="_vdot_tq2_0(", dot4="_vdot4_tq2_0(", x8=None),
     T.MXFP4: dict(name="mxfp4", act="ACT_Q8_0", dot="_vdot_mxfp4(", dot4="_vdot4_mxfp4(", x8=None),
