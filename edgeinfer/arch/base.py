@@ -477,13 +477,18 @@ class DecoderModel:
         every = [bool(all_logits)] * n if isinstance(all_logits, (bool, int)) else [bool(a) for a in all_logits]
         if len(every) != n:
             raise EdgeInferError("forward_many(): all_logits needs one flag per sequence.")
-        x = self._blocks(batch)
+        return self._per_sequence(batch, self._blocks(batch), every, self._logits)
+
+    @staticmethod
+    def _per_sequence(batch: ForwardBatch, x: np.ndarray, every: list[bool], head) -> list[np.ndarray]:
+        """head() over the rows wanted (each sequence's every row, or its last when every[i] is False),
+        split back per sequence."""
         rows = [r for s, e in zip(batch.seqs, every) for r in (range(s.r0, s.r1) if e else (s.r1 - 1,))]
-        logits = self._logits(x if len(rows) == x.shape[0] else x[rows])
+        y = head(x if len(rows) == x.shape[0] else x[rows])
         out, i = [], 0
         for s, e in zip(batch.seqs, every):
             k = s.r1 - s.r0 if e else 1
-            out.append(logits[i : i + k])
+            out.append(y[i : i + k])
             i += k
         return out
 
@@ -504,18 +509,10 @@ class DecoderModel:
         last hidden states after the output norm, float32 (n_i, n_embd) (llama.cpp's t_embd,
         "result_norm"). rows: per sequence "all" (every row, default) or "last" (its last row only).
         Commits the caches after it, as run()."""
-        x = self._blocks(batch)
         every = [r != "last" for r in rows] if rows is not None else [True] * len(batch.seqs)
         if len(every) != len(batch.seqs):
             raise EdgeInferError("hidden_states(): rows needs one entry per sequence.")
-        picked = [r for s, e in zip(batch.seqs, every) for r in (range(s.r0, s.r1) if e else (s.r1 - 1,))]
-        h = self.output_norm(x if len(picked) == x.shape[0] else x[picked])
-        out, i = [], 0
-        for s, e in zip(batch.seqs, every):
-            k = s.r1 - s.r0 if e else 1
-            out.append(h[i : i + k])
-            i += k
-        return out
+        return self._per_sequence(batch, self._blocks(batch), every, self.output_norm)
 
     def moe_layers(self) -> list:
         """The blocks' MoE feed-forwards (nn.moe.MoE), in layer order; empty for a dense model."""
