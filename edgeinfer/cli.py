@@ -164,7 +164,8 @@ def cmd_run(args) -> int:
     if args.prompt is None:
         prompt_stdin = not sys.stdin.isatty() and args.raw
         if not prompt_stdin:
-            return ChatSession(llm, params, system=args.system, verbose=args.verbose).run()
+            return ChatSession(llm, params, system=args.system, verbose=args.verbose,
+                               reasoning_budget=args.reasoning_budget).run()
         args.prompt = sys.stdin.read()
     try:
         if args.raw:

@@ -29,10 +29,13 @@ class ChatSession:
     """A conversation and its settings; `run` drives it from a terminal or any text stream."""
 
     def __init__(self, llm, params: dict, system: str | None = None, verbose: bool = False,
-                 stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None):
+                 stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None,
+                 reasoning_budget: int | None = None):
         self.llm = llm
         self.chat = Conversation(params, system)
         self.verbose = verbose
+        # a reasoning model's think block is closed after this many tokens; its text goes to stderr
+        self.reasoning_budget = reasoning_budget
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
@@ -119,8 +122,14 @@ class ChatSession:
             print(f"[context: dropped the {dropped_turns(dropped)} oldest turn(s) to fit the {self.llm.n_ctx}-token "
                   "context]", file=self.stderr)  # fmt: skip
         pieces: list[str] = []
+        budget = {} if self.reasoning_budget is None else {"reasoning_budget": self.reasoning_budget}
         try:
-            for piece in self.llm.chat(self.chat.for_model(), stream=True, **self.chat.params):
+            for piece in self.llm.chat(self.chat.for_model(), stream=True, **self.chat.params, **budget):
+                if not isinstance(piece, str):  # a ChatDelta: the thinking to stderr, the answer kept
+                    if piece.reasoning:
+                        self.stderr.write(piece.reasoning)
+                        self.stderr.flush()
+                    piece = piece.content
                 pieces.append(piece)
                 self.stdout.write(piece)
                 self.stdout.flush()

@@ -7,6 +7,8 @@ real `edgeinfer serve --parallel 8` process driven by the official `openai` clie
 
 from __future__ import annotations
 
+import io
+
 import json
 import random
 
@@ -16,6 +18,7 @@ import openai
 import pytest
 
 import edgeinfer
+from edgeinfer.repl import ChatSession
 from edgeinfer.engine.batch import BatchRunner
 from edgeinfer.engine.constrain import Grammar, GrammarError
 from edgeinfer.engine.runner import Finish
@@ -271,7 +274,8 @@ def test_reasoning_budget_closes_the_think_block(smollm2_path):
         assert "</think>" in text
         n_think = len(llm.tokenize(text.split("</think>")[0], add_special=False))
         assert n_think <= budget + 1  # the block's tokens (re-tokenized) within the budget
-        assert "<think>" not in r.text and "</think>" not in r.text.split("</think>")[0] or True
+        # the reply is what follows the block (the tiny model may write markup of its own later on)
+        assert r.text == text.split("</think>", 1)[1].strip(), (r.text, text)
         assert r.reasoning == text.split("</think>")[0].strip()
         assert close
     # a grammar applies after the reasoning, not inside it
@@ -280,6 +284,16 @@ def test_reasoning_budget_closes_the_think_block(smollm2_path):
     _valid(r.text)
     deltas = list(llm.chat(msgs, reasoning_budget=6, temperature=0, max_tokens=20, stream=True))
     assert "".join(d.reasoning for d in deltas).strip() and "</think>" not in "".join(d.content for d in deltas)
+    # the interactive chat of `edgeinfer run MODEL --reasoning-budget N`: thinking to stderr, the answer
+    # to stdout and into the conversation
+    out, err = io.StringIO(), io.StringIO()
+    session = ChatSession(llm, {"temperature": 0, "max_tokens": 20}, stdin=io.StringIO("What is 2+3? Think step by step.\n"),
+                          stdout=out, stderr=err, reasoning_budget=6)  # fmt: skip
+    assert session.run() == 0
+    reasoning = "".join(d.reasoning for d in deltas)
+    answer = "".join(d.content for d in deltas)
+    assert err.getvalue() == reasoning and answer in out.getvalue() and "</think>" not in out.getvalue()
+    assert session.chat.messages[-1] == {"role": "assistant", "content": answer}
 
 
 # -- the server, with the openai client
