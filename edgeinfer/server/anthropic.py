@@ -21,7 +21,7 @@ import json
 import secrets
 from typing import Any
 
-from .protocol import RequestError, _json_type
+from .protocol import RequestError, _json_type, text_parts
 
 VERSION_HEADER = "anthropic-version"
 # HTTP status -> Anthropic's error type
@@ -65,21 +65,7 @@ def _text(block: dict, where: str) -> str:
 
 
 def _result_text(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for i, b in enumerate(content):
-            if isinstance(b, dict) and b.get("type") == "text":
-                parts.append(_text(b, f"{where}.content[{i}]"))
-            else:
-                kind = b.get("type") if isinstance(b, dict) else _json_type(b)
-                raise RequestError(f"{where}.content[{i}] is of type {kind!r}; tool results may hold text only.",
-                                   "messages")  # fmt: skip
-        return "".join(parts)
-    raise RequestError(f"{where}.content must be a string or text blocks.", "messages")
+    return text_parts(content, where, "messages", what="text blocks (tool results hold text only)")
 
 
 def system_text(system: Any) -> str | None:

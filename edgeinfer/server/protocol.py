@@ -268,27 +268,31 @@ def _common(body: dict, kind: str, n_vocab: int | None) -> GenerationRequest:
     return req
 
 
-def _message_content(content: Any, i: int) -> str:
+def text_parts(content: Any, where: str, param: str, kinds: dict[str, str] | None = None, strings: bool = False,
+               what: str = "text parts") -> str:
+    """A message's content -> its text, for every dialect: None -> "", a string as it is, or an array of parts
+    whose type is one of `kinds` (type -> the field holding its text; {"text": "text"} by default), and bare
+    strings where `strings`, joined. Anything else is a RequestError naming where it is and what is read."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):  # content parts: only text is understood
-        texts = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif isinstance(part, str):
-                texts.append(part)
-            else:
-                kind = part.get("type") if isinstance(part, dict) else _json_type(part)
-                raise RequestError(
-                    f"messages[{i}].content holds a part of type {kind!r}; this model reads text parts only.",
-                    "messages",
-                )
-        return "".join(texts)
-    raise RequestError(f"messages[{i}].content must be a string or an array of text parts, got {_json_type(content)}.",
-                       "messages")  # fmt: skip
+    if not isinstance(content, list):
+        raise RequestError(f"{where}.content must be a string or an array of {what}, got {_json_type(content)}.", param)
+    kinds = kinds or {"text": "text"}
+    out = []
+    for i, part in enumerate(content):
+        if strings and isinstance(part, str):
+            out.append(part)
+            continue
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in kinds:
+            got = repr(kind) if isinstance(part, dict) else _json_type(part)
+            raise RequestError(f"{where}.content[{i}] is of type {got}; this model reads {what} only.", param)
+        if not isinstance(part.get(kinds[kind]), str):
+            raise RequestError(f"{where}.content[{i}]: a {kind} part needs a string {kinds[kind]!r}.", param)
+        out.append(part[kinds[kind]])
+    return "".join(out)
 
 
 def parse_chat_request(body: dict, n_vocab: int | None = None) -> GenerationRequest:
@@ -308,7 +312,7 @@ def parse_chat_request(body: dict, n_vocab: int | None = None) -> GenerationRequ
             raise RequestError(f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}; got {role!r}.", "messages")
         if role == "developer":  # OpenAI's newer name for the system message
             role = "system"
-        msg = {"role": role, "content": _message_content(m.get("content"), i)}
+        msg = {"role": role, "content": text_parts(m.get("content"), f"messages[{i}]", "messages", strings=True)}
         calls = m.get("tool_calls")
         if calls is not None and role == "assistant":
             if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("function"), dict)

@@ -24,7 +24,7 @@ import json
 import secrets
 from typing import Any
 
-from .protocol import RequestError, _json_type
+from .protocol import RequestError, _json_type, text_parts
 
 # chat-completions field -> the Responses field a user wrote (for error messages' `param`)
 PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens",
@@ -38,26 +38,11 @@ def _id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
+_INPUT_PARTS = {"input_text": "text", "output_text": "text", "text": "text", "refusal": "refusal"}
+
+
 def _text_of(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        out = []
-        for i, part in enumerate(content):
-            if isinstance(part, dict) and part.get("type") in ("input_text", "output_text", "text") \
-                    and isinstance(part.get("text"), str):  # fmt: skip
-                out.append(part["text"])
-            elif isinstance(part, dict) and part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
-                out.append(part["refusal"])
-            else:
-                kind = part.get("type") if isinstance(part, dict) else _json_type(part)
-                raise RequestError(f"{where}.content[{i}] is of type {kind!r}; this model reads text only "
-                                   "(input_text, output_text).", "input")  # fmt: skip
-        return "".join(out)
-    raise RequestError(f"{where}.content must be a string or an array of input_text parts, got {_json_type(content)}.",
-                       "input")  # fmt: skip
+    return text_parts(content, where, "input", _INPUT_PARTS, what="text parts (input_text, output_text)")
 
 
 def input_messages(body: dict) -> list[dict]:
