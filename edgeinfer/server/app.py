@@ -713,15 +713,38 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, c
     """Load `model` (a path or a registry name), start a runner and serve the API until Ctrl-C or SIGTERM.
     Prints one line when it listens. kv_type: the KV cache's format (edgeinfer.load's). cors_origins:
     browser origins allowed besides local pages (default: $EDGEINFER_CORS_ORIGINS, comma-separated)."""
-    import signal
-
-    import uvicorn
-
     from ..api import load
     from ..engine.batch import make_runner
 
-    for name, value, lo in (("parallel", parallel, 1), ("ctx_size", ctx_size, 2), ("max_queue", max_queue, 1),
-                            ("max_body_bytes", max_body_bytes, 1)):  # fmt: skip
+    check_serve_args(parallel=parallel, ctx_size=ctx_size, max_queue=max_queue, max_body_bytes=max_body_bytes,
+                     kv_size=kv_size, port=port, api_key=api_key, speculative=speculative, draft=draft)
+    sock = bind_socket(host, port)
+    cors_origins = cors_from_env(cors_origins)
+    warn_if_open(host, api_key, "the model")
+    llm = load(model, n_ctx=ctx_size, n_threads=threads, backend=backend, draft=draft, kv_type=kv_type)
+    runner = make_runner(llm, parallel=parallel, max_queue=max_queue, n_ctx=ctx_size, kv_cells=kv_size)
+    app = create_app(llm, runner, api_key=api_key, model_name=model_name or _model_name(model),
+                     max_body_bytes=max_body_bytes, energy_source=energy_source, n_ctx=ctx_size,
+                     speculative=speculative, cors_origins=cors_origins,
+                     reasoning_budget=None if reasoning_budget is None or reasoning_budget < 0 else reasoning_budget)  # fmt: skip
+    runner.start()
+
+    def close():
+        runner.stop()
+        app.state.metrics.close()
+
+    banner = (f"(parallel {parallel}, context {ctx_size}, KV cache {_kv_summary(runner)}"
+              f"{', API key required' if api_key else ''}); Ctrl-C stops")  # fmt: skip
+    return run_server(app, sock, app.state.model_name, banner, app.state.begin_shutdown, close, print_fn)
+
+
+def check_serve_args(*, parallel, ctx_size, max_queue, max_body_bytes, kv_size, port, api_key, speculative, draft,
+                     **more_counts) -> None:  # fmt: skip
+    """The checks `serve` and `serve_models` make before anything loads: EdgeInferError naming the option.
+    more_counts: other options that must be integers >= 1."""
+    counts = {"parallel": (parallel, 1), "ctx_size": (ctx_size, 2), "max_queue": (max_queue, 1),
+              "max_body_bytes": (max_body_bytes, 1), **{k: (v, 1) for k, v in more_counts.items()}}  # fmt: skip
+    for name, (value, lo) in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
             raise EdgeInferError(f"{name} must be an integer >= {lo}, got {value!r}.")
     if kv_size is not None and (isinstance(kv_size, bool) or not isinstance(kv_size, int) or kv_size < 2):
@@ -730,54 +753,53 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, c
         raise EdgeInferError(f"port must be in 0..65535, got {port!r}.")
     if api_key is not None and not api_key.strip():
         raise EdgeInferError("--api-key is empty: give a key, or leave the option out.")
-    sock = bind_socket(host, port)
     if speculative not in ("auto", *MODES, None):
         raise EdgeInferError(f"speculative must be 'auto', 'draft', 'ngram' or None, got {speculative!r}.")
     if speculative == "draft" and draft is None:
         raise EdgeInferError("--spec draft needs a draft model: give --draft MODEL.")
-    cors_origins = cors_from_env(cors_origins)
+
+
+def warn_if_open(host: str, api_key: str | None, what: str) -> None:
     if api_key is None and not is_loopback(host):
         print(f"edgeinfer serve: WARNING: listening on {host}, reachable from other machines, and no API key is "
-                 "set: anyone who can reach this port can use the model. Set one with --api-key KEY (or "
-                 "EDGEINFER_API_KEY=KEY), or listen on 127.0.0.1.", file=sys.stderr, flush=True)  # fmt: skip
-    llm = load(model, n_ctx=ctx_size, n_threads=threads, backend=backend, draft=draft, kv_type=kv_type)
-    runner = make_runner(llm, parallel=parallel, max_queue=max_queue, n_ctx=ctx_size, kv_cells=kv_size)
-    app = create_app(llm, runner, api_key=api_key, model_name=model_name or _model_name(model),
-                     max_body_bytes=max_body_bytes, energy_source=energy_source, n_ctx=ctx_size,
-                     speculative=speculative, cors_origins=cors_origins,
-                     reasoning_budget=None if reasoning_budget is None or reasoning_budget < 0 else reasoning_budget)  # fmt: skip
+              f"set: anyone who can reach this port can use {what}. Set one with --api-key KEY (or "
+              "EDGEINFER_API_KEY=KEY), or listen on 127.0.0.1.", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def run_server(app, sock, name: str, banner: str, begin_shutdown, close, print_fn=print) -> int:
+    """Serve `app` on the bound `sock` until Ctrl-C or SIGTERM: one line when it listens ("NAME listening on
+    URL BANNER"), begin_shutdown() when a signal arrives, close() and one line when it has stopped."""
+    import signal
+
+    import uvicorn
+
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
                             lifespan="off", http=_timed_h11_protocol(), timeout_keep_alive=KEEP_ALIVE_S,
                             limit_concurrency=MAX_CONNECTIONS, h11_max_incomplete_event_size=64 * 1024)  # fmt: skip
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):
-            app.state.begin_shutdown()
+            begin_shutdown()
             super().handle_exit(sig, frame)
 
     server = Server(config)
     sock.listen(2048)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    runner.start()
 
     def interrupt(signum, frame):  # uvicorn re-raises the signal it stopped on: make SIGTERM a clean stop too
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        print_fn(f"edgeinfer serve: {app.state.model_name} listening on http://{shown}:{bound_port} "
-                 f"(parallel {parallel}, context {ctx_size}, KV cache {_kv_summary(runner)}"
-                 f"{', API key required' if api_key else ''}); "
-                 "Ctrl-C stops", flush=True)  # fmt: skip
+        print_fn(f"edgeinfer serve: {name} listening on http://{shown}:{bound_port} {banner}", flush=True)
         try:
             server.run(sockets=[sock])
         except KeyboardInterrupt:
             pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        runner.stop()
-        app.state.metrics.close()
+        close()
         sock.close()
     print_fn("edgeinfer serve: stopped", flush=True)
     return 0

@@ -27,11 +27,9 @@ import contextvars
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable
-from pathlib import Path
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -45,9 +43,9 @@ from ..nn.kv import DEFAULT_KV_TYPE
 from . import anthropic as A
 from . import protocol as P
 from . import responses as R
-from .app import (BODY_IDLE_S, BODY_TIMEOUT_S, bind_socket, cors_from_env, read_body, DEFAULT_MAX_BODY_BYTES, KEEP_ALIVE_S, MAX_CONNECTIONS, SHUTDOWN_MESSAGE,
-                  _ClientGone, _EventStream, _Guard, _guarded, _ShuttingDown, _Stopping, _timed_h11_protocol, create_app,
-                  is_loopback)  # fmt: skip
+from .app import (DEFAULT_MAX_BODY_BYTES, SHUTDOWN_MESSAGE, _ClientGone, _EventStream,
+                  _Guard, _guarded, _kv_summary, _ShuttingDown, _Stopping, bind_socket, check_serve_args, cors_from_env,
+                  create_app, read_body, run_server, warn_if_open)  # fmt: skip
 from .metrics import EnergyClock
 from .models import (DEFAULT_KEEP_ALIVE_S, DEFAULT_MAX_MODELS, Entry, Lease, ModelBusy, ModelLoadError, ModelManager,
                      ModelNotFound, ModelSpec, parse_keep_alive, specs_from, tune_allocator)  # fmt: skip
@@ -771,26 +769,9 @@ def serve_models(models: Iterable[str] = (), models_dir: str | None = None, alia
                  preload: bool = True) -> int:  # fmt: skip
     """Serve every model given (paths, registry names) and found in models_dir, each loaded on first use
     (the first one given is loaded at start when `preload`), until Ctrl-C or SIGTERM."""
-    import signal
-
-    import uvicorn
-
-    from ..engine.spec_policy import MODES
-
-    for name, value, lo in (("parallel", parallel, 1), ("ctx_size", ctx_size, 2), ("max_queue", max_queue, 1),
-                            ("max_body_bytes", max_body_bytes, 1), ("max_models", max_models, 1)):  # fmt: skip
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise EdgeInferError(f"{name} must be an integer >= {lo}, got {value!r}.")
-    if kv_size is not None and (isinstance(kv_size, bool) or not isinstance(kv_size, int) or kv_size < 2):
-        raise EdgeInferError(f"kv_size must be an integer >= 2 (tokens of KV cache in all), got {kv_size!r}.")
-    if not 0 <= int(port) <= 65535:
-        raise EdgeInferError(f"port must be in 0..65535, got {port!r}.")
-    if api_key is not None and not api_key.strip():
-        raise EdgeInferError("--api-key is empty: give a key, or leave the option out.")
-    if speculative not in ("auto", *MODES, None):
-        raise EdgeInferError(f"speculative must be 'auto', 'draft', 'ngram' or None, got {speculative!r}.")
-    if speculative == "draft" and draft is None:
-        raise EdgeInferError("--spec draft needs a draft model: give --draft MODEL.")
+    check_serve_args(parallel=parallel, ctx_size=ctx_size, max_queue=max_queue, max_body_bytes=max_body_bytes,
+                     kv_size=kv_size, port=port, api_key=api_key, speculative=speculative, draft=draft,
+                     max_models=max_models)
     if pooling not in POOLINGS:
         raise EdgeInferError(f"--pooling must be mean or last, got {pooling!r}.")
     try:
@@ -805,10 +786,7 @@ def serve_models(models: Iterable[str] = (), models_dir: str | None = None, alia
         raise EdgeInferError("--draft works with one model; serve the others from another server.")
     sock = bind_socket(host, port)
     cors_origins = cors_from_env(cors_origins)
-    if api_key is None and not is_loopback(host):
-        print(f"edgeinfer serve: WARNING: listening on {host}, reachable from other machines, and no API key is "
-              "set: anyone who can reach this port can use the models. Set one with --api-key KEY (or "
-              "EDGEINFER_API_KEY=KEY), or listen on 127.0.0.1.", file=sys.stderr, flush=True)  # fmt: skip
+    warn_if_open(host, api_key, "the models")
     tune_allocator()  # an unloaded model's memory goes back to the system
     loader = make_loader(ctx_size, parallel, max_queue, kv_size, threads, backend, kv_type, draft)
     manager = ModelManager(specs, loader, keep_alive=keep_alive_s, max_models=max_models, max_memory=max_memory,
@@ -829,45 +807,12 @@ def serve_models(models: Iterable[str] = (), models_dir: str | None = None, alia
     hub = create_hub(manager, api_key=api_key, max_body_bytes=max_body_bytes, energy_source=energy_source,
                      speculative=speculative, cors_origins=cors_origins, pooling=pooling,
                      reasoning_budget=None if reasoning_budget is None or reasoning_budget < 0 else reasoning_budget)  # fmt: skip
-    config = uvicorn.Config(hub, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
-                            lifespan="off", http=_timed_h11_protocol(), timeout_keep_alive=KEEP_ALIVE_S,
-                            limit_concurrency=MAX_CONNECTIONS, h11_max_incomplete_event_size=64 * 1024)  # fmt: skip
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame):
-            hub.begin_shutdown()
-            super().handle_exit(sig, frame)
-
-    server = Server(config)
-    sock.listen(2048)
-    bound_host, bound_port = sock.getsockname()[:2]
-    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        from .app import _kv_summary
-
-        ids = ", ".join(s.id for s in specs[:8]) + (f" and {len(specs) - 8} more" if len(specs) > 8 else "")
-        kv = ""
-        if first is not None:
-            kv = f", KV cache {_kv_summary(manager.entries[first].runner)}"
-        ka = "forever" if keep_alive_s < 0 else f"{keep_alive_s:g} s"
-        print_fn(f"edgeinfer serve: {ids} listening on http://{shown}:{bound_port} (parallel {parallel}, context "
-                 f"{ctx_size}{kv}; up to {max_models} loaded, keep-alive {ka}"
-                 f"{', API key required' if api_key else ''}); Ctrl-C stops", flush=True)  # fmt: skip
-        try:
-            server.run(sockets=[sock])
-        except KeyboardInterrupt:
-            pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        hub.close()
-        sock.close()
-    print_fn("edgeinfer serve: stopped", flush=True)
-    return 0
+    ids = ", ".join(s.id for s in specs[:8]) + (f" and {len(specs) - 8} more" if len(specs) > 8 else "")
+    kv = f", KV cache {_kv_summary(manager.entries[first].runner)}" if first is not None else ""
+    ka = "forever" if keep_alive_s < 0 else f"{keep_alive_s:g} s"
+    banner = (f"(parallel {parallel}, context {ctx_size}{kv}; up to {max_models} loaded, keep-alive {ka}"
+              f"{', API key required' if api_key else ''}); Ctrl-C stops")  # fmt: skip
+    return run_server(hub, sock, ids, banner, hub.begin_shutdown, hub.close, print_fn)
 
 
 __all__ = ["EmbedBatcher", "Hub", "create_hub", "make_loader", "serve_models"]
