@@ -312,4 +312,10 @@ def test_compare_llamacpp_end_to_end(tiny, tmp_path, capsys):
     assert sides == ["edgeinfer", "llama.cpp", "llama.cpp", "edgeinfer"]  # alternating, first mover swapped
     pp = next(r for r in report["rows"] if r["test"] == "pp8")["summary"]
     assert pp["ratio_median"] == pytest.approx(pp["edgeinfer_median"] / pp["llamacpp_median"])
+    # the read ceiling measured before and after the runs, the better kept, and the decode share taken of it
+    ceiling = report["read_ceiling"]["1"]
+    assert len(ceiling["measures_gb_s"]) == 2 and ceiling["gb_s"] == max(ceiling["measures_gb_s"])
+    tg = next(r for r in report["rows"] if r["test"] == "tg4")["decode"]
+    assert tg["ceiling_gb_s"] == ceiling["gb_s"]
+    assert tg["edgeinfer_of_ceiling"] == pytest.approx(tg["edgeinfer_gb_s"] / ceiling["gb_s"])
     assert os.path.exists(out_json)
