@@ -133,8 +133,7 @@ class Backend(Protocol):
 
     def attention_sinks(self, items, n_swa: int, scale: float, sinks: np.ndarray) -> list[np.ndarray]:
         """attention_many() with one more logit per query head in every softmax: sinks float32 (H,), not
-        scaled, attended by no value (e^sinks[h] joins head h's denominator: gpt-oss's attention sinks).
-        BackendDefaults has the generic form (numpy_ops.attention over the rows)."""
+        scaled, attended by no value (e^sinks[h] joins head h's denominator: gpt-oss's attention sinks)."""
 
     def glu(self, gu: np.ndarray, act: str) -> np.ndarray:
         """gu (n, 2 f) = [gate | up] -> act(gate) * up, act "silu" or "gelu_tanh"; or "swiglu_oai", OpenAI's
@@ -156,8 +155,3 @@ class BackendDefaults:
 
     def attention_many(self, items, n_swa: int, scale: float) -> list[np.ndarray]:
         return [self.attention(q, k, v, qp, kp, n_swa, scale, cells=c) for q, k, v, qp, kp, c in items]
-
-    def attention_sinks(self, items, n_swa: int, scale: float, sinks: np.ndarray) -> list[np.ndarray]:
-        from .numpy_ops import attention  # the generic form: numpy over the cache's rows, any K/V format
-
-        return [attention(q, k, v, qp, kp, n_swa, scale, c, sinks=sinks) for q, k, v, qp, kp, c in items]

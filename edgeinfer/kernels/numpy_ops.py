@@ -218,6 +218,9 @@ class NumpyOps(BackendDefaults):
     def attention(self, q, k, v, q_pos, kv_pos, n_swa, scale, cells=None):
         return attention(q, k, v, q_pos, kv_pos, n_swa, scale, cells)
 
+    def attention_sinks(self, items, n_swa, scale, sinks):
+        return [attention(q, k, v, qp, kp, n_swa, scale, c, sinks=sinks) for q, k, v, qp, kp, c in items]
+
     def glu(self, gu, act):
         return glu(gu, act)
 
