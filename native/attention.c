@@ -2,6 +2,8 @@
  *
  * out[t, h*Dv:(h+1)*Dv] = sum_j p_j v[j, g] / sum_j p_j, p_j = e^(scale q[t,h].k[j,g] - max) over the cells j
  * that query t sees (0 <= q_pos[t] - kv_pos[j] < n_swa, or no upper bound when n_swa <= 0), g = h / group.
+ * With sinks (gpt-oss), head h's sink logit sinks[h] joins the max and adds e^(sinks[h] - max) to the
+ * denominator, after the cells' sum.
  *
  * Each (token, head) output is computed by one thread, by a sequence of operations that depends only on
  * the head size and the cell index j (never on the batch, on n_kv, on the item it falls in or on the
@@ -44,6 +46,9 @@ static inline int visible(int32_t qp, int32_t kp, int n_swa) {
     const int32_t delta = qp - kp;
     return delta >= 0 && (n_swa <= 0 || delta < n_swa);
 }
+
+/* head h's sink logit, -inf for none (then it changes neither the max nor the sum) */
+static inline float sink_of(const native_attn_args *a, int64_t h) { return a->sinks ? a->sinks[h] : -INFINITY; }
 
 /* -- portable ---------------------------------------------------------------------------------------- */
 
@@ -100,6 +105,8 @@ static void head_scalar(const attn_job *job, int64_t t, int64_t h, float *s) {
     }
     for (int64_t e = 0; e < Dv; e++) o[e] = 0.0f;
     if (best == -INFINITY) return;  /* sees no cell */
+    const float sink = sink_of(a, h);
+    if (sink > best) best = sink;
     float total = 0.0f;
     for (int64_t j = 0; j < a->n_kv; j++) {
         const float p = s[j] == -INFINITY ? 0.0f : exp_scalar(s[j] - best);
@@ -108,6 +115,7 @@ static void head_scalar(const attn_job *job, int64_t t, int64_t h, float *s) {
         const uint8_t *vr = (const uint8_t *)a->v + ((int64_t)a->cells[j] * a->Hkv + g) * job->vrow;
         for (int64_t e = 0; e < Dv; e++) o[e] += p * kv_at(vr, e, kt);
     }
+    if (sink != -INFINITY) total += exp_scalar(sink - best);
     const float inv = 1.0f / total;
     for (int64_t e = 0; e < Dv; e++) o[e] *= inv;
 }
@@ -255,14 +263,18 @@ AINL void heads_body(const attn_job *job, int64_t t, int64_t h0, const int nh, f
         __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        const __m256 best = _mm256_set1_ps(_mm_cvtss_f32(m4));
+        const float sink = sink_of(a, h0 + i);
+        const float b = _mm_cvtss_f32(m4) > sink ? _mm_cvtss_f32(m4) : sink;
+        const __m256 best = _mm256_set1_ps(b);
         __m256 sum = _mm256_setzero_ps();
         for (j = 0; j < n8; j += 8) {
             const __m256 p = exp8(_mm256_sub_ps(_mm256_loadu_ps(si + j), best));
             _mm256_storeu_ps(si + j, p);
             sum = _mm256_add_ps(sum, p);
         }
-        inv[i] = 1.0f / hsum8(sum);
+        float total = hsum8(sum);
+        if (sink != -INFINITY) total += exp_scalar(sink - b);
+        inv[i] = 1.0f / total;
     }
     for (int i = nh; i < 4; i++) inv[i] = inv[nh - 1];
     const float *s0 = sh[0], *s1 = sh[1], *s2 = sh[2], *s3 = sh[3];

@@ -5,7 +5,7 @@
  *       x: float32 C-contiguous (n_tokens, n_cols); out: writeable float32 C-contiguous (n_tokens, n_rows)
  *       (BufferError for a non-contiguous x or a read-only / non-contiguous out, ValueError for another
  *       dtype, rank or shape: checked exactly, the Python backend's fast path relies on it)
- *   attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads)   (native/attention.c)
+ *   attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads[, sinks])   (native/attention.c)
  *   supports(ggml_type) -> bool      isa() -> "avx2" | "neon" | "scalar"
  *   set_isa(name) -> previous name   (tests: "scalar" or the best one the CPU has)
  *   set_prefetch(n_bytes) -> previous  how far ahead a decode prefetches the weights (default 2048,
@@ -510,6 +510,22 @@ static int attn_args(PyObject *const objs[7], Py_buffer *b, Py_ssize_t *got, nat
     return 0;
 }
 
+/* the optional sinks argument (None, or float32 (H,) C-contiguous) into *b (*held set when acquired) and
+ * *sinks; 0, or -1 with a Python error set */
+static int attn_sinks(PyObject *obj, int64_t H, Py_buffer *b, int *held, const float **sinks, const char *who) {
+    *held = 0;
+    *sinks = NULL;
+    if (obj == NULL || obj == Py_None) return 0;
+    if (PyObject_GetBuffer(obj, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+    *held = 1;
+    if (!is_f32(b->format) || b->ndim != 1 || b->shape[0] != H) {
+        PyErr_Format(PyExc_ValueError, "%s: sinks must be float32 (n_head,), C-contiguous", who);
+        return -1;
+    }
+    *sinks = b->buf;
+    return 0;
+}
+
 /* attention (S = 1) or attention_many, on the pool, the GIL released */
 static PyObject *attn_run(native_attn_args *as, Py_ssize_t S, long n_threads) {
     int failed = 0;
@@ -527,11 +543,11 @@ static PyObject *attn_run(native_attn_args *as, Py_ssize_t S, long n_threads) {
     Py_RETURN_NONE;
 }
 
-/* attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads): see native_attention */
+/* attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads[, sinks]): see native_attention */
 static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads)");
+    if (nargs != 10 && nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads[, sinks])");
         return NULL;
     }
     const long n_swa = PyLong_AsLong(args[6]);
@@ -546,22 +562,26 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
     Py_buffer b[7];
     Py_ssize_t got = 0;
     native_attn_args a;
+    Py_buffer sb;
+    int sinks_held = 0;
     PyObject *result = NULL;
-    if (attn_args(objs, b, &got, &a, "attention") == 0) {
+    if (attn_args(objs, b, &got, &a, "attention") == 0 &&
+        attn_sinks(nargs == 11 ? args[10] : NULL, a.H, &sb, &sinks_held, &a.sinks, "attention") == 0) {
         a.n_swa = (int)n_swa;
         a.scale = (float)scale;
         result = attn_run(&a, 1, n_threads);
     }
+    if (sinks_held) PyBuffer_Release(&sb);
     for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&b[i]);
     return result;
 }
 
-/* attention_many(qs, ks, vs, q_poss, kv_poss, cellss, n_swa, scale, outs, n_threads): lists of one array
- * per sequence, each as attention()'s; one job on the pool for all of them */
+/* attention_many(qs, ks, vs, q_poss, kv_poss, cellss, n_swa, scale, outs, n_threads[, sinks]): lists of one
+ * array per sequence, each as attention()'s, and one sinks array (or None) for all; one job on the pool */
 static PyObject *py_attention_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "attention_many(qs, ks, vs, q_poss, kv_poss, cellss, n_swa, scale, outs, n_threads)");
+    if (nargs != 10 && nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "attention_many(qs, ks, vs, q_poss, kv_poss, cellss, n_swa, scale, outs, n_threads[, sinks])");
         return NULL;
     }
     const long n_swa = PyLong_AsLong(args[6]);
@@ -588,6 +608,9 @@ static PyObject *py_attention_many(PyObject *self, PyObject *const *args, Py_ssi
     Py_buffer *b = calloc((size_t)S * 7, sizeof *b);
     native_attn_args *as = calloc((size_t)S, sizeof *as);
     Py_ssize_t got = 0;
+    Py_buffer sb;
+    int sinks_held = 0;
+    const float *sinks = NULL;
     PyObject *result = NULL;
     if (!b || !as) {
         PyErr_NoMemory();
@@ -597,11 +620,19 @@ static PyObject *py_attention_many(PyObject *self, PyObject *const *args, Py_ssi
         PyObject *objs[7];
         for (int i = 0; i < 7; i++) objs[i] = PyList_GET_ITEM(args[which[i]], s);
         if (attn_args(objs, b, &got, &as[s], "attention_many") < 0) goto done;
+        if (s == 0 && attn_sinks(nargs == 11 ? args[10] : NULL, as[0].H, &sb, &sinks_held, &sinks, "attention_many") < 0)
+            goto done;
+        if (sinks && as[s].H != as[0].H) {
+            PyErr_SetString(PyExc_ValueError, "attention_many: with sinks, every sequence has the same heads");
+            goto done;
+        }
         as[s].n_swa = (int)n_swa;
         as[s].scale = (float)scale;
+        as[s].sinks = sinks;
     }
     result = attn_run(as, S, n_threads);
 done:
+    if (sinks_held) PyBuffer_Release(&sb);
     for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&b[i]);
     free(b);
     free(as);
@@ -765,9 +796,9 @@ static PyMethodDef methods[] = {
     {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_FASTCALL,
      "matmul(ggml_type, w, x, out, n_rows, n_cols, n_threads): out = x @ W.T"},
     {"attention_many", (PyCFunction)(void (*)(void))py_attention_many, METH_FASTCALL,
-     "attention_many(qs, ks, vs, q_poss, kv_poss, cellss, n_swa, scale, outs, n_threads): attention() of several sequences"},
+     "attention_many(qs, ks, vs, q_poss, kv_poss, cellss, n_swa, scale, outs, n_threads[, sinks]): attention() of several sequences"},
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL,
-     "attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads): out = softmax(scale q.k) v (masked); token j is row cells[j] of k and v"},
+     "attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads[, sinks]): out = softmax(scale q.k) v (masked; sinks: one more logit per head); token j is row cells[j] of k and v"},
     {"supports", py_supports, METH_O, "supports(ggml_type) -> bool: a native kernel exists"},
     {"repack", (PyCFunction)(void (*)(void))py_repack, METH_FASTCALL,
      "repack(ggml_type, src, dst, n_rows, n_cols, unpack): plain rows <-> x8 groups of 8 interleaved rows"},

@@ -160,7 +160,8 @@ void native_quantize_row_scalar(const float *x, native_act *a, int64_t t);
  * (a paged cache's block table), out (n, H * Dv), all C-contiguous; on the pool, n_threads at most; avx2:
  * the AVX2/FMA/F16C code (else the portable one). K and V rows are stored in kv_type: GT_F32 (floats),
  * GT_F16 (IEEE halves) or GT_Q8_0 (D / 32 blocks of fp16 d + 32 int8), each row converted to float32 as
- * it is read (exactly: the result is the bits of the same call on the converted rows). 0, or -1 when out
+ * it is read (exactly: the result is the bits of the same call on the converted rows). sinks, when not
+ * NULL: head h's softmax has one more logit sinks[h] (unscaled, attended by no value). 0, or -1 when out
  * of memory. Not reentrant (the extension's mutex serializes calls). */
 typedef struct {
     const float *q;
@@ -171,6 +172,7 @@ typedef struct {
     int n_swa;
     float scale;
     int kv_type;  /* GT_F32, GT_F16 or GT_Q8_0, K and V alike */
+    const float *sinks;  /* (H,): one more logit per query head in its softmax (gpt-oss), or NULL */
 } native_attn_args;
 
 /* bytes of one K/V row of d values in kv_type (d a multiple of QK for GT_Q8_0); 0 for another type */

@@ -324,6 +324,10 @@ class Weights:
         """A small tensor (norm weight, bias) as float32 (n,)."""
         return self.backend_for(name).dequantize(self.qtensor(name, (n,))).reshape(n)
 
+    def matrix(self, name: str, n_cols: int, n_rows: int) -> np.ndarray:
+        """A small 2-D tensor of ne (n_cols, n_rows) (per-expert biases) as float32 (n_rows, n_cols)."""
+        return self.backend_for(name).dequantize(self.qtensor(name, (n_cols, n_rows))).reshape(n_rows, n_cols)
+
     def norm(self, name: str, n: int, eps: float) -> RMSNorm:
         return RMSNorm(self.vector(f"{name}.weight", n), eps, self.backend_for(name))
 
@@ -335,11 +339,12 @@ class Weights:
             b = self.vector(f"{name}.bias", n_out)
         return Linear(self.qtensor(f"{name}.weight", (n_in, n_out)), self.backend_for(name), b)
 
-    def moe(self, p: str, c: BaseConfig, act: str = "silu") -> MoE:
-        """The routed experts of block prefix `p` ("blk.3."): router `ffn_gate_inp`, stacked experts
-        `ffn_{gate,up,down}_exps`, and a shared expert `ffn_{gate,up,down}_shexp` (scaled by the sigmoid
-        of `ffn_gate_inp_shexp` when the file has it) and DeepSeek V3's selection bias `exp_probs_b`,
-        when present."""
+    def moe(self, p: str, c: BaseConfig, act: str = "silu", expert_bias: bool = False) -> MoE:
+        """The routed experts of block prefix `p` ("blk.3."): router `ffn_gate_inp` (with its bias when
+        present), stacked experts `ffn_{gate,up,down}_exps`, and a shared expert `ffn_{gate,up,down}_shexp`
+        (scaled by the sigmoid of `ffn_gate_inp_shexp` when the file has it) and DeepSeek V3's selection
+        bias `exp_probs_b`, when present; expert_bias: the experts' biases `ffn_{gate,up,down}_exps.bias`
+        (ne (n_ff, n_expert) and (n_embd, n_expert), gpt-oss), required."""
         m = c.moe
         assert m is not None
         if not self.has(p + "ffn_gate_exps.weight") and self.has(p + "ffn_gate.0.weight"):
@@ -365,7 +370,12 @@ class Weights:
             if self.has(p + "ffn_gate_inp_shexp.weight"):
                 shared_gate = Linear(self.qtensor(p + "ffn_gate_inp_shexp.weight", (c.n_embd,)), self.backend_for(p))
         bias = self.vector(p + "exp_probs_b.bias", m.n_expert) if self.has(p + "exp_probs_b.bias") else None
-        return MoE(router, gate, up, down, m.routing(), act, shared, shared_gate, bias)
+        biases = None
+        if expert_bias:
+            biases = (self.matrix(p + "ffn_gate_exps.bias", n_ff, m.n_expert),
+                      self.matrix(p + "ffn_up_exps.bias", n_ff, m.n_expert),
+                      self.matrix(p + "ffn_down_exps.bias", c.n_embd, m.n_expert))  # fmt: skip
+        return MoE(router, gate, up, down, m.routing(), act, shared, shared_gate, bias, biases)
 
     def _dim(self, name: str, axis: int) -> int:
         t = self.f.tensors.get(name)

@@ -131,13 +131,19 @@ class Backend(Protocol):
         s = scale q.k (Gemma 2). Optional: where a backend lacks it, the model runs numpy_ops.attention
         with softcap (arch/gemma2.py)."""
 
+    def attention_sinks(self, items, n_swa: int, scale: float, sinks: np.ndarray) -> list[np.ndarray]:
+        """attention_many() with one more logit per query head in every softmax: sinks float32 (H,), not
+        scaled, attended by no value (e^sinks[h] joins head h's denominator: gpt-oss's attention sinks)."""
+
     def glu(self, gu: np.ndarray, act: str) -> np.ndarray:
-        """gu (n, 2 f) = [gate | up] -> act(gate) * up, act "silu" or "gelu_tanh"."""
+        """gu (n, 2 f) = [gate | up] -> act(gate) * up, act "silu" or "gelu_tanh"; or "swiglu_oai", OpenAI's
+        clamped SwiGLU (numpy_ops.glu)."""
 
     def moe_route(self, logits, n_used, gating, norm_weights, scale, bias=None):
         """A Mixture-of-Experts router's choice: logits (n, n_expert) -> chosen int32 (n, n_used), the
         experts with the largest softmax (or sigmoid) probabilities (+ bias), largest first, ties in index
-        order; weights float32 (n, n_used), renormalized to sum 1 when norm_weights, times scale."""
+        order; weights float32 (n, n_used), renormalized to sum 1 when norm_weights, times scale. gating
+        "softmax_weight" (gpt-oss): the experts of the largest logits, weighted by the softmax of those."""
 
 
 class BackendDefaults:

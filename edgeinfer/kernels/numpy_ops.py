@@ -5,8 +5,9 @@ Shapes (float32 unless said):
     rms_norm(x (..., d), weight (d,), eps)                        x / sqrt(mean(x^2) + eps) * weight
     rope(x (n, h, d), positions int (n,), cos, sin (n_pos, n_rot/2), n_rot, neox)    rotated copy
     attention(q (n, H, D), k (n_cells, Hkv, D), v (n_cells, Hkv, Dv), q_pos (n,), kv_pos (n_kv,), n_swa,
-        scale, cells=None, softcap=0) -> (n, H * Dv); scores cap * tanh(s / cap) when softcap > 0 (Gemma 2);
-        the sequence's token j is row cells[j] of k and v (a paged
+        scale, cells=None, softcap=0, sinks=None) -> (n, H * Dv); scores cap * tanh(s / cap) when softcap > 0
+        (Gemma 2); sinks (H,): one more logit per query head in each softmax, attended by no value (gpt-oss's
+        attention sinks: e^sink joins the denominator); the sequence's token j is row cells[j] of k and v (a paged
         cache's block table; None: row j, n_cells = n_kv); query i sees token j when kv_pos[j] <= q_pos[i]
         (and q_pos[i] - kv_pos[j] < n_swa when n_swa > 0); query head h reads KV head h // (H / Hkv)
     qkv_store(qkv (n, H D + Hkv D + Hkv Dv), ..., k, v, cells) -> q (n, H, D): QK-norm (optional) and
@@ -15,7 +16,8 @@ Shapes (float32 unless said):
         (head_dim / 32 blocks of 34 bytes): edgeinfer.nn.kv's KV_TYPES. kv_rows_f32 reads rows of any of
         them as float32, kv_store writes float32 rows into one (rounding them: f16 to nearest even, q8_0
         as quantize_row_q8_0_ref)
-    glu(gu (n, 2 f), act) -> act(gu[:, :f]) * gu[:, f:]            act: "silu" or "gelu_tanh"
+    glu(gu (n, 2 f), act) -> act(gu[:, :f]) * gu[:, f:]            act: "silu" or "gelu_tanh"; "swiglu_oai":
+        min(g, 7) sigmoid(1.702 min(g, 7)) (clip(u, -7, 7) + 1), OpenAI's clamped SwiGLU (ggml_swiglu_oai)
     moe_route(logits (n, n_expert), n_used, gating, norm_weights, scale, bias) -> chosen int32 (n, k),
         weights (n, k): a Mixture-of-Experts router's choice, llama.cpp's build_moe_ffn
 """
@@ -95,7 +97,8 @@ def causal_mask(q_pos: np.ndarray, kv_pos: np.ndarray, n_swa: int = 0) -> np.nda
     return mask
 
 
-def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None, softcap: float = 0.0) -> np.ndarray:
+def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None, softcap: float = 0.0,
+              sinks=None) -> np.ndarray:  # fmt: skip
     if cells is not None:
         k, v = k[cells], v[cells]
     k, v = kv_rows_f32(k), kv_rows_f32(v)  # the slow oracle: the sequence's rows gathered, then converted
@@ -108,6 +111,7 @@ def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None, soft
     v = v[lo:].transpose(1, 0, 2)
     mask = mask[:, lo:]
     qg = q.reshape(n, n_head_kv, group, head_dim).transpose(1, 2, 0, 3)  # (Hkv, group, n, D)
+    sink = None if sinks is None else np.asarray(sinks, np.float32).reshape(n_head_kv, group, 1, 1)
     out = np.empty((n_head_kv, group, n, head_dim_v), np.float32)
     k_tr = k.transpose(0, 2, 1)[:, None]  # (Hkv, 1, D, n_kv)
     for c0 in range(0, n, QUERY_CHUNK):
@@ -117,9 +121,15 @@ def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None, soft
         if softcap:  # Gemma 2: cap * tanh(scores / cap), before the mask and softmax
             scores = np.tanh(scores * np.float32(1.0 / softcap)) * np.float32(softcap)
         scores[:, :, ~mask[c0:c1]] = -np.inf
-        scores -= scores.max(axis=-1, keepdims=True)
+        best = scores.max(axis=-1, keepdims=True)  # (Hkv, group, chunk, 1)
+        if sink is not None:  # the sink's logit (unscaled) joins the max and the denominator
+            best = np.maximum(best, sink)
+        scores -= best
         np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
+        total = scores.sum(axis=-1, keepdims=True)
+        if sink is not None:
+            total += np.exp(sink - best)
+        scores /= total
         out[:, :, c0:c1] = scores @ v[:, None]
     return out.transpose(2, 0, 1, 3).reshape(n, n_head * head_dim_v)
 
@@ -137,23 +147,41 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return (0.5 * x64 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x64 + 0.044715 * x64**3)))).astype(np.float32)
 
 
+SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT = 1.702, 7.0  # llama.cpp's build_moe_ffn (constants there too)
+
+
+def swiglu_oai(g: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """OpenAI's clamped SwiGLU (ggml_swiglu_oai): x sigmoid(alpha x) (y + 1), x = min(g, limit),
+    y = clip(u, -limit, limit); in float64."""
+    x = np.minimum(g.astype(np.float64), SWIGLU_OAI_LIMIT)
+    y = np.clip(u.astype(np.float64), -SWIGLU_OAI_LIMIT, SWIGLU_OAI_LIMIT)
+    with np.errstate(over="ignore"):
+        return (x / (1.0 + np.exp(-SWIGLU_OAI_ALPHA * x)) * (y + 1.0)).astype(np.float32)
+
+
 ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh}
+GLU_ACTIVATIONS = (*ACTIVATIONS, "swiglu_oai")
 
 
 def glu(gu: np.ndarray, act: str) -> np.ndarray:
     f = gu.shape[-1] // 2
+    if act == "swiglu_oai":
+        return swiglu_oai(gu[:, :f], gu[:, f:])
     return ACTIVATIONS[act](gu[:, :f]) * gu[:, f:]
 
 
 def moe_route(logits, n_used: int, gating: str, norm_weights: bool, scale: float, bias=None):
     """Router logits float32 (n, n_expert) -> (chosen int32 (n, k), weights float32 (n, k)).
 
-    probs = softmax(logits) ("softmax") or sigmoid(logits) ("sigmoid"); the k = n_used experts with the
-    largest probs (plus `bias` (n_expert,), DeepSeek V3's, which picks but does not weigh), largest first,
-    equal values in index order; weights = their probs, divided by their sum when norm_weights, times
+    probs = softmax(logits) ("softmax") or sigmoid(logits) ("sigmoid") or the logits themselves
+    ("softmax_weight"); the k = n_used experts with the largest probs (plus `bias` (n_expert,), DeepSeek V3's,
+    which picks but does not weigh), largest first, equal values in index order; weights = their probs
+    ("softmax_weight": the softmax of their k logits, gpt-oss), divided by their sum when norm_weights, times
     scale."""
     logits = np.asarray(logits, dtype=np.float32)
-    if gating == "softmax":
+    if gating == "softmax_weight":
+        probs = logits
+    elif gating == "softmax":
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs = e / e.sum(axis=1, keepdims=True)
     elif gating == "sigmoid":
@@ -163,6 +191,9 @@ def moe_route(logits, n_used: int, gating: str, norm_weights: bool, scale: float
     select = probs if bias is None else probs + bias
     chosen = np.argsort(-select, axis=1, kind="stable")[:, :n_used]  # stable: ties in index order
     weights = np.take_along_axis(probs, chosen, axis=1)
+    if gating == "softmax_weight":  # chosen in descending order: column 0 holds the max
+        weights = np.exp(weights - weights[:, :1])
+        weights /= weights.sum(axis=1, keepdims=True)
     if norm_weights:
         weights = weights / weights.sum(axis=1, keepdims=True)
     if scale != 1.0:
@@ -186,6 +217,9 @@ class NumpyOps(BackendDefaults):
 
     def attention(self, q, k, v, q_pos, kv_pos, n_swa, scale, cells=None):
         return attention(q, k, v, q_pos, kv_pos, n_swa, scale, cells)
+
+    def attention_sinks(self, items, n_swa, scale, sinks):
+        return [attention(q, k, v, qp, kp, n_swa, scale, c, sinks=sinks) for q, k, v, qp, kp, c in items]
 
     def glu(self, gu, act):
         return glu(gu, act)

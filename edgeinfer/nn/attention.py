@@ -1,5 +1,6 @@
 """Multi-head self-attention with grouped KV heads (GQA), a causal mask, optional sliding window,
-optional QK-norm (per head, or over the whole projection), K/V kept in a cache.
+optional QK-norm (per head, or over the whole projection), optional attention sinks (one learned logit
+per query head in its softmax, gpt-oss), K/V kept in a cache.
 
 Query head h reads KV head h // (n_head / n_head_kv), as ggml's broadcast in mul_mat does. Q, K and V
 come from one matmul when their weights share a format (the rows stacked at load).
@@ -38,6 +39,7 @@ class Attention:
         k_norm: RMSNorm | None = None,
         n_swa: int = 0,
         qk_norm_full: bool = False,
+        sinks: np.ndarray | None = None,
     ):
         if n_head % n_head_kv:
             raise ValueError(f"n_head ({n_head}) must be a multiple of n_head_kv ({n_head_kv})")
@@ -55,6 +57,7 @@ class Attention:
         # rather than per head (Qwen 3, Gemma 3)
         self.qk_norm_full = qk_norm_full and q_norm is not None
         self.n_swa = n_swa
+        self.sinks = None if sinks is None else np.ascontiguousarray(sinks, dtype=np.float32).reshape(n_head)
         qn, kn = (None, None) if self.qk_norm_full else (q_norm, k_norm)  # per head, in qkv_store
         self.heads = HeadSpec(n_head, n_head_kv, head_dim, head_dim_v, rope.params.n_rot, rope.params.neox,
                               None if qn is None else qn.weight, None if kn is None else kn.weight,
@@ -79,7 +82,10 @@ class Attention:
         items = self._store(qkv, batch, il)
         if cb is not None:
             cb("Qcur", np.concatenate([it[0] for it in items]) if len(items) > 1 else items[0][0])
-        outs = self.backend.attention_many(items, self.n_swa, self.scale)
+        if self.sinks is None:
+            outs = self.backend.attention_many(items, self.n_swa, self.scale)
+        else:
+            outs = self.backend.attention_sinks(items, self.n_swa, self.scale, self.sinks)
         out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
         if cb is not None:
             cb("kqv_out", out)

@@ -1,4 +1,5 @@
-"""Gated feed-forward: down(act(gate(x)) * up(x)), llama.cpp's LLM_FFN_PAR. SwiGLU and GeGLU.
+"""Gated feed-forward: down(act(gate(x)) * up(x)), llama.cpp's LLM_FFN_PAR. SwiGLU and GeGLU (and
+gpt-oss's clamped SwiGLU, "swiglu_oai": act(gate, up) is then not a product, see numpy_ops.glu).
 Gate and up come from one matmul when their weights share a format (the rows stacked at load)."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ import numpy as np
 
 from .linear import Linear
 
-ACTIVATIONS = ("silu", "gelu_tanh")
+ACTIVATIONS = ("silu", "gelu_tanh", "swiglu_oai")
 
 
 class GatedMLP:

@@ -4,8 +4,10 @@
     probs   = softmax(logits)            (or sigmoid)
     chosen  = the n_used largest probs per token, largest first; equal probs: the lower expert index
     w       = probs[chosen]  (/ sum(w) when the family renormalizes)  (* scale)
+            ("softmax_weight", gpt-oss: chosen by the logits, w = softmax of the chosen logits)
     out     = sum_i w_i * down_e(act(gate_e(x)) * up_e(x)),  e = chosen[i], summed in that order
             (+ sigmoid(shared_gate(x)) * shared(x), Qwen2-MoE's shared expert)
+    gpt-oss adds per-expert biases: gate_e(x) + gate_b[e], up_e(x) + up_b[e], down_e(.) + down_b[e].
 
 Only the chosen experts' weights are read. The expert tensors stay stacked 3-D in the file (n_expert
 slices of (n_ff, n_embd)); each expert is a zero-copy view of its slice, so an expert no token picks is
@@ -26,7 +28,7 @@ from ..kernels.base import Backend, QTensor
 from .linear import Linear
 from .mlp import ACTIVATIONS, GatedMLP
 
-GATING_FUNCTIONS = ("softmax", "sigmoid")
+GATING_FUNCTIONS = ("softmax", "sigmoid", "softmax_weight")
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class MoE:
 
     router: Linear n_embd -> n_expert; gate/up: QTensor ne (n_embd, n_ff, n_expert); down: ne (n_ff,
     n_embd, n_expert); shared: a GatedMLP run for every token; shared_gate: Linear n_embd -> 1, whose
-    sigmoid scales the shared expert's output (None: unscaled)."""
+    sigmoid scales the shared expert's output (None: unscaled); biases: (gate_b (n_expert, n_ff), up_b
+    (n_expert, n_ff), down_b (n_expert, n_embd)) float32, added to each expert's products, or None."""
 
     def __init__(
         self,
@@ -72,6 +75,7 @@ class MoE:
         shared: GatedMLP | None = None,
         shared_gate: Linear | None = None,
         selection_bias: np.ndarray | None = None,
+        biases: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ):
         if act not in ACTIVATIONS:
             raise ValueError(f"unknown activation {act!r}; known: {', '.join(ACTIVATIONS)}")
@@ -94,6 +98,12 @@ class MoE:
         self.down = [Linear(expert_slice(down, e), self.backend) for e in range(n_expert)]
         self.shared, self.shared_gate = shared, shared_gate
         self.selection_bias = selection_bias
+        self.gate_b = self.up_b = self.down_b = None
+        if biases is not None:
+            self.gate_b, self.up_b, self.down_b = (np.ascontiguousarray(b, dtype=np.float32) for b in biases)
+            want = [(n_expert, self.n_ff), (n_expert, self.n_ff), (n_expert, down.ne[1])]
+            if [b.shape for b in (self.gate_b, self.up_b, self.down_b)] != want:
+                raise ValueError(f"expert biases: expected shapes {want}")
         self.counts = np.zeros(n_expert, dtype=np.int64)  # how often each expert was chosen
 
     def stacked_sources(self) -> list[str]:
@@ -101,8 +111,14 @@ class MoE:
 
     def expert_ffn(self, e: int, x: np.ndarray) -> np.ndarray:
         """Expert e on the rows x (m, n_embd) -> (m, n_embd)."""
-        g, u = self.gate[e](x), self.up[e](x)
-        return self.down[e](self.backend.glu(np.concatenate([g, u], axis=1), self.act))
+        gu = np.concatenate([self.gate[e](x), self.up[e](x)], axis=1)  # (m, 2 n_ff)
+        if self.gate_b is not None:
+            gu[:, : self.n_ff] += self.gate_b[e]
+            gu[:, self.n_ff :] += self.up_b[e]
+        y = self.down[e](self.backend.glu(gu, self.act))
+        if self.down_b is not None:
+            y += self.down_b[e]
+        return y
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """x (n_tokens, n_embd) -> (n_tokens, n_embd)."""
@@ -121,7 +137,12 @@ class MoE:
             for e, w in zip(chosen[0].tolist(), weights[0].tolist()):
                 be.matmul(self.gate[e].weight, x, g)
                 be.matmul(self.up[e].weight, x, u)
+                if self.gate_b is not None:
+                    g += self.gate_b[e]
+                    u += self.up_b[e]
                 y = be.matmul(self.down[e].weight, be.glu(gu, self.act))
+                if self.down_b is not None:
+                    y += self.down_b[e]
                 y *= np.float32(w)
                 if out is None:
                     out = y

@@ -9,7 +9,7 @@ What runs where:
 - on the GPU: matmul (the block types of native/cuda/quant.cuh), attention, and, unless small_ops is
   "host" (or EDGEINFER_CUDA_SMALL_OPS=host), rms_norm, rope, qkv_store and glu;
 - on the host backend (native or numba): get_rows (the token embedding), dequantize (norm weights at
-  load), moe_route (a few values per token), and matmuls of weight types without a CUDA kernel (Q2_K,
+  load), moe_route (a few values per token), attention with sinks (gpt-oss), and matmuls of weight types without a CUDA kernel (Q2_K,
   Q3_K, IQ4_XS) or that do not fit in the GPU's memory (a warning says so once).
 
 The KV cache stays in host memory (the engine's paged pool): qkv_store computes K and V on the GPU and
@@ -194,6 +194,10 @@ class CudaBackend(BackendDefaults):
         self.lib.attention(q, k[: len(kv_pos)], v[: len(kv_pos)], np.ascontiguousarray(q_pos, dtype=np.int32), kv_pos,
                            None, int(n_swa), float(scale), out)  # fmt: skip
         return out
+
+    def attention_sinks(self, items, n_swa: int, scale: float, sinks: np.ndarray) -> list[np.ndarray]:
+        """On the host backend (the cache is in host memory; the GPU kernel has no sinks yet)."""
+        return self.host.attention_sinks(items, n_swa, scale, sinks)
 
     def glu(self, gu: np.ndarray, act: str) -> np.ndarray:
         if not self.small_ops_on_gpu or act not in ACTIVATIONS or gu.size == 0:

@@ -90,6 +90,10 @@ class NumbaBackend(BackendDefaults):
         self._use_threads()
         return _ops.attention(q, k, v, q_pos, kv_pos, n_swa, scale, cells)
 
+    def attention_sinks(self, items, n_swa: int, scale: float, sinks: np.ndarray) -> list[np.ndarray]:
+        self._use_threads()
+        return [_ops.attention(q, k, v, qp, kp, n_swa, scale, c, sinks) for q, k, v, qp, kp, c in items]
+
     def glu(self, gu: np.ndarray, act: str) -> np.ndarray:
         self._use_threads()
         return _ops.glu(gu, act)

@@ -23,9 +23,10 @@ from .simd import f32_from_bits
 # fast-math without nnan / ninf: the exp and the masked softmax rely on inf compares and -inf scores
 FAST = {"reassoc", "contract", "arcp", "nsz", "afn"}
 PARALLEL_MIN_WORK = 1 << 15  # below this many multiply-adds, one thread (a parallel region costs more)
-ACT_SILU, ACT_GELU_TANH = 0, 1
-ACTS = {"silu": ACT_SILU, "gelu_tanh": ACT_GELU_TANH}
+ACT_SILU, ACT_GELU_TANH, ACT_SWIGLU_OAI = 0, 1, 2
+ACTS = {"silu": ACT_SILU, "gelu_tanh": ACT_GELU_TANH, "swiglu_oai": ACT_SWIGLU_OAI}
 _SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
+_OAI_ALPHA, _OAI_LIMIT = np.float32(1.702), np.float32(7.0)  # numpy_ops.SWIGLU_OAI_ALPHA, _LIMIT
 
 
 # -- RMSNorm -------------------------------------------------------------------------------------------
@@ -271,9 +272,10 @@ def _exp32(x):
 
 
 @njit(cache=True, inline="always", fastmath=FAST)
-def _softmax_row(scores, n_kv, qp, kv_pos, n_swa, scale):
+def _softmax_row(scores, n_kv, qp, kv_pos, n_swa, scale, sink):
     """scores[:n_kv] (raw q.k) -> softmax of scale * q.k over the cells query position qp sees, 0 for
-    the others; returns False when it sees none."""
+    the others, with one more logit `sink` (unscaled; -inf: none) in the max and the denominator;
+    returns False when it sees no cell."""
     best = -np.inf
     for j in range(n_kv):
         delta = qp - kv_pos[j]
@@ -283,11 +285,13 @@ def _softmax_row(scores, n_kv, qp, kv_pos, n_swa, scale):
         best = max(best, s)
     if best == -np.inf:
         return False
+    best = max(best, sink)
     total = np.float32(0.0)
     for j in range(n_kv):
         e = _exp32(scores[j] - best)
         scores[j] = e
         total += e
+    total += _exp32(sink - best)  # exactly 0 for no sink (-inf)
     inv = np.float32(1.0) / total
     for j in range(n_kv):
         scores[j] *= inv
@@ -295,10 +299,11 @@ def _softmax_row(scores, n_kv, qp, kv_pos, n_swa, scale):
 
 
 @njit(cache=True, inline="always", fastmath=FAST)
-def _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, t, g, scores, acc, k_buf, v_buf, out):
+def _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, sinks, t, g, scores, acc, k_buf, v_buf, out):
     """Query t, the query heads of KV head g: they read each K and V row once, together (rows of cells
     stream from memory in order, each converted to float32 as it is read: kv_row); masked softmax per
-    head; the rows of V summed with its weights. The sequence's token j is row cells[j] of k and v."""
+    head (with its sink logit sinks[h], -inf for none); the rows of V summed with its weights. The
+    sequence's token j is row cells[j] of k and v."""
     head_dim = q.shape[2]
     n_kv = kv_pos.shape[0]
     n_head_kv, head_dim_v = v.shape[1], v_buf.shape[0]
@@ -312,7 +317,7 @@ def _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, t, g, scores, acc, k
                 s += q[t, h, e] * kr[e]
             scores[a, j] = s
     for a in range(group):
-        _softmax_row(scores[a], n_kv, q_pos[t], kv_pos, n_swa, scale)
+        _softmax_row(scores[a], n_kv, q_pos[t], kv_pos, n_swa, scale, sinks[g * group + a])
         for e in range(head_dim_v):
             acc[a, e] = 0.0
     for j in range(n_kv):
@@ -335,7 +340,7 @@ def _check_cells(cells, n_cells):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def _attention_serial(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out):
+def _attention_serial(q, k, v, q_pos, kv_pos, cells, n_swa, scale, sinks, out):
     n_kv = kv_pos.shape[0]
     n_head_kv, head_dim_v = v.shape[1], out.shape[1] // q.shape[1]
     group = q.shape[1] // n_head_kv
@@ -345,11 +350,11 @@ def _attention_serial(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out):
     v_buf = np.empty(head_dim_v, np.float32)
     for t in range(q.shape[0]):
         for g in range(n_head_kv):
-            _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, t, g, scores, acc, k_buf, v_buf, out)
+            _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, sinks, t, g, scores, acc, k_buf, v_buf, out)
 
 
 @njit(cache=True, nogil=True, fastmath=FAST, parallel=True)
-def _attention_parallel(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out):
+def _attention_parallel(q, k, v, q_pos, kv_pos, cells, n_swa, scale, sinks, out):
     n_kv = kv_pos.shape[0]
     n_head_kv, head_dim_v = v.shape[1], out.shape[1] // q.shape[1]
     group = q.shape[1] // n_head_kv
@@ -361,8 +366,8 @@ def _attention_parallel(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out):
         k_buf = np.empty(q.shape[2], np.float32)
         v_buf = np.empty(head_dim_v, np.float32)
         for i in range(c * n_items // n_chunks, (c + 1) * n_items // n_chunks):
-            _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, i // n_head_kv, i % n_head_kv, scores, acc,
-                       k_buf, v_buf, out)  # fmt: skip
+            _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, sinks, i // n_head_kv, i % n_head_kv, scores,
+                       acc, k_buf, v_buf, out)  # fmt: skip
 
 
 PARALLEL_MIN_CELLS = 4096  # query heads x cells from which attention runs on all threads
@@ -380,10 +385,11 @@ def _kv_storage(x, what: str) -> np.ndarray:
     return x
 
 
-def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None) -> np.ndarray:
+def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None, sinks=None) -> np.ndarray:
     """q (n, H, D) float32, k (n_cells, Hkv, row), v (n_cells, Hkv, row_v) K/V storage (float32,
     float16 or Q8_0 rows: numpy_ops) -> (n, H * Dv) float32; token j of the sequence (kv_pos[j]) is
-    row cells[j] of k and v, or row j when cells is None. The rows are converted as they are read."""
+    row cells[j] of k and v, or row j when cells is None. The rows are converted as they are read.
+    sinks: float32 (H,), one more logit per query head in its softmax (numpy_ops.attention), or None."""
     n, n_head, _ = q.shape
     n_kv = len(kv_pos)
     if cells is None:
@@ -402,12 +408,30 @@ def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None) -> n
     k, v = _kv_storage(k, "k"), _kv_storage(v, "v")
     q_pos = np.ascontiguousarray(q_pos, dtype=np.int32)
     kv_pos = np.ascontiguousarray(kv_pos, dtype=np.int32)
+    if sinks is None:
+        sinks = _no_sinks(n_head)
+    else:
+        sinks = np.ascontiguousarray(sinks, dtype=np.float32)
+        if sinks.shape != (n_head,):
+            raise ValueError(f"attention: one sink per query head ({n_head}), not {sinks.shape}")
     out = np.empty((n, n_head * head_dim_v), np.float32)
     if n * n_head * n_kv >= PARALLEL_MIN_CELLS and n * v.shape[1] > 1:
-        _attention_parallel(q, k, v, q_pos, kv_pos, cells, n_swa, np.float32(scale), out)
+        _attention_parallel(q, k, v, q_pos, kv_pos, cells, n_swa, np.float32(scale), sinks, out)
     else:
-        _attention_serial(q, k, v, q_pos, kv_pos, cells, n_swa, np.float32(scale), out)
+        _attention_serial(q, k, v, q_pos, kv_pos, cells, n_swa, np.float32(scale), sinks, out)
     return out
+
+
+_NO_SINKS: dict[int, np.ndarray] = {}
+
+
+def _no_sinks(n_head: int) -> np.ndarray:
+    """-inf per head: a sink no softmax sees (e^-inf adds exactly 0)."""
+    z = _NO_SINKS.get(n_head)
+    if z is None:
+        z = _NO_SINKS[n_head] = np.full(n_head, -np.inf, np.float32)
+        z.flags.writeable = False
+    return z
 
 
 # -- gated activations ---------------------------------------------------------------------------------
@@ -425,6 +449,13 @@ def _glu_row(gu, f, act, out, i):
             o[j] = _exp32(-g[j])
         for j in range(f):
             o[j] = g[j] / (np.float32(1.0) + o[j]) * u[j]
+    elif act == ACT_SWIGLU_OAI:  # min(g, 7) sigmoid(1.702 min(g, 7)) (clip(u, -7, 7) + 1), ggml_swiglu_oai
+        for j in range(f):
+            o[j] = _exp32(-_OAI_ALPHA * min(g[j], _OAI_LIMIT))
+        for j in range(f):
+            x = min(g[j], _OAI_LIMIT)
+            y = min(max(u[j], -_OAI_LIMIT), _OAI_LIMIT)
+            o[j] = x / (np.float32(1.0) + o[j]) * (y + np.float32(1.0))
     else:  # 0.5 x (1 + tanh(v)) up = x / (1 + e^(-2v)) up, v = sqrt(2/pi) (x + 0.044715 x^3)
         for j in range(f):
             x = g[j]
@@ -460,16 +491,22 @@ def glu(gu: np.ndarray, act: str) -> np.ndarray:
 
 # -- Mixture-of-Experts routing --------------------------------------------------------------------------
 
+GATE_SOFTMAX, GATE_SIGMOID, GATE_SOFTMAX_WEIGHT = 0, 1, 2
+GATES = {"softmax": GATE_SOFTMAX, "sigmoid": GATE_SIGMOID, "softmax_weight": GATE_SOFTMAX_WEIGHT}
+
 
 @njit(cache=True, nogil=True)
-def _moe_route(logits, n_used, sigmoid, norm_weights, scale, bias, chosen, weights):
+def _moe_route(logits, n_used, gating, norm_weights, scale, bias, chosen, weights):
     n, n_expert = logits.shape
     probs = np.empty(n_expert, np.float32)
     select = np.empty(n_expert, np.float32)
     taken = np.zeros(n_expert, np.bool_)
     for t in range(n):
         row = logits[t]
-        if sigmoid:
+        if gating == GATE_SOFTMAX_WEIGHT:  # pick by the logits, weigh by their softmax below
+            for j in range(n_expert):
+                probs[j] = row[j]
+        elif gating == GATE_SIGMOID:
             for j in range(n_expert):
                 probs[j] = np.float32(1.0) / (np.float32(1.0) + np.exp(-row[j]))
         else:
@@ -495,6 +532,15 @@ def _moe_route(logits, n_used, sigmoid, norm_weights, scale, bias, chosen, weigh
             chosen[t, i] = best
             weights[t, i] = probs[best]
             total += probs[best]
+        if gating == GATE_SOFTMAX_WEIGHT:  # softmax over the k chosen logits (the first is their max)
+            m = weights[t, 0]
+            total = np.float32(0.0)
+            for i in range(n_used):
+                weights[t, i] = np.exp(weights[t, i] - m)
+                total += weights[t, i]
+            for i in range(n_used):
+                weights[t, i] = weights[t, i] / total
+            total = np.float32(1.0)
         for i in range(n_used):
             w = weights[t, i] / total if norm_weights else weights[t, i]
             weights[t, i] = w * scale
@@ -507,7 +553,7 @@ def moe_route(logits, n_used: int, gating: str, norm_weights: bool, scale: float
     chosen = np.empty((n, n_used), np.int32)
     weights = np.empty((n, n_used), np.float32)
     bias = _no_bias(n_expert) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
-    _moe_route(logits, n_used, gating == "sigmoid", norm_weights, np.float32(scale), bias, chosen, weights)
+    _moe_route(logits, n_used, GATES[gating], norm_weights, np.float32(scale), bias, chosen, weights)
     return chosen, weights
 
 
