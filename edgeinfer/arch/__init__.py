@@ -31,6 +31,7 @@ ARCHITECTURES: dict[str, str] = {
     "gemma2": "gemma2",
     "granite": "granite",
     "smollm3": "smollm3",
+    "lfm2": "lfm2",
 }
 
 # other names files use for a supported family -> the name above

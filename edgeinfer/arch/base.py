@@ -179,11 +179,13 @@ class BaseConfig:
     moe: MoEConfig | None = None  # a Mixture-of-Experts feed-forward in every block; None: dense
 
     @staticmethod
-    def read_common(f: GGUFFile, rope_neox: bool) -> dict[str, Any]:
-        """Every field of BaseConfig from the file's metadata (and tensor shapes where metadata is silent)."""
+    def read_common(f: GGUFFile, rope_neox: bool, n_head_kv: int | None = None) -> dict[str, Any]:
+        """Every field of BaseConfig from the file's metadata (and tensor shapes where metadata is silent).
+        n_head_kv: the family's own reading of attention.head_count_kv (LFM2's differs per layer)."""
         n_embd = meta_int(f, "embedding_length", lo=1)
         n_head = _per_layer_int(f, "attention.head_count", lo=1, hi=MAX_COUNT)
-        n_head_kv = _per_layer_int(f, "attention.head_count_kv", n_head, lo=1, hi=MAX_COUNT)
+        if n_head_kv is None:
+            n_head_kv = _per_layer_int(f, "attention.head_count_kv", n_head, lo=1, hi=MAX_COUNT)
         head_dim = meta_int(f, "attention.key_length", n_embd // n_head, lo=1)
         if head_dim < 1:
             raise GGUFError(
