@@ -27,6 +27,7 @@ from edgeinfer.engine.sampling import SamplingParams
 from edgeinfer.engine.speculative import CostModel, SpecConfig, Speculator
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.gguf import GGUFFile
+from edgeinfer.info import model_info
 from edgeinfer.kernels import native_available
 from edgeinfer.kernels.reference import ReferenceBackend
 
@@ -101,6 +102,11 @@ def test_the_file_says_which_layers_attend(lfm2_files):
     assert pool.conv.shape == (3, 64, 128) and pool.k.shape == (2, 64, 2, 32)
     # a block's bytes: K and V of 2 layers (2 heads of 32, f16) and 3 convolution rows of 128 (f16)
     assert pool.block_nbytes == pool.block_size * (2 * 2 * 2 * 32 * 2 + 3 * 128 * 2)
+    per_token = pool.block_nbytes // pool.block_size
+    assert load(str(paths["lfm2_swa_f16"]), n_ctx=64, backend="numba", progress=False).kv_bytes_per_token() == per_token
+    info = model_info(str(paths["lfm2_swa_f16"]))  # `edgeinfer info`, before any load
+    assert info["runnable"] is True and info["kv_bytes_per_token"]["f16"] == per_token
+    assert info["kv_bytes_per_token"]["f32"] == 2 * per_token
 
 
 # -- the convolution's state lives in the cache ---------------------------------------------------------

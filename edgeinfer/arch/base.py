@@ -239,6 +239,11 @@ class BaseConfig:
             final_logit_softcap=meta_float(f, "final_logit_softcapping", 0.0, lo=0.0),
         )
 
+    def cache_layers(self) -> tuple[int, int, int]:
+        """What a cache holds per token: (layers with K and V, layers with a convolution row, values per
+        convolution row). Every layer attends unless the family says otherwise (LFM2)."""
+        return self.n_layer, 0, 0
+
     def rope_params(self, freq_base: float | None = None, freq_scale: float | None = None) -> RopeParams:
         return RopeParams(
             n_rot=self.n_rot,

@@ -67,6 +67,9 @@ class Config(BaseConfig):
     def n_attn_layer(self) -> int:
         return sum(self.attn_layers)
 
+    def cache_layers(self) -> tuple[int, int, int]:
+        return self.n_attn_layer, self.n_layer - self.n_attn_layer, self.n_embd
+
 
 class Block:
     """x + op(attn_norm(x)), op a short convolution or attention; then + ffn(ffn_norm(x)).
@@ -144,8 +147,9 @@ class Model(DecoderModel):
     def kv_dims(self) -> dict[str, int | str]:
         """K and V for the attention layers only, and one row of n_embd per token for each convolution layer."""
         c = self.config
-        return dict(n_layer=c.n_attn_layer, n_head_kv=c.n_head_kv, head_dim=c.head_dim, head_dim_v=c.head_dim_v,
-                    kv_type=self.kv_type, n_conv_layer=c.n_layer - c.n_attn_layer, conv_dim=c.n_embd)  # fmt: skip
+        n_attn, n_conv, conv_dim = c.cache_layers()
+        return dict(n_layer=n_attn, n_head_kv=c.n_head_kv, head_dim=c.head_dim, head_dim_v=c.head_dim_v,
+                    kv_type=self.kv_type, n_conv_layer=n_conv, conv_dim=conv_dim)  # fmt: skip
 
     def set_kv_type(self, name: str) -> None:
         """As DecoderModel's, and the convolution rows (n_embd values each) must fit the format too."""
