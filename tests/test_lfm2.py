@@ -307,3 +307,13 @@ def test_q8_0_cache_needs_rows_in_blocks_of_32(tmp_path):
     with pytest.raises(EdgeInferError, match="convolution rows hold 80"):
         model.set_kv_type("q8_0")
     model.set_kv_type("f32")
+
+
+def test_tokenizer_lfm2_pre_adds_bos_as_llama_cpp(lfm2_files):
+    """tokenizer.ggml.pre 'lfm2' is llama3's pre-tokenizer (merges ignored); where the file has no
+    tokenizer.ggml.add_bos_token, llama.cpp adds BOS for that group (llama_vocab::impl::load): on this
+    file llama-cpp-python 0.3.36's tokenize(b"", add_bos=True) gives [1] and add_bos_token() True."""
+    paths, _ = lfm2_files
+    llm = load(str(paths["lfm2_q8_0"]), n_ctx=64, backend="numba", progress=False)
+    assert "tokenizer.ggml.add_bos_token" not in llm.metadata
+    assert llm.tokenize("") == [1] and llm.tokenize("", add_special=False) == []
