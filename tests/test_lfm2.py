@@ -1,4 +1,4 @@
-"""LFM2 (edgeinfer/arch/lfm2.py): short-convolution and attention layers on tiny random models with the
+"""LFM2 (edgeinfer/arch/lfm2.py; LFM2-MoE, lfm2moe.py): short-convolution and attention layers on tiny random models with the
 family's real tensor names and keys (tests/lfm2_models.py), against llama.cpp's logits on the same files
 (tests/fixtures/logits_lfm2.npz, made by tests/fixtures/make_lfm2_fixture.py); and the convolution's state
 in the cache: token by token = one batch, rollback (truncate) and shared prefixes = a fresh run, several
@@ -107,6 +107,21 @@ def test_the_file_says_which_layers_attend(lfm2_files):
     info = model_info(str(paths["lfm2_swa_f16"]))  # `edgeinfer info`, before any load
     assert info["runnable"] is True and info["kv_bytes_per_token"]["f16"] == per_token
     assert info["kv_bytes_per_token"]["f32"] == 2 * per_token
+
+
+def test_lfm2moe_routes_from_the_leading_dense_layers_on(lfm2_files):
+    """LFM2-MoE: dense feed-forwards in the first leading_dense_block_count layers, then experts with
+    sigmoid routing and a selection bias, their weights renormalized (as llama.cpp, whatever the file's
+    expert_weights_norm / expert_weights_scale)."""
+    paths, fixture = lfm2_files
+    model = _model(paths["lfm2moe_f32"], "numba")
+    c = model.config
+    assert c.arch == "lfm2moe" and c.n_layer_dense_lead == 2 and len(model.moe_layers()) == 4
+    assert (c.moe.gating, c.moe.norm_weights, c.moe.weights_scale, c.moe.n_expert_used) == ("sigmoid", True, 1.0, 2)
+    model.reset_expert_counts()
+    model.forward(fixture["ids"], KVCache.for_model(model, N_CTX))
+    counts = model.expert_counts()  # (moe layer, expert)
+    assert counts.shape == (4, 8) and (counts.sum(1) == 2 * len(fixture["ids"])).all() and (counts > 0).sum() > 16
 
 
 # -- the convolution's state lives in the cache ---------------------------------------------------------

@@ -32,6 +32,7 @@ ARCHITECTURES: dict[str, str] = {
     "granite": "granite",
     "smollm3": "smollm3",
     "lfm2": "lfm2",
+    "lfm2moe": "lfm2moe",
 }
 
 # other names files use for a supported family -> the name above

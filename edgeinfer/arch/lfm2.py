@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from ..gguf import GGUFFile, typed
 from ..kernels.base import Backend
 from ..nn import Attention, ForwardBatch, GatedMLP, RMSNorm, Rope
 from ..nn.kv import kv_type
+from ..nn.moe import MoE
 from ..nn.shortconv import ShortConv
 from .base import MAX_COUNT, BaseConfig, DecoderModel, Weights, meta, meta_int
 
@@ -48,6 +50,11 @@ class Config(BaseConfig):
 
     @classmethod
     def from_gguf(cls, f: GGUFFile) -> "Config":
+        return cls(**cls.read(f))
+
+    @classmethod
+    def read(cls, f: GGUFFile) -> dict:
+        """The fields, from the file's metadata."""
         n_layer = meta_int(f, "block_count", lo=1, hi=MAX_COUNT)
         heads_kv = read_kv_heads(f, n_layer)
         used = {h for h in heads_kv if h}
@@ -55,10 +62,9 @@ class Config(BaseConfig):
             raise GGUFError(f"{f.path}: the attention layers of this LFM2 file have different KV head counts "
                             f"({sorted(used)}); edgeinfer supports one count for all of them.")  # fmt: skip
         common = cls.read_common(f, rope_neox=True, n_head_kv=used.pop() if used else 1)
-        n_taps = meta_int(f, "shortconv.l_cache", lo=2, hi=1 << 10)
-        return cls(
+        return dict(
             **common,
-            n_conv_taps=n_taps,
+            n_conv_taps=meta_int(f, "shortconv.l_cache", lo=2, hi=1 << 10),
             attn_layers=tuple(h > 0 for h in heads_kv),
             n_swa=meta_int(f, "attention.sliding_window", 0, hi=1 << 31),
         )
@@ -93,28 +99,33 @@ class Block:
 
 class Model(DecoderModel):
     arch = "lfm2"
+    config_class: ClassVar[type[Config]] = Config
     config: Config
 
     @classmethod
     def from_gguf(cls, f: GGUFFile, backend: Backend) -> "Model":
-        c = Config.from_gguf(f)
+        c = cls.config_class.from_gguf(f)
         w = Weights(f, backend)
         rope = Rope(c.rope_params())
         blocks, n_seen = [], [0, 0]  # convolution layers, attention layers so far
         for il, attends in enumerate(c.attn_layers):
             p = f"blk.{il}."
             op = cls.load_attention(w, c, p, rope) if attends else cls.load_shortconv(w, c, p)
-            ffn = GatedMLP(
-                gate=w.linear(p + "ffn_gate", c.n_embd, c.n_ff),
-                up=w.linear(p + "ffn_up", c.n_embd, c.n_ff),
-                down=w.linear(p + "ffn_down", c.n_ff, c.n_embd),
-                act="silu",
-            )
             blocks.append(Block(w.norm(p + "attn_norm", c.n_embd, c.rms_eps), op, n_seen[attends],
-                                w.norm(p + "ffn_norm", c.n_embd, c.rms_eps), ffn))  # fmt: skip
+                                w.norm(p + "ffn_norm", c.n_embd, c.rms_eps), cls.load_ffn(w, c, il)))  # fmt: skip
             n_seen[attends] += 1
         output_norm = w.norm("token_embd_norm", c.n_embd, c.rms_eps)  # llama.cpp's LLM_TENSOR_OUTPUT_NORM_LFM2
         return cls(c, backend, w.embedding(c), blocks, output_norm, w.output(c))
+
+    @classmethod
+    def load_ffn(cls, w: Weights, c: Config, il: int) -> GatedMLP | MoE:
+        p = f"blk.{il}."
+        return GatedMLP(
+            gate=w.linear(p + "ffn_gate", c.n_embd, c.n_ff),
+            up=w.linear(p + "ffn_up", c.n_embd, c.n_ff),
+            down=w.linear(p + "ffn_down", c.n_ff, c.n_embd),
+            act="silu",
+        )
 
     @staticmethod
     def load_attention(w: Weights, c: Config, p: str, rope: Rope) -> Attention:
