@@ -49,7 +49,8 @@ def write_lfm2_model(path: str | Path, name: str, as_f32: bool = False) -> Path:
 def write_tiny_lfm2(path, wtype: T, *, seed: int = 0, layers: str = "ccacac", n_taps: int = 3, n_embd: int = 128,
                     n_head: int = 4, n_head_kv: int = 2, head_dim: int | None = None, n_ff: int = 256, n_swa: int = 0,
                     tied: bool = True, rope_base: float = 1000000.0, as_f32: bool = False, n_expert: int = 0,
-                    n_expert_used: int = 0, n_ff_exp: int = 64, n_dense_lead: int = 0) -> Path:  # fmt: skip
+                    n_expert_used: int = 0, n_ff_exp: int = 64, n_dense_lead: int = 0,
+                    n_vocab: int = N_VOCAB) -> Path:  # fmt: skip
     """head_dim: written as attention.key_length / value_length when given (default n_embd / n_head).
     n_expert > 0: an lfm2moe model, the layers from n_dense_lead on with n_expert experts of n_ff_exp."""
     path = Path(path)
@@ -57,7 +58,7 @@ def write_tiny_lfm2(path, wtype: T, *, seed: int = 0, layers: str = "ccacac", n_
     arch = "lfm2moe" if n_expert else "lfm2"
     w = gguf.GGUFWriter(str(path), arch)
     p = arch + "."
-    w.add_uint32(p + "vocab_size", N_VOCAB)
+    w.add_uint32(p + "vocab_size", n_vocab)
     w.add_uint32(p + "context_length", 128000)
     w.add_uint32(p + "embedding_length", n_embd)
     w.add_uint32(p + "block_count", len(layers))
@@ -81,8 +82,8 @@ def write_tiny_lfm2(path, wtype: T, *, seed: int = 0, layers: str = "ccacac", n_
         w.add_uint32(p + "expert_gating_func", 2)  # sigmoid, as convert_hf_to_gguf writes for LFM2-MoE
     w.add_string("tokenizer.ggml.model", "gpt2")
     w.add_string("tokenizer.ggml.pre", "lfm2")
-    w.add_array("tokenizer.ggml.tokens", [f"<{i}>" for i in range(N_VOCAB)])
-    w.add_array("tokenizer.ggml.token_type", [1] * N_VOCAB)
+    w.add_array("tokenizer.ggml.tokens", [f"<{i}>" for i in range(n_vocab)])
+    w.add_array("tokenizer.ggml.token_type", [1] * n_vocab)
     w.add_array("tokenizer.ggml.merges", ["< 1"])
     w.add_uint32("tokenizer.ggml.bos_token_id", 1)
     w.add_uint32("tokenizer.ggml.eos_token_id", 2)
@@ -106,10 +107,10 @@ def write_tiny_lfm2(path, wtype: T, *, seed: int = 0, layers: str = "ccacac", n_
     def vector(name: str, n: int, mean: float, std: float) -> None:
         w.add_tensor(name, rng.normal(mean, std, n).astype(np.float32))
 
-    matrix("token_embd.weight", N_VOCAB, n_embd, std=0.25)  # tied logits of a trained model's size (~10)
+    matrix("token_embd.weight", n_vocab, n_embd, std=0.25)  # tied logits of a trained model's size (~10)
     vector("token_embd_norm.weight", n_embd, 1.0, 0.1)  # the output norm, by llama.cpp's name for it
     if not tied:
-        matrix("output.weight", N_VOCAB, n_embd, std=3.0 / math.sqrt(n_embd))
+        matrix("output.weight", n_vocab, n_embd, std=3.0 / math.sqrt(n_embd))
     for il, kind in enumerate(layers):
         b = f"blk.{il}."
         vector(b + "attn_norm.weight", n_embd, 1.0, 0.1)  # operator_norm

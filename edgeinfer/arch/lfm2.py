@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..errors import EdgeInferError, GGUFError
+from ..errors import EdgeInferError, GGUFError, UnsupportedArchitectureError
 from ..gguf import GGUFFile, typed
 from ..kernels.base import Backend
 from ..nn import Attention, ForwardBatch, GatedMLP, RMSNorm, Rope
@@ -59,8 +59,9 @@ class Config(BaseConfig):
         heads_kv = read_kv_heads(f, n_layer)
         used = {h for h in heads_kv if h}
         if len(used) > 1:
-            raise GGUFError(f"{f.path}: the attention layers of this LFM2 file have different KV head counts "
-                            f"({sorted(used)}); edgeinfer supports one count for all of them.")  # fmt: skip
+            raise UnsupportedArchitectureError(
+                f"{f.path}: the attention layers of this LFM2 file have different KV head counts ({sorted(used)}); "
+                "edgeinfer supports one count for all of them.")  # fmt: skip
         common = cls.read_common(f, rope_neox=True, n_head_kv=used.pop() if used else 1)
         return dict(
             **common,
