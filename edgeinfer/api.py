@@ -78,10 +78,12 @@ class LLM:
         return self.model.kv_type
 
     def kv_bytes_per_token(self) -> int:
-        """Bytes of K and V one token takes in the cache (all layers), in its kv_type."""
+        """Bytes of K and V (and convolution rows, LFM2) one token takes in the cache (all layers), in its
+        kv_type."""
         d = self.model.kv_dims()
         t = _kv_type(d["kv_type"])
-        return d["n_layer"] * d["n_head_kv"] * (t.row_bytes(d["head_dim"]) + t.row_bytes(d["head_dim_v"]))
+        kv = d["n_layer"] * d["n_head_kv"] * (t.row_bytes(d["head_dim"]) + t.row_bytes(d["head_dim_v"]))
+        return kv + d.get("n_conv_layer", 0) * t.row_bytes(d.get("conv_dim", 0))
 
     @property
     def n_ctx_train(self) -> int | None:

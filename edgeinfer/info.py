@@ -91,7 +91,8 @@ def runnable(f) -> tuple[bool, list[str]]:
 
 
 def _kv_bytes_per_token(f) -> dict | None:
-    """Bytes of K and V one token takes in the KV cache, per kv_type (None for an unknown architecture)."""
+    """Bytes of K and V (and convolution rows, LFM2) one token takes in the KV cache, per kv_type (None for
+    an unknown architecture)."""
     from .arch import load_config
     from .nn.kv import KV_TYPES
 
@@ -102,10 +103,11 @@ def _kv_bytes_per_token(f) -> dict | None:
     dims = (c.n_layer, c.n_head_kv, c.head_dim, c.head_dim_v)
     if not all(isinstance(d, int) for d in dims):  # per-layer head counts: not summarized here
         return None
+    n_attn, n_conv, conv_dim = c.cache_layers()
     return {
-        name: c.n_layer * c.n_head_kv * (t.row_bytes(c.head_dim) + t.row_bytes(c.head_dim_v))
+        name: n_attn * c.n_head_kv * (t.row_bytes(c.head_dim) + t.row_bytes(c.head_dim_v)) + n_conv * t.row_bytes(conv_dim)
         for name, t in KV_TYPES.items()
-        if not (c.head_dim % t.block or c.head_dim_v % t.block)
+        if not (c.head_dim % t.block or c.head_dim_v % t.block or conv_dim % t.block)
     }
 
 

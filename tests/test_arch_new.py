@@ -150,7 +150,7 @@ def tiny_llama(tmp_path_factory):
 @pytest.mark.parametrize(
     "change, error, words",
     [
-        (dict(arch="lfm2"), UnsupportedArchitectureError, ["'lfm2'", "Supported:", "phi3", "gemma2", "smollm3"]),
+        (dict(arch="mamba2"), UnsupportedArchitectureError, ["'mamba2'", "Supported:", "phi3", "lfm2", "smollm3"]),
         (dict(tokenizer="t5"), TokenizerError, ["'t5'", "supported", "gemma4", "bert"]),
         (dict(retype={"blk.0.ffn_down.weight": (T.NVFP4, np.zeros((64, 144), np.uint8))}), UnsupportedTypeError,
          ["NVFP4 (1 tensor)", "supported types:", "Q4_K"]),

@@ -32,6 +32,8 @@ ARCHITECTURES: dict[str, str] = {
     "granite": "granite",
     "smollm3": "smollm3",
     "gpt-oss": "gptoss",
+    "lfm2": "lfm2",
+    "lfm2moe": "lfm2moe",
 }
 
 # other names files use for a supported family -> the name above

@@ -179,11 +179,13 @@ class BaseConfig:
     moe: MoEConfig | None = None  # a Mixture-of-Experts feed-forward in every block; None: dense
 
     @staticmethod
-    def read_common(f: GGUFFile, rope_neox: bool) -> dict[str, Any]:
-        """Every field of BaseConfig from the file's metadata (and tensor shapes where metadata is silent)."""
+    def read_common(f: GGUFFile, rope_neox: bool, n_head_kv: int | None = None) -> dict[str, Any]:
+        """Every field of BaseConfig from the file's metadata (and tensor shapes where metadata is silent).
+        n_head_kv: the family's own reading of attention.head_count_kv (LFM2's differs per layer)."""
         n_embd = meta_int(f, "embedding_length", lo=1)
         n_head = _per_layer_int(f, "attention.head_count", lo=1, hi=MAX_COUNT)
-        n_head_kv = _per_layer_int(f, "attention.head_count_kv", n_head, lo=1, hi=MAX_COUNT)
+        if n_head_kv is None:
+            n_head_kv = _per_layer_int(f, "attention.head_count_kv", n_head, lo=1, hi=MAX_COUNT)
         head_dim = meta_int(f, "attention.key_length", n_embd // n_head, lo=1)
         if head_dim < 1:
             raise GGUFError(
@@ -236,6 +238,11 @@ class BaseConfig:
             tied_output="output.weight" not in f.tensors,
             final_logit_softcap=meta_float(f, "final_logit_softcapping", 0.0, lo=0.0),
         )
+
+    def cache_layers(self) -> tuple[int, int, int]:
+        """What a cache holds per token: (layers with K and V, layers with a convolution row, values per
+        convolution row). Every layer attends unless the family says otherwise (LFM2)."""
+        return self.n_layer, 0, 0
 
     def rope_params(self, freq_base: float | None = None, freq_scale: float | None = None) -> RopeParams:
         return RopeParams(

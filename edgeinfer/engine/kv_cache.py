@@ -15,6 +15,11 @@ K and V are stored in a KVType (edgeinfer.nn.kv): f16 by default (half of float3
 llama.cpp), q8_0 (about a quarter), or f32; a row is rounded once, when it is written, and attention
 reads the pool's rows in that format, converting a row at a time.
 
+A model with short-convolution layers (LFM2) also keeps, per token and per such layer, the row its
+convolution reads (`conv`, n_conv_layer rows of conv_dim values in the same KVType), in the same cells:
+the convolution's state at any point of the sequence is the rows of the tokens before it, so rolling
+back (truncate), sharing a prefix and copying on write treat those rows exactly as K and V.
+
 A KVCache made without a pool gets a private pool of n_ctx cells (a single sequence: `generate`,
 `LLM.logits`). One forward pass over n tokens (the protocol `edgeinfer.nn.KVCacheLike`): begin() claims
 the next n cells (taking blocks as needed), storage() hands each layer's storage to the backend that
@@ -75,13 +80,17 @@ class BlockPool:
     """
 
     def __init__(self, n_layer: int, n_cells: int, n_head_kv: int, head_dim: int, head_dim_v: int | None = None,
-                 kv_type: str | KVType = DEFAULT_KV_TYPE, block_size: int = BLOCK_SIZE):  # fmt: skip
+                 kv_type: str | KVType = DEFAULT_KV_TYPE, block_size: int = BLOCK_SIZE, n_conv_layer: int = 0,
+                 conv_dim: int = 0):  # fmt: skip
         if n_cells <= 0 or block_size <= 0:
             raise ValueError(f"a pool needs cells and blocks: n_cells={n_cells}, block_size={block_size}")
         head_dim_v = head_dim if head_dim_v is None else head_dim_v
         self.n_layer, self.n_head_kv, self.head_dim, self.head_dim_v = n_layer, n_head_kv, head_dim, head_dim_v
         self.kv_type = _kv_type(kv_type)
         self.kv_type.check(head_dim, head_dim_v)
+        if n_conv_layer:
+            self.kv_type.check(conv_dim, conv_dim)
+        self.n_conv_layer, self.conv_dim = n_conv_layer, conv_dim
         self.dtype = self.kv_type.dtype  # of the storage's elements
         self.block_size = block_size
         self.n_blocks = -(-n_cells // block_size)
@@ -90,6 +99,9 @@ class BlockPool:
         self.k = _zeroed((n_layer, cells, n_head_kv, k_row), self.dtype)  # untouched pages cost no memory
         self.v = _zeroed((n_layer, cells, n_head_kv, v_row), self.dtype)
         self.layers = list(zip(self.k, self.v))  # per layer (k, v): the same view objects every time
+        # (n_conv_layer, cells, conv_row): the rows short-convolution layers read (none for most models)
+        self.conv = _zeroed((n_conv_layer, cells, self.kv_type.row_size(conv_dim)), self.dtype)
+        self.conv_layers = list(self.conv)
         self.refs = np.zeros(self.n_blocks, np.int32)
         self._free = list(range(self.n_blocks))  # a heap
         self.reclaim: Callable[[], bool] | None = None
@@ -99,7 +111,8 @@ class BlockPool:
         """A pool shaped for `model` (anything with `kv_dims()`), in kv_type (default: the model's)."""
         d = model.kv_dims()
         kv_type = d.get("kv_type", DEFAULT_KV_TYPE) if kv_type is None else kv_type
-        return cls(d["n_layer"], n_cells, d["n_head_kv"], d["head_dim"], d["head_dim_v"], kv_type, block_size)
+        return cls(d["n_layer"], n_cells, d["n_head_kv"], d["head_dim"], d["head_dim_v"], kv_type, block_size,
+                   d.get("n_conv_layer", 0), d.get("conv_dim", 0))  # fmt: skip
 
     @property
     def n_cells(self) -> int:
@@ -116,9 +129,10 @@ class BlockPool:
 
     @property
     def block_nbytes(self) -> int:
-        """Bytes of K and V one block holds (all layers)."""
+        """Bytes of K and V (and convolution rows) one block holds (all layers)."""
         t = self.kv_type
         per_cell = self.n_layer * self.n_head_kv * (t.row_bytes(self.head_dim) + t.row_bytes(self.head_dim_v))
+        per_cell += self.n_conv_layer * t.row_bytes(self.conv_dim) if self.n_conv_layer else 0
         return per_cell * self.block_size
 
     @property
@@ -148,13 +162,18 @@ class BlockPool:
             heapq.heappush(self._free, b)
 
     def copy_cells(self, dst: np.ndarray, src: np.ndarray) -> None:
-        """K and V of cells src into cells dst, every layer."""
+        """K and V (and convolution rows) of cells src into cells dst, every layer."""
         self.k[:, dst] = self.k[:, src]
         self.v[:, dst] = self.v[:, src]
+        if self.n_conv_layer:
+            self.conv[:, dst] = self.conv[:, src]
 
     def same_shape(self, other: "BlockPool") -> bool:
-        return (self.n_layer, self.n_head_kv, self.head_dim, self.head_dim_v, self.kv_type) == (
-            other.n_layer, other.n_head_kv, other.head_dim, other.head_dim_v, other.kv_type)  # fmt: skip
+        return self._shape() == other._shape()
+
+    def _shape(self) -> tuple:
+        return (self.n_layer, self.n_head_kv, self.head_dim, self.head_dim_v, self.kv_type, self.n_conv_layer,
+                self.conv_dim)  # fmt: skip
 
     def __repr__(self) -> str:
         return (f"BlockPool({self.n_used}/{self.n_blocks} blocks of {self.block_size} cells in use, "
@@ -173,21 +192,27 @@ class KVCache:
         kv_type: str | KVType | None = None,
         head_dim_v: int | None = None,
         pool: BlockPool | None = None,
+        n_conv_layer: int = 0,
+        conv_dim: int = 0,
     ):
-        """kv_type: the storage format of a private pool (default f16); with a pool, None or the pool's."""
+        """kv_type: the storage format of a private pool (default f16); with a pool, None or the pool's.
+        n_conv_layer, conv_dim: the short-convolution layers' rows kept per token (LFM2), if any."""
         if n_ctx <= 0:
             raise ValueError(f"n_ctx must be positive, not {n_ctx}")
         head_dim_v = head_dim if head_dim_v is None else head_dim_v
         if pool is None:
             kv_type = DEFAULT_KV_TYPE if kv_type is None else kv_type
-            pool = BlockPool(n_layer, n_ctx, n_head_kv, head_dim, head_dim_v, kv_type)
-        elif (pool.n_layer, pool.n_head_kv, pool.head_dim, pool.head_dim_v) != (n_layer, n_head_kv, head_dim, head_dim_v):
+            pool = BlockPool(n_layer, n_ctx, n_head_kv, head_dim, head_dim_v, kv_type, n_conv_layer=n_conv_layer,
+                             conv_dim=conv_dim)  # fmt: skip
+        elif (pool.n_layer, pool.n_head_kv, pool.head_dim, pool.head_dim_v, pool.n_conv_layer, pool.conv_dim) != (
+                n_layer, n_head_kv, head_dim, head_dim_v, n_conv_layer, conv_dim):  # fmt: skip
             raise ValueError("KVCache: the pool is shaped for another model")
         elif kv_type is not None and _kv_type(kv_type) != pool.kv_type:
             raise ValueError(f"KVCache: kv_type {kv_type!r} differs from its pool's, {pool.kv_type.name!r}")
         self.pool = pool
         self.n_layer, self.n_ctx, self.n_head_kv = n_layer, n_ctx, n_head_kv
         self.head_dim, self.head_dim_v = head_dim, head_dim_v
+        self.n_conv_layer, self.conv_dim = n_conv_layer, conv_dim
         self.kv_type = pool.kv_type
         self.blocks: list[int] = []  # the block table
         self.cells = np.zeros(n_ctx, np.int32)  # (token,) the pool cell holding token i
@@ -203,7 +228,8 @@ class KVCache:
         d = model.kv_dims()
         if kv_type is None and pool is None:
             kv_type = d.get("kv_type", DEFAULT_KV_TYPE)
-        return cls(d["n_layer"], n_ctx, d["n_head_kv"], d["head_dim"], kv_type, d["head_dim_v"], pool)
+        return cls(d["n_layer"], n_ctx, d["n_head_kv"], d["head_dim"], kv_type, d["head_dim_v"], pool,
+                   d.get("n_conv_layer", 0), d.get("conv_dim", 0))  # fmt: skip
 
     @property
     def n_free(self) -> int:
@@ -274,6 +300,12 @@ class KVCache:
         k, v = self.pool.layers[il]
         return k, v, self.cells[self.n_past : end], self.cells[:end]
 
+    def conv_storage(self, ic: int):
+        """Short-convolution layer ic's rows in the pool ((pool cells, conv row), in the pool's kv_type),
+        the cells of the pass in progress (n,) and the cells of all tokens in use (n_kv,), int32."""
+        end = self.n_past + self._n_new
+        return self.pool.conv_layers[ic], self.cells[self.n_past : end], self.cells[:end]
+
     def update(self, il: int, k: np.ndarray, v: np.ndarray) -> None:
         """Store layer il's float32 k (n, n_head_kv, head_dim), v (n, n_head_kv, head_dim_v) in the cells
         of the pass in progress, rounded to the kv_type."""
@@ -310,7 +342,8 @@ class KVCache:
         than computing them again."""
         if not 0 <= n <= src.n_past or n > self.n_ctx:
             raise ValueError(f"copy_prefix({n}): the source holds {src.n_past} tokens, this cache {self.n_ctx}")
-        if (src.n_layer, src.n_head_kv, src.head_dim, src.head_dim_v) != (self.n_layer, self.n_head_kv, self.head_dim, self.head_dim_v):
+        if (src.n_layer, src.n_head_kv, src.head_dim, src.head_dim_v, src.n_conv_layer, src.conv_dim) != (
+                self.n_layer, self.n_head_kv, self.head_dim, self.head_dim_v, self.n_conv_layer, self.conv_dim):
             raise ValueError("copy_prefix: the caches belong to different models")
         if src is self:
             return self.truncate(n)
@@ -327,15 +360,19 @@ class KVCache:
             if src.pool is self.pool:
                 self.pool.copy_cells(self.cells[lo:n], src.cells[lo:n])
             elif src.pool.kv_type == self.pool.kv_type:
-                self.pool.k[:, self.cells[lo:n]] = src.pool.k[:, src.cells[lo:n]]
-                self.pool.v[:, self.cells[lo:n]] = src.pool.v[:, src.cells[lo:n]]
+                for dst_store, src_store in self._stores(src):
+                    dst_store[:, self.cells[lo:n]] = src_store[:, src.cells[lo:n]]
             else:  # another format: through float32, a layer at a time
-                for il in range(self.n_layer):
-                    kv_store(self.pool.k[il], self.cells[lo:n], kv_rows_f32(src.pool.k[il, src.cells[lo:n]]))
-                    kv_store(self.pool.v[il], self.cells[lo:n], kv_rows_f32(src.pool.v[il, src.cells[lo:n]]))
+                for dst_store, src_store in self._stores(src):
+                    for il in range(dst_store.shape[0]):
+                        kv_store(dst_store[il], self.cells[lo:n], kv_rows_f32(src_store[il, src.cells[lo:n]]))
         self.pos[:n] = src.pos[:n]
         self.n_past = n
         self._n_new = 0
+
+    def _stores(self, src: "KVCache") -> list[tuple[np.ndarray, np.ndarray]]:
+        """(this pool's, src's pool's) K, V and convolution rows, every layer."""
+        return [(self.pool.k, src.pool.k), (self.pool.v, src.pool.v), (self.pool.conv, src.pool.conv)]
 
     def __del__(self):
         try:

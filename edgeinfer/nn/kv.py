@@ -8,6 +8,7 @@ The engine's `KVCache` (edgeinfer.engine.kv_cache) implements it. One forward pa
     k, v, new, cells = cache.storage(il)             # per layer: the storage, the claimed cells, all cells
     q = backend.qkv_store(qkv, heads, ..., k, v, new)   # QK-norm, rope; K/V of the batch written at `new`
     out = backend.attention(q, k, v, ..., cells=cells)
+    rows, new, cells = cache.conv_storage(ic)        # short-convolution layers (LFM2): rows like K/V
     cache.commit()                                   # the n tokens become part of the sequence
 
 A pass that fails between begin() and commit() leaves n_past as it was.
@@ -94,6 +95,11 @@ class KVCacheLike(Protocol):
     def update(self, il: int, k: np.ndarray, v: np.ndarray) -> None:
         """Store layer il's k (n, n_head_kv, head_dim) and v (n, n_head_kv, head_dim_v), float32, in the
         claimed cells (rounded to the cache's KVType)."""
+
+    def conv_storage(self, ic: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Short-convolution layer ic's rows (capacity, row) in the cache's KVType (one row of conv_dim
+        values per token: what the convolution reads), the cells claimed by this pass (n,) and the cells
+        of all tokens in use (n_kv,), int32. Only caches made for a model with such layers have them."""
 
     def commit(self) -> None:
         """Make the claimed cells part of the sequence."""

@@ -169,7 +169,7 @@ PRE_REGEXES: dict[str, list[str]] = {
 _NO_CLEAN = {"clean_spaces": False}
 _PRE_NAMES: dict[str, tuple[str, dict]] = {
     "default": ("default", {}),
-    **{n: ("llama3", {"ignore_merges": True}) for n in (
+    **{n: ("llama3", {"ignore_merges": True, "add_bos": True}) for n in (
         "llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano")},
     "dbrx": ("llama3", {}),
     "smaug-bpe": ("llama3", {}),
@@ -194,7 +194,7 @@ _PRE_NAMES: dict[str, tuple[str, dict]] = {
     "chatglm-bpe": ("chatglm4", {"no_default_bos": True}),
     **{n: ("chatglm4", {"no_default_bos": True, "ignore_merges": True}) for n in ("glm4", "glm5")},
     "viking": ("viking", _NO_CLEAN),
-    "tekken": ("tekken", {"clean_spaces": False, "ignore_merges": True}),
+    "tekken": ("tekken", {"clean_spaces": False, "ignore_merges": True, "add_bos": True}),
     **{n: ("gpt4o", _NO_CLEAN) for n in ("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2")},
     "seed-coder": ("seed-coder", _NO_CLEAN),
     **{n: ("bailingmoe", _NO_CLEAN) for n in ("bailingmoe", "bailingmoe2", "llada-moe")},
@@ -211,14 +211,15 @@ _PRE_NAMES: dict[str, tuple[str, dict]] = {
 
 
 def resolve_pre(name: str) -> tuple[str, dict]:
-    """`tokenizer.ggml.pre` -> (pre-tokenizer type, {clean_spaces, ignore_merges, no_default_bos})."""
+    """`tokenizer.ggml.pre` -> (pre-tokenizer type, {clean_spaces, ignore_merges, no_default_bos, add_bos}).
+    add_bos: llama.cpp's default when the file has no tokenizer.ggml.add_bos_token (true for llama3's group)."""
     try:
         pre_type, extra = _PRE_NAMES[name]
     except KeyError:
         raise TokenizerError(
             f"pre-tokenizer {name!r} (tokenizer.ggml.pre) is not supported; supported: "
             f"{', '.join(sorted(_PRE_NAMES))}") from None
-    flags = {"clean_spaces": True, "ignore_merges": False, "no_default_bos": False}
+    flags = {"clean_spaces": True, "ignore_merges": False, "no_default_bos": False, "add_bos": False}
     flags.update(extra)
     return pre_type, flags
 

@@ -204,7 +204,7 @@ def _build(meta) -> Vocab:
         pre_name = typed.get_str(meta, _KEY + "pre", None, error=TokenizerError, max_len=256) or "default"
         pre, flags = resolve_pre("gemma4" if model == "gemma4" else pre_name)
         flags = dict(flags, add_space_prefix=False)
-        add_bos, add_eos, escape_ws = False, False, pre == "gemma4"
+        add_bos, add_eos, escape_ws = flags["add_bos"], False, pre == "gemma4"
         if flags["no_default_bos"]:
             ids["bos"] = None
     add_space_prefix = _flag(meta, "add_space_prefix", flags["add_space_prefix"])
