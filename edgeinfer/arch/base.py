@@ -75,8 +75,25 @@ def meta_str(f: GGUFFile, suffix: str, default: Any = _REQUIRED) -> Any:
     return typed.as_str(key, f.metadata[key], where=f.path, max_len=256)
 
 
-def _per_layer_int(f: GGUFFile, suffix: str, default: Any = _REQUIRED, lo: int = 0, hi: int = MAX_DIM) -> int:
-    """An integer key that some converters write as one value per layer (all equal here)."""
+def meta_per_layer(f: GGUFFile, suffix: str, n_layer: int, default: Any = _REQUIRED, lo: int = 0,
+                   hi: int = MAX_DIM) -> tuple[int, ...]:  # fmt: skip
+    """An integer key as one value per layer (llama.cpp's get_key_or_arr): the file's array of at least
+    n_layer values, or its one value repeated."""
+    v = meta(f, suffix, default)
+    key = f"{f.architecture}.{suffix}"
+    if not isinstance(v, np.ndarray):
+        return (typed.as_int(key, v, lo, hi, where=f.path),) * n_layer
+    arr = typed.as_num_array(key, v, where=f.path, integer=True)
+    if arr.size < max(n_layer, 1):
+        raise GGUFError(f"{f.path}: the metadata key {key!r} has {arr.size} values for {n_layer} layers; "
+                        "the file is corrupt.")  # fmt: skip
+    return tuple(typed.as_int(key, x, lo, hi, where=f.path) for x in arr[:n_layer])
+
+
+def _per_layer_int(f: GGUFFile, suffix: str, default: Any = _REQUIRED, lo: int = 0, hi: int = MAX_DIM,
+                   varying: bool = False) -> int:  # fmt: skip
+    """An integer key that some converters write as one value per layer (all equal here; the largest
+    when `varying`: the architecture reads the values per layer itself, meta_per_layer)."""
     v = meta(f, suffix, default)
     key = f"{f.architecture}.{suffix}"
     if not isinstance(v, np.ndarray):
@@ -85,6 +102,8 @@ def _per_layer_int(f: GGUFFile, suffix: str, default: Any = _REQUIRED, lo: int =
     if arr.size == 0:
         raise GGUFError(f"{f.path}: the metadata key {key!r} is an empty array; the file is corrupt.")
     values = set(typed.as_int(key, x, lo, hi, where=f.path) for x in np.unique(arr))
+    if len(values) != 1 and varying:
+        return max(values)
     if len(values) != 1:
         raise UnsupportedArchitectureError(
             f"{f.path}: {f.architecture}.{suffix} differs between layers ({sorted(values)}); "
@@ -179,11 +198,14 @@ class BaseConfig:
     moe: MoEConfig | None = None  # a Mixture-of-Experts feed-forward in every block; None: dense
 
     @staticmethod
-    def read_common(f: GGUFFile, rope_neox: bool) -> dict[str, Any]:
-        """Every field of BaseConfig from the file's metadata (and tensor shapes where metadata is silent)."""
+    def read_common(f: GGUFFile, rope_neox: bool, per_layer: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Every field of BaseConfig from the file's metadata (and tensor shapes where metadata is silent).
+        per_layer: the keys among attention.head_count_kv and feed_forward_length that may differ between
+        layers (the architecture reads them per layer; here the largest)."""
         n_embd = meta_int(f, "embedding_length", lo=1)
         n_head = _per_layer_int(f, "attention.head_count", lo=1, hi=MAX_COUNT)
-        n_head_kv = _per_layer_int(f, "attention.head_count_kv", n_head, lo=1, hi=MAX_COUNT)
+        n_head_kv = _per_layer_int(f, "attention.head_count_kv", n_head, lo=1, hi=MAX_COUNT,
+                                   varying="attention.head_count_kv" in per_layer)  # fmt: skip
         head_dim = meta_int(f, "attention.key_length", n_embd // n_head, lo=1)
         if head_dim < 1:
             raise GGUFError(
@@ -219,7 +241,8 @@ class BaseConfig:
             n_head_kv=n_head_kv,
             head_dim=head_dim,
             head_dim_v=meta_int(f, "attention.value_length", head_dim, lo=1),
-            n_ff=_per_layer_int(f, "feed_forward_length", 0 if is_moe else _REQUIRED),
+            n_ff=_per_layer_int(f, "feed_forward_length", 0 if is_moe else _REQUIRED,
+                                varying="feed_forward_length" in per_layer),
             rms_eps=meta_float(f, "attention.layer_norm_rms_epsilon", lo=0.0, hi=1.0),
             n_ctx_train=n_ctx_train,
             n_rot=meta_int(f, "rope.dimension_count", head_dim),
