@@ -186,3 +186,33 @@ def test_a_gemma4_file_loads_and_generates(gemma4_files):
     assert llm.kv_bytes_per_token() == kv_bytes_per_token(llm.model.kv_dims())
     plain = llm.generate(ids, max_tokens=12, temperature=0.0, speculative=None)
     assert plain == llm.generate(ids, max_tokens=12, temperature=0.0, speculative="ngram")
+
+
+def test_gemma4_chat_prompt_with_the_real_vocabulary():
+    """llama.cpp's Gemma 4 vocabulary (models/ggml-vocab-gemma-4.gguf, with the official template): the
+    file's template and the built-in agree on a plain conversation; the prompt tokenizes with one BOS and
+    the turn markers as single tokens; <turn|> ends generation; the file's metadata (the 26B-A4B MoE
+    model's) is refused, in one sentence, as not runnable."""
+    from test_chat_template import BUILTIN_EXPECTED, CONVERSATION
+    from test_tokenizer_corpus import corpus_dir
+
+    from edgeinfer.tokenizer import Tokenizer
+    from edgeinfer.tokenizer.chat import ChatTemplate, builtin_template
+
+    folder = corpus_dir()
+    if folder is None:
+        pytest.skip("llama.cpp's vocabulary corpus is not here and pip could not fetch it")
+    f = GGUFFile(str(folder / "ggml-vocab-gemma-4.gguf"))
+    tmpl = ChatTemplate.from_metadata(f.metadata)
+    assert tmpl.name == "file" and (tmpl.bos_token, tmpl.eos_token) == ("<bos>", "<eos>")
+    text = tmpl.render(CONVERSATION)
+    assert text == BUILTIN_EXPECTED["gemma4"][2]
+    assert text == ChatTemplate(builtin_template("gemma4"), "gemma4", "<bos>", "<eos>").render(CONVERSATION)
+    tok = Tokenizer.from_gguf(f)
+    ids = tok.encode(text, add_special=not tmpl.starts_with_bos(text), parse_special=True)
+    pieces = [tok.token_text(i) for i in ids]
+    assert pieces[0] == "<bos>" and pieces.count("<bos>") == 1
+    assert pieces.count("<|turn>") == 5 and pieces.count("<turn|>") == 4 and pieces[-3:-1] == ["thought", "\n"]
+    assert tok.is_eog(tok.encode("<turn|>", add_special=False, parse_special=True)[0])
+    info = model_info(str(f.path))
+    assert info["runnable"] is False and any("mixture-of-experts" in why for why in info["not_runnable_why"])
