@@ -93,19 +93,20 @@ def runnable(f) -> tuple[bool, list[str]]:
 def _kv_bytes_per_token(f) -> dict | None:
     """Bytes of K and V one token takes in the KV cache, per kv_type (None for an unknown architecture)."""
     from .arch import load_config
+    from .engine.kv_cache import kv_bytes_per_token, layer_geometry
     from .nn.kv import KV_TYPES
 
     try:
         c = load_config(f)
     except EdgeInferError:
         return None
-    dims = (c.n_layer, c.n_head_kv, c.head_dim, c.head_dim_v)
-    if not all(isinstance(d, int) for d in dims):  # per-layer head counts: not summarized here
-        return None
+    dims = c.kv_dims()  # per layer where the layers differ (Gemma 4)
+    sizes = {d for _, *hd in layer_geometry(dims["n_layer"], dims["n_head_kv"], dims["head_dim"], dims["head_dim_v"])
+             for d in hd}  # fmt: skip
     return {
-        name: c.n_layer * c.n_head_kv * (t.row_bytes(c.head_dim) + t.row_bytes(c.head_dim_v))
+        name: kv_bytes_per_token({**dims, "kv_type": name})
         for name, t in KV_TYPES.items()
-        if not (c.head_dim % t.block or c.head_dim_v % t.block)
+        if not any(d % t.block for d in sizes)
     }
 
 

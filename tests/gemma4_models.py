@@ -11,7 +11,10 @@ What Gemma 4 carries beyond Gemma 3, each exercised here:
   per_layer_proj_norm, blk.N.inp_gate / proj / post_norm) in the E2B/E4B models;
 - KV sharing: the last attention.shared_kv_layers layers read the cache of the last sliding or global
   layer before them; a double-wide feed-forward in those layers (feed_forward_length as an array);
-- blk.N.layer_output_scale, final logit soft-capping, attention scale 1.
+- blk.N.layer_output_scale, final logit soft-capping, attention scale 1;
+- the 26B-A4B mixture of experts: beside each layer's dense feed-forward, experts (ffn_gate_up_exps fused,
+  ffn_down_exps and its per-expert .scale) routed by ffn_gate_inp from its own norm (ffn_gate_inp.scale),
+  with pre_ffw_norm_2, post_ffw_norm_1 and post_ffw_norm_2.
 
 `write_gemma4_model(path, name)` writes GEMMA4_MODELS[name] from its fixed seed (the same bytes every
 time: tests/fixtures/logits_gemma4.npz records llama.cpp's logits and each file's sha256, made by
@@ -29,6 +32,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from reference_model import _add_matrix
+from reference_moe import _add_experts
 
 N_VOCAB = 256
 N_TOKENS = 48  # longer than the windows below, so that they slide
@@ -48,6 +52,10 @@ GEMMA4_MODELS: dict[str, tuple[T, int, dict]] = {
     # llama.cpp and edgeinfer differ only by rounding
     "gemma4_e4b_f16": (T.F16, 402, dict(swa=(1, 1, 1, 1, 1, 0) * 2, n_kv_shared=6, n_embd_per_layer=32, n_swa=6,
                                         n_head_kv=(2, 2), double_wide=True, final_softcap=15.0)),
+    # 26B-A4B in small (its real keys: llama.cpp's models/ggml-vocab-gemma-4.gguf): 8 experts, 2 per token,
+    # 5 sliding layers to a global one with 4 and 1 KV heads
+    "gemma4_26b_a4b_q8_0": (T.Q8_0, 403, dict(swa=(1, 1, 1, 1, 1, 0), n_swa=7, n_head_kv=(4, 1), n_ff=96,
+                                              n_expert=8, n_expert_used=2, n_ff_exp=64, final_softcap=30.0)),
 }
 
 
@@ -59,8 +67,8 @@ def write_gemma4_model(path: str | Path, name: str) -> Path:
 def write_gemma4(path, wtype: T, *, swa: tuple[int, ...], seed: int = 0, n_embd: int = 64, n_head: int = 4,
                  n_head_kv: tuple[int, int] = (2, 1), head_dim: tuple[int, int] = (32, 64), n_ff: int = 128,
                  partial_rotary_full: float = 0.25, n_swa: int = 5, n_kv_shared: int = 0, n_embd_per_layer: int = 0,
-                 double_wide: bool = False, k_eq_v: bool = False, tied: bool = True,
-                 final_softcap: float = 30.0) -> Path:  # fmt: skip
+                 double_wide: bool = False, k_eq_v: bool = False, tied: bool = True, final_softcap: float = 30.0,
+                 n_expert: int = 0, n_expert_used: int = 0, n_ff_exp: int = 0) -> Path:  # fmt: skip
     """n_head_kv, head_dim: (sliding, global)."""
     path = Path(path)
     rng = np.random.default_rng(seed)
@@ -94,6 +102,10 @@ def write_gemma4(path, wtype: T, *, swa: tuple[int, ...], seed: int = 0, n_embd:
     w.add_uint32(p + "attention.shared_kv_layers", n_kv_shared)
     w.add_uint32(p + "embedding_length_per_layer_input", n_embd_per_layer)
     w.add_float32(p + "final_logit_softcapping", final_softcap)
+    if n_expert:
+        w.add_uint32(p + "expert_count", n_expert)
+        w.add_uint32(p + "expert_used_count", n_expert_used)
+        w.add_uint32(p + "expert_feed_forward_length", n_ff_exp)
     w.add_string("tokenizer.ggml.model", "gpt2")
     w.add_string("tokenizer.ggml.pre", "default")
     w.add_array("tokenizer.ggml.tokens", [f"<{i}>" for i in range(N_VOCAB)])
@@ -141,6 +153,17 @@ def write_gemma4(path, wtype: T, *, swa: tuple[int, ...], seed: int = 0, n_embd:
         matrix(b + "ffn_up.weight", ff[il], n_embd)
         matrix(b + "ffn_down.weight", n_embd, ff[il])
         vector(b + "post_ffw_norm.weight", n_embd, 1.0, 0.1)
+        if n_expert:
+            matrix(b + "ffn_gate_inp.weight", n_expert, n_embd, std=4.0)  # decisive, as trained routers are
+            vector(b + "ffn_gate_inp.scale", n_embd, 1.0, 0.2)
+            vector(b + "pre_ffw_norm_2.weight", n_embd, 1.0, 0.1)
+            vector(b + "post_ffw_norm_1.weight", n_embd, 1.0, 0.1)
+            vector(b + "post_ffw_norm_2.weight", n_embd, 1.0, 0.1)
+            gate_up = rng.normal(0.0, 1.0 / math.sqrt(n_embd), (n_expert, 2 * n_ff_exp, n_embd)).astype(np.float32)
+            _add_experts(w, b + "ffn_gate_up_exps.weight", gate_up, wtype)  # gate's rows, then up's
+            down = rng.normal(0.0, 1.0 / math.sqrt(n_ff_exp), (n_expert, n_embd, n_ff_exp)).astype(np.float32)
+            _add_experts(w, b + "ffn_down_exps.weight", down, wtype)
+            w.add_tensor(b + "ffn_down_exps.scale", rng.uniform(0.5, 1.5, n_expert).astype(np.float32))
         if n_pl:
             matrix(b + "inp_gate.weight", n_pl, n_embd)
             matrix(b + "proj.weight", n_embd, n_pl)

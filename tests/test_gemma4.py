@@ -1,7 +1,8 @@
 """Gemma 4 (arch/gemma4.py) on tiny random models with the family's real tensor names and keys
-(tests/gemma4_models.py: E2B-, E4B- and 31B-like), against llama.cpp's logits on the same files
-(tests/fixtures/logits_gemma4.npz, made by tests/fixtures/make_gemma4_fixture.py); batched = token by
-token = several sequences at once; the per-layer KV geometry of the cache; the MoE model refused at load."""
+(tests/gemma4_models.py: E2B-, E4B-, 31B- and 26B-A4B-like), against llama.cpp's logits on the same
+files (tests/fixtures/logits_gemma4.npz, made by tests/fixtures/make_gemma4_fixture.py); batched = token
+by token = several sequences at once; the per-layer KV geometry of the cache; the experts' routing; the
+chat prompt of llama.cpp's Gemma 4 vocabulary; a fused QKV refused at load."""
 
 from __future__ import annotations
 
@@ -109,7 +110,8 @@ def test_cache_holds_the_layers_with_kv_in_their_own_geometry(gemma4_files):
     model = _model(paths["gemma4_e2b_q8_0"], kv_type="f32")
     d = model.kv_dims()
     assert d["n_layer"] == 4 and d["n_head_kv"] == (2, 2, 2, 1) and d["head_dim"] == (32, 32, 32, 64)
-    assert kv_bytes_per_token(d) == 4 * (3 * 2 * 32 * 2 + 1 * 64 * 2)
+    assert kv_bytes_per_token(d) == 4 * (3 * 2 * 32 * 2 + 1 * 64 * 2)  # f32: K and V of 4 layers
+    assert model_info(str(paths["gemma4_e2b_q8_0"]))["kv_bytes_per_token"]["f32"] == kv_bytes_per_token(d)
     pool = BlockPool.for_model(model, 4 * N_CTX)
     assert pool.block_nbytes == kv_bytes_per_token(d) * pool.block_size and len(pool.groups) == 2
     assert [kv[0].shape[1:] for kv in pool.layers] == [(2, 32), (2, 32), (2, 32), (1, 64)]
@@ -141,34 +143,45 @@ def test_the_window_shapes_the_logits(gemma4_files):
     assert np.abs(ours - theirs)[10:].max() > 0.1  # beyond the window of 6
 
 
-def test_the_moe_model_is_refused_at_load_in_one_sentence(tmp_path, gemma4_files):
+def test_the_experts_route_as_llama_cpp_does(gemma4_files):
+    """26B-A4B-like: every layer has 8 experts, 2 per token; the routing spreads over them (so the logits
+    above exercise many experts), and a prompt run token by token picks the same ones as in one batch."""
+    paths, fixture = gemma4_files
+    ids = fixture["ids"]
+    model = _model(paths["gemma4_26b_a4b_q8_0"], "numba", kv_type="f32")
+    model.forward(ids, KVCache.for_model(model, N_CTX))
+    counts = model.expert_counts()
+    assert counts.shape == (6, 8) and (counts.sum(1) == 2 * len(ids)).all() and (counts > 0).mean() > 0.9
+    model.reset_expert_counts()
+    cache = KVCache.for_model(model, N_CTX)
+    for t in ids:
+        model.forward(np.array([t]), cache)
+    assert np.array_equal(model.expert_counts(), counts)
+
+
+def test_a_fused_qkv_is_refused_at_load_in_one_sentence(tmp_path, gemma4_files):
     paths, _ = gemma4_files
-    src = paths["gemma4_31b_f16"]
-    dst = tmp_path / "moe.gguf"
-    r = gguf.GGUFReader(str(src))
-    w = gguf.GGUFWriter(str(dst), "gemma4")
+    r = gguf.GGUFReader(str(paths["gemma4_31b_f16"]))
+    w = gguf.GGUFWriter(str(tmp_path / "qkv.gguf"), "gemma4")
     for key, f in r.fields.items():
         if not key.startswith("GGUF.") and key != "general.architecture":
             vt = f.types[0]
             w.add_array(key, f.contents()) if vt == gguf.GGUFValueType.ARRAY else w.add_key_value(key, f.contents(), vt)
-    w.add_uint32("gemma4.expert_count", 128)
-    w.add_uint32("gemma4.expert_used_count", 8)
     for t in r.tensors:
-        w.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+        w.add_tensor(t.name.replace("blk.0.attn_q.", "blk.0.attn_qkv."), np.array(t.data), raw_dtype=t.tensor_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     with pytest.raises(UnsupportedArchitectureError) as e:
-        edgeinfer.load(str(dst))
+        edgeinfer.load(str(tmp_path / "qkv.gguf"))
     message = str(e.value)
-    assert "mixture-of-experts" in message and "128 experts" in message and "E2B, E4B, 31B" in message
-    assert message.count(". ") == 0 and message.endswith(".")
-    info = model_info(str(dst))
-    assert info["runnable"] is False and any("mixture-of-experts" in why for why in info["not_runnable_why"])
+    assert "attn_qkv" in message and message.endswith(".") and message.count(". ") == 0
+    info = model_info(str(tmp_path / "qkv.gguf"))
+    assert info["runnable"] is False and any("attn_qkv" in why for why in info["not_runnable_why"])
 
 
-def test_info_says_the_dense_files_are_runnable(gemma4_files):
+def test_info_says_the_files_are_runnable(gemma4_files):
     paths, _ = gemma4_files
     for path in paths.values():
         assert model_info(str(path))["runnable"] is True, model_info(str(path))["not_runnable_why"]
@@ -191,8 +204,7 @@ def test_a_gemma4_file_loads_and_generates(gemma4_files):
 def test_gemma4_chat_prompt_with_the_real_vocabulary():
     """llama.cpp's Gemma 4 vocabulary (models/ggml-vocab-gemma-4.gguf, with the official template): the
     file's template and the built-in agree on a plain conversation; the prompt tokenizes with one BOS and
-    the turn markers as single tokens; <turn|> ends generation; the file's metadata (the 26B-A4B MoE
-    model's) is refused, in one sentence, as not runnable."""
+    the turn markers as single tokens; <turn|> ends generation."""
     from test_chat_template import BUILTIN_EXPECTED, CONVERSATION
     from test_tokenizer_corpus import corpus_dir
 
@@ -214,5 +226,3 @@ def test_gemma4_chat_prompt_with_the_real_vocabulary():
     assert pieces[0] == "<bos>" and pieces.count("<bos>") == 1
     assert pieces.count("<|turn>") == 5 and pieces.count("<turn|>") == 4 and pieces[-3:-1] == ["thought", "\n"]
     assert tok.is_eog(tok.encode("<turn|>", add_special=False, parse_special=True)[0])
-    info = model_info(str(f.path))
-    assert info["runnable"] is False and any("mixture-of-experts" in why for why in info["not_runnable_why"])

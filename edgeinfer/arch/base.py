@@ -260,6 +260,11 @@ class BaseConfig:
             final_logit_softcap=meta_float(f, "final_logit_softcapping", 0.0, lo=0.0),
         )
 
+    def kv_dims(self) -> dict[str, Any]:
+        """What a KV cache holds per token: n_layer layers of n_head_kv heads of head_dim (K) and head_dim_v
+        (V) values (an architecture whose layers differ gives tuples, one value per cached layer)."""
+        return dict(n_layer=self.n_layer, n_head_kv=self.n_head_kv, head_dim=self.head_dim, head_dim_v=self.head_dim_v)
+
     def rope_params(self, freq_base: float | None = None, freq_scale: float | None = None) -> RopeParams:
         return RopeParams(
             n_rot=self.n_rot,
@@ -443,9 +448,7 @@ class DecoderModel:
 
     def kv_dims(self) -> dict[str, int | str]:
         """What a KV cache for this model must hold per token and layer, and in which format."""
-        c = self.config
-        return dict(n_layer=c.n_layer, n_head_kv=c.n_head_kv, head_dim=c.head_dim, head_dim_v=c.head_dim_v,
-                    kv_type=self.kv_type)  # fmt: skip
+        return {**self.config.kv_dims(), "kv_type": self.kv_type}
 
     def set_kv_type(self, name: str) -> None:
         """Store K and V of the caches made from now on in `name` (edgeinfer.nn.kv.KV_TYPES);

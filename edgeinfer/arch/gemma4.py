@@ -15,8 +15,13 @@ NEOX rope, GeGLU) with:
   per_layer_proj_norm); each layer adds proj(gelu(inp_gate(x)) * that vector), post-normed;
 - KV sharing (E2B, E4B): the last attention.shared_kv_layers layers compute no K/V and attend over the
   cache of the last layer of their kind before them; feed_forward_length per layer (double-wide there);
-- each layer's output times layer_output_scale; final logit soft-capping.
-Gemma 4's mixture-of-experts model (26B-A4B) is refused at load.
+- each layer's output times layer_output_scale; final logit soft-capping;
+- the mixture-of-experts model (26B-A4B): a layer with a router (ffn_gate_inp) runs its dense
+  feed-forward and its experts side by side on the attention's output, each with its own norms
+  (post_ffw_norm_1; pre_ffw_norm_2, post_ffw_norm_2), and adds them before post_ffw_norm. The router
+  reads rms_norm(x) / sqrt(n_embd) * ffn_gate_inp.scale; softmax, the top expert_used_count experts,
+  their weights renormalized; GeGLU experts (ffn_gate_up_exps, or ffn_gate_exps and ffn_up_exps), expert
+  e's output times ffn_down_exps.scale[e].
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ import numpy as np
 
 from ..errors import GGUFError, UnsupportedArchitectureError
 from ..gguf import GGUFFile
-from ..kernels.base import Backend
+from ..kernels.base import Backend, QTensor
 from ..nn import Attention, Embedding, ForwardBatch, GatedMLP, Linear, RMSNorm, Rope
 from ..nn.kv import kv_type
-from .base import BaseConfig, DecoderModel, Weights, meta, meta_float, meta_int, meta_per_layer
+from ..nn.moe import MoE
+from .base import BaseConfig, DecoderModel, MoEConfig, Weights, meta, meta_float, meta_int, meta_per_layer
 from .gemma2 import read_swa_layers
 from .gemma3 import Block as Gemma3Block
 
@@ -49,6 +55,7 @@ class Config(BaseConfig):
     n_ff_layers: tuple[int, ...] = ()
     n_kv_shared: int = 0  # the last layers, without K/V of their own
     n_embd_per_layer: int = 0  # 0: no per-layer embeddings
+    # moe (BaseConfig): the experts of the layers with a router; n_ff_exp 0: from the tensors
 
     @classmethod
     def from_gguf(cls, f: GGUFFile) -> "Config":
@@ -56,6 +63,11 @@ class Config(BaseConfig):
         common = cls.read_common(f, rope_neox=True, per_layer=("attention.head_count_kv", "feed_forward_length"))
         n_layer = common["n_layer"]
         common["attn_scale"] = 1.0  # llama.cpp: f_attention_scale = 1
+        if any(name.endswith("ffn_gate_inp.weight") for name in f.tensors):  # llama.cpp's fixed routing
+            n_expert = meta_int(f, "expert_count", lo=1, hi=1 << 16)
+            n_used = meta_int(f, "expert_used_count", lo=1, hi=n_expert)
+            n_ff_exp = meta_int(f, "expert_feed_forward_length", 0)
+            common["moe"] = MoEConfig(n_expert, n_used, n_ff_exp, 0, "softmax", True, 1.0)
         meta(f, "attention.sliding_window_pattern")  # required, as llama.cpp's get_arr
         c = cls(
             **common,
@@ -94,6 +106,12 @@ class Config(BaseConfig):
                 raise GGUFError(f"{f.path}: layer {il} shares the KV cache of layer {src}, which is of another "
                                 f"kind or shape ({a}.attention.sliding_window_pattern, head_count_kv).")  # fmt: skip
 
+    def kv_dims(self) -> dict:
+        """A cache for the layers with K/V of their own, each with its kind's head size and KV heads."""
+        n = self.n_layer_kv
+        head_dims = tuple(self.layer_head_dim(il) for il in range(n))
+        return dict(n_layer=n, n_head_kv=self.n_head_kv_layers[:n], head_dim=head_dims, head_dim_v=head_dims)
+
     def is_swa(self, il: int) -> bool:
         return self.swa_layers[il]
 
@@ -115,12 +133,6 @@ class Config(BaseConfig):
 
 def refuse_unsupported(f: GGUFFile) -> None:
     """UnsupportedArchitectureError, one sentence, for the Gemma 4 files edgeinfer does not run."""
-    n_expert = meta_int(f, "expert_count", 0, hi=1 << 16)
-    if n_expert or any(name.endswith("ffn_gate_inp.weight") for name in f.tensors):
-        raise UnsupportedArchitectureError(
-            f"{f.path} is Gemma 4's mixture-of-experts model (26B-A4B: {n_expert} experts), which edgeinfer "
-            "does not run yet; it runs the dense Gemma 4 models (E2B, E4B, 31B)."
-        )
     if any(name.endswith("attn_qkv.weight") for name in f.tensors):
         raise UnsupportedArchitectureError(
             f"{f.path} stores Gemma 4's Q, K and V as one fused tensor (attn_qkv), which edgeinfer does not "
@@ -181,15 +193,40 @@ class PerLayerInput:
         return self.post_norm(self.proj(g))
 
 
-class Block(Gemma3Block):
-    """Gemma 3's block, then the per-layer embedding's part and the layer's output scale."""
+class Experts:
+    """A mixture-of-experts layer's routed part: the experts (nn.moe.MoE) on pre_ffw_norm_2(x), routed by
+    ffn_gate_inp from rms_norm(x) / sqrt(n_embd) * ffn_gate_inp.scale, then post_ffw_norm_2."""
 
-    def __init__(self, *parts, per_layer: PerLayerInput | None = None, out_scale: float = 1.0):
+    def __init__(self, moe: MoE, router_scale: np.ndarray, eps: float, pre_norm: RMSNorm, post_norm: RMSNorm):
+        self.moe, self.pre_ffw_norm_2, self.post_ffw_norm_2 = moe, pre_norm, post_norm
+        self.router_scale, self.eps = router_scale, eps
+        self.backend = moe.backend
+        self.ones = np.ones_like(router_scale)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """x (n, n_embd), the attention's output (the residual) -> (n, n_embd)"""
+        r = self.backend.rms_norm(x, self.ones, self.eps) * np.float32(1.0 / math.sqrt(x.shape[1]))
+        logits = self.moe.router(r * self.router_scale)  # (n, n_expert)
+        return self.post_ffw_norm_2(self.moe(self.pre_ffw_norm_2(x), logits))
+
+
+class Block(Gemma3Block):
+    """Gemma 3's block, then the per-layer embedding's part and the layer's output scale. In a layer with
+    experts the feed-forward is post_ffw_norm(post_ffw_norm_1(ffn(ffn_norm(x))) + experts(x))."""
+
+    def __init__(self, *parts, per_layer: PerLayerInput | None = None, out_scale: float = 1.0,
+                 experts: Experts | None = None, post_ffw_norm_1: RMSNorm | None = None):  # fmt: skip
         super().__init__(*parts)
         self.per_layer, self.out_scale = per_layer, out_scale
+        self.experts, self.post_ffw_norm_1 = experts, post_ffw_norm_1
 
     def __call__(self, x, batch, il, cb=None, per_layer_input: np.ndarray | None = None) -> np.ndarray:
-        x = super().__call__(x, batch, il, cb)
+        if self.experts is None:
+            x = super().__call__(x, batch, il, cb)
+        else:
+            x = x + self.post_attention_norm(self.attn(self.attn_norm(x), batch, il, cb))
+            h = self.post_ffw_norm_1(self.ffn(self.ffn_norm(x)))
+            x = x + self.post_ffw_norm(h + self.experts(x))
         if self.per_layer is not None:
             x = x + self.per_layer(x, per_layer_input)
         if self.out_scale != 1.0:
@@ -265,8 +302,40 @@ class Model(DecoderModel):
                                       w.norm(p + "post_norm", c.n_embd, c.rms_eps))  # fmt: skip
         scale = w.vector(p + "layer_output_scale.weight", 1)[0] if w.has(p + "layer_output_scale.weight") else 1.0
         norm = lambda name: w.norm(p + name, c.n_embd, c.rms_eps)  # noqa: E731
+        experts = post_ffw_norm_1 = None
+        if w.has(p + "ffn_gate_inp.weight"):
+            experts = Experts(Model.load_moe(w, c, p), w.vector(p + "ffn_gate_inp.scale", c.n_embd), c.rms_eps,
+                              norm("pre_ffw_norm_2"), norm("post_ffw_norm_2"))  # fmt: skip
+            post_ffw_norm_1 = norm("post_ffw_norm_1")
         return Block(norm("attn_norm"), attn, norm("post_attention_norm"), norm("ffn_norm"), ffn,
-                     norm("post_ffw_norm"), per_layer=per_layer, out_scale=float(scale))  # fmt: skip
+                     norm("post_ffw_norm"), per_layer=per_layer, out_scale=float(scale), experts=experts,
+                     post_ffw_norm_1=post_ffw_norm_1)  # fmt: skip
+
+    @staticmethod
+    def load_moe(w: Weights, c: Config, p: str) -> MoE:
+        """Block p's experts: gate and up fused (ffn_gate_up_exps: gate's rows, then up's) or apart."""
+        m = c.moe
+        if m is None:
+            raise GGUFError(f"{w.f.path}: {p}ffn_gate_inp.weight routes to experts, but the file has no "
+                            f"{c.arch}.expert_count; the file is incomplete.")  # fmt: skip
+        fused = w.has(p + "ffn_gate_up_exps.weight")
+        n_ff = m.n_ff_exp or w._dim(p + ("ffn_gate_up_exps.weight" if fused else "ffn_up_exps.weight"), 1) // (
+            2 if fused else 1)
+        if fused:
+            gu = w.qtensor(p + "ffn_gate_up_exps.weight", (c.n_embd, 2 * n_ff, m.n_expert))
+            ne = (c.n_embd, n_ff, m.n_expert)
+            gate = QTensor(gu.name + "[gate]", gu.ggml_type, ne, gu.raw[:, :n_ff])  # rows of each expert
+            up = QTensor(gu.name + "[up]", gu.ggml_type, ne, gu.raw[:, n_ff:])
+        else:
+            gate = w.qtensor(p + "ffn_gate_exps.weight", (c.n_embd, n_ff, m.n_expert))
+            up = w.qtensor(p + "ffn_up_exps.weight", (c.n_embd, n_ff, m.n_expert))
+        down = w.qtensor(p + "ffn_down_exps.weight", (n_ff, c.n_embd, m.n_expert))
+        scale = w.vector(p + "ffn_down_exps.scale", m.n_expert) if w.has(p + "ffn_down_exps.scale") else None
+        return MoE(w.linear(p + "ffn_gate_inp", c.n_embd, m.n_expert), gate, up, down, m.routing(), "gelu_tanh",
+                   down_scale=scale)  # fmt: skip
+
+    def moe_layers(self) -> list:
+        return [b.experts.moe for b in self.blocks if b.experts is not None]
 
     def _blocks(self, batch: ForwardBatch) -> np.ndarray:
         x = self._embed(batch.tokens)
@@ -278,14 +347,6 @@ class Model(DecoderModel):
                 cb("l_out", x)
         batch.commit()
         return x
-
-    def kv_dims(self) -> dict[str, int | str | tuple]:
-        """A cache for the layers with K/V of their own, each with its kind's head size and KV heads."""
-        c = self.config
-        n = c.n_layer_kv
-        head_dims = tuple(c.layer_head_dim(il) for il in range(n))
-        return dict(n_layer=n, n_head_kv=c.n_head_kv_layers[:n], head_dim=head_dims, head_dim_v=head_dims,
-                    kv_type=self.kv_type)  # fmt: skip
 
     def set_kv_type(self, name: str) -> None:
         t = kv_type(name)

@@ -6,6 +6,7 @@
     w       = probs[chosen]  (/ sum(w) when the family renormalizes)  (* scale)
     out     = sum_i w_i * down_e(act(gate_e(x)) * up_e(x)),  e = chosen[i], summed in that order
             (+ sigmoid(shared_gate(x)) * shared(x), Qwen2-MoE's shared expert)
+    Gemma 4: the router's logits come from the caller, and expert e's output is scaled by down_scale[e].
 
 Only the chosen experts' weights are read. The expert tensors stay stacked 3-D in the file (n_expert
 slices of (n_ff, n_embd)); each expert is a zero-copy view of its slice, so an expert no token picks is
@@ -72,6 +73,7 @@ class MoE:
         shared: GatedMLP | None = None,
         shared_gate: Linear | None = None,
         selection_bias: np.ndarray | None = None,
+        down_scale: np.ndarray | None = None,
     ):
         if act not in ACTIVATIONS:
             raise ValueError(f"unknown activation {act!r}; known: {', '.join(ACTIVATIONS)}")
@@ -94,6 +96,7 @@ class MoE:
         self.down = [Linear(expert_slice(down, e), self.backend) for e in range(n_expert)]
         self.shared, self.shared_gate = shared, shared_gate
         self.selection_bias = selection_bias
+        self.down_scale = down_scale  # float32 (n_expert,): expert e's output times down_scale[e] (Gemma 4)
         self.counts = np.zeros(n_expert, dtype=np.int64)  # how often each expert was chosen
 
     def stacked_sources(self) -> list[str]:
@@ -104,13 +107,17 @@ class MoE:
         g, u = self.gate[e](x), self.up[e](x)
         return self.down[e](self.backend.glu(np.concatenate([g, u], axis=1), self.act))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """x (n_tokens, n_embd) -> (n_tokens, n_embd)."""
+    def __call__(self, x: np.ndarray, logits: np.ndarray | None = None) -> np.ndarray:
+        """x (n_tokens, n_embd) -> (n_tokens, n_embd). logits (n_tokens, n_expert): the router's, when the
+        caller routes from another input than x (Gemma 4); default router(x)."""
         n, n_embd = x.shape
         r = self.routing
         chosen, weights = self.backend.moe_route(
-            self.router(x), r.n_used, r.gating, r.norm_weights, r.scale, self.selection_bias
+            self.router(x) if logits is None else logits, r.n_used, r.gating, r.norm_weights, r.scale,
+            self.selection_bias,
         )
+        if self.down_scale is not None:  # (down_e(h) * s_e) * w = down_e(h) * (s_e * w)
+            weights = weights * self.down_scale[chosen]
         k = chosen.shape[1]
         if n == 1:  # decode: the token's experts in order, gate and up written side by side
             self.counts[chosen[0]] += 1  # k distinct experts
