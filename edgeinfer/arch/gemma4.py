@@ -269,7 +269,7 @@ class Model(DecoderModel):
         n_pl = c.n_embd_per_layer
         if n_pl:
             model.per_layer = PerLayerEmbedding(
-                Embedding(w.qtensor("per_layer_token_embd.weight", (n_pl * c.n_layer, c.n_vocab)), backend),
+                Embedding(w.qtensor("per_layer_token_embd.weight", (n_pl * c.n_layer, c.n_vocab)), w.backend),
                 w.linear("per_layer_model_proj", c.n_embd, n_pl * c.n_layer),
                 w.norm("per_layer_proj_norm", n_pl, c.rms_eps),
                 c.n_layer,
