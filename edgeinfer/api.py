@@ -18,7 +18,7 @@ import numpy as np
 from .arch import build_model
 from .engine.generate import GenerationStats, generate_stream
 from .engine.constrain import grammar_from_request
-from .engine.kv_cache import KVCache
+from .engine.kv_cache import KVCache, kv_bytes_per_token
 from .engine.sampling import SamplingParams
 from .engine.speculative import MODES, CostModel, SpecConfig, check_vocab_compatible, make_speculator
 from .errors import ContextFullError, EdgeInferError
@@ -80,10 +80,7 @@ class LLM:
     def kv_bytes_per_token(self) -> int:
         """Bytes of K and V (and convolution rows, LFM2) one token takes in the cache (all layers), in its
         kv_type."""
-        d = self.model.kv_dims()
-        t = _kv_type(d["kv_type"])
-        kv = d["n_layer"] * d["n_head_kv"] * (t.row_bytes(d["head_dim"]) + t.row_bytes(d["head_dim_v"]))
-        return kv + d.get("n_conv_layer", 0) * t.row_bytes(d.get("conv_dim", 0))
+        return kv_bytes_per_token(self.model.kv_dims())
 
     @property
     def n_ctx_train(self) -> int | None:

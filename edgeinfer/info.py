@@ -94,20 +94,20 @@ def _kv_bytes_per_token(f) -> dict | None:
     """Bytes of K and V (and convolution rows, LFM2) one token takes in the KV cache, per kv_type (None for
     an unknown architecture)."""
     from .arch import load_config
+    from .engine.kv_cache import kv_bytes_per_token, layer_geometry
     from .nn.kv import KV_TYPES
 
     try:
         c = load_config(f)
     except EdgeInferError:
         return None
-    dims = (c.n_layer, c.n_head_kv, c.head_dim, c.head_dim_v)
-    if not all(isinstance(d, int) for d in dims):  # per-layer head counts: not summarized here
-        return None
-    n_attn, n_conv, conv_dim = c.cache_layers()
+    dims = c.kv_dims()  # per layer where the layers differ (Gemma 4); with convolution rows (LFM2)
+    sizes = {d for _, *hd in layer_geometry(dims["n_layer"], dims["n_head_kv"], dims["head_dim"], dims["head_dim_v"])
+             for d in hd} | ({dims["conv_dim"]} if dims.get("n_conv_layer") else set())  # fmt: skip
     return {
-        name: n_attn * c.n_head_kv * (t.row_bytes(c.head_dim) + t.row_bytes(c.head_dim_v)) + n_conv * t.row_bytes(conv_dim)
+        name: kv_bytes_per_token({**dims, "kv_type": name})
         for name, t in KV_TYPES.items()
-        if not (c.head_dim % t.block or c.head_dim_v % t.block or conv_dim % t.block)
+        if not any(d % t.block for d in sizes)
     }
 
 

@@ -79,6 +79,14 @@ BUILTIN_EXPECTED = {
         "<s>[INST] <<SYS>>\nYou are a terse assistant.\n<</SYS>>\n\nHello! [/INST] Hi. What do you need? </s>"
         "<s>[INST] Name a prime number. [/INST]",
     ),
+    # Jinja2ChatFormatter with the template of llama.cpp's models/ggml-vocab-gemma-4.gguf (Gemma 4's
+    # official one), bos "<bos>", eos "<eos>" (llama.cpp has no Gemma 4 built-in)
+    "gemma4": (
+        "<bos>", "<eos>",
+        "<bos><|turn>system\nYou are a terse assistant.<turn|>\n<|turn>user\nHello!<turn|>\n"
+        "<|turn>model\nHi. What do you need?<turn|>\n<|turn>user\nName a prime number.<turn|>\n"
+        "<|turn>model\n<|channel>thought\n<channel|>",
+    ),
 }
 
 
@@ -162,6 +170,8 @@ def test_unknown_builtin():
 
 @pytest.mark.parametrize("tokens, arch, expected", [
     (["<start_of_turn>", "<end_of_turn>"], "llama", "gemma"),
+    (["<|turn>", "<turn|>", "<start_of_turn>"], "gemma4", "gemma4"),
+    (["<s>", "</s>"], "gemma4", "gemma4"),
     (["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "llama", "llama3"),
     (["<|im_start|>", "<|im_end|>"], "llama", "chatml"),
     (["[INST]", "[/INST]"], "llama", "mistral"),

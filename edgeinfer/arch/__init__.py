@@ -22,6 +22,7 @@ from .validate import check_config
 ARCHITECTURES: dict[str, str] = {
     "llama": "llama",
     "gemma3": "gemma3",
+    "gemma4": "gemma4",
     "qwen2": "qwen2",
     "qwen3": "qwen3",
     "qwen2moe": "qwen2moe",

@@ -75,8 +75,25 @@ def meta_str(f: GGUFFile, suffix: str, default: Any = _REQUIRED) -> Any:
     return typed.as_str(key, f.metadata[key], where=f.path, max_len=256)
 
 
-def _per_layer_int(f: GGUFFile, suffix: str, default: Any = _REQUIRED, lo: int = 0, hi: int = MAX_DIM) -> int:
-    """An integer key that some converters write as one value per layer (all equal here)."""
+def meta_per_layer(f: GGUFFile, suffix: str, n_layer: int, default: Any = _REQUIRED, lo: int = 0,
+                   hi: int = MAX_DIM) -> tuple[int, ...]:  # fmt: skip
+    """An integer key as one value per layer (llama.cpp's get_key_or_arr): the file's array of at least
+    n_layer values, or its one value repeated."""
+    v = meta(f, suffix, default)
+    key = f"{f.architecture}.{suffix}"
+    if not isinstance(v, np.ndarray):
+        return (typed.as_int(key, v, lo, hi, where=f.path),) * n_layer
+    arr = typed.as_num_array(key, v, where=f.path, integer=True)
+    if arr.size < max(n_layer, 1):
+        raise GGUFError(f"{f.path}: the metadata key {key!r} has {arr.size} values for {n_layer} layers; "
+                        "the file is corrupt.")  # fmt: skip
+    return tuple(typed.as_int(key, x, lo, hi, where=f.path) for x in arr[:n_layer])
+
+
+def _per_layer_int(f: GGUFFile, suffix: str, default: Any = _REQUIRED, lo: int = 0, hi: int = MAX_DIM,
+                   varying: bool = False) -> int:  # fmt: skip
+    """An integer key that some converters write as one value per layer (all equal here; the largest
+    when `varying`: the architecture reads the values per layer itself, meta_per_layer)."""
     v = meta(f, suffix, default)
     key = f"{f.architecture}.{suffix}"
     if not isinstance(v, np.ndarray):
@@ -85,6 +102,8 @@ def _per_layer_int(f: GGUFFile, suffix: str, default: Any = _REQUIRED, lo: int =
     if arr.size == 0:
         raise GGUFError(f"{f.path}: the metadata key {key!r} is an empty array; the file is corrupt.")
     values = set(typed.as_int(key, x, lo, hi, where=f.path) for x in np.unique(arr))
+    if len(values) != 1 and varying:
+        return max(values)
     if len(values) != 1:
         raise UnsupportedArchitectureError(
             f"{f.path}: {f.architecture}.{suffix} differs between layers ({sorted(values)}); "
@@ -179,13 +198,17 @@ class BaseConfig:
     moe: MoEConfig | None = None  # a Mixture-of-Experts feed-forward in every block; None: dense
 
     @staticmethod
-    def read_common(f: GGUFFile, rope_neox: bool, n_head_kv: int | None = None) -> dict[str, Any]:
+    def read_common(f: GGUFFile, rope_neox: bool, per_layer: tuple[str, ...] = (), n_head_kv: int | None = None
+                    ) -> dict[str, Any]:  # fmt: skip
         """Every field of BaseConfig from the file's metadata (and tensor shapes where metadata is silent).
-        n_head_kv: the family's own reading of attention.head_count_kv (LFM2's differs per layer)."""
+        per_layer: the keys among attention.head_count_kv and feed_forward_length that may differ between
+        layers (the architecture reads them per layer; here the largest). n_head_kv: the family's own reading
+        of attention.head_count_kv (LFM2's differs per layer)."""
         n_embd = meta_int(f, "embedding_length", lo=1)
         n_head = _per_layer_int(f, "attention.head_count", lo=1, hi=MAX_COUNT)
         if n_head_kv is None:
-            n_head_kv = _per_layer_int(f, "attention.head_count_kv", n_head, lo=1, hi=MAX_COUNT)
+            n_head_kv = _per_layer_int(f, "attention.head_count_kv", n_head, lo=1, hi=MAX_COUNT,
+                                       varying="attention.head_count_kv" in per_layer)  # fmt: skip
         head_dim = meta_int(f, "attention.key_length", n_embd // n_head, lo=1)
         if head_dim < 1:
             raise GGUFError(
@@ -221,7 +244,8 @@ class BaseConfig:
             n_head_kv=n_head_kv,
             head_dim=head_dim,
             head_dim_v=meta_int(f, "attention.value_length", head_dim, lo=1),
-            n_ff=_per_layer_int(f, "feed_forward_length", 0 if is_moe else _REQUIRED),
+            n_ff=_per_layer_int(f, "feed_forward_length", 0 if is_moe else _REQUIRED,
+                                varying="feed_forward_length" in per_layer),
             rms_eps=meta_float(f, "attention.layer_norm_rms_epsilon", lo=0.0, hi=1.0),
             n_ctx_train=n_ctx_train,
             n_rot=meta_int(f, "rope.dimension_count", head_dim),
@@ -239,10 +263,11 @@ class BaseConfig:
             final_logit_softcap=meta_float(f, "final_logit_softcapping", 0.0, lo=0.0),
         )
 
-    def cache_layers(self) -> tuple[int, int, int]:
-        """What a cache holds per token: (layers with K and V, layers with a convolution row, values per
-        convolution row). Every layer attends unless the family says otherwise (LFM2)."""
-        return self.n_layer, 0, 0
+    def kv_dims(self) -> dict[str, Any]:
+        """What a KV cache holds per token: n_layer layers of n_head_kv heads of head_dim (K) and head_dim_v
+        (V) values (an architecture whose layers differ gives tuples, one value per cached layer); a family with
+        short-convolution layers adds n_conv_layer rows of conv_dim values (LFM2)."""
+        return dict(n_layer=self.n_layer, n_head_kv=self.n_head_kv, head_dim=self.head_dim, head_dim_v=self.head_dim_v)
 
     def rope_params(self, freq_base: float | None = None, freq_scale: float | None = None) -> RopeParams:
         return RopeParams(
@@ -437,9 +462,7 @@ class DecoderModel:
 
     def kv_dims(self) -> dict[str, int | str]:
         """What a KV cache for this model must hold per token and layer, and in which format."""
-        c = self.config
-        return dict(n_layer=c.n_layer, n_head_kv=c.n_head_kv, head_dim=c.head_dim, head_dim_v=c.head_dim_v,
-                    kv_type=self.kv_type)  # fmt: skip
+        return {**self.config.kv_dims(), "kv_type": self.kv_type}
 
     def set_kv_type(self, name: str) -> None:
         """Store K and V of the caches made from now on in `name` (edgeinfer.nn.kv.KV_TYPES);

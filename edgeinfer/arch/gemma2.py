@@ -35,6 +35,8 @@ def read_swa_layers(f: GGUFFile, n_layer: int, n_pattern: int) -> tuple[bool, ..
     v = meta(f, "attention.sliding_window_pattern", None)
     key = f"{f.architecture}.attention.sliding_window_pattern"
     if isinstance(v, np.ndarray) or isinstance(v, (list, tuple)):
+        if isinstance(v, np.ndarray) and v.dtype == np.bool_:  # Gemma 4's converter writes bools
+            v = v.astype(np.int8)
         arr = typed.as_num_array(key, np.asarray(v), where=f.path) if isinstance(v, np.ndarray) else np.asarray(v)
         if arr.size < n_layer:
             raise GGUFError(f"{f.path}: {key} has {arr.size} entries for {n_layer} layers; the file is corrupt.")

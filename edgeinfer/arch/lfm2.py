@@ -77,6 +77,12 @@ class Config(BaseConfig):
     def cache_layers(self) -> tuple[int, int, int]:
         return self.n_attn_layer, self.n_layer - self.n_attn_layer, self.n_embd
 
+    def kv_dims(self) -> dict:
+        """K and V for the attention layers only, and one row of n_embd per token for each convolution layer."""
+        n_attn, n_conv, conv_dim = self.cache_layers()
+        return dict(n_layer=n_attn, n_head_kv=self.n_head_kv, head_dim=self.head_dim, head_dim_v=self.head_dim_v,
+                    n_conv_layer=n_conv, conv_dim=conv_dim)  # fmt: skip
+
 
 class Block:
     """x + op(attn_norm(x)), op a short convolution or attention; then + ffn(ffn_norm(x)).
@@ -155,13 +161,6 @@ class Model(DecoderModel):
             kernel.reshape(c.n_embd, c.n_conv_taps),
             w.linear(p + "shortconv.out_proj", c.n_embd, c.n_embd),
         )
-
-    def kv_dims(self) -> dict[str, int | str]:
-        """K and V for the attention layers only, and one row of n_embd per token for each convolution layer."""
-        c = self.config
-        n_attn, n_conv, conv_dim = c.cache_layers()
-        return dict(n_layer=n_attn, n_head_kv=c.n_head_kv, head_dim=c.head_dim, head_dim_v=c.head_dim_v,
-                    kv_type=self.kv_type, n_conv_layer=n_conv, conv_dim=conv_dim)  # fmt: skip
 
     def set_kv_type(self, name: str) -> None:
         """As DecoderModel's, and the convolution rows (n_embd values each) must fit the format too."""

@@ -68,6 +68,26 @@ class PoolFullError(ContextFullError):
     """The shared pool has no free block left."""
 
 
+Dims = int | tuple[int, ...]  # one value for every layer, or one per layer
+
+
+def layer_geometry(n_layer: int, n_head_kv: Dims, head_dim: Dims, head_dim_v: Dims) -> list[tuple[int, int, int]]:
+    """(n_head_kv, head_dim, head_dim_v) of each layer, from values given for all layers or per layer."""
+    per = [tuple(d) if isinstance(d, (tuple, list)) else (d,) * n_layer for d in (n_head_kv, head_dim, head_dim_v)]
+    if any(len(p) != n_layer for p in per):
+        raise ValueError(f"per-layer KV dimensions must give {n_layer} values each")
+    return [(int(h), int(d), int(dv)) for h, d, dv in zip(*per)]
+
+
+def kv_bytes_per_token(dims: dict) -> int:
+    """Bytes of K and V (and convolution rows, LFM2) one token takes in a cache shaped by a model's kv_dims()
+    (all layers)."""
+    t = _kv_type(dims.get("kv_type", DEFAULT_KV_TYPE))
+    geometry = layer_geometry(dims["n_layer"], dims["n_head_kv"], dims["head_dim"], dims["head_dim_v"])
+    kv = sum(h * (t.row_bytes(d) + t.row_bytes(dv)) for h, d, dv in geometry)
+    return kv + dims.get("n_conv_layer", 0) * t.row_bytes(dims.get("conv_dim", 0))
+
+
 class BlockPool:
     """K and V storage for n_blocks blocks of block_size cells, handed out to sequences.
 
@@ -77,17 +97,23 @@ class BlockPool:
     (and V) of a layer one contiguous row. Free blocks are handed out lowest first (the pages in use stay
     together). `reclaim`, when set, is called when no block is free, and may free some (a runner drops
     caches it kept for prefix reuse); it returns whether it did.
+
+    n_head_kv, head_dim and head_dim_v may also be given per layer (tuples: Gemma 4's sliding and global
+    layers differ): the layers of one geometry then share one such array (`groups`), `layers[il]` is
+    still layer il's (k, v), and k, v are None unless there is one group.
     """
 
-    def __init__(self, n_layer: int, n_cells: int, n_head_kv: int, head_dim: int, head_dim_v: int | None = None,
+    def __init__(self, n_layer: int, n_cells: int, n_head_kv: Dims, head_dim: Dims, head_dim_v: Dims | None = None,
                  kv_type: str | KVType = DEFAULT_KV_TYPE, block_size: int = BLOCK_SIZE, n_conv_layer: int = 0,
                  conv_dim: int = 0):  # fmt: skip
         if n_cells <= 0 or block_size <= 0:
             raise ValueError(f"a pool needs cells and blocks: n_cells={n_cells}, block_size={block_size}")
         head_dim_v = head_dim if head_dim_v is None else head_dim_v
         self.n_layer, self.n_head_kv, self.head_dim, self.head_dim_v = n_layer, n_head_kv, head_dim, head_dim_v
+        self.geometry = layer_geometry(n_layer, n_head_kv, head_dim, head_dim_v)  # (Hkv, D, Dv) per layer
         self.kv_type = _kv_type(kv_type)
-        self.kv_type.check(head_dim, head_dim_v)
+        for _, d, dv in set(self.geometry):
+            self.kv_type.check(d, dv)
         if n_conv_layer:
             self.kv_type.check(conv_dim, conv_dim)
         self.n_conv_layer, self.conv_dim = n_conv_layer, conv_dim
@@ -95,10 +121,19 @@ class BlockPool:
         self.block_size = block_size
         self.n_blocks = -(-n_cells // block_size)
         cells = self.n_blocks * block_size
-        k_row, v_row = self.kv_type.row_size(head_dim), self.kv_type.row_size(head_dim_v)
-        self.k = _zeroed((n_layer, cells, n_head_kv, k_row), self.dtype)  # untouched pages cost no memory
-        self.v = _zeroed((n_layer, cells, n_head_kv, v_row), self.dtype)
-        self.layers = list(zip(self.k, self.v))  # per layer (k, v): the same view objects every time
+        by_shape: dict[tuple[int, int, int], list[int]] = {}
+        for il, g in enumerate(self.geometry):
+            by_shape.setdefault(g, []).append(il)
+        self.groups = []  # (k (n_layers_of_group, cells, Hkv, row), v (..., row_v)), one per geometry
+        self.layers: list = [None] * n_layer  # per layer (k, v): the same view objects every time
+        for (h, d, dv), members in by_shape.items():
+            n, t = len(members), self.kv_type  # untouched pages cost no memory
+            k = _zeroed((n, cells, h, t.row_size(d)), self.dtype)
+            v = _zeroed((n, cells, h, t.row_size(dv)), self.dtype)
+            self.groups.append((k, v))
+            for j, il in enumerate(members):
+                self.layers[il] = (k[j], v[j])
+        self.k, self.v = self.groups[0] if len(self.groups) == 1 else (None, None)
         # (n_conv_layer, cells, conv_row): the rows short-convolution layers read (none for most models)
         self.conv = _zeroed((n_conv_layer, cells, self.kv_type.row_size(conv_dim)), self.dtype)
         self.conv_layers = list(self.conv)
@@ -131,7 +166,7 @@ class BlockPool:
     def block_nbytes(self) -> int:
         """Bytes of K and V (and convolution rows) one block holds (all layers)."""
         t = self.kv_type
-        per_cell = self.n_layer * self.n_head_kv * (t.row_bytes(self.head_dim) + t.row_bytes(self.head_dim_v))
+        per_cell = sum(h * (t.row_bytes(d) + t.row_bytes(dv)) for h, d, dv in self.geometry)
         per_cell += self.n_conv_layer * t.row_bytes(self.conv_dim) if self.n_conv_layer else 0
         return per_cell * self.block_size
 
@@ -163,8 +198,9 @@ class BlockPool:
 
     def copy_cells(self, dst: np.ndarray, src: np.ndarray) -> None:
         """K and V (and convolution rows) of cells src into cells dst, every layer."""
-        self.k[:, dst] = self.k[:, src]
-        self.v[:, dst] = self.v[:, src]
+        for k, v in self.groups:
+            k[:, dst] = k[:, src]
+            v[:, dst] = v[:, src]
         if self.n_conv_layer:
             self.conv[:, dst] = self.conv[:, src]
 
@@ -172,8 +208,7 @@ class BlockPool:
         return self._shape() == other._shape()
 
     def _shape(self) -> tuple:
-        return (self.n_layer, self.n_head_kv, self.head_dim, self.head_dim_v, self.kv_type, self.n_conv_layer,
-                self.conv_dim)  # fmt: skip
+        return (self.geometry, self.kv_type, self.n_conv_layer, self.conv_dim)
 
     def __repr__(self) -> str:
         return (f"BlockPool({self.n_used}/{self.n_blocks} blocks of {self.block_size} cells in use, "
@@ -204,8 +239,8 @@ class KVCache:
             kv_type = DEFAULT_KV_TYPE if kv_type is None else kv_type
             pool = BlockPool(n_layer, n_ctx, n_head_kv, head_dim, head_dim_v, kv_type, n_conv_layer=n_conv_layer,
                              conv_dim=conv_dim)  # fmt: skip
-        elif (pool.n_layer, pool.n_head_kv, pool.head_dim, pool.head_dim_v, pool.n_conv_layer, pool.conv_dim) != (
-                n_layer, n_head_kv, head_dim, head_dim_v, n_conv_layer, conv_dim):  # fmt: skip
+        elif (pool.geometry, pool.n_conv_layer, pool.conv_dim) != (
+                layer_geometry(n_layer, n_head_kv, head_dim, head_dim_v), n_conv_layer, conv_dim):  # fmt: skip
             raise ValueError("KVCache: the pool is shaped for another model")
         elif kv_type is not None and _kv_type(kv_type) != pool.kv_type:
             raise ValueError(f"KVCache: kv_type {kv_type!r} differs from its pool's, {pool.kv_type.name!r}")
@@ -342,8 +377,7 @@ class KVCache:
         than computing them again."""
         if not 0 <= n <= src.n_past or n > self.n_ctx:
             raise ValueError(f"copy_prefix({n}): the source holds {src.n_past} tokens, this cache {self.n_ctx}")
-        if (src.n_layer, src.n_head_kv, src.head_dim, src.head_dim_v, src.n_conv_layer, src.conv_dim) != (
-                self.n_layer, self.n_head_kv, self.head_dim, self.head_dim_v, self.n_conv_layer, self.conv_dim):
+        if (src.pool.geometry, src.n_conv_layer, src.conv_dim) != (self.pool.geometry, self.n_conv_layer, self.conv_dim):
             raise ValueError("copy_prefix: the caches belong to different models")
         if src is self:
             return self.truncate(n)
@@ -371,8 +405,12 @@ class KVCache:
         self._n_new = 0
 
     def _stores(self, src: "KVCache") -> list[tuple[np.ndarray, np.ndarray]]:
-        """(this pool's, src's pool's) K, V and convolution rows, every layer."""
-        return [(self.pool.k, src.pool.k), (self.pool.v, src.pool.v), (self.pool.conv, src.pool.conv)]
+        """(this pool's, src's pool's) K and V of each geometry group, and the convolution rows: arrays of
+        (layers, cells, ...)."""
+        pairs = []
+        for (k, v), (src_k, src_v) in zip(self.pool.groups, src.pool.groups):
+            pairs += [(k, src_k), (v, src_v)]
+        return pairs + [(self.pool.conv, src.pool.conv)]
 
     def __del__(self):
         try:
@@ -388,4 +426,4 @@ class KVCache:
         )
 
 
-__all__ = ["BLOCK_SIZE", "BlockPool", "KVCache", "PoolFullError"]
+__all__ = ["BLOCK_SIZE", "BlockPool", "KVCache", "PoolFullError", "kv_bytes_per_token", "layer_geometry"]

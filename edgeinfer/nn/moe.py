@@ -8,6 +8,7 @@
     out     = sum_i w_i * down_e(act(gate_e(x)) * up_e(x)),  e = chosen[i], summed in that order
             (+ sigmoid(shared_gate(x)) * shared(x), Qwen2-MoE's shared expert)
     gpt-oss adds per-expert biases: gate_e(x) + gate_b[e], up_e(x) + up_b[e], down_e(.) + down_b[e].
+    Gemma 4: the router's logits come from the caller, and expert e's output is scaled by down_scale[e].
 
 Only the chosen experts' weights are read. The expert tensors stay stacked 3-D in the file (n_expert
 slices of (n_ff, n_embd)); each expert is a zero-copy view of its slice, so an expert no token picks is
@@ -76,6 +77,7 @@ class MoE:
         shared_gate: Linear | None = None,
         selection_bias: np.ndarray | None = None,
         biases: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        down_scale: np.ndarray | None = None,
     ):
         if act not in ACTIVATIONS:
             raise ValueError(f"unknown activation {act!r}; known: {', '.join(ACTIVATIONS)}")
@@ -104,6 +106,7 @@ class MoE:
             want = [(n_expert, self.n_ff), (n_expert, self.n_ff), (n_expert, down.ne[1])]
             if [b.shape for b in (self.gate_b, self.up_b, self.down_b)] != want:
                 raise ValueError(f"expert biases: expected shapes {want}")
+        self.down_scale = down_scale  # float32 (n_expert,): expert e's output times down_scale[e] (Gemma 4)
         self.counts = np.zeros(n_expert, dtype=np.int64)  # how often each expert was chosen
 
     def stacked_sources(self) -> list[str]:
@@ -120,13 +123,17 @@ class MoE:
             y += self.down_b[e]
         return y
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """x (n_tokens, n_embd) -> (n_tokens, n_embd)."""
+    def __call__(self, x: np.ndarray, logits: np.ndarray | None = None) -> np.ndarray:
+        """x (n_tokens, n_embd) -> (n_tokens, n_embd). logits (n_tokens, n_expert): the router's, when the
+        caller routes from another input than x (Gemma 4); default router(x)."""
         n, n_embd = x.shape
         r = self.routing
         chosen, weights = self.backend.moe_route(
-            self.router(x), r.n_used, r.gating, r.norm_weights, r.scale, self.selection_bias
+            self.router(x) if logits is None else logits, r.n_used, r.gating, r.norm_weights, r.scale,
+            self.selection_bias,
         )
+        if self.down_scale is not None:  # (down_e(h) * s_e) * w = down_e(h) * (s_e * w)
+            weights = weights * self.down_scale[chosen]
         k = chosen.shape[1]
         if n == 1:  # decode: the token's experts in order, gate and up written side by side
             self.counts[chosen[0]] += 1  # k distinct experts

@@ -80,6 +80,20 @@ _GEMMA = r"""
 {%- endif -%}
 """
 
+# Gemma 4's official template (text only, no tools): BOS first, a system turn of its own, "assistant"
+# called "model", contents trimmed; thinking off, as the official template defaults: the generation
+# prompt opens and closes an empty thought channel.
+_GEMMA4 = r"""
+{{- bos_token -}}
+{%- for message in messages -%}
+    {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+    {{- '<|turn>' + role + '\n' + (message['content'] | trim) + '<turn|>\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- '<|turn>model\n<|channel>thought\n<channel|>' -}}
+{%- endif -%}
+"""
+
 # Llama 3's official template: BOS first, a header per message, contents trimmed.
 _LLAMA3 = r"""
 {{- bos_token -}}
@@ -165,6 +179,7 @@ _PHI3 = r"""
 BUILTIN_TEMPLATES: dict[str, str] = {
     "chatml": _CHATML.strip(),
     "gemma": _GEMMA.strip(),
+    "gemma4": _GEMMA4.strip(),
     "llama3": _LLAMA3.strip(),
     "llama2": _LLAMA2.strip(),
     "mistral": _MISTRAL.strip(),
@@ -174,6 +189,7 @@ BUILTIN_TEMPLATES: dict[str, str] = {
 # Special-token texts that identify a chat format, checked in this order (a vocabulary may hold more
 # than one; the first found wins).
 VOCAB_MARKERS: tuple[tuple[str, str], ...] = (
+    ("<|turn>", "gemma4"),
     ("<start_of_turn>", "gemma"),
     ("<|start_header_id|>", "llama3"),
     ("<|im_start|>", "chatml"),
@@ -187,6 +203,7 @@ ARCH_TEMPLATES: dict[str, str] = {
     "gemma2": "gemma",
     "gemma3": "gemma",
     "gemma3n": "gemma",
+    "gemma4": "gemma4",
     "phi3": "phi3",
     "qwen2": "chatml",
     "qwen2moe": "chatml",
