@@ -7,6 +7,8 @@ of --rows x --cols (sane scales; speed does not depend on the values) times --to
 Numba backend and on the native one with each ISA this CPU runs (switched with set_isa), the three
 alternating within every round; best of --repeat rounds, each round calls for at least --min-time s.
 Prints one markdown table: weight GB/s (the weight's bytes per call / time), and native AVX2 / Numba.
+--clock cpu (the default on one thread, where the caller's thread does all the work) times the calling
+thread's CPU time, which a machine shared with other jobs disturbs far less than wall time.
 """
 
 from __future__ import annotations
@@ -39,12 +41,12 @@ def weight(ggml_type, n_rows: int, n_cols: int) -> QTensor:
     return QTensor(f"w_{ggml_type.name}", ggml_type, (n_cols, n_rows), raw)
 
 
-def timed(fn, min_time: float) -> float:
-    n, start = 0, time.perf_counter()
+def timed(fn, min_time: float, clock) -> float:
+    n, start = 0, clock()
     while True:
         fn()
         n += 1
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         if elapsed >= min_time:
             return elapsed / n
 
@@ -57,14 +59,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--min-time", type=float, default=0.05)
+    ap.add_argument("--clock", choices=["cpu", "wall"], default=None, help="default: cpu on one thread, else wall")
     args = ap.parse_args()
+    args.clock = args.clock or ("cpu" if args.threads == 1 else "wall")
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
 
     numba_b, native_b = NumbaBackend(args.threads), NativeBackend(args.threads)
     native_isas = [isa for isa in ("scalar", "avx2") if isa in isas()]
     x = np.random.default_rng(0).standard_normal((args.tokens, args.cols)).astype(np.float32)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"{platform.processor() or platform.machine()}, commit {commit}: {args.rows} x {args.cols} times "
-          f"{args.tokens} token(s), {args.threads} thread(s), best of {args.repeat}")
+          f"{args.tokens} token(s), {args.threads} thread(s), best of {args.repeat}, {args.clock} time")
     cols = ["numba"] + [f"native {isa}" for isa in native_isas]
     print("\n| format | " + " | ".join(f"{c} GB/s" for c in cols) + " | avx2 / numba |")
     print("|---|" + "---|" * (len(cols) + 1))
@@ -82,9 +87,9 @@ def main() -> None:
                 for c in cols:
                     if c.startswith("native"):
                         _native.set_isa(c.split()[1])
-                        best[c] = min(best[c], timed(lambda: native_b.matmul(w, x), args.min_time))
+                        best[c] = min(best[c], timed(lambda: native_b.matmul(w, x), args.min_time, clock))
                     else:
-                        best[c] = min(best[c], timed(runs[c], args.min_time))
+                        best[c] = min(best[c], timed(runs[c], args.min_time, clock))
             gbs = {c: w.raw.nbytes / best[c] / 1e9 for c in cols}
             ratio = gbs.get("native avx2", float("nan")) / gbs["numba"]
             print(f"| {t.name} | " + " | ".join(f"{gbs[c]:.2f}" for c in cols) + f" | {ratio:.1f}x |", flush=True)
