@@ -67,7 +67,8 @@ def main() -> None:
     numba_b, native_b = NumbaBackend(args.threads), NativeBackend(args.threads)
     native_isas = [isa for isa in ("scalar", "avx2") if isa in isas()]
     x = np.random.default_rng(0).standard_normal((args.tokens, args.cols)).astype(np.float32)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    git = ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]
+    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip()
     print(f"{platform.processor() or platform.machine()}, commit {commit}: {args.rows} x {args.cols} times "
           f"{args.tokens} token(s), {args.threads} thread(s), best of {args.repeat}, {args.clock} time")
     cols = ["numba"] + [f"native {isa}" for isa in native_isas]

@@ -1084,7 +1084,7 @@ static const uint64_t native_iq1s_grid[2048] = {
     0x010101010101ffff, 0x010101010101ff01, 0x01010101010101ff, 0x0101010101010101,
 };
 
-/* a sign byte s as 8 bytes: 0xff where bit j of s is set (IQ2_S, IQ3_S) */
+/* a sign byte s as 8 bytes: 0xff where bit j of s is set */
 static const uint64_t native_signs8_mask[256] = {
     0x0000000000000000, 0x00000000000000ff, 0x000000000000ff00, 0x000000000000ffff,
     0x0000000000ff0000, 0x0000000000ff00ff, 0x0000000000ffff00, 0x0000000000ffffff,
@@ -1152,7 +1152,7 @@ static const uint64_t native_signs8_mask[256] = {
     0xffffffffffff0000, 0xffffffffffff00ff, 0xffffffffffffff00, 0xffffffffffffffff,
 };
 
-/* ksigns_iq2xs[s] (7 stored bits, the 8th making the minus signs even) as 8 bytes */
+/* ksigns_iq2xs[s] (8th bit: even minus signs) as 8 bytes */
 static const uint64_t native_ksigns_mask[128] = {
     0x0000000000000000, 0xff000000000000ff, 0xff0000000000ff00, 0x000000000000ffff,
     0xff00000000ff0000, 0x0000000000ff00ff, 0x0000000000ffff00, 0xff00000000ffffff,

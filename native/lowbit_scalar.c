@@ -101,7 +101,8 @@ static float decode_iq3_s(const uint8_t *blk, int8_t x[QK_K], int8_t xd[QK_K], i
 static float decode_iq1_s(const uint8_t *blk, int8_t x[QK_K], int8_t xd[QK_K], int32_t ls[16]) {
     for (int ib = 0; ib < 8; ib++) {
         const uint32_t qh = u16_at(blk + 34 + 2 * ib);
-        for (int l = 0; l < 4; l++) signed8(x + 32 * ib + 8 * l, native_iq1s_grid[blk[2 + 4 * ib + l] | (qh >> (3 * l) & 7) << 8], 0);
+        for (int l = 0; l < 4; l++)
+            signed8(x + 32 * ib + 8 * l, native_iq1s_grid[blk[2 + 4 * ib + l] | (qh >> (3 * l) & 7) << 8], 0);
         memset(xd + 32 * ib, qh & 0x8000 ? -1 : 1, 32);
         ls[2 * ib] = ls[2 * ib + 1] = (int32_t)(2 * (qh >> 12 & 7) + 1);
     }

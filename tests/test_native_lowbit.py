@@ -35,9 +35,9 @@ def isa(request):
 
 
 def qtensor(ggml_type: T, raw: np.ndarray, n_rows: int) -> QTensor:
-    block_size, _ = GGML_QUANT_SIZES[ggml_type]
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
     raw = raw.reshape(n_rows, -1)
-    return QTensor(f"w_{ggml_type.name}", ggml_type, (raw.shape[1] // GGML_QUANT_SIZES[ggml_type][1] * block_size, n_rows), raw)
+    return QTensor(f"w_{ggml_type.name}", ggml_type, (raw.shape[1] // type_size * block_size, n_rows), raw)
 
 
 def special_blocks(ggml_type: T, n_blocks: int, seed: int) -> np.ndarray:
@@ -93,7 +93,10 @@ def test_numba_bits_and_the_reference(isa, ggml_type):
 def test_special_scales(isa, ggml_type, extreme):
     n_rows, n_cols = 16, 512
     n_blocks = n_rows * n_cols // GGML_QUANT_SIZES[ggml_type][0]
-    raw = random_blocks(ggml_type, n_blocks, seed=5, extreme=True) if extreme else special_blocks(ggml_type, n_blocks, 5)
+    if extreme:
+        raw = random_blocks(ggml_type, n_blocks, seed=5, extreme=True)
+    else:
+        raw = special_blocks(ggml_type, n_blocks, seed=5)
     w = qtensor(ggml_type, raw, n_rows)
     x = activations(6, n_cols, seed=3)
     b = native.NativeBackend(2)
