@@ -4,9 +4,10 @@
  * unsigned digits 0..3 against the activations, minus the activations' sum (the Q8_K bsums).
  *
  * A format is one block function: block b of one row against NT tokens (1..4, a constant once inlined), its
- * exact integer sums per token, the block decoded once for all of them. One driver runs every format over
- * rows and tokens: 4-token tiles (a prefill) with the rows of a chunk inside (its weights stay in cache),
- * then the last 1..3 tokens; a decode prefetches the weights native_prefetch_bytes ahead. Every function
+ * exact integer sums per token (8 int32 lanes each), the block decoded once for all of them. One driver runs
+ * every format over rows and tokens: 4-token tiles (a prefill) with the rows of a chunk inside (its weights
+ * stay in cache), then the last 1..3 tokens; a decode reduces the sums of 8 blocks at once and prefetches
+ * the weights native_prefetch_bytes ahead. Every function
  * carries target("avx2,fma,f16c"): this file compiles with the default flags and runs only where the CPU
  * has them (edgeinfer_native.c chooses). */
 #include "lowbit.h"
@@ -20,9 +21,10 @@
 #define INL static inline __attribute__((always_inline, target("avx2,fma,f16c")))
 
 /* a format's block: blk against the activation blocks y[j] (with their sums of 16, bs[j], for Q8_K) of NT
- * tokens -> s[j] (and e[j], IQ1's delta sums); returns the block's scale */
+ * tokens -> s[j] (and e[j], IQ1's delta sums) as 8 int32 lanes whose sum is the block's exact integer sum;
+ * returns the block's scale */
 typedef float (*block_fn)(const uint8_t *blk, const int8_t *const *y, const int16_t *const *bs, const int NT,
-                          int32_t *s, int32_t *e);
+                          __m256i *s, __m256i *e);
 
 INL __m256i load256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
 INL uint32_t u16_at(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
@@ -78,84 +80,78 @@ INL void zero(__m256i *acc, const int NT) {
     for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_si256();
 }
 
-INL void hsums(const __m256i *acc, const int NT, int32_t *s) {
-    for (int j = 0; j < NT; j++) s[j] = hsum_i32(acc[j]);
+/* lane k: the sum of the lanes of a[k] */
+INL __m256i reduce8(const __m256i a[8]) {
+    const __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
+    const __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[4], a[5]), _mm256_hadd_epi32(a[6], a[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
 }
 
 /* -- the IQ2 / IQ3 lattices: 32 magnitudes and 32 signs per sub-block of 32 -------------------------------- */
 
 INL float blk_iq2_xxs(const uint8_t *blk, const int8_t *const *y, const int16_t *const *bs, const int NT,
-                      int32_t *s, int32_t *e) {
+                      __m256i *s, __m256i *e) {
     (void)bs; (void)e;
-    __m256i acc[4];
-    zero(acc, NT);
+    zero(s, NT);
     for (int ib = 0; ib < 8; ib++) {
         const uint8_t *q = blk + 2 + 8 * ib;
         const uint32_t aux = u32_at(q + 4);
         const __m256i g = gather64(native_iq2xxs_grid, q[0], q[1], q[2], q[3]);
         const __m256i m = gather64(native_ksigns_mask, aux & 127, aux >> 7 & 127, aux >> 14 & 127, aux >> 21 & 127);
-        masked_dot(g, m, _mm256_set1_epi16((short)(2 * (aux >> 28) + 1)), y, 32 * ib, NT, acc);
+        masked_dot(g, m, _mm256_set1_epi16((short)(2 * (aux >> 28) + 1)), y, 32 * ib, NT, s);
     }
-    hsums(acc, NT, s);
     return f16_at(blk);
 }
 
 INL float blk_iq2_xs(const uint8_t *blk, const int8_t *const *y, const int16_t *const *bs, const int NT,
-                     int32_t *s, int32_t *e) {
+                     __m256i *s, __m256i *e) {
     (void)bs; (void)e;
-    __m256i acc[4];
-    zero(acc, NT);
+    zero(s, NT);
     for (int ib = 0; ib < 8; ib++) {
         const uint8_t *q = blk + 2 + 8 * ib;
         const uint32_t v0 = u16_at(q), v1 = u16_at(q + 2), v2 = u16_at(q + 4), v3 = u16_at(q + 6);
         const __m256i g = gather64(native_iq2xs_grid, v0 & 511, v1 & 511, v2 & 511, v3 & 511);
         const __m256i m = gather64(native_ksigns_mask, v0 >> 9, v1 >> 9, v2 >> 9, v3 >> 9);
         const int sc = blk[66 + ib];
-        masked_dot(g, m, scales16(2 * (sc & 15) + 1, 2 * (sc >> 4) + 1), y, 32 * ib, NT, acc);
+        masked_dot(g, m, scales16(2 * (sc & 15) + 1, 2 * (sc >> 4) + 1), y, 32 * ib, NT, s);
     }
-    hsums(acc, NT, s);
     return f16_at(blk);
 }
 
 INL float blk_iq2_s(const uint8_t *blk, const int8_t *const *y, const int16_t *const *bs, const int NT,
-                    int32_t *s, int32_t *e) {
+                    __m256i *s, __m256i *e) {
     (void)bs; (void)e;
-    __m256i acc[4];
-    zero(acc, NT);
+    zero(s, NT);
     for (int ib = 0; ib < 8; ib++) {
         const uint8_t *q = blk + 2 + 4 * ib;
         const uint32_t qh = blk[66 + ib];
         const __m256i g = gather64(native_iq2s_grid, q[0] | (qh << 8 & 0x300), q[1] | (qh << 6 & 0x300),
                                    q[2] | (qh << 4 & 0x300), q[3] | (qh << 2 & 0x300));
         const int sc = blk[74 + ib];
-        masked_dot(g, bits_to_mask(q + 32), scales16(2 * (sc & 15) + 1, 2 * (sc >> 4) + 1), y, 32 * ib, NT, acc);
+        masked_dot(g, bits_to_mask(q + 32), scales16(2 * (sc & 15) + 1, 2 * (sc >> 4) + 1), y, 32 * ib, NT, s);
     }
-    hsums(acc, NT, s);
     return f16_at(blk);
 }
 
 INL float blk_iq3_xxs(const uint8_t *blk, const int8_t *const *y, const int16_t *const *bs, const int NT,
-                      int32_t *s, int32_t *e) {
+                      __m256i *s, __m256i *e) {
     (void)bs; (void)e;
-    __m256i acc[4];
-    zero(acc, NT);
+    zero(s, NT);
     for (int ib = 0; ib < 8; ib++) {
         const uint8_t *q = blk + 2 + 8 * ib;
         const uint32_t aux = u32_at(blk + 66 + 4 * ib);
         const uint32_t idx[8] = {q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]};
         const __m256i g = gather32(native_iq3xxs_grid, idx);
         const __m256i m = gather64(native_ksigns_mask, aux & 127, aux >> 7 & 127, aux >> 14 & 127, aux >> 21 & 127);
-        masked_dot(g, m, _mm256_set1_epi16((short)(2 * (aux >> 28) + 1)), y, 32 * ib, NT, acc);
+        masked_dot(g, m, _mm256_set1_epi16((short)(2 * (aux >> 28) + 1)), y, 32 * ib, NT, s);
     }
-    hsums(acc, NT, s);
     return f16_at(blk);
 }
 
 INL float blk_iq3_s(const uint8_t *blk, const int8_t *const *y, const int16_t *const *bs, const int NT,
-                    int32_t *s, int32_t *e) {
+                    __m256i *s, __m256i *e) {
     (void)bs; (void)e;
-    __m256i acc[4];
-    zero(acc, NT);
+    zero(s, NT);
     for (int ib = 0; ib < 8; ib++) {
         const uint8_t *q = blk + 2 + 8 * ib;
         const uint32_t qh = blk[66 + ib];
@@ -163,38 +159,35 @@ INL float blk_iq3_s(const uint8_t *blk, const int8_t *const *y, const int16_t *c
         for (int k = 0; k < 8; k++) idx[k] = q[k] | (qh << (8 - k) & 256);
         const __m256i g = gather32(native_iq3s_grid, idx);
         const int ls = 2 * (blk[106 + ib / 2] >> (4 * (ib % 2)) & 15) + 1;
-        masked_dot(g, bits_to_mask(blk + 74 + 4 * ib), _mm256_set1_epi16((short)ls), y, 32 * ib, NT, acc);
+        masked_dot(g, bits_to_mask(blk + 74 + 4 * ib), _mm256_set1_epi16((short)ls), y, 32 * ib, NT, s);
     }
-    hsums(acc, NT, s);
     return f16_at(blk);
 }
 
 /* -- IQ1: values -1, 0, 1 from a 2048-entry grid, and a delta of +-1/8 (e: its sum, scaled) ---------------- */
 
 INL float blk_iq1_s(const uint8_t *blk, const int8_t *const *y, const int16_t *const *bs, const int NT,
-                    int32_t *s, int32_t *e) {
-    __m256i acc[4];
-    zero(acc, NT);
-    for (int j = 0; j < NT; j++) e[j] = 0;
+                    __m256i *s, __m256i *e) {
+    zero(s, NT);
+    int32_t ei[4] = {0, 0, 0, 0};
     for (int ib = 0; ib < 8; ib++) {
         const uint8_t *q = blk + 2 + 4 * ib;
         const uint32_t qh = u16_at(blk + 34 + 2 * ib);
         const __m256i x = gather64(native_iq1s_grid, q[0] | (qh << 8 & 0x700), q[1] | (qh << 5 & 0x700),
                                    q[2] | (qh << 2 & 0x700), q[3] | (qh >> 1 & 0x700));
         const int ls = 2 * (qh >> 12 & 7) + 1, lsd = qh & 0x8000 ? -ls : ls;
-        signed_dot(x, _mm256_set1_epi16((short)ls), y, 32 * ib, NT, acc);
-        for (int j = 0; j < NT; j++) e[j] += lsd * (bs[j][2 * ib] + bs[j][2 * ib + 1]);
+        signed_dot(x, _mm256_set1_epi16((short)ls), y, 32 * ib, NT, s);
+        for (int j = 0; j < NT; j++) ei[j] += lsd * (bs[j][2 * ib] + bs[j][2 * ib + 1]);
     }
-    hsums(acc, NT, s);
+    for (int j = 0; j < NT; j++) e[j] = _mm256_setr_epi32(ei[j], 0, 0, 0, 0, 0, 0, 0);
     return f16_at(blk);
 }
 
 INL float blk_iq1_m(const uint8_t *blk, const int8_t *const *y, const int16_t *const *bs, const int NT,
-                    int32_t *s, int32_t *e) {
+                    __m256i *s, __m256i *e) {
     (void)bs;
-    __m256i acc[4], dacc[4];
-    zero(acc, NT);
-    zero(dacc, NT);
+    zero(s, NT);
+    zero(e, NT);
     for (int ib = 0; ib < 8; ib++) {
         const uint8_t *q = blk + 4 * ib;
         const uint32_t h0 = blk[32 + 2 * ib], h1 = blk[33 + 2 * ib];
@@ -206,11 +199,9 @@ INL float blk_iq1_m(const uint8_t *blk, const int8_t *const *y, const int16_t *c
                                              h0 & 0x80 ? minus : plus, h0 & 8 ? minus : plus);
         const uint32_t sc = u16_at(blk + 48 + 2 * (ib / 2)) >> (6 * (ib % 2));
         const __m256i scales = scales16(2 * (sc & 7) + 1, 2 * (sc >> 3 & 7) + 1);
-        signed_dot(x, scales, y, 32 * ib, NT, acc);
-        signed_dot(dv, scales, y, 32 * ib, NT, dacc);
+        signed_dot(x, scales, y, 32 * ib, NT, s);
+        signed_dot(dv, scales, y, 32 * ib, NT, e);
     }
-    hsums(acc, NT, s);
-    hsums(dacc, NT, e);
     return _cvtsh_ss(lowbit_iq1m_scale_bits(blk));
 }
 
@@ -233,16 +224,16 @@ INL __m256i times9(__m256i q) {
 /* 8 vectors of unsigned digits u[k] against the quants y[j] + off[k] of each token: s[j] = sum u . y - the
  * block's sum of y (int16 lanes: each at most 8 x 2 x 3 x 127 + 2032, exact) */
 INL void digits_dot(const __m256i u[8], const int off[8], const int8_t *const *y, const int16_t *const *bs,
-                    const int NT, int32_t *s) {
+                    const int NT, __m256i *s) {
     for (int j = 0; j < NT; j++) {
         __m256i s16 = _mm256_sub_epi16(_mm256_setzero_si256(), load256(bs[j]));
         for (int k = 0; k < 8; k++) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(u[k], load256(y[j] + off[k])));
-        s[j] = hsum_i32(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+        s[j] = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
     }
 }
 
 INL float blk_tq1_0(const uint8_t *blk, const int8_t *const *y, const int16_t *const *bs, const int NT,
-                    int32_t *s, int32_t *e) {
+                    __m256i *s, __m256i *e) {
     (void)e;
     /* bytes 0..31: 5 digits each (values 32n + m); bytes 32..47: 5 digits (160 + 16n + m); bytes 48..51: 4
      * digits (240 + 4n + j) */
@@ -265,7 +256,7 @@ INL float blk_tq1_0(const uint8_t *blk, const int8_t *const *y, const int16_t *c
 }
 
 INL float blk_tq2_0(const uint8_t *blk, const int8_t *const *y, const int16_t *const *bs, const int NT,
-                    int32_t *s, int32_t *e) {
+                    __m256i *s, __m256i *e) {
     (void)e;
     const __m256i three = _mm256_set1_epi8(3), v0 = load256(blk), v1 = load256(blk + 32);
     const __m256i u[8] = {
@@ -282,15 +273,13 @@ INL float blk_tq2_0(const uint8_t *blk, const int8_t *const *y, const int16_t *c
 /* -- MXFP4: 32 FP4 values by a byte shuffle, one E8M0 scale, against Q8_0 ------------------------------ */
 
 INL float blk_mxfp4(const uint8_t *blk, const int8_t *const *y, const int16_t *const *bs, const int NT,
-                    int32_t *s, int32_t *e) {
+                    __m256i *s, __m256i *e) {
     (void)bs; (void)e;
     const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)lowbit_kvalues_mxfp4));
     const __m128i q = _mm_loadu_si128((const __m128i *)(blk + 1)), low4 = _mm_set1_epi8(0x0F);
     const __m256i idx = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), low4), _mm_and_si128(q, low4));
-    __m256i acc[4];
-    zero(acc, NT);
-    signed_dot(_mm256_shuffle_epi8(table, idx), _mm256_set1_epi16(1), y, 0, NT, acc);
-    hsums(acc, NT, s);
+    zero(s, NT);
+    signed_dot(_mm256_shuffle_epi8(table, idx), _mm256_set1_epi16(1), y, 0, NT, s);
     return lowbit_e8m0_half(blk[0]);
 }
 
@@ -301,22 +290,49 @@ INL void prefetch_range(const uint8_t *p, int64_t n) {
     for (uintptr_t l = (uintptr_t)p & ~(uintptr_t)63; l < end; l += 64) _mm_prefetch((const char *)l, _MM_HINT_T0);
 }
 
-/* row r against tokens t..t+NT-1 */
+/* the activation blocks of tokens t..t+NT-1 for weight block b */
+INL void act_blocks(const lowbit_traits *tr, const native_act *a, int64_t t, int64_t b, const int NT,
+                    const int8_t **y, const int16_t **bs) {
+    for (int j = 0; j < NT; j++) {
+        y[j] = a->q + (t + j) * a->n_cols + tr->values * b;
+        bs[j] = tr->values == QK_K ? a->bsums + (t + j) * (a->n_cols / 16) + 16 * b : NULL;
+    }
+}
+
+/* row r against tokens t..t+NT-1. One token: 8 blocks at a time, their integer sums reduced together and
+ * their float products in one vector (the same IEEE operations per block), then added in block order. */
 INL void tile(const int type, block_fn block, const uint8_t *row, const native_act *a, int64_t t, const int NT,
               float *out, int64_t n_rows, int64_t r) {
     const lowbit_traits *tr = lowbit_traits_of(type);
-    const int64_t nb = a->nb, nc = a->n_cols;
+    const int64_t nb = a->nb;
     float sumf[4] = {0, 0, 0, 0};
-    for (int64_t b = 0; b < nb; b++) {
-        const int8_t *y[4];
-        const int16_t *bs[4] = {NULL, NULL, NULL, NULL};
-        for (int j = 0; j < NT; j++) {
-            y[j] = a->q + (t + j) * nc + tr->values * b;
-            if (tr->values == QK_K) bs[j] = a->bsums + (t + j) * (nc / 16) + 16 * b;
+    const int8_t *y[4];
+    const int16_t *bs[4];
+    int64_t b = 0;
+    if (NT == 1)
+        for (; b + 8 <= nb; b += 8) {
+            __m256i s8[8], e8[8];
+            float d[8];
+            for (int k = 0; k < 8; k++) {
+                act_blocks(tr, a, t, b + k, 1, y, bs);
+                d[k] = block(row + tr->type_size * (b + k), y, bs, 1, &s8[k], &e8[k]);
+            }
+            __m256 v = _mm256_cvtepi32_ps(reduce8(s8));
+            if (tr->delta)
+                v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(LOWBIT_DELTA), _mm256_cvtepi32_ps(reduce8(e8))));
+            const __m256 dd = _mm256_mul_ps(_mm256_loadu_ps(d), _mm256_loadu_ps(a->d + t * nb + b));
+            float p[8];
+            _mm256_storeu_ps(p, _mm256_mul_ps(dd, v));
+            for (int k = 0; k < 8; k++) sumf[0] += p[k];
         }
-        int32_t s[4], e[4] = {0, 0, 0, 0};
+    for (; b < nb; b++) {
+        act_blocks(tr, a, t, b, NT, y, bs);
+        __m256i s[4], e[4];
         const float d = block(row + tr->type_size * b, y, bs, NT, s, e);
-        for (int j = 0; j < NT; j++) sumf[j] = lowbit_acc(tr, sumf[j], d, a->d[(t + j) * nb + b], s[j], e[j]);
+        for (int j = 0; j < NT; j++) {
+            const int32_t ej = tr->delta ? hsum_i32(e[j]) : 0;
+            sumf[j] = lowbit_acc(tr, sumf[j], d, a->d[(t + j) * nb + b], hsum_i32(s[j]), ej);
+        }
     }
     for (int j = 0; j < NT; j++) out[(t + j) * n_rows + r] = lowbit_final(tr, sumf[j]);
 }

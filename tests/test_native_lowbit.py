@@ -75,7 +75,7 @@ def same_bits(ours: np.ndarray, theirs: np.ndarray) -> None:
 
 @pytest.mark.parametrize("ggml_type", LOWBIT_TYPES, ids=lambda t: t.name)
 def test_numba_bits_and_the_reference(isa, ggml_type):
-    n_rows, n_cols = 37, 1024  # not a whole number of chunks
+    n_rows, n_cols = 37, 2560  # not a whole number of chunks; a decode reduces blocks 8 at a time: 8 + 2
     w = qtensor(ggml_type, random_blocks(ggml_type, n_rows * n_cols // GGML_QUANT_SIZES[ggml_type][0], seed=11), n_rows)
     assert native._plan(w)[1] >= 0, "a low-bit type the native backend hands to Numba"
     x = activations(9, n_cols, seed=int(ggml_type))
@@ -91,7 +91,7 @@ def test_numba_bits_and_the_reference(isa, ggml_type):
 @pytest.mark.parametrize("extreme", [False, True], ids=["special", "any-bytes"])
 @pytest.mark.parametrize("ggml_type", LOWBIT_TYPES, ids=lambda t: t.name)
 def test_special_scales(isa, ggml_type, extreme):
-    n_rows, n_cols = 16, 512
+    n_rows, n_cols = 16, 2304  # 9 blocks of 256
     n_blocks = n_rows * n_cols // GGML_QUANT_SIZES[ggml_type][0]
     if extreme:
         raw = random_blocks(ggml_type, n_blocks, seed=5, extreme=True)
