@@ -7,9 +7,8 @@
  * exact integer sums per token (8 int32 lanes each), the block decoded once for all of them. One driver runs
  * every format over rows and tokens: 4-token tiles (a prefill) with the rows of a chunk inside (its weights
  * stay in cache), then the last 1..3 tokens; a decode reduces the sums of 8 blocks at once and prefetches
- * the weights native_prefetch_bytes ahead. Every function
- * carries target("avx2,fma,f16c"): this file compiles with the default flags and runs only where the CPU
- * has them (edgeinfer_native.c chooses). */
+ * the weights native_prefetch_bytes ahead. Every function carries target("avx2,fma,f16c"): this file
+ * compiles with the default flags and runs only where the CPU has them (edgeinfer_native.c chooses). */
 #include "lowbit.h"
 
 #if defined(NATIVE_X86)
@@ -207,8 +206,9 @@ INL float blk_iq1_m(const uint8_t *blk, const int8_t *const *y, const int16_t *c
 
 /* -- the ternary formats: digits 0..3 (value + 1) as unsigned bytes; s = digits . y - sum(y) ------------- */
 
-/* each byte of q (already times 3^n, mod 256) -> its top ternary digit (q * 3) >> 8, without 8-bit
- * multiplies: (q - 1 + ((q - 1 + 1) >> 1) + 1) >> 7 ... as ggml: two rounding averages, then bits 6..7 */
+/* each byte of q (a TQ1_0 byte times 3^n, mod 256) -> its ternary digit (q * 3) >> 8 without 8-bit multiplies,
+ * as ggml: with q' = q - 1 (saturated), two rounding averages give (q' + ((q' + 1) >> 1) + 1) >> 1, whose
+ * bits 6..7 are that digit for every byte value */
 INL __m256i tq1_digits(__m256i q) {
     q = _mm256_subs_epu8(q, _mm256_set1_epi8(1));
     q = _mm256_avg_epu8(q, _mm256_avg_epu8(q, _mm256_setzero_si256()));

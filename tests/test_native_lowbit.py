@@ -110,9 +110,17 @@ def test_special_scales(isa, ggml_type, extreme):
             assert (np.abs(expected - exact) <= REL * magnitude + 1e-30).all()
 
 
-def test_every_lowbit_type_has_a_kernel_on_every_isa():
+def test_every_lowbit_type_has_a_kernel_and_its_sizes():
+    x = np.zeros((1, 512), np.float32)
     for t in LOWBIT_TYPES:
         assert t in native.LOWBIT_C_TYPES and _native.supports(int(t))
+        block_size, type_size = GGML_QUANT_SIZES[t]
+        w = np.zeros(2 * 512 // block_size * type_size, np.uint8)
+        _native.matmul(int(t), w, x, np.empty((1, 2), np.float32), 2, 512, 1)  # the C side's block sizes
+        with pytest.raises(ValueError, match="do not fit"):
+            _native.matmul(int(t), w[:-1], x, np.empty((1, 2), np.float32), 2, 512, 1)
+        with pytest.raises(ValueError, match="multiple of"):
+            _native.matmul(int(t), w, x[:, :500], np.empty((1, 2), np.float32), 2, 500, 1)
 
 
 def test_the_grid_header_is_generated_from_iq_grids():
