@@ -27,6 +27,7 @@
 #include <stdlib.h>
 
 #include "edgeinfer_native.h"
+#include "lowbit.h"
 #include "threadpool.h"
 #include "x8.h"
 
@@ -304,14 +305,16 @@ static void run_matmul(job_t *job, int n_threads) {
 /* -- Python functions ------------------------------------------------------------------------------- */
 
 static int block_size_of(int type) {
+    if (lowbit_traits_of(type)) return lowbit_traits_of(type)->values;
     switch (type) {
     case GT_F32: case GT_F16: return 1;
-    case GT_Q4_K: case GT_Q5_K: case GT_Q6_K: case GT_IQ4_XS: case GT_IQ2_XXS: case GT_TQ2_0: return QK_K;
+    case GT_Q4_K: case GT_Q5_K: case GT_Q6_K: case GT_IQ4_XS: return QK_K;
     default: return QK;
     }
 }
 
 static int64_t type_size_of(int type) {
+    if (lowbit_traits_of(type)) return lowbit_traits_of(type)->type_size;
     switch (type) {
     case GT_F32: return 4;
     case GT_F16: return 2;
@@ -324,8 +327,6 @@ static int64_t type_size_of(int type) {
     case GT_Q5_K: return 176;
     case GT_Q6_K: return 210;
     case GT_IQ4_XS: return 136;
-    case GT_IQ2_XXS: case GT_TQ2_0: return 66;
-    case GT_MXFP4: return 17;
     default: return 0;
     }
 }

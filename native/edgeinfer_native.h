@@ -20,8 +20,9 @@
 /* weight types: ggml's ids (GGMLQuantizationType) */
 enum {
     GT_F32 = 0, GT_F16 = 1, GT_Q4_0 = 2, GT_Q4_1 = 3, GT_Q5_0 = 6, GT_Q5_1 = 7, GT_Q8_0 = 8,
-    GT_Q4_K = 12, GT_Q5_K = 13, GT_Q6_K = 14, GT_IQ2_XXS = 16, GT_IQ4_NL = 20, GT_IQ4_XS = 23,
-    GT_TQ2_0 = 35, GT_MXFP4 = 39,
+    GT_Q4_K = 12, GT_Q5_K = 13, GT_Q6_K = 14, GT_IQ2_XXS = 16, GT_IQ2_XS = 17, GT_IQ3_XXS = 18, GT_IQ1_S = 19,
+    GT_IQ4_NL = 20, GT_IQ3_S = 21, GT_IQ2_S = 22, GT_IQ4_XS = 23, GT_IQ1_M = 29, GT_TQ1_0 = 34, GT_TQ2_0 = 35,
+    GT_MXFP4 = 39,
     GT_COUNT = 40
 };
 
@@ -78,7 +79,9 @@ static inline int native_act_kind(int ggml_type) {
     case GT_F16: return ACT_F16;
     case GT_Q4_0: case GT_Q5_0: case GT_Q8_0: case GT_IQ4_NL: case GT_MXFP4: return ACT_Q8_0;
     case GT_Q4_1: case GT_Q5_1: return ACT_Q8_1;
-    case GT_Q4_K: case GT_Q5_K: case GT_Q6_K: case GT_IQ4_XS: case GT_IQ2_XXS: case GT_TQ2_0: return ACT_Q8_K;
+    case GT_Q4_K: case GT_Q5_K: case GT_Q6_K: case GT_IQ4_XS: return ACT_Q8_K;
+    case GT_IQ2_XXS: case GT_IQ2_XS: case GT_IQ2_S: case GT_IQ3_XXS: case GT_IQ3_S: case GT_IQ1_S: case GT_IQ1_M:
+    case GT_TQ1_0: case GT_TQ2_0: return ACT_Q8_K;
     default: return ACT_NONE;
     }
 }

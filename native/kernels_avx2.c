@@ -10,6 +10,7 @@
  * prefill R x 4 tokens. A decode prefetches the weights native_prefetch_bytes ahead of the tile.
  */
 #include "edgeinfer_native.h"
+#include "lowbit.h"
 #include "x8.h"
 
 #if defined(NATIVE_X86)
@@ -593,8 +594,6 @@ ROWS(q6_k, tile_q6_k, GT_Q6_K, 1, 4, 2)
 ROWS(f32, tile_float, GT_F32, 2, 4, 4)
 ROWS(f16, tile_float, GT_F16, 2, 4, 4)
 
-#include "lowbit_avx2.h" /* rows_iq2_xxs, rows_tq2_0, rows_mxfp4 */
-
 const native_kernels native_kernels_avx2 = {
     .name = "avx2",
     .rows = {
@@ -602,7 +601,7 @@ const native_kernels native_kernels_avx2 = {
         [GT_Q4_0] = rows_q4_0, [GT_Q4_1] = rows_q4_1, [GT_Q5_0] = rows_q5_0, [GT_Q5_1] = rows_q5_1,
         [GT_Q8_0] = rows_q8_0, [GT_IQ4_NL] = rows_iq4_nl,
         [GT_Q4_K] = rows_q4_k, [GT_Q5_K] = rows_q5_k, [GT_Q6_K] = rows_q6_k,
-        [GT_IQ2_XXS] = rows_iq2_xxs, [GT_TQ2_0] = rows_tq2_0, [GT_MXFP4] = rows_mxfp4,
+        LOWBIT_ROWS_avx2  /* lowbit_avx2.c */
     },
     .quantize = quantize_row,
     .x8 = native_x8_avx2,

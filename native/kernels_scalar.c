@@ -3,7 +3,7 @@
  * block, as ggml's generic vec_dot code; the float kernels sum in 8 lanes like the vector code. */
 #include "edgeinfer_native.h"
 #include "x8.h"
-#include "iq2xxs_grid.h"
+#include "lowbit.h"
 
 /* -- activation quantizers (ggml's reference quantizers, bit for bit) -------------------------------- */
 
@@ -204,78 +204,6 @@ static float dot_q6_k(const uint8_t *row, const native_act *a, int64_t t) {
     return sum;
 }
 
-/* -- low-bit formats (ggml's vec_dot_<type>_q8_K / _q8_0 generic code; the same float operations, in the
- * same order, as edgeinfer/kernels/numba/lowbit.py, so both backends give the same bits) -------------- */
-
-/* ksigns_iq2xs[s]: the 7 stored sign bits, the 8th making the number of minus signs even */
-static inline unsigned ksigns_iq2xs(unsigned s) {
-    unsigned p = s ^ (s >> 4);
-    p ^= p >> 2;
-    p ^= p >> 1;
-    return s | ((p & 1) << 7);
-}
-
-static float dot_iq2_xxs(const uint8_t *row, const native_act *a, int64_t t) {
-    const int64_t nb = a->nb;
-    float sumf = 0;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = row + 66 * b;
-        const int8_t *y = a->q + t * a->n_cols + QK_K * b;
-        int32_t bsum = 0;
-        for (int ib = 0; ib < 8; ib++) {
-            const uint8_t *q = blk + 2 + 8 * ib;
-            uint32_t aux1;
-            memcpy(&aux1, q + 4, 4);
-            int32_t sumi = 0;
-            for (int l = 0; l < 4; l++) {
-                const uint8_t *g = (const uint8_t *)(native_iq2xxs_grid + q[l]);
-                const unsigned s = ksigns_iq2xs((aux1 >> (7 * l)) & 127);
-                for (int j = 0; j < 8; j++) sumi += g[j] * y[j] * ((s >> j) & 1 ? -1 : 1);
-                y += 8;
-            }
-            bsum += sumi * (int32_t)(2 * (aux1 >> 28) + 1);
-        }
-        sumf += (native_f16_at(blk) * a->d[t * nb + b]) * (float)bsum;
-    }
-    return 0.125f * sumf;
-}
-
-static float dot_tq2_0(const uint8_t *row, const native_act *a, int64_t t) {
-    const int64_t nb = a->nb;
-    float sumf = 0;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = row + 66 * b;
-        const int8_t *y = a->q + t * a->n_cols + QK_K * b;
-        int32_t s = 0;
-        for (int h = 0; h < 2; h++)
-            for (int l = 0; l < 4; l++)
-                for (int k = 0; k < 32; k++) s += (((blk[32 * h + k] >> (2 * l)) & 3) - 1) * y[128 * h + 32 * l + k];
-        sumf += (float)s * (a->d[t * nb + b] * native_f16_at(blk + 64));
-    }
-    return sumf;
-}
-
-static const int8_t native_kvalues_mxfp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
-
-/* GGML_E8M0_TO_FP32_HALF: 2^(e - 128) */
-static inline float native_e8m0_half(uint8_t e) {
-    return native_f32_from_bits(e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23);
-}
-
-static float dot_mxfp4(const uint8_t *row, const native_act *a, int64_t t) {
-    const int64_t nb = a->nb;
-    float sumf = 0;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = row + 17 * b;
-        const int8_t *y = a->q + t * a->n_cols + QK * b;
-        int32_t s = 0;
-        for (int j = 0; j < 16; j++)
-            s += y[j] * native_kvalues_mxfp4[blk[1 + j] & 15] + y[j + 16] * native_kvalues_mxfp4[blk[1 + j] >> 4];
-        sumf += (a->d[t * nb + b] * native_e8m0_half(blk[0])) * (float)s;
-    }
-    return sumf;
-}
-
 /* -- float weights: 8 lanes, then the tail ---------------------------------------------------------- */
 
 static float dot_float(int type, const uint8_t *row, const native_act *a, int64_t t) {
@@ -320,9 +248,6 @@ ROWS(iq4_nl, dot_legacy(GT_IQ4_NL, row, a, t))
 ROWS(q4_k, dot_q4_k(GT_Q4_K, row, a, t))
 ROWS(q5_k, dot_q4_k(GT_Q5_K, row, a, t))
 ROWS(q6_k, dot_q6_k(row, a, t))
-ROWS(iq2_xxs, dot_iq2_xxs(row, a, t))
-ROWS(tq2_0, dot_tq2_0(row, a, t))
-ROWS(mxfp4, dot_mxfp4(row, a, t))
 ROWS(f32, dot_float(GT_F32, row, a, t))
 ROWS(f16, dot_float(GT_F16, row, a, t))
 
@@ -333,7 +258,7 @@ const native_kernels native_kernels_scalar = {
         [GT_Q4_0] = rows_q4_0, [GT_Q4_1] = rows_q4_1, [GT_Q5_0] = rows_q5_0, [GT_Q5_1] = rows_q5_1,
         [GT_Q8_0] = rows_q8_0, [GT_IQ4_NL] = rows_iq4_nl,
         [GT_Q4_K] = rows_q4_k, [GT_Q5_K] = rows_q5_k, [GT_Q6_K] = rows_q6_k,
-        [GT_IQ2_XXS] = rows_iq2_xxs, [GT_TQ2_0] = rows_tq2_0, [GT_MXFP4] = rows_mxfp4,
+        LOWBIT_ROWS_scalar  /* lowbit_scalar.c */
     },
     .quantize = native_quantize_row_scalar,
     .x8 = native_x8_scalar,

@@ -100,9 +100,8 @@ T = GGMLQuantizationType
 NATIVE_TYPES = (
     T.F32, T.F16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL,
 )  # fmt: skip
-# low-bit types with a C kernel (the scalar one, on every ISA; the same bits as kernels/numba/lowbit.py);
-# the other low-bit types run in Numba
-LOWBIT_C_TYPES = (T.IQ2_XXS, T.TQ2_0, T.MXFP4)
+# the low-bit types (native/lowbit.h: scalar and AVX2 kernels, the same bits as kernels/numba/lowbit.py)
+LOWBIT_C_TYPES = (T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M, T.TQ1_0, T.TQ2_0, T.MXFP4)
 # weight type -> (ggml id, values per block, bytes per block)
 _NATIVE = {t: (int(t), *GGML_QUANT_SIZES[t]) for t in NATIVE_TYPES + LOWBIT_C_TYPES}
 # types with an x8 layout (native/x8.h): repacked at load by prepare() where the ISA has their kernels
