@@ -50,7 +50,7 @@ def write_tiny_lfm2(path, wtype: T, *, seed: int = 0, layers: str = "ccacac", n_
                     n_head: int = 4, n_head_kv: int = 2, head_dim: int | None = None, n_ff: int = 256, n_swa: int = 0,
                     tied: bool = True, rope_base: float = 1000000.0, as_f32: bool = False, n_expert: int = 0,
                     n_expert_used: int = 0, n_ff_exp: int = 64, n_dense_lead: int = 0,
-                    n_vocab: int = N_VOCAB) -> Path:  # fmt: skip
+                    n_vocab: int = N_VOCAB, causal: bool = True) -> Path:  # fmt: skip
     """head_dim: written as attention.key_length / value_length when given (default n_embd / n_head).
     n_expert > 0: an lfm2moe model, the layers from n_dense_lead on with n_expert experts of n_ff_exp."""
     path = Path(path)
@@ -74,6 +74,8 @@ def write_tiny_lfm2(path, wtype: T, *, seed: int = 0, layers: str = "ccacac", n_
     w.add_uint32(p + "shortconv.l_cache", n_taps)
     if n_swa:
         w.add_uint32(p + "attention.sliding_window", n_swa)
+    if not causal:  # LFM2.5-Embedding's bidirectional variant (Lfm2BidirectionalModel)
+        w.add_bool(p + "attention.causal", False)
     if n_expert:
         w.add_uint32(p + "expert_count", n_expert)
         w.add_uint32(p + "expert_used_count", n_expert_used)

@@ -324,6 +324,19 @@ def test_q8_0_cache_needs_rows_in_blocks_of_32(tmp_path):
     model.set_kv_type("f32")
 
 
+def test_a_bidirectional_lfm2_is_refused_in_one_sentence(tmp_path):
+    from lfm2_models import write_tiny_lfm2
+    from gguf import GGMLQuantizationType as T
+
+    from edgeinfer.errors import UnsupportedArchitectureError
+
+    path = write_tiny_lfm2(tmp_path / "m.gguf", T.F32, causal=False)
+    with pytest.raises(UnsupportedArchitectureError, match="bidirectional LFM2"):
+        build_model(GGUFFile(path))
+    info = model_info(str(path))
+    assert info["runnable"] is False and "bidirectional" in " ".join(info["not_runnable_why"])
+
+
 def test_tokenizer_lfm2_pre_adds_bos_as_llama_cpp(lfm2_files):
     """tokenizer.ggml.pre 'lfm2' is llama3's pre-tokenizer (merges ignored); where the file has no
     tokenizer.ggml.add_bos_token, llama.cpp adds BOS for that group (llama_vocab::impl::load): on this

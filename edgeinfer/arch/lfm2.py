@@ -27,7 +27,7 @@ from ..nn import Attention, ForwardBatch, GatedMLP, RMSNorm, Rope
 from ..nn.kv import kv_type
 from ..nn.moe import MoE
 from ..nn.shortconv import ShortConv
-from .base import MAX_COUNT, BaseConfig, DecoderModel, Weights, meta, meta_int
+from .base import MAX_COUNT, BaseConfig, DecoderModel, Weights, meta, meta_bool, meta_int
 
 
 def read_kv_heads(f: GGUFFile, n_layer: int) -> tuple[int, ...]:
@@ -62,6 +62,10 @@ class Config(BaseConfig):
             raise UnsupportedArchitectureError(
                 f"{f.path}: the attention layers of this LFM2 file have different KV head counts ({sorted(used)}); "
                 "edgeinfer supports one count for all of them.")  # fmt: skip
+        if not meta_bool(f, "attention.causal", True):
+            raise UnsupportedArchitectureError(
+                f"{f.path} is a bidirectional LFM2 (attention.causal = false: an embedding model whose "
+                "convolutions look both ways), which edgeinfer does not run; it runs the causal LFM2 models.")
         common = cls.read_common(f, rope_neox=True, n_head_kv=used.pop() if used else 1)
         return dict(
             **common,
