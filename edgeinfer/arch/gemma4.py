@@ -38,7 +38,7 @@ from ..kernels.base import Backend, QTensor
 from ..nn import Attention, Embedding, ForwardBatch, GatedMLP, Linear, RMSNorm, Rope
 from ..nn.kv import kv_type
 from ..nn.moe import MoE
-from .base import BaseConfig, DecoderModel, MoEConfig, Weights, meta, meta_float, meta_int, meta_per_layer
+from .base import MAX_COUNT, BaseConfig, DecoderModel, MoEConfig, Weights, meta, meta_float, meta_int, meta_per_layer
 from .gemma2 import read_swa_layers
 from .gemma3 import Block as Gemma3Block
 
@@ -64,7 +64,7 @@ class Config(BaseConfig):
         n_layer = common["n_layer"]
         common["attn_scale"] = 1.0  # llama.cpp: f_attention_scale = 1
         if any(name.endswith("ffn_gate_inp.weight") for name in f.tensors):  # llama.cpp's fixed routing
-            n_expert = meta_int(f, "expert_count", lo=1, hi=1 << 16)
+            n_expert = meta_int(f, "expert_count", lo=1, hi=MAX_COUNT)
             n_used = meta_int(f, "expert_used_count", lo=1, hi=n_expert)
             n_ff_exp = meta_int(f, "expert_feed_forward_length", 0)
             common["moe"] = MoEConfig(n_expert, n_used, n_ff_exp, 0, "softmax", True, 1.0)
@@ -76,7 +76,7 @@ class Config(BaseConfig):
             head_dim_swa=meta_int(f, "attention.key_length_swa", common["head_dim"], lo=1),
             n_rot_swa=meta_int(f, "rope.dimension_count_swa", common["n_rot"]),
             rope_freq_base_swa=meta_float(f, "rope.freq_base_swa", 10000.0),
-            n_head_kv_layers=meta_per_layer(f, "attention.head_count_kv", n_layer, common["n_head"], lo=1, hi=1 << 16),
+            n_head_kv_layers=meta_per_layer(f, "attention.head_count_kv", n_layer, common["n_head"], 1, MAX_COUNT),
             n_ff_layers=meta_per_layer(f, "feed_forward_length", n_layer, lo=1),
             n_kv_shared=meta_int(f, "attention.shared_kv_layers", 0, hi=n_layer),
             n_embd_per_layer=meta_int(f, "embedding_length_per_layer_input", 0),
