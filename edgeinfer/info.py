@@ -105,7 +105,8 @@ def _kv_bytes_per_token(f) -> dict | None:
         return None
     n_attn, n_conv, conv_dim = c.cache_layers()
     return {
-        name: n_attn * c.n_head_kv * (t.row_bytes(c.head_dim) + t.row_bytes(c.head_dim_v)) + n_conv * t.row_bytes(conv_dim)
+        name: n_attn * c.n_head_kv * (t.row_bytes(c.head_dim) + t.row_bytes(c.head_dim_v))
+        + n_conv * t.row_bytes(conv_dim)
         for name, t in KV_TYPES.items()
         if not (c.head_dim % t.block or c.head_dim_v % t.block or conv_dim % t.block)
     }
