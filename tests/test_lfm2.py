@@ -1,5 +1,5 @@
-"""LFM2 (edgeinfer/arch/lfm2.py; LFM2-MoE, lfm2moe.py): short-convolution and attention layers on tiny random models with the
-family's real tensor names and keys (tests/lfm2_models.py), against llama.cpp's logits on the same files
+"""LFM2 (edgeinfer/arch/lfm2.py; LFM2-MoE, lfm2moe.py): short-convolution and attention layers on tiny
+random models with the family's real tensor names and keys (tests/lfm2_models.py), against llama.cpp's logits on the same files
 (tests/fixtures/logits_lfm2.npz, made by tests/fixtures/make_lfm2_fixture.py); and the convolution's state
 in the cache: token by token = one batch, rollback (truncate) and shared prefixes = a fresh run, several
 sequences in one pass = each alone, greedy speculative decoding = plain decoding, the batched server
