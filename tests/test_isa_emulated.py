@@ -135,8 +135,9 @@ def test_neon_through_simde():
     if why:
         pytest.skip(why)
     emu = [*EMU_FLAGS, "-DX8_EMULATED_NEON", f"-I{ISA / 'simde_neon'}"]
-    exe = _build("gcc", [*_x86_units(), (NATIVE / "x8_neon.c", emu), (NATIVE / "x8_neon_dotprod.c", emu),
-                         (ISA / "x8_harness.c", [*EXT_FLAGS, "-DHARNESS_NEON", "-DX8_EMULATED_NEON"])], "neon-simde")  # fmt: skip
+    harness = (ISA / "x8_harness.c", [*EXT_FLAGS, "-DHARNESS_NEON", "-DX8_EMULATED_NEON"])
+    exe = _build("gcc", [*_x86_units(), (NATIVE / "x8_neon.c", emu), (NATIVE / "x8_neon_dotprod.c", emu), harness],
+                 "neon-simde")  # fmt: skip
     _assert_all_equal(_run([str(exe), "neon", "neon_dotprod"]), ("neon", "neon_dotprod"))
 
 
@@ -157,9 +158,8 @@ def test_neon_compiled_for_aarch64_and_run():
     cc, prefix, why = _aarch64_toolchain()
     if why:
         pytest.skip(why)
-    exe = _build(cc, [(NATIVE / "x8.c", EXT_FLAGS), (NATIVE / "x8_neon.c", EXT_FLAGS),
-                      (NATIVE / "x8_neon_dotprod.c", EXT_FLAGS), (ISA / "x8_harness.c", [*EXT_FLAGS, "-DHARNESS_NEON"])],
-                 "aarch64")  # fmt: skip
+    units = [(NATIVE / f, EXT_FLAGS) for f in ("x8.c", "x8_neon.c", "x8_neon_dotprod.c")]
+    exe = _build(cc, [*units, (ISA / "x8_harness.c", [*EXT_FLAGS, "-DHARNESS_NEON"])], "aarch64")
     if prefix:
         done = _run([*prefix[:1], "-cpu", "max", *prefix[1:], str(exe), "neon", "neon_dotprod"])
         assert done.stdout.startswith("dotprod=1"), done.stdout[:200]
@@ -182,6 +182,7 @@ def test_extension_compiles_for_aarch64():
     include = sysconfig.get_paths()["include"]
     with tempfile.TemporaryDirectory() as tmp:
         for src in sorted(NATIVE.glob("*.c")):
-            cmd = [cc, *EXT_FLAGS, "-O1", "-Werror", "-fPIC", f"-I{include}", "-c", str(src), "-o", f"{tmp}/{src.stem}.o"]
+            obj = f"{tmp}/{src.stem}.o"
+            cmd = [cc, *EXT_FLAGS, "-O1", "-Werror", "-fPIC", f"-I{include}", "-c", str(src), "-o", obj]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             assert done.returncode == 0, f"{src.name}:\n{done.stderr[-3000:]}"

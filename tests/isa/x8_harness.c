@@ -158,7 +158,8 @@ static int check(const kernel_set *set, const format *fmt, int extreme, int64_t 
         if (memcmp(ref, got, n_out * sizeof(float)) != 0) {
             size_t i = 0;
             while (i < n_out && memcmp(ref + i, got + i, sizeof(float)) == 0) i++;
-            printf("MISMATCH %s %s%s rows=%lld cols=%lld tokens=%lld threads=%d: token %lld row %lld: %.9g (scalar %.9g)\n",
+            printf("MISMATCH %s %s%s rows=%lld cols=%lld tokens=%lld threads=%d: token %lld row %lld: %.9g"
+                   " (scalar %.9g)\n",
                    set->name, fmt->name, extreme ? " (extreme)" : "", (long long)n_rows, (long long)n_cols,
                    (long long)n_tokens, parts[c], (long long)(i / n_rows), (long long)(i % n_rows), got[i], ref[i]);
             bad = 1;

@@ -101,7 +101,8 @@ def system_report() -> dict:
     report["cpu"] = model or platform.processor() or platform.machine()
     if _native is not None:
         report.update(isa=_native.isa(), isas=_native.isas(), cpu_features=_native.cpu_features(),
-                      isa_path=ISA_PATHS.get(_native.isa()), isa_requested_unavailable=_native.isa_unavailable())  # fmt: skip
+                      isa_requested_unavailable=_native.isa_unavailable())  # fmt: skip
+        report["isa_path"] = ISA_PATHS.get(report["isa"])
     else:
         report["why_not_built"] = str(_IMPORT_ERROR)
     return report
