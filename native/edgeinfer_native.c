@@ -58,6 +58,7 @@ static int cpu_features(feature_t *f, int max) {
     return n;
 }
 
+#if defined(NATIVE_X86) || defined(__ARM_NEON)
 /* A kernel set that differs from another only in its x8 kernels (the same plain-layout kernels, quantizer and
  * attention), made once: AVX2's with VNNI dot products, NEON's with sdot. */
 static const native_kernels *with_x8(native_kernels *k, const native_kernels *base, const native_rows_fn *x8,
@@ -69,6 +70,7 @@ static const native_kernels *with_x8(native_kernels *k, const native_kernels *ba
     }
     return k;
 }
+#endif
 
 #if defined(NATIVE_X86)
 static native_kernels kernels_avx512vnni, kernels_avxvnni;

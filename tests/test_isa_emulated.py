@@ -14,7 +14,7 @@ row ranges split over 1-3 threads, three prefetch distances), and exits nonzero 
 - the whole extension's C compiled for aarch64 (the dispatch code, not run).
 
 Each case is skipped, saying which tool is missing, where its tools are not installed (README: development).
-Builds are cached per content of their sources and flags in the temp directory.
+Builds are cached per content of their sources and flags in the temp directory (the latest of each kind).
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ def _build(cc: str, units: list[tuple[Path, list[str]]], name: str) -> Path:
     exe = out_dir / "x8_harness"
     if exe.exists():
         return exe
+    for stale in out_dir.parent.glob(f"edgeinfer-isa-{name}-*"):  # builds of older sources
+        shutil.rmtree(stale, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     procs, objs = [], []
     for i, (src, flags) in enumerate(units):  # compiled side by side: the SIMDe units take a while
