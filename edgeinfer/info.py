@@ -161,6 +161,8 @@ def format_system(report: dict) -> str:
     ]
     if report.get("native_built"):
         lines.append(f"native ISA   {report['isa']} (of {', '.join(report['isas'])}; EDGEINFER_ISA overrides)")
+        if report.get("isa_path"):
+            lines.append(f"             {report['isa_path']}")
         if report.get("isa_requested_unavailable"):
             lines.append(f"             EDGEINFER_ISA={report['isa_requested_unavailable']} cannot run here")
         lines.append(f"repack       {'x8 rows at load' if report['repack'] else 'off (EDGEINFER_REPACK=0)'}")

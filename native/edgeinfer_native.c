@@ -6,8 +6,8 @@
  *       (BufferError for a non-contiguous x or a read-only / non-contiguous out, ValueError for another
  *       dtype, rank or shape: checked exactly, the Python backend's fast path relies on it)
  *   attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads[, sinks])   (native/attention.c)
- *   supports(ggml_type) -> bool      isa() -> "avx2" | "neon" | "scalar"
- *   set_isa(name) -> previous name   (tests: "scalar" or the best one the CPU has)
+ *   supports(ggml_type) -> bool      isa() -> "avx512vnni" | "avxvnni" | "avx2" | "neon_dotprod" | "neon" | "scalar"
+ *   set_isa(name) -> previous name   (tests: any of isas(), or "auto")
  *   set_prefetch(n_bytes) -> previous  how far ahead a decode prefetches the weights (default 2048,
  *                                      EDGEINFER_NATIVE_PREFETCH at import; 0: off)
  *
@@ -17,7 +17,7 @@
  * streams every weight from DRAM once: long sequential streams, prefetched in software, see ROWS in
  * kernels_avx2.c).
  * Calls from several Python threads are serialized by a mutex (the pool and the scratch are shared).
- * EDGEINFER_NATIVE_ISA=scalar (read at import) forces the portable code.
+ * EDGEINFER_ISA=<one of isas()> (read at import; EDGEINFER_NATIVE_ISA, its older name) overrides the choice.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -49,47 +49,55 @@ static int cpu_features(feature_t *f, int max) {
     __builtin_cpu_init();
 #define FEATURE(s) if (n < max) { f[n].name = s; f[n].on = __builtin_cpu_supports(s) != 0; n++; }
     FEATURE("avx2") FEATURE("fma") FEATURE("f16c") FEATURE("avx512f") FEATURE("avx512bw") FEATURE("avx512vl")
-    FEATURE("avx512vnni") FEATURE("avx512bf16")
+    FEATURE("avx512vnni") FEATURE("avx512bf16") FEATURE("avxvnni")
 #undef FEATURE
 #elif defined(__ARM_NEON)
     if (n < max) { f[n].name = "neon"; f[n].on = 1; n++; }
-#if defined(__ARM_FEATURE_DOTPROD)
-    if (n < max) { f[n].name = "dotprod"; f[n].on = 1; n++; }
-#endif
-#if defined(__ARM_FEATURE_MATMUL_INT8)
-    if (n < max) { f[n].name = "i8mm"; f[n].on = 1; n++; }
-#endif
+    if (n < max) { f[n].name = "dotprod"; f[n].on = x8_neon_has_dotprod(); n++; }
+    if (n < max) { f[n].name = "i8mm"; f[n].on = x8_neon_has_i8mm(); n++; }
 #endif
     return n;
 }
 
-#if defined(NATIVE_X86)
-/* AVX2's kernels with the x8 layout's dot products in AVX-512 VNNI (x8_avx512.c) */
-static native_kernels kernels_avx512vnni;
-
-static const native_kernels *avx512vnni_kernels(void) {
-    if (!kernels_avx512vnni.name) {
-        kernels_avx512vnni = native_kernels_avx2;
-        kernels_avx512vnni.x8 = native_x8_avx512vnni;
-        kernels_avx512vnni.name = "avx512vnni";
+#if defined(NATIVE_X86) || defined(__ARM_NEON)
+/* A kernel set that differs from another only in its x8 kernels (the same plain-layout kernels, quantizer and
+ * attention), made once: AVX2's with VNNI dot products, NEON's with sdot. */
+static const native_kernels *with_x8(native_kernels *k, const native_kernels *base, const native_rows_fn *x8,
+                                     const char *name) {
+    if (!k->name) {
+        *k = *base;
+        k->x8 = x8;
+        k->name = name;
     }
-    return &kernels_avx512vnni;
+    return k;
 }
 #endif
 
-/* the kernel tables this CPU can run, best first (the scalar one last, always). AVX-512 VNNI comes after
- * AVX2 until its kernels have run on such a CPU (x8_avx512.c): `auto` picks AVX2 there. */
+#if defined(NATIVE_X86)
+static native_kernels kernels_avx512vnni, kernels_avxvnni;
+#endif
+#if defined(__ARM_NEON)
+static native_kernels kernels_neon_dotprod;
+#endif
+
+/* the kernel tables this CPU can run, best first (the scalar one last, always): AVX-512 VNNI, AVX-VNNI (the
+ * same dot product in VEX form, on CPUs without AVX-512), AVX2; NEON with sdot, plain NEON. The VNNI and
+ * dotprod sets were verified bit for bit through emulation, not on such a CPU (tests/test_isa_emulated.py). */
 static int available_kernels(const native_kernels **out) {
     int n = 0;
 #if defined(NATIVE_X86) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    if (avx2) out[n++] = &native_kernels_avx2;
     if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
-        out[n++] = avx512vnni_kernels();
+        out[n++] = with_x8(&kernels_avx512vnni, &native_kernels_avx2, native_x8_avx512vnni, "avx512vnni");
+    if (avx2 && __builtin_cpu_supports("avxvnni"))
+        out[n++] = with_x8(&kernels_avxvnni, &native_kernels_avx2, native_x8_avxvnni, "avxvnni");
+    if (avx2) out[n++] = &native_kernels_avx2;
 #endif
 #if defined(__ARM_NEON)
+    if (x8_neon_has_dotprod())
+        out[n++] = with_x8(&kernels_neon_dotprod, &native_kernels_neon, native_x8_neon_dotprod, "neon_dotprod");
     out[n++] = &native_kernels_neon;
 #endif
     out[n++] = &native_kernels_scalar;
@@ -109,15 +117,9 @@ static const native_kernels *kernels_named(const char *name) {
 static char isa_unavailable[64];
 
 static const native_kernels *best_kernels(void) {
-#if defined(NATIVE_X86) && (defined(__GNUC__) || defined(__clang__))
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-        return &native_kernels_avx2;
-#endif
-#if defined(__ARM_NEON)
-    return &native_kernels_neon;
-#endif
-    return &native_kernels_scalar;
+    const native_kernels *avail[8];
+    available_kernels(avail);
+    return avail[0];
 }
 
 /* -- scratch: the quantized activations, kept between calls ---------------------------------------- */
@@ -533,7 +535,8 @@ static PyObject *attn_run(native_attn_args *as, Py_ssize_t S, long n_threads) {
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&call_mu);
 #if defined(NATIVE_X86)
-    const int avx2 = kernels == &native_kernels_avx2 || kernels == &kernels_avx512vnni;  /* AVX2 attention on both */
+    /* the AVX2 attention on every set built on AVX2's */
+    const int avx2 = kernels == &native_kernels_avx2 || kernels == &kernels_avx512vnni || kernels == &kernels_avxvnni;
 #else
     const int avx2 = 0;
 #endif
@@ -805,7 +808,7 @@ static PyMethodDef methods[] = {
      "repack(ggml_type, src, dst, n_rows, n_cols, unpack): plain rows <-> x8 groups of 8 interleaved rows"},
     {"x8_preferred", py_x8_preferred, METH_O,
      "x8_preferred(ggml_type) -> bool: weights of this type run repacked (x8) on the ISA in use"},
-    {"isa", py_isa, METH_NOARGS, "isa() -> the instruction set in use: 'avx2', 'neon' or 'scalar'"},
+    {"isa", py_isa, METH_NOARGS, "isa() -> the kernel set in use: one of isas()"},
     {"set_isa", py_set_isa, METH_O, "set_isa(name) -> previous: one of isas(), or 'auto' (tests)"},
     {"isas", py_isas, METH_NOARGS, "isas() -> the kernel sets this CPU can run, best first"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "cpu_features() -> {feature: bool} the choice depends on"},

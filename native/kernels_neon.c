@@ -1,8 +1,9 @@
-/* NEON kernels (ARM): Q4_0 and Q8_0 against Q8_0 activations, after ggml's ggml_vec_dot_q4_0_q8_0 NEON
- * code; every other type uses the scalar kernels (the table leaves them empty and the caller falls
- * back). Compiled only where the compiler targets ARM with NEON; elsewhere this file is empty. Each
+/* NEON kernels (ARM): Q4_0 and Q8_0 against Q8_0 activations in the file's layout, after ggml's
+ * ggml_vec_dot_q4_0_q8_0 NEON code; the x8 formats run repacked (x8_neon.c); every other type uses the
+ * scalar kernels (the table leaves them empty and the caller falls back). Compiled only where the compiler targets ARM with NEON; elsewhere this file is empty. Each
  * (row, token) output is computed by one function whatever the batch: prefill == decode, bit for bit. */
 #include "edgeinfer_native.h"
+#include "x8.h"
 
 #if defined(__ARM_NEON)
 #include <arm_neon.h>
@@ -62,6 +63,7 @@ const native_kernels native_kernels_neon = {
     .name = "neon",
     .rows = { [GT_Q4_0] = rows_q4_0, [GT_Q8_0] = rows_q8_0 },
     .quantize = native_quantize_row_scalar,
+    .x8 = native_x8_neon,  /* x8_neon.c; the dotprod set (x8_neon_dotprod.c) is this one with its own x8 */
 };
 
 #endif /* __ARM_NEON */

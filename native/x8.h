@@ -69,10 +69,42 @@ extern const native_rows_fn native_x8_scalar[GT_COUNT];
 #if defined(NATIVE_X86)
 extern const native_rows_fn native_x8_avx2[GT_COUNT];
 extern const native_rows_fn native_x8_avx512vnni[GT_COUNT];
+extern const native_rows_fn native_x8_avxvnni[GT_COUNT];
+#endif
+#if defined(__ARM_NEON) || defined(X8_EMULATED_NEON)
+extern const native_rows_fn native_x8_neon[GT_COUNT];          /* ARMv8 NEON: widening multiplies */
+extern const native_rows_fn native_x8_neon_dotprod[GT_COUNT];  /* + sdot (ARMv8.2 dotprod) */
+/* whether this CPU has the dotprod (i8mm) instructions: Linux hwcaps, macOS sysctl */
+int x8_neon_has_dotprod(void);
+int x8_neon_has_i8mm(void);  /* reported only: no kernel uses it yet */
 #endif
 
 /* Q4_0 / Q5_0 against Q8_0 activations need each activation block's sum of quants (the x8 kernels take the
  * quants unsigned, 0..15 / 0..31, and subtract 8 / 16 x that sum): a->qsum, (n_tokens * nb) int32 */
 static inline int x8_needs_qsum(int ggml_type) { return ggml_type == GT_Q4_0 || ggml_type == GT_Q5_0; }
+
+/* The driver every SIMD kernel set shares (x8_tiles.h, x8_tiles_neon.h): token blocks (their activations
+ * stay in L2) x groups of 8 rows x tiles of up to 4 tokens. `tile` is the set's tile function of one format
+ * (8 rows x NT tokens), FN its function attributes. */
+#define X8_ROWS(name, tile)                                                                             \
+    FN static void x8_##name(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows, \
+                             const native_act *a, float *out) {                                         \
+        const int64_t T = a->n_tokens;                                                                  \
+        const int64_t pf = T <= 16 ? native_prefetch_bytes : 0;                                         \
+        int64_t tb = (128 * 1024 / (a->n_cols > 0 ? a->n_cols : 1)) & ~(int64_t)3;                      \
+        if (tb < 4) tb = 4;                                                                             \
+        for (int64_t t0 = 0; t0 < T; t0 += tb) {                                                        \
+            const int64_t t1 = t0 + tb < T ? t0 + tb : T;                                               \
+            for (int64_t r = r0; r < r1; r += 8) {                                                      \
+                const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;                                          \
+                const uint8_t *g = w + r * row_bytes;                                                   \
+                int64_t t = t0;                                                                         \
+                for (; t + 4 <= t1; t += 4) tile(g, a, t, 4, out, n_rows, r, nr, pf);                   \
+                if (t1 - t == 3) tile(g, a, t, 3, out, n_rows, r, nr, pf);                              \
+                else if (t1 - t == 2) tile(g, a, t, 2, out, n_rows, r, nr, pf);                         \
+                else if (t1 - t == 1) tile(g, a, t, 1, out, n_rows, r, nr, pf);                         \
+            }                                                                                           \
+        }                                                                                               \
+    }
 
 #endif

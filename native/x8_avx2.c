@@ -11,8 +11,7 @@
 #if defined(NATIVE_X86)
 #include <immintrin.h>
 
-#define FN __attribute__((target("avx2,fma,f16c")))
-#define INL static inline __attribute__((always_inline, target("avx2,fma,f16c")))
+#define X8_TARGET "avx2,fma,f16c"
 /* int16 pair sums (pmaddubsw), widened by pmaddwd */
 #define ACC_ADD(acc, u, s) _mm256_add_epi16((acc), _mm256_maddubs_epi16((u), (s)))
 #define ACC_I32(acc) _mm256_madd_epi16((acc), _mm256_set1_epi16(1))

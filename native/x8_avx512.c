@@ -2,24 +2,22 @@
  * four u8 x s8 products into each int32 lane), for Zen 4, Ice Lake and later. The same tiles as
  * x8_avx2.c (x8_tiles.h); the integer block dots are exact either way, so the results are the same bits.
  *
- * Not yet run on such a CPU by this project: `auto` keeps choosing AVX2 there; EDGEINFER_ISA=avx512vnni
- * selects it, and the tests run it wherever the CPU has it (tests/test_x8.py).
+ * Verified through emulation, not on hardware: tests/test_isa_emulated.py compiles these tiles against
+ * SIMDe's AVX-512 VNNI intrinsics and checks every x8 format, tile, token count and row split bit for bit
+ * against the scalar kernels (x8.c) on an AVX2 machine. `auto` chooses this set where the CPU has
+ * AVX-512 F/BW/VL/VNNI; tests/test_x8.py runs it wherever the CPU can.
  */
 #include "x8.h"
 
 #if defined(NATIVE_X86)
 #include <immintrin.h>
 
-#define TARGET "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
-#define FN __attribute__((target(TARGET)))
-#define INL static inline __attribute__((always_inline, target(TARGET)))
+#define X8_TARGET "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
+#include "x8_vnni.h"
 #define ACC_ADD(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
-#define ACC_I32(acc) (acc)
-#define ACC_SCALED(acc, sc) _mm256_mullo_epi32((acc), _mm256_srai_epi32(_mm256_slli_epi32((sc), 16), 16))
 #define ACC_ADD32(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
 
 #define X8_TABLE native_x8_avx512vnni
 #include "x8_tiles.h"
-
 
 #endif /* NATIVE_X86 */

@@ -1,14 +1,24 @@
 /* The x8 tiles (x8.h), written once for every x86 kernel set that includes this file after defining:
- *   FN, INL                 function attributes (the target's instruction sets)
+ *   X8_TARGET               the target attribute of its functions (the instruction sets it may use)
  *   ACC_ADD(acc, u, s)      acc + the products of unsigned bytes u and signed bytes s, summed in pairs (the
  *                           AVX2 form keeps int16 pairs: callers bound the sums; VNNI keeps int32 quads)
  *   ACC_I32(acc)            such an accumulator as int32 lanes (each lane: one row's sum)
  *   ACC_SCALED(acc, sc)     the same times sc, given as an int16 pair (sc, sc) per 32-bit lane
  *   ACC_ADD32(acc, u, s)    int32 acc + the products of u and s summed per 32-bit lane
  *   X8_TABLE                the name of the table of kernels this file defines at its end
- * The integer results are exact either way: every kernel set gives the same bits. */
+ * The integer results are exact either way: every kernel set gives the same bits.
+ *
+ * X8_EMULATED (tests/isa/: never in the extension) drops the target attributes: the harness compiles a set
+ * against SIMDe's portable intrinsics, checking on any x86 CPU the bits of a set this one cannot run. */
 #include <immintrin.h>
 
+#if defined(X8_EMULATED)
+#define FN
+#define INL static inline __attribute__((always_inline))
+#else
+#define FN __attribute__((target(X8_TARGET)))
+#define INL static inline __attribute__((always_inline, target(X8_TARGET)))
+#endif
 
 INL __m256i load256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
 INL int32_t load_i32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
@@ -370,29 +380,6 @@ INL void tile_iq4_xs(const uint8_t *g, const native_act *a, int64_t t, const int
     }
     store_tile(out, n_rows, t, r, nr, acc, NT);
 }
-
-/* -- the driver: token blocks (their activations stay in L2) x groups of 8 rows x tiles of 4 tokens ------ */
-
-#define X8_ROWS(name, tile)                                                                             \
-    FN static void x8_##name(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int64_t n_rows, \
-                             const native_act *a, float *out) {                                         \
-        const int64_t T = a->n_tokens;                                                                  \
-        const int64_t pf = T <= 16 ? native_prefetch_bytes : 0;                                         \
-        int64_t tb = (128 * 1024 / (a->n_cols > 0 ? a->n_cols : 1)) & ~(int64_t)3;                      \
-        if (tb < 4) tb = 4;                                                                             \
-        for (int64_t t0 = 0; t0 < T; t0 += tb) {                                                        \
-            const int64_t t1 = t0 + tb < T ? t0 + tb : T;                                               \
-            for (int64_t r = r0; r < r1; r += 8) {                                                      \
-                const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;                                          \
-                const uint8_t *g = w + r * row_bytes;                                                   \
-                int64_t t = t0;                                                                         \
-                for (; t + 4 <= t1; t += 4) tile(g, a, t, 4, out, n_rows, r, nr, pf);                   \
-                if (t1 - t == 3) tile(g, a, t, 3, out, n_rows, r, nr, pf);                              \
-                else if (t1 - t == 2) tile(g, a, t, 2, out, n_rows, r, nr, pf);                         \
-                else if (t1 - t == 1) tile(g, a, t, 1, out, n_rows, r, nr, pf);                         \
-            }                                                                                           \
-        }                                                                                               \
-    }
 
 X8_ROWS(q4_0, tile_q4_0)
 X8_ROWS(q8_0, tile_q8_0)

@@ -24,14 +24,11 @@ X8_TYPES = list(native.X8_TYPES)
 
 
 def _isas() -> list[str]:
+    """Every kernel set this CPU can run (on a Zen 4: avx512vnni, avx2 and scalar; the sets it cannot run
+    are checked through emulation, test_isa_emulated.py)."""
     if not native.available():
         return ["scalar"]
-    from edgeinfer import _native
-
-    before = _native.set_isa("auto")
-    best = _native.isa()
-    _native.set_isa(before)
-    return sorted({"scalar", best})
+    return list(native.isas())
 
 
 @pytest.fixture(params=_isas())
@@ -205,3 +202,34 @@ def test_info_system_says_which_path_runs():
     report = json.loads(done.stdout)
     assert report["isa"] == native.native_isa() and report["isa"] in report["isas"]
     assert report["isas"][-1] == "scalar" and report["repack"] is True
+    assert report["isa_path"] == native.ISA_PATHS[report["isa"]]
+    text = subprocess.run([sys.executable, "-m", "edgeinfer", "info", "--system"], capture_output=True, text=True,
+                          timeout=120).stdout  # fmt: skip
+    assert f"native ISA   {report['isa']} " in text and report["isa_path"] in text
+
+
+def test_auto_chooses_the_best_set_the_cpu_features_allow():
+    """The sets offered, best first, follow the CPU's features: AVX-512 VNNI, AVX-VNNI, AVX2 on x86;
+    NEON with sdot, NEON on ARM; scalar always; `auto` takes the first."""
+    from edgeinfer import _native
+
+    f = _native.cpu_features()
+    avx2 = f.get("avx2") and f.get("fma") and f.get("f16c")
+    want = [
+        name
+        for name, on in (
+            ("avx512vnni", avx2 and all(f.get(k) for k in ("avx512f", "avx512bw", "avx512vl", "avx512vnni"))),
+            ("avxvnni", avx2 and f.get("avxvnni")),
+            ("avx2", avx2),
+            ("neon_dotprod", f.get("neon") and f.get("dotprod")),
+            ("neon", f.get("neon")),
+            ("scalar", True),
+        )
+        if on
+    ]
+    assert _native.isas() == want
+    before = _native.set_isa("auto")
+    try:
+        assert _native.isa() == want[0]
+    finally:
+        _native.set_isa(before)

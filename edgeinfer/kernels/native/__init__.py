@@ -1,6 +1,6 @@
 """The native CPU backend: quantized matmuls and attention in C (native/*.c, the extension
-edgeinfer._native) with AVX2/FMA/F16C (x86-64), NEON (ARM, Q4_0/Q8_0) or portable scalar code, on a
-persistent thread pool.
+edgeinfer._native) with AVX-512 VNNI, AVX-VNNI or AVX2/FMA/F16C (x86-64), NEON with or without sdot (ARM)
+or portable scalar code, chosen once per process (ISA_PATHS), on a persistent thread pool.
 
 It computes exactly what the Numba backend computes (activations quantized once per matmul to the
 8-bit format ggml pairs with the weight type, int32 block dots, float scales), only faster; weight
@@ -60,9 +60,26 @@ def available() -> bool:
     return _native is not None
 
 
+# What each kernel set runs, for `edgeinfer info --system`: the repacked (x8) tiles' dot product, and how
+# the set was verified where this project has not run it on such a CPU.
+ISA_PATHS = {
+    "avx512vnni": "x8 tiles: AVX-512 VNNI vpdpbusd on 256-bit vectors (verified through emulation, "
+    "tests/test_isa_emulated.py, not yet on hardware); other types: AVX2",
+    "avxvnni": "x8 tiles: AVX-VNNI {vex} vpdpbusd (verified through emulation, tests/test_isa_emulated.py, "
+    "not yet on hardware); other types: AVX2",
+    "avx2": "x8 tiles: AVX2 vpmaddubsw / vpmaddwd",
+    "neon_dotprod": "x8 tiles: NEON sdot (verified under qemu and emulation, tests/test_isa_emulated.py, "
+    "not yet on hardware); Q4_0 / Q8_0 plain rows: NEON",
+    "neon": "x8 tiles: NEON smull / saddlp (verified under qemu and emulation, not yet on hardware); "
+    "Q4_0 / Q8_0 plain rows: NEON",
+    "scalar": "portable C (the x8 kernels' reference)",
+}
+
+
 def native_isa() -> str:
-    """The instruction set the C kernels use here: "avx2", "neon" or "scalar", chosen once per process from
-    the CPU's features; EDGEINFER_ISA (one of isas()) overrides the choice, e.g. EDGEINFER_ISA=scalar."""
+    """The kernel set the C code uses here: one of isas() ("avx512vnni", "avxvnni", "avx2", "neon_dotprod",
+    "neon", "scalar"), chosen once per process from the CPU's features, best first; EDGEINFER_ISA (one of
+    isas()) overrides the choice, e.g. EDGEINFER_ISA=scalar."""
     return _require().isa()
 
 
@@ -85,6 +102,7 @@ def system_report() -> dict:
     if _native is not None:
         report.update(isa=_native.isa(), isas=_native.isas(), cpu_features=_native.cpu_features(),
                       isa_requested_unavailable=_native.isa_unavailable())  # fmt: skip
+        report["isa_path"] = ISA_PATHS.get(report["isa"])
     else:
         report["why_not_built"] = str(_IMPORT_ERROR)
     return report
@@ -314,6 +332,6 @@ def _cells(cells, kv_pos) -> np.ndarray:
 
 __all__ = [
     "NATIVE_TYPES", "X8_TYPES", "NativeBackend", "NativeUnavailableError", "available", "isas", "native_isa",
-    "repack_enabled", "system_report",
+    "ISA_PATHS", "repack_enabled", "system_report",
     "repack_x8", "unpack_x8",
 ]  # fmt: skip
