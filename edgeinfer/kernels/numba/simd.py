@@ -734,6 +734,32 @@ def bf16x8_at(typingctx, a, off):
 
 
 @intrinsic
+def h16x8_f32(typingctx, a, i):
+    """8 fp16 (their bits: a uint16 array) from element i, as float32 (exact: vcvtph2ps with F16C)."""
+    if not (isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.uint16 and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vty = ir.VectorType(_f16, 8)
+        off = builder.mul(_to_i64(context, builder, i, args[1]), ir.Constant(ir.IntType(64), 2))
+        return builder.fpext(builder.load(_ptr(context, builder, a, args[0], off, vty), align=2, typ=vty), _VF32x8)
+
+    return f32x8(a, i), codegen
+
+
+@intrinsic
+def f32x8_splat(typingctx, s):
+    """A float32 in all 8 lanes."""
+    if s != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _splat(builder, args[0], 8)
+
+    return f32x8(s), codegen
+
+
+@intrinsic
 def fma_f32x8(typingctx, a, b, acc):
     """acc + a * b, lane by lane."""
     if a != f32x8 or b != f32x8 or acc != f32x8:
