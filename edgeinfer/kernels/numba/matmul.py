@@ -103,6 +103,28 @@ MIN_CHUNKS = 32  # row chunks per matmul at least (threads take equal shares of 
 # -- threading -----------------------------------------------------------------------------------------
 
 
+# How long an idle OpenMP thread spins before it sleeps (libgomp's GOMP_SPINCOUNT, in pause loops: ~1000
+# is 20-40 us here). libgomp's default, 300000 (milliseconds), keeps the workers spinning through all
+# the Python between two products: on a machine that is also running other jobs that spinning takes the
+# CPU share the thread doing the work needs, and every parallel region then waits for a thread the OS
+# has set aside (a 1B decode 3-8x slower at load 6 on 2 cores). Short enough to sleep between tokens,
+# long enough to catch the next product of a layer. The user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+GOMP_SPINCOUNT = "1000"
+
+
+def _launch(parallel) -> None:
+    """Start Numba's threads, libgomp (loaded and configured here, from the environment) spinning
+    GOMP_SPINCOUNT loops unless the user set its wait policy; the environment is left as it was."""
+    own = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+    if own:
+        os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
+    try:
+        parallel._launch_threads()
+    finally:
+        if own:
+            del os.environ["GOMP_SPINCOUNT"]
+
+
 def _init_threading() -> str:
     """Choose the OpenMP threading layer before the first parallel region (about 2 us to start a region,
     against 155 us for workqueue); fall back to tbb, then workqueue, with a warning."""
@@ -112,7 +134,7 @@ def _init_threading() -> str:
         for layer in ("omp", "tbb", "workqueue"):
             numba.config.THREADING_LAYER = layer
             try:
-                parallel._launch_threads()
+                _launch(parallel)
             except (ValueError, ImportError, OSError):
                 continue
             break
