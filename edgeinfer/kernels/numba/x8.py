@@ -391,21 +391,28 @@ CHUNK_BYTES = 64 * 1024  # weight bytes per chunk at most (a prefill re-reads th
 
 
 @njit(cache=True, inline="always")
-def run(rows_fn, w, nc, row_bytes, yq, yd, yqs, ybs, out):
-    """out[t, r] for every row and token: threads take chunks of groups of 8 rows from an atomic counter
-    (as the native pool does), so that a thread the OS holds back does not hold the others up: the
-    running threads take its share (OpenMP's static split would wait for it)."""
-    n_tokens, n_rows = out.shape
+def group_chunks(n_rows, row_bytes):
+    """(groups, groups per chunk) of an x8 product: chunks of at most CHUNK_BYTES, MIN_CHUNKS at least."""
     n_groups = (n_rows + 7) // 8
-    per = max(1, min(CHUNK_BYTES // (8 * row_bytes), (n_groups + MIN_CHUNKS - 1) // MIN_CHUNKS))
-    n_chunks = (n_groups + per - 1) // per
+    return n_groups, max(1, min(CHUNK_BYTES // (8 * row_bytes), (n_groups + MIN_CHUNKS - 1) // MIN_CHUNKS))
+
+
+@njit(cache=True, inline="always")
+def run(chunk_fn, n_units, per, w, nc, yq, yd, ys, ybs, yf, yqs, out):
+    """The parallel loop of every product (plain rows or x8 groups): out (n_tokens, n_rows) is written by
+    chunk_fn(w, u0, u1, nc, yq, yd, ys, ybs, yf, yqs, of, n_tokens, n_rows) for units (rows or groups)
+    u0..u1-1, chunks of `per` units that the threads take from an atomic counter (as the native pool does),
+    so that a thread the OS holds back does not hold the others up: the running threads take its share
+    (OpenMP's static split would wait for it)."""
+    n_tokens, n_rows = out.shape
     of = out.reshape(-1)
+    n_chunks = (n_units + per - 1) // per
     next_chunk = np.empty(1, np.int64)  # (np.zeros here: a parfor that the parallel loop's lowering mishandles)
     next_chunk[0] = 0
     for worker in prange(min(n_chunks, MAX_WORKERS)):
         slot = worker - worker  # 0, but of the loop: Numba would hoist a call with loop-invariant arguments
         c = atomic_add(next_chunk, slot, 1)
         while c < n_chunks:
-            g0 = c * per
-            rows_fn(w, g0, min(g0 + per, n_groups), nc, yq, yd, yqs, ybs, of, n_tokens, n_rows)
+            u0 = c * per
+            chunk_fn(w, u0, min(u0 + per, n_units), nc, yq, yd, ys, ybs, yf, yqs, of, n_tokens, n_rows)
             c = atomic_add(next_chunk, slot, 1)
