@@ -1,6 +1,6 @@
 """The Numba backend's row-interleaved ("x8") kernels (edgeinfer/kernels/numba/x8.py): prepare() repacks
-Q4_0, Q5_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K and IQ4_XS weights into native/x8.h's layout (the same bytes as the C repack), the
-products are ggml's (the numpy emulation and dequantize(W) @ x, within the tolerances of
+Q4_0, Q5_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K and IQ4_XS weights into native/x8.h's layout (the same bytes
+as the C repack), the products are ggml's (the numpy emulation and dequantize(W) @ x, within the tolerances of
 test_matmul.py), the same bits as the native x8 kernels where those are built, and a token's output
 does not depend on its batch or the thread count."""
 

@@ -28,8 +28,8 @@ from numba.extending import intrinsic, models, register_model
 from ...quant import lowbit as ql
 from . import dequant as _dq
 from . import matmul as _mm
-from .dequant import _f16, _f32_from_bits, _u16, _u32
 from . import x8  # noqa: F401  (the wrappers)
+from .dequant import _f16, _f32_from_bits, _u16, _u32
 from .matmul import ACT_Q8_0, ACT_Q8_K, _chunk_rows, _quantize_activations  # noqa: F401  (the wrappers)
 
 QK = 32

@@ -805,8 +805,9 @@ del T
 # would count references to its arrays, atomics the threads contend for); `_chunk_<name>`, a chunk of
 # rows against every token (tiles of 4, then single tokens); `_matmul_<name>(w, x, out)`, the parallel
 # entry (quantize x once, then x8.run: the one loop in which threads take chunks from a counter); and
-# for x8 types `_x8rows_<name>` (a chunk of groups) / `_matmul_x8_<name>` over repacked weights. They are real module-level functions (compiled from this
-# file's text below, with this file's name), so Numba caches each like any other.
+# for x8 types `_x8rows_<name>` (a chunk of groups) / `_matmul_x8_<name>` over repacked weights. They
+# are real module-level functions (compiled from this file's text below, with this file's name), so
+# Numba caches each like any other.
 
 _FLOAT_DOT = "(w, wo, nb, yq, yd, ys, ybs, yf, t)"
 
