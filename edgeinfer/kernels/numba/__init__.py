@@ -58,7 +58,8 @@ class NumbaBackend(BackendDefaults):
 
     def prepare(self, w: QTensor) -> QTensor:
         """w repacked to the x8 layout (rows interleaved eight at a time: kernels/numba/x8.py) when its
-        type has an x8 kernel (Q4_0, Q8_0, Q4_K, Q6_K), else w itself; EDGEINFER_REPACK=0: never."""
+        type has an x8 kernel (Q4_0, Q5_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K, IQ4_XS), else w itself;
+        EDGEINFER_REPACK=0: never."""
         return _matmul.prepare(w)
 
     def matmul(self, w: QTensor, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

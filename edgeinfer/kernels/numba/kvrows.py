@@ -19,6 +19,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from .simd import h16x8_f32, store_f32x8
+
 QK = 32  # values per q8_0 block
 QB = 34  # bytes per q8_0 block
 
@@ -83,7 +85,11 @@ def _kv_row(store, c, g, buf):
 
         def row_f16(store, c, g, buf):
             row = store[c, g]
-            for e in range(buf.shape[0]):
+            n = buf.shape[0]
+            n8 = n - n % 8
+            for e in range(0, n8, 8):
+                store_f32x8(buf, e, h16x8_f32(row, e))
+            for e in range(n8, n):
                 buf[e] = h2f(row[e])
             return buf
 

@@ -28,8 +28,9 @@ from numba.extending import intrinsic, models, register_model
 from ...quant import lowbit as ql
 from . import dequant as _dq
 from . import matmul as _mm
+from . import x8  # noqa: F401  (the wrappers)
 from .dequant import _f16, _f32_from_bits, _u16, _u32
-from .matmul import ACT_Q8_0, ACT_Q8_K, _quantize_activations, _run, _run4  # noqa: F401  (the wrappers)
+from .matmul import ACT_Q8_0, ACT_Q8_K, _chunk_rows, _quantize_activations  # noqa: F401  (the wrappers)
 
 QK = 32
 QK_K = 256
@@ -1128,15 +1129,7 @@ del T
 
 
 def _generate() -> dict:
-    src = []
-    for t, f in LOWBIT.items():
-        block_size, _ = GGML_QUANT_SIZES[t]
-        src.append(_mm._TEMPLATE.format(**f))
-        run = f"_run(_rows_{f['name']}, w, x.shape[1] // {block_size}, yq, yd, ys, ybs, yf, out)"
-        if f["dot4"]:
-            src.append(_mm._TEMPLATE4.format(**f))
-            run = f"_run4(_rows_{f['name']}, _rows4_{f['name']}, w, x.shape[1] // {block_size}, yq, yd, ys, ybs, yf, out)"
-        src.append(_mm._TEMPLATE_MATMUL.format(run=run, **f))
+    src = [_mm.wrapper_source(f, *GGML_QUANT_SIZES[t]) for t, f in LOWBIT.items()]
     exec(compile("".join(src), __file__, "exec"), globals())
     return {t: globals()[f"_matmul_{f['name']}"] for t, f in LOWBIT.items()}
 

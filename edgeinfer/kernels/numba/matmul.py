@@ -44,7 +44,6 @@ from ..base import QTensor
 from . import dequant, x8
 from .simd import (
     address,
-    atomic_add,
     bf16_at,
     bf16x8_at,
     bits_i8x32,
@@ -96,11 +95,32 @@ from .simd import (
 QK = 32  # values per block of the legacy formats, IQ4_NL, Q8_0 and Q8_1
 QK_K = 256  # values per K-quant super-block and Q8_K block
 PARALLEL_QUANTIZE_MIN_TOKENS = 8  # below this, x is quantized by one thread (a parallel region costs more)
-MAX_WORKERS = x8.MAX_WORKERS  # the loop that takes chunks from a counter (x8.run)
 MIN_CHUNKS = 32  # row chunks per matmul at least (threads take equal shares of them)
 
 
 # -- threading -----------------------------------------------------------------------------------------
+
+
+# How long an idle OpenMP thread spins before it sleeps (libgomp's GOMP_SPINCOUNT, in pause loops: ~1000
+# is 20-40 us here). libgomp's default, 300000 (milliseconds), keeps the workers spinning through all
+# the Python between two products: on a machine that is also running other jobs that spinning takes the
+# CPU share the thread doing the work needs, and every parallel region then waits for a thread the OS
+# has set aside (a 1B decode 3-8x slower at load 6 on 2 cores). Short enough to sleep between tokens,
+# long enough to catch the next product of a layer. The user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+GOMP_SPINCOUNT = "1000"
+
+
+def _launch(parallel) -> None:
+    """Start Numba's threads, libgomp (loaded and configured here, from the environment) spinning
+    GOMP_SPINCOUNT loops unless the user set its wait policy; the environment is left as it was."""
+    own = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+    if own:
+        os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
+    try:
+        parallel._launch_threads()
+    finally:
+        if own:
+            del os.environ["GOMP_SPINCOUNT"]
 
 
 def _init_threading() -> str:
@@ -112,7 +132,7 @@ def _init_threading() -> str:
         for layer in ("omp", "tbb", "workqueue"):
             numba.config.THREADING_LAYER = layer
             try:
-                parallel._launch_threads()
+                _launch(parallel)
             except (ValueError, ImportError, OSError):
                 continue
             break
@@ -741,66 +761,6 @@ def _chunk_rows(n_rows, row_bytes):
     return max(1, min(rows, (n_rows + MIN_CHUNKS - 1) // MIN_CHUNKS))
 
 
-@njit(cache=True, inline="always")
-def _row_loop(dot1, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    for r in range(r0, r1):
-        out[t, r] = dot1(w, r * row_bytes, nb, yq, yd, ys, ybs, yf, t)
-
-
-@njit(cache=True, inline="always")
-def _row_loop4(dot4, w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
-    for r in range(r0, r1):
-        y0, y1, y2, y3 = dot4(w, r * row_bytes, nb, yq, yd, ys, ybs, yf, t)
-        out[t, r] = y0
-        out[t + 1, r] = y1
-        out[t + 2, r] = y2
-        out[t + 3, r] = y3
-
-
-@njit(cache=True, inline="always")
-def _run(rows1, w, nb, yq, yd, ys, ybs, yf, out):
-    """out[t, r] = row r . token t: threads take chunks of rows from an atomic counter (a thread the OS
-    holds back does not hold the others up), every token per row chunk."""
-    n_tokens, n_rows = out.shape
-    row_bytes = w.size // n_rows
-    rows = _chunk_rows(n_rows, row_bytes)
-    n_chunks = (n_rows + rows - 1) // rows
-    next_chunk = np.empty(1, np.int64)  # (np.zeros here: a parfor that the parallel loop's lowering mishandles)
-    next_chunk[0] = 0
-    for worker in prange(min(n_chunks, MAX_WORKERS)):
-        slot = worker - worker  # 0, but of the loop: Numba would hoist a call with loop-invariant arguments
-        c = atomic_add(next_chunk, slot, 1)
-        while c < n_chunks:
-            r0 = c * rows
-            r1 = min(r0 + rows, n_rows)
-            for t in range(n_tokens):
-                rows1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-            c = atomic_add(next_chunk, slot, 1)
-
-
-@njit(cache=True, inline="always")
-def _run4(rows1, rows4, w, nb, yq, yd, ys, ybs, yf, out):
-    """As _run, with tiles of 4 tokens per decode of a weight row (rows4), then single tokens."""
-    n_tokens, n_rows = out.shape
-    row_bytes = w.size // n_rows
-    rows = _chunk_rows(n_rows, row_bytes)
-    n_chunks = (n_rows + rows - 1) // rows
-    n_tiled = n_tokens - n_tokens % 4
-    next_chunk = np.empty(1, np.int64)  # (np.zeros here: a parfor that the parallel loop's lowering mishandles)
-    next_chunk[0] = 0
-    for worker in prange(min(n_chunks, MAX_WORKERS)):
-        slot = worker - worker  # 0, but of the loop: Numba would hoist a call with loop-invariant arguments
-        c = atomic_add(next_chunk, slot, 1)
-        while c < n_chunks:
-            r0 = c * rows
-            r1 = min(r0 + rows, n_rows)
-            for t in range(0, n_tiled, 4):
-                rows4(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-            for t in range(n_tiled, n_tokens):
-                rows1(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out)
-            c = atomic_add(next_chunk, slot, 1)
-
-
 # -- the table: one row per weight type ----------------------------------------------------------------
 #
 # name: the suffix of the generated functions; act: the activation format (ggml's vec_dot_type); dot /
@@ -817,11 +777,11 @@ FORMATS: dict[GGMLQuantizationType, dict] = {
     T.Q4_0: dict(name="q4_0", act="ACT_Q8_0", dot="_dot_legacy(_x_q4_0, True, 18",
                  dot4="_dot4_legacy(_x_q4_0, True, 18", x8="_blk_q4_0"),
     T.Q5_0: dict(name="q5_0", act="ACT_Q8_0", dot="_dot_legacy(_x_q5_0, True, 22",
-                 dot4="_dot4_legacy(_x_q5_0, True, 22", x8=None),
+                 dot4="_dot4_legacy(_x_q5_0, True, 22", x8="_blk_q5_0"),
     T.Q8_0: dict(name="q8_0", act="ACT_Q8_0", dot="_dot_legacy(_x_q8_0, True, 34",
                  dot4="_dot4_legacy(_x_q8_0, True, 34", x8="_blk_q8_0"),
     T.IQ4_NL: dict(name="iq4_nl", act="ACT_Q8_0", dot="_dot_legacy(_x_iq4_nl, True, 18",
-                   dot4="_dot4_legacy(_x_iq4_nl, True, 18", x8=None),
+                   dot4="_dot4_legacy(_x_iq4_nl, True, 18", x8="_blk_iq4_nl"),
     T.Q4_1: dict(name="q4_1", act="ACT_Q8_1", dot="_dot_legacy_min(_x_q4_1, 20",
                  dot4="_dot4_legacy_min(_x_q4_1, 20", x8=None),
     T.Q5_1: dict(name="q5_1", act="ACT_Q8_1", dot="_dot_legacy_min(_x_q5_1, 24",
@@ -829,9 +789,9 @@ FORMATS: dict[GGMLQuantizationType, dict] = {
     T.Q2_K: dict(name="q2_k", act="ACT_Q8_K", dot="_dot_q2_k(", dot4=None, x8=None),
     T.Q3_K: dict(name="q3_k", act="ACT_Q8_K", dot="_dot_q3_k(", dot4=None, x8=None),
     T.Q4_K: dict(name="q4_k", act="ACT_Q8_K", dot="_dot_q4_k(", dot4="_dot4_q4_k(", x8="_blk_q4_k"),
-    T.Q5_K: dict(name="q5_k", act="ACT_Q8_K", dot="_dot_q5_k(", dot4=None, x8=None),
+    T.Q5_K: dict(name="q5_k", act="ACT_Q8_K", dot="_dot_q5_k(", dot4=None, x8="_blk_q5_k"),
     T.Q6_K: dict(name="q6_k", act="ACT_Q8_K", dot="_dot_q6_k(", dot4="_dot4_q6_k(", x8="_blk_q6_k"),
-    T.IQ4_XS: dict(name="iq4_xs", act="ACT_Q8_K", dot="_dot_iq4_xs(", dot4=None, x8=None),
+    T.IQ4_XS: dict(name="iq4_xs", act="ACT_Q8_K", dot="_dot_iq4_xs(", dot4=None, x8="_blk_iq4_xs"),
 }  # fmt: skip
 # the activation format each weight type is multiplied with (ggml's vec_dot_type)
 VEC_DOT_TYPE = {t: {"ACT_F32": T.F32, "ACT_F16": T.F16, "ACT_BF16": T.BF16, "ACT_Q8_0": T.Q8_0,
@@ -842,38 +802,55 @@ del T
 #
 # Per type: `_rows_<name>` (rows r0..r1-1 against token t) and `_rows4_<name>` (tokens t..t+3), the dot
 # inlined, compiled without reference counting (_nrt=False: they allocate nothing; otherwise each call
-# would count references to its arrays, atomics the threads contend for); `_matmul_<name>(w, x, out)`,
-# the parallel entry (quantize x once, then the row chunks); and for x8 types `_x8rows_<name>` /
-# `_matmul_x8_<name>` over repacked weights. They are real module-level functions (compiled from this
-# file's text below, with this file's name), so Numba caches each like any other.
+# would count references to its arrays, atomics the threads contend for); `_chunk_<name>`, a chunk of
+# rows against every token (tiles of 4, then single tokens); `_matmul_<name>(w, x, out)`, the parallel
+# entry (quantize x once, then x8.run: the one loop in which threads take chunks from a counter); and
+# for x8 types `_x8rows_<name>` (a chunk of groups) / `_matmul_x8_<name>` over repacked weights. They
+# are real module-level functions (compiled from this file's text below, with this file's name), so
+# Numba caches each like any other.
 
 _FLOAT_DOT = "(w, wo, nb, yq, yd, ys, ybs, yf, t)"
 
 _TEMPLATE = '''
 @njit(cache=True, _nrt=False)
-def _rows_{name}(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+def _rows_{name}(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, of, n_rows):
     for r in range(r0, r1):
-        out[t, r] = {dot}w, r * row_bytes, nb, yq, yd, ys, ybs, yf, t)
+        of[t * n_rows + r] = {dot}w, r * row_bytes, nb, yq, yd, ys, ybs, yf, t)
 '''
 _TEMPLATE4 = '''
 @njit(cache=True, _nrt=False)
-def _rows4_{name}(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, out):
+def _rows4_{name}(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, of, n_rows):
     for r in range(r0, r1):
         y0, y1, y2, y3 = {dot4}w, r * row_bytes, nb, yq, yd, ys, ybs, yf, t)
-        out[t, r] = y0
-        out[t + 1, r] = y1
-        out[t + 2, r] = y2
-        out[t + 3, r] = y3
+        of[t * n_rows + r] = y0
+        of[(t + 1) * n_rows + r] = y1
+        of[(t + 2) * n_rows + r] = y2
+        of[(t + 3) * n_rows + r] = y3
 '''
-_TEMPLATE_MATMUL = '''
+_TEMPLATE_CHUNK = '''
+@njit(cache=True, _nrt=False)
+def _chunk_{name}(w, r0, r1, nc, yq, yd, ys, ybs, yf, yqs, of, n_tokens, n_rows):
+    row_bytes = w.size // n_rows
+    nb = nc // {block_size}
+    t = 0{tiles}
+    while t < n_tokens:
+        _rows_{name}(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, of, n_rows)
+        t += 1
+
+
 @njit(cache=True, parallel=True)
 def _matmul_{name}(w, x, out):
     yq, yd, ys, ybs, yf, yqs = _quantize_activations(x, {act})
-    {run}
+    n_rows = out.shape[1]
+    x8.run(_chunk_{name}, n_rows, _chunk_rows(n_rows, w.size // n_rows), w, x.shape[1], yq, yd, ys, ybs, yf, yqs, out)
 '''
+_TILES = '''
+    while t + 4 <= n_tokens:
+        _rows4_{name}(w, row_bytes, r0, r1, nb, yq, yd, ys, ybs, yf, t, of, n_rows)
+        t += 4'''
 _TEMPLATE_X8 = '''
 @njit(cache=True, _nrt=False)
-def _x8rows_{name}(w, g0, g1, nc, yq, yd, yqs, ybs, of, n_tokens, n_rows):
+def _x8rows_{name}(w, g0, g1, nc, yq, yd, ys, ybs, yf, yqs, of, n_tokens, n_rows):
     x8.rows(x8.{x8}, {group_bytes}, {block_size}, w, g0, g1, nc, yq, yd, yqs, ybs, of, n_tokens, n_rows)
 
 
@@ -881,27 +858,30 @@ def _x8rows_{name}(w, g0, g1, nc, yq, yd, yqs, ybs, of, n_tokens, n_rows):
 def _matmul_x8_{name}(w, x, out):
     yq, yd, ys, ybs, yf, yqs = _quantize_activations(x, {act})
     nc = x.shape[1]
-    x8.run(_x8rows_{name}, w, nc, nc // {block_size} * {type_size}, yq, yd, yqs, ybs, out)
+    n_groups, per = x8.group_chunks(out.shape[1], nc // {block_size} * {type_size})
+    x8.run(_x8rows_{name}, n_groups, per, w, nc, yq, yd, ys, ybs, yf, yqs, out)
 '''
 
 
+def wrapper_source(f: dict, block_size: int, type_size: int) -> str:
+    """The generated functions of one table row (FORMATS here, LOWBIT in lowbit.py), as source text."""
+
+    def call(expr: str) -> str:  # the dot expression, ready for its arguments
+        return expr if expr.endswith(("(", ", ")) else expr + ", "
+
+    args = dict(f, dot=call(f["dot"]), dot4=call(f["dot4"] or "("), block_size=block_size, type_size=type_size,
+                group_bytes=8 * type_size)  # fmt: skip
+    src = [_TEMPLATE.format(**args)]
+    if f["dot4"]:
+        src.append(_TEMPLATE4.format(**args))
+    src.append(_TEMPLATE_CHUNK.format(tiles=_TILES.format(**args) if f["dot4"] else "", **args))
+    if f.get("x8"):
+        src.append(_TEMPLATE_X8.format(**args))
+    return "".join(src)
+
+
 def _generate() -> tuple[dict, dict]:
-    src = []
-    for t, f in FORMATS.items():
-        block_size, type_size = GGML_QUANT_SIZES[t]
-        nb = "x.shape[1]" if f["act"] in ("ACT_F32", "ACT_F16", "ACT_BF16") else f"x.shape[1] // {block_size}"
-        args = dict(f, dot=f["dot"] + ("" if f["dot"].endswith("(") else ", "),
-                    dot4=(f["dot4"] or "") + ("" if (f["dot4"] or "(").endswith("(") else ", "),
-                    block_size=block_size, type_size=type_size, group_bytes=8 * type_size)  # fmt: skip
-        src.append(_TEMPLATE.format(**args))
-        if f["dot4"]:
-            src.append(_TEMPLATE4.format(**args))
-            run = f"_run4(_rows_{f['name']}, _rows4_{f['name']}, w, {nb}, yq, yd, ys, ybs, yf, out)"
-        else:
-            run = f"_run(_rows_{f['name']}, w, {nb}, yq, yd, ys, ybs, yf, out)"
-        src.append(_TEMPLATE_MATMUL.format(run=run, **args))
-        if f["x8"]:
-            src.append(_TEMPLATE_X8.format(**args))
+    src = [wrapper_source(f, *GGML_QUANT_SIZES[t]) for t, f in FORMATS.items()]  # float types: (1, bytes)
     exec(compile("".join(src), __file__, "exec"), globals())
     plain = {t: globals()[f"_matmul_{f['name']}"] for t, f in FORMATS.items()}
     packed = {t: globals()[f"_matmul_x8_{f['name']}"] for t, f in FORMATS.items() if f["x8"]}

@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from ..numpy_ops import kv_head_dim
 from .kvrows import kv_array, kv_put, kv_row
-from .simd import f32_from_bits
+from .simd import f32_from_bits, f32x8_splat, f32x8_zero, fma_f32x8, hsum_f32x8, load_f32x8, store_f32x8
 
 # fast-math without nnan / ninf: the exp and the masked softmax rely on inf compares and -inf scores
 FAST = {"reassoc", "contract", "arcp", "nsz", "afn"}
@@ -299,37 +299,60 @@ def _softmax_row(scores, n_kv, qp, kv_pos, n_swa, scale, sink):
 
 
 @njit(cache=True, inline="always", fastmath=FAST)
+def _dot_row(a, ao, b, n):
+    """a[ao : ao + n] . b[:n] (1-D float32): 8 float lanes (n a multiple of 8), then their pairwise sum."""
+    acc = f32x8_zero()
+    for e in range(0, n, 8):
+        acc = fma_f32x8(load_f32x8(a, ao + e), load_f32x8(b, e), acc)
+    return hsum_f32x8(acc)
+
+
+@njit(cache=True, inline="always", fastmath=FAST)
+def _axpy_row(p, x, y, yo, n):
+    """y[yo : yo + n] += p * x[:n] (1-D float32, n a multiple of 8), one rounding per lane (fma)."""
+    pv = f32x8_splat(p)
+    for e in range(0, n, 8):
+        store_f32x8(y, yo + e, fma_f32x8(pv, load_f32x8(x, e), load_f32x8(y, yo + e)))
+
+
+@njit(cache=True, inline="always", fastmath=FAST)
 def _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, sinks, t, g, scores, acc, k_buf, v_buf, out):
     """Query t, the query heads of KV head g: they read each K and V row once, together (rows of cells
     stream from memory in order, each converted to float32 as it is read: kv_row); masked softmax per
     head (with its sink logit sinks[h], -inf for none); the rows of V summed with its weights. The
-    sequence's token j is row cells[j] of k and v."""
-    head_dim = q.shape[2]
+    sequence's token j is row cells[j] of k and v.
+    q (n, H, D), out (n, H * Dv), acc (group * Dv,); head sizes that are multiples of 8 run on 8-lane
+    vectors (the same code for every batch: a token's result does not depend on it)."""
+    n_head, head_dim = q.shape[1], q.shape[2]
     n_kv = kv_pos.shape[0]
     n_head_kv, head_dim_v = v.shape[1], v_buf.shape[0]
-    group = q.shape[1] // n_head_kv
+    group = n_head // n_head_kv
+    qf = q.reshape(-1)
+    vec = head_dim % 8 == 0 and head_dim_v % 8 == 0
     for j in range(n_kv):
         kr = kv_row(k, cells[j], g, k_buf)
         for a in range(group):
-            h = g * group + a
-            s = np.float32(0.0)
-            for e in range(head_dim):
-                s += q[t, h, e] * kr[e]
-            scores[a, j] = s
+            qo = (t * n_head + g * group + a) * head_dim
+            if vec:
+                scores[a, j] = _dot_row(qf, qo, kr, head_dim)
+            else:
+                s = np.float32(0.0)
+                for e in range(head_dim):
+                    s += qf[qo + e] * kr[e]
+                scores[a, j] = s
+    acc[:] = 0.0
     for a in range(group):
         _softmax_row(scores[a], n_kv, q_pos[t], kv_pos, n_swa, scale, sinks[g * group + a])
-        for e in range(head_dim_v):
-            acc[a, e] = 0.0
     for j in range(n_kv):
         vr = kv_row(v, cells[j], g, v_buf)
         for a in range(group):
             p = scores[a, j]
-            for e in range(head_dim_v):
-                acc[a, e] += p * vr[e]
-    for a in range(group):
-        o = (g * group + a) * head_dim_v
-        for e in range(head_dim_v):
-            out[t, o + e] = acc[a, e]
+            if vec:
+                _axpy_row(p, vr, acc, a * head_dim_v, head_dim_v)
+            else:
+                for e in range(head_dim_v):
+                    acc[a * head_dim_v + e] += p * vr[e]
+    out[t, g * group * head_dim_v : (g + 1) * group * head_dim_v] = acc
 
 
 @njit(cache=True, nogil=True)
@@ -345,7 +368,7 @@ def _attention_serial(q, k, v, q_pos, kv_pos, cells, n_swa, scale, sinks, out):
     n_head_kv, head_dim_v = v.shape[1], out.shape[1] // q.shape[1]
     group = q.shape[1] // n_head_kv
     scores = np.empty((group, n_kv), np.float32)
-    acc = np.empty((group, head_dim_v), np.float32)
+    acc = np.empty(group * head_dim_v, np.float32)
     k_buf = np.empty(q.shape[2], np.float32)
     v_buf = np.empty(head_dim_v, np.float32)
     for t in range(q.shape[0]):
@@ -362,7 +385,7 @@ def _attention_parallel(q, k, v, q_pos, kv_pos, cells, n_swa, scale, sinks, out)
     n_chunks = min(n_items, 256)
     for c in prange(n_chunks):
         scores = np.empty((group, n_kv), np.float32)
-        acc = np.empty((group, head_dim_v), np.float32)
+        acc = np.empty(group * head_dim_v, np.float32)
         k_buf = np.empty(q.shape[2], np.float32)
         v_buf = np.empty(head_dim_v, np.float32)
         for i in range(c * n_items // n_chunks, (c + 1) * n_items // n_chunks):

@@ -734,6 +734,32 @@ def bf16x8_at(typingctx, a, off):
 
 
 @intrinsic
+def h16x8_f32(typingctx, a, i):
+    """8 fp16 (their bits: a uint16 array) from element i, as float32 (exact: vcvtph2ps with F16C)."""
+    if not (isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.uint16 and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vty = ir.VectorType(_f16, 8)
+        off = builder.mul(_to_i64(context, builder, i, args[1]), ir.Constant(ir.IntType(64), 2))
+        return builder.fpext(builder.load(_ptr(context, builder, a, args[0], off, vty), align=2, typ=vty), _VF32x8)
+
+    return f32x8(a, i), codegen
+
+
+@intrinsic
+def f32x8_splat(typingctx, s):
+    """A float32 in all 8 lanes."""
+    if s != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _splat(builder, args[0], 8)
+
+    return f32x8(s), codegen
+
+
+@intrinsic
 def fma_f32x8(typingctx, a, b, acc):
     """acc + a * b, lane by lane."""
     if a != f32x8 or b != f32x8 or acc != f32x8:
@@ -828,6 +854,39 @@ def load_i32x8(typingctx, a, off):
 
 
 @intrinsic
+def load_u16x8_i32(typingctx, a, off):
+    """8 little-endian uint16 at byte offset off of a byte array, zero-extended to 8 int32 (vpmovzxwd)."""
+    if not (_is_byte_array(a) and isinstance(off, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vty = ir.VectorType(_i16, 8)
+        p = _ptr(context, builder, a, args[0], _to_i64(context, builder, off, args[1]), vty)
+        return builder.zext(builder.load(p, align=1, typ=vty), _V32x8)
+
+    return i32x8(a, off), codegen
+
+
+@intrinsic
+def nibble_bits_i8x32(typingctx, v, value):
+    """Bits 0..3 of each 32-bit lane of v -> bytes 0..3 of that lane: `value` where the bit is set, else 0
+    (Q5_0's fifth bits, a row's qh shifted down to a word's four quants; a byte shuffle, a mask, a compare
+    on x86)."""
+    if v != i32x8 or not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        b = builder.bitcast(args[0], _V8x32)
+        low = _shuffle(builder, b, b, [4 * (j // 4) for j in range(32)])  # byte 0 of the lane, 4 times
+        mask = ir.Constant(_V8x32, [ir.Constant(_i8, 1 << (j % 4)) for j in range(32)])
+        isset = builder.icmp_unsigned("!=", builder.and_(low, mask), _const_vec(_V8x32, 0))
+        on = builder.trunc(context.cast(builder, args[1], value, types.int64), _i8)
+        return builder.select(isset, _splat(builder, on, 32), _const_vec(_V8x32, 0))
+
+    return i8x32(v, value), codegen
+
+
+@intrinsic
 def i16x16_add(typingctx, a, b):
     if a != i16x16 or b != i16x16:
         return None
@@ -889,6 +948,7 @@ def _i32x8_binop(op):
     return fn
 
 
+i32x8_mul = _i32x8_binop("mul")  # the low 32 bits of each product (vpmulld)
 i32x8_and = _i32x8_binop("and_")
 i32x8_or = _i32x8_binop("or_")
 i32x8_shr = _i32x8_binop("lshr")  # logical

@@ -10,8 +10,8 @@ SIMD lane is then a row: a block's int32 dot for eight rows is one vector, the e
 
 What a kernel computes per (row, token) is x8.h's definition, per block b in order:
 
-    acc = fma(d_row * d_tok, float(sumi), acc)                          Q4_0, Q8_0, Q6_K
-    acc = fma(d_row * d_tok, float(isum), acc); acc = fma(-(dmin_row * d_tok), float(msum), acc)   Q4_K
+    acc = fma(d_row * d_tok, float(sumi), acc)          Q4_0, Q5_0, Q8_0, IQ4_NL, Q6_K, IQ4_XS
+    acc = fma(d_row * d_tok, float(isum), acc); acc = fma(-(dmin_row * d_tok), float(msum), acc)   Q4_K, Q5_K
 
 with the integer parts exact: the same bits as the native x8 kernels, for any batch, tile or thread
 count. Each format is one function, `_blk_<type>`: a group block (8 rows) against one token's
@@ -50,15 +50,19 @@ from .simd import (
     i32x8_add,
     i32x8_and,
     i32x8_dup_byte,
+    i32x8_mul,
     i32x8_or,
     i32x8_shl,
     i32x8_shr,
     i32x8_subs,
     i32x8_zero,
     item,
+    kvalues_iq4nl_i8x32,
     load_i8x16_i16,
     load_i8x32,
     load_i32x8,
+    load_u16x8_i32,
+    nibble_bits_i8x32,
     prefetch,
     madd_i16,
     madd_ones,
@@ -179,9 +183,12 @@ def _blk_q8_0(w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
 
 
 @njit(cache=True, inline="always")
-def _blk_q4_k(w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
-    """The eight rows' 6-bit scales and mins unpacked together (a lane per row; ggml's kmask shuffle),
-    each scale applied as an int16 pair in the pmaddwd that widens a sub-block's pair sums."""
+def _blk_q45_k(five, w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
+    """Q4_K (qs at 128) or, five, Q5_K (qh at 128, qs at 384: a fifth bit per quant, bit s of qh[l] for
+    sub-block s). The eight rows' 6-bit scales and mins unpacked together (a lane per row; ggml's kmask
+    shuffle), each scale applied as an int16 pair in the pmaddwd that widens a sub-block's pair sums."""
+    qs = 384 if five else 128
+    per = 4 if five else 8  # pair sums per int16 accumulator: <= 2 * 31 * 127 (five) or 2 * 15 * 127 each
     w0 = load_i32x8(w, o + 32)
     w1 = load_i32x8(w, o + 64)
     w2 = load_i32x8(w, o + 96)
@@ -193,12 +200,15 @@ def _blk_q4_k(w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
     for s in range(8):
         c = s // 2
         sc = i32x8_dup_byte(u0 if s < 4 else u1, s & 3)
-        s16 = i16x16_zero()  # 8 pair sums of <= 2 * 15 * 127
-        for k in range(8):
-            v = load_i8x32(w, o + 128 + 32 * (8 * c + k))
-            q = i8x32_shr(v, 4) if s % 2 else i8x32_and(v, 0x0F)
-            s16 = i16x16_add(s16, dot_u8(q, bcast4_i8x32(yq, yo + 32 * s + 4 * k)))
-        isum = i32x8_add(isum, madd_i16(s16, sc))
+        for k0 in range(0, 8, per):
+            s16 = i16x16_zero()
+            for k in range(k0, k0 + per):
+                v = load_i8x32(w, o + qs + 32 * (8 * c + k))
+                q = i8x32_shr(v, 4) if s % 2 else i8x32_and(v, 0x0F)
+                if five:
+                    q = i8x32_or(q, i8x32_and(i8x32_shl(i8x32_shr(load_i8x32(w, o + 128 + 32 * k), s), 4), 0x10))
+                s16 = i16x16_add(s16, dot_u8(q, bcast4_i8x32(yq, yo + 32 * s + 4 * k)))
+            isum = i32x8_add(isum, madd_i16(s16, sc))
     msum = i32x8_zero()
     for p in range(8):
         m = i32x8_dup_byte(u2 if p < 4 else u3, p & 3)
@@ -206,6 +216,16 @@ def _blk_q4_k(w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
     dy = item(yd, yb)
     acc = fma_exact_i32x8(f32x8_mul_scalar(f16x8_at(w, o), dy), isum, acc)
     return fnma_exact_i32x8(f32x8_mul_scalar(f16x8_at(w, o + 16), dy), msum, acc)
+
+
+@njit(cache=True, inline="always")
+def _blk_q4_k(w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
+    return _blk_q45_k(False, w, o, yq, yo, yd, yqs, ybs, bo, yb, acc)
+
+
+@njit(cache=True, inline="always")
+def _blk_q5_k(w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
+    return _blk_q45_k(True, w, o, yq, yo, yd, yqs, ybs, bo, yb, acc)
 
 
 @njit(cache=True, inline="always")
@@ -230,6 +250,54 @@ def _blk_q6_k(w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
                     q = i8x32_or(lo, i8x32_and(hs, 0x30))
                     s16 = i16x16_add(s16, dot_u8(q, bcast4_i8x32(yq, yo + 32 * p + 16 * e + 4 * kk)))
                 isum = i32x8_add(isum, madd_i16(s16, sc))
+    return fma_exact_i32x8(f32x8_mul_scalar(f16x8_at(w, o), item(yd, yb)), isum, acc)
+
+
+@njit(cache=True, inline="always")
+def _blk_q5_0(w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
+    """Quants 0..31 (the - 16 is 16 x the activation block's sum of quants); the eight rows' fifth bits are
+    one vector (lane r: row r's 32-bit qh), spread to the bytes of each word of quants."""
+    qh = load_i32x8(w, o + 16)
+    s16l = i16x16_zero()  # 4 pair sums of <= 2 * 31 * 127 each: within int16
+    s16h = i16x16_zero()
+    for k in range(4):
+        v = load_i8x32(w, o + 48 + 32 * k)
+        lo = i8x32_or(i8x32_and(v, 0x0F), nibble_bits_i8x32(i32x8_shr(qh, 4 * k), 0x10))
+        hi = i8x32_or(i8x32_shr(v, 4), nibble_bits_i8x32(i32x8_shr(qh, 16 + 4 * k), 0x10))
+        s16l = i16x16_add(s16l, dot_u8(lo, bcast4_i8x32(yq, yo + 4 * k)))
+        s16h = i16x16_add(s16h, dot_u8(hi, bcast4_i8x32(yq, yo + 16 + 4 * k)))
+    sumi = i32x8_subs(i32x8_add(madd_ones(s16l), madd_ones(s16h)), 16 * item(yqs, yb))
+    return fma_exact_i32x8(f32x8_mul_scalar(f16x8_at(w, o), item(yd, yb)), sumi, acc)
+
+
+@njit(cache=True, inline="always")
+def _iq4_dot(w, o, yq, yo):
+    """Eight rows' 32 IQ4 nibbles (four words at o) through the code book, dotted with 32 activation
+    quants as Q8_0 is: |w| . (y with w's sign), exact int32 per row."""
+    s32 = i32x8_zero()
+    for k in range(4):
+        v = load_i8x32(w, o + 32 * k)
+        for h in range(2):
+            q = kvalues_iq4nl_i8x32(i8x32_shr(v, 4) if h else i8x32_and(v, 0x0F))
+            s = i8x32_sign(bcast4_i8x32(yq, yo + 16 * h + 4 * k), q)
+            s32 = i32x8_add(s32, madd_ones(dot_u8(i8x32_abs(q), s)))
+    return s32
+
+
+@njit(cache=True, inline="always")
+def _blk_iq4_nl(w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
+    return fma_exact_i32x8(f32x8_mul_scalar(f16x8_at(w, o), item(yd, yb)), _iq4_dot(w, o + 16, yq, yo), acc)
+
+
+@njit(cache=True, inline="always")
+def _blk_iq4_xs(w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
+    """IQ4_NL's values, a 6-bit scale (minus 32) per 32: the eight rows' scales unpacked together."""
+    sh = load_u16x8_i32(w, o + 16)
+    sl = load_i32x8(w, o + 32)
+    isum = i32x8_zero()
+    for ib in range(8):
+        ls = i32x8_or(i32x8_and(i32x8_shr(sl, 4 * ib), 0x0F), i32x8_shl(i32x8_and(i32x8_shr(sh, 2 * ib), 3), 4))
+        isum = i32x8_add(isum, i32x8_mul(_iq4_dot(w, o + 64 + 128 * ib, yq, yo + 32 * ib), i32x8_subs(ls, 32)))
     return fma_exact_i32x8(f32x8_mul_scalar(f16x8_at(w, o), item(yd, yb)), isum, acc)
 
 
@@ -323,21 +391,28 @@ CHUNK_BYTES = 64 * 1024  # weight bytes per chunk at most (a prefill re-reads th
 
 
 @njit(cache=True, inline="always")
-def run(rows_fn, w, nc, row_bytes, yq, yd, yqs, ybs, out):
-    """out[t, r] for every row and token: threads take chunks of groups of 8 rows from an atomic counter
-    (as the native pool does), so that a thread the OS holds back does not hold the others up: the
-    running threads take its share (OpenMP's static split would wait for it)."""
-    n_tokens, n_rows = out.shape
+def group_chunks(n_rows, row_bytes):
+    """(groups, groups per chunk) of an x8 product: chunks of at most CHUNK_BYTES, MIN_CHUNKS at least."""
     n_groups = (n_rows + 7) // 8
-    per = max(1, min(CHUNK_BYTES // (8 * row_bytes), (n_groups + MIN_CHUNKS - 1) // MIN_CHUNKS))
-    n_chunks = (n_groups + per - 1) // per
+    return n_groups, max(1, min(CHUNK_BYTES // (8 * row_bytes), (n_groups + MIN_CHUNKS - 1) // MIN_CHUNKS))
+
+
+@njit(cache=True, inline="always")
+def run(chunk_fn, n_units, per, w, nc, yq, yd, ys, ybs, yf, yqs, out):
+    """The parallel loop of every product (plain rows or x8 groups): out (n_tokens, n_rows) is written by
+    chunk_fn(w, u0, u1, nc, yq, yd, ys, ybs, yf, yqs, of, n_tokens, n_rows) for units (rows or groups)
+    u0..u1-1, chunks of `per` units that the threads take from an atomic counter (as the native pool does),
+    so that a thread the OS holds back does not hold the others up: the running threads take its share
+    (OpenMP's static split would wait for it)."""
+    n_tokens, n_rows = out.shape
     of = out.reshape(-1)
+    n_chunks = (n_units + per - 1) // per
     next_chunk = np.empty(1, np.int64)  # (np.zeros here: a parfor that the parallel loop's lowering mishandles)
     next_chunk[0] = 0
     for worker in prange(min(n_chunks, MAX_WORKERS)):
         slot = worker - worker  # 0, but of the loop: Numba would hoist a call with loop-invariant arguments
         c = atomic_add(next_chunk, slot, 1)
         while c < n_chunks:
-            g0 = c * per
-            rows_fn(w, g0, min(g0 + per, n_groups), nc, yq, yd, yqs, ybs, of, n_tokens, n_rows)
+            u0 = c * per
+            chunk_fn(w, u0, min(u0 + per, n_units), nc, yq, yd, ys, ybs, yf, yqs, of, n_tokens, n_rows)
             c = atomic_add(next_chunk, slot, 1)
