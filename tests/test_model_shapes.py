@@ -161,7 +161,8 @@ def test_compare_llamacpp_shapes(tmp_path, monkeypatch, capsys):
                        "--rounds", "1", "-r", "1", "-p", "4", "-n", "3", "--ceiling-gb", "0.02", "--json", str(out_json)])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "read ceiling, 1 threads" in out and "llama-3.2-1b:q4_k_m" in out and "GB/s" in out
+    assert "read ceiling before, 1 threads" in out and "read ceiling after, 1 threads" in out
+    assert "llama-3.2-1b:q4_k_m" in out and "GB/s" in out
     assert "llama.cpp's CPU backend: AVX AVX2 F16C FMA" in out
     report = json.loads(out_json.read_text())
     assert report["read_ceiling"]["1"]["gb_s"] > 0 and not report["failures"]
