@@ -10,14 +10,16 @@ it call one, and an incremental parser that splits its reply into content, reaso
 
 Formats (chosen from the template's family): "hermes" (Hermes, Qwen, any ChatML template:
 `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`), "llama3" (`{"name": ..., "parameters": {...}}`,
-optionally after `<|python_tag|>`), "mistral" (`[TOOL_CALLS] [{"name": ..., "arguments": {...}}]`) and
-"generic" (a reply that is one JSON object `{"tool_calls": [{"name": ..., "arguments": {...}}]}`). A
+optionally after `<|python_tag|>`), "mistral" (`[TOOL_CALLS] [{"name": ..., "arguments": {...}}]`),
+"harmony" (gpt-oss: messages `<|channel|>analysis|commentary|final<|message|>...`, a call being a commentary
+message to `functions.NAME` whose text is its JSON arguments) and "generic" (a reply that is one JSON
+object `{"tool_calls": [{"name": ..., "arguments": {...}}]}`). A
 template that renders `tools` itself gets them; one that does not gets them described in the system
 message, in its family's call format. Tool-result messages (role "tool") and assistant messages with
 `tool_calls` are rendered natively where the template can, else as text of the family's format.
 
-Reasoning: text between `<think>` and `</think>` (the template's generation prompt may open the block)
-is reasoning, never content. A reasoning budget (tokens) closes the block when it runs out, by forcing
+Reasoning: text between `<think>` and `</think>` (the template's generation prompt may open the block),
+or a harmony reply's analysis messages, is reasoning, never content. A reasoning budget (tokens) closes the block when it runs out, by forcing
 the closing tag's tokens; a grammar (response_format, a required tool call) applies after the block.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +39,13 @@ from .errors import EdgeInferError
 from .tokenizer.chat import ChatTemplate, ChatTemplateError
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-FAMILIES = ("hermes", "llama3", "mistral", "generic")
+FAMILIES = ("hermes", "llama3", "mistral", "harmony", "generic")
+# gpt-oss's harmony format: a message is <|start|>ROLE[ to=RECIPIENT]<|channel|>CHANNEL[ json]<|message|>TEXT,
+# ended by <|end|> (more follows), <|call|> or <|return|> (both end the generation)
+H_START, H_CHANNEL, H_MESSAGE, H_END, H_CALL, H_RETURN = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>",
+                                                          "<|call|>", "<|return|>")  # fmt: skip
+H_ANALYSIS = H_CHANNEL + "analysis" + H_MESSAGE  # a reasoning message's opening, after <|start|>assistant
+H_FINAL = H_END + H_START + "assistant" + H_CHANNEL + "final" + H_MESSAGE  # reasoning closed, the answer next
 
 
 class ToolError(GrammarError):
@@ -189,6 +198,8 @@ def detect_family(template: ChatTemplate, token_texts: set[str] | frozenset = fr
     src = template.source
     if "[TOOL_CALLS]" in src or "[TOOL_CALLS]" in token_texts:
         return "mistral"
+    if H_CHANNEL in src and H_MESSAGE in src:
+        return "harmony"
     if "<tool_call>" in src:
         return "hermes"
     if "<|python_tag|>" in src or template.name == "llama3" or ("<|start_header_id|>" in src and "tools" in src):
@@ -218,8 +229,9 @@ def template_caps(template: ChatTemplate) -> dict:
     caps = {
         "tools": renders([user], _PROBE_FN, tools=[tool]),
         "tool_calls": renders([user, {"role": "assistant", "content": "", "tool_calls": [call]}], _PROBE_FN),
-        "tool_role": renders([user, {"role": "assistant", "content": "ok"},
-                              {"role": "tool", "content": _PROBE_RESULT, "tool_call_id": "call_probe"}], _PROBE_RESULT),
+        "tool_role": any(renders([user, {"role": "assistant", "content": content, **extra},  # some templates
+                                  {"role": "tool", "content": _PROBE_RESULT, "tool_call_id": "call_probe"}], _PROBE_RESULT)
+                         for content, extra in (("ok", {}), ("", {"tool_calls": [call]}))),  # want the call first
         "think": THINK_OPEN in template.source,
     }  # fmt: skip
     _CAPS[template.source] = caps
@@ -243,6 +255,9 @@ def tools_system_text(family: str, tools: list[dict]) -> str:
         return ("You have access to the following functions. To call a function, respond with only a JSON object "
                 'of the form {"name": function name, "parameters": dictionary of argument name and its value}.\n\n'
                 f"{lines}")  # fmt: skip
+    if family == "harmony":
+        return ("You can call these functions:\n" f"{lines}\n\n"
+                "Calls to these tools must go to the commentary channel: 'functions'.")
     if family == "mistral":
         return ("You can call these functions:\n" f"{lines}\n\n"
                 'To call functions, reply with [TOOL_CALLS] followed by a JSON array '
@@ -272,6 +287,9 @@ def format_calls(family: str, calls: list[dict]) -> str:
         return "; ".join(json.dumps({"name": n, "parameters": a}, ensure_ascii=False) for n, a in objs)
     if family == "mistral":
         return "[TOOL_CALLS] " + json.dumps([{"name": n, "arguments": a} for n, a in objs], ensure_ascii=False)
+    if family == "harmony":
+        return "".join(f"{H_START}assistant to=functions.{n}{H_CHANNEL}commentary json{H_MESSAGE}"
+                       f"{json.dumps(a, ensure_ascii=False)}{H_CALL}" for n, a in objs)  # fmt: skip
     return json.dumps({"tool_calls": [{"name": n, "arguments": a} for n, a in objs]}, ensure_ascii=False)
 
 
@@ -368,6 +386,11 @@ def tool_call_lark(family: str, tools: list[dict], parallel: bool, tokenizer=Non
         if not parallel:
             arr["maxItems"] = 1
         return f'calls: {_lit(tokenizer, "[TOOL_CALLS]")} " " %json {_compact(arr)}\n'
+    if family == "harmony":  # after the generation prompt's <|start|>assistant, as the template renders calls
+        ch, msg = _lit(tokenizer, H_CHANNEL), _lit(tokenizer, H_MESSAGE)
+        alts = [f'" to=functions.{t["name"]}" {ch} "commentary json" {msg} %json {_compact(t["parameters"])}'
+                for t in tools]
+        return "calls: " + " | ".join(f"({a})" for a in alts) + "\n"  # one call a message: <|call|> ends it
     if family == "llama3":
         rules = f"call: %json {_compact(one)}\n"
         rules += 'calls: call ("; " call)*\n' if parallel else "calls: call\n"
@@ -400,6 +423,12 @@ def tools_grammar(family: str, tools: list[dict], choice: str, parallel: bool, t
     """The grammar a reply obeys: "required" -> a call of any tool; a name -> a call of that one; "auto"
     with a response grammar -> a call, or a reply obeying it; else `grammar` as given."""
     if choice in ("auto", "none") or not tools:
+        if family == "harmony" and grammar is not None:  # the reply is the final channel's message
+            final = f'{_lit(tokenizer, H_CHANNEL)} "final" {_lit(tokenizer, H_MESSAGE)} main_g'
+            if choice == "auto" and tools:
+                return _compose("calls | final", tool_call_lark(family, tools, parallel, tokenizer) + f"final: {final}\n",
+                                grammar)  # fmt: skip
+            return _compose("final", f"final: {final}\n", grammar)
         if grammar is not None and choice == "auto" and tools:
             return _compose("calls | main_g", tool_call_lark(family, tools, parallel, tokenizer), grammar)
         return grammar
@@ -420,10 +449,14 @@ class ReasoningGrammar:
     and </think> is free (at most `budget` tokens, then the closing tag is forced); `after` (a Grammar,
     or None) constrains what follows. `opened`: the prompt already opened the block."""
 
-    def __init__(self, after: Grammar | None, budget: int | None, opened: bool):
+    def __init__(self, after: Grammar | None, budget: int | None, opened: bool, open_text: str = THINK_OPEN,
+                 close_text: str = THINK_CLOSE, forced_close: str | None = None):  # fmt: skip
         self.after = after
         self.budget = budget
         self.opened = opened
+        # the block: open_text ... close_text (the model's own end); forced_close: what the budget forces
+        self.open_text, self.close_text = open_text, close_text
+        self.forced_close = forced_close if forced_close is not None else close_text
         self.source = f"reasoning+{after.source}" if after is not None else "reasoning"
 
     def matcher(self, tokenizer) -> "ReasoningConstraint":
@@ -436,8 +469,8 @@ class ReasoningConstraint:
         self.tok = tokenizer
         self.n_vocab = tokenizer.n_vocab
         self.inner = g.after.matcher(tokenizer) if g.after is not None else None
-        self.close_ids = self._ids(THINK_CLOSE)
-        self.open_ids = self._ids(THINK_OPEN)
+        self.close_ids = self._ids(g.forced_close)
+        self.open_ids = self._ids(g.open_text)
         # "start": may open a block; "think": inside one; "closing": the close is being forced; "after"
         self.state = "think" if g.opened else "start"
         self.n_think = 0
@@ -447,7 +480,10 @@ class ReasoningConstraint:
 
     def _ids(self, text: str) -> list[int]:
         i = _special_id(self.tok, text)
-        return [i] if i is not None else self.tok.encode(text, add_special=False, parse_special=False)
+        if i is not None:
+            return [i]
+        return self.tok.encode(text, add_special=False, parse_special=_special_id(self.tok, H_CHANNEL) is not None
+                               and H_CHANNEL in text)  # harmony's markers are its special tokens  # fmt: skip
 
     def _only(self, logits: np.ndarray, token: int) -> np.ndarray:
         out = np.full(logits.shape, -np.inf, dtype=np.float32)
@@ -484,7 +520,15 @@ class ReasoningConstraint:
                 return
             self.n_think += 1
             self.text += self.tok.decode([token])
-            if THINK_CLOSE in self.text:
+            if self.g.close_text in self.text:
+                self.state = "after"
+            return
+        if self.state == "start" and self.inner is None and len(self.open_ids) > 1:
+            # no grammar: the model is free; a block is open once its text spelled the opening (harmony)
+            self.text += self.tok.decode([token])
+            if self.text.startswith(self.g.open_text):
+                self.state, self.text = "think", ""
+            elif not self.g.open_text.startswith(self.text):
                 self.state = "after"
             return
         if self.state == "start":
@@ -861,6 +905,92 @@ class ReplyParser:
                           self.reasoning.strip(), logprobs, reason)  # fmt: skip
 
 
+class HarmonyParser(ReplyParser):
+    """ReplyParser for gpt-oss's harmony format: each message's header (`[<|start|>assistant][ to=R]
+    <|channel|>C[ json]<|message|>`) says where its text goes: the analysis channel is reasoning, a message
+    to `functions.NAME` is a call of NAME (its text the arguments), anything else (final, a commentary
+    preamble, text with no header at all) is content. Markers never reach content."""
+
+    _BODY_END = (H_END, H_CALL, H_RETURN, H_START, H_CHANNEL)  # the last two begin the next header
+    _HEADER_HEADS = (H_START, H_CHANNEL, " to=", "to=", "assistant")
+
+    def __init__(self, tools: bool = True):
+        super().__init__("harmony", tools=tools)
+        self.mode = "header"  # or "body"
+        self._kind = "content"  # where the body goes: "content", "reasoning" or "call"
+
+    def _run(self, out: list[ChatDelta], final: bool) -> None:
+        while self.buf:
+            if self.mode == "header":
+                at = self.buf.find(H_MESSAGE)
+                if at < 0:
+                    head = self.buf.lstrip()
+                    if head and not any(h.startswith(head[: len(h)]) for h in self._HEADER_HEADS):
+                        self._open("content")  # text without a header: content, up to the next marker
+                        continue
+                    if final:  # a header cut short (max_tokens): none of it is content
+                        self.buf = ""
+                    return
+                header, self.buf = self.buf[:at], self.buf[at + len(H_MESSAGE):]
+                self._begin(out, header)
+                continue
+            ends = [(i, m) for i, m in ((self.buf.find(m), m) for m in self._BODY_END) if i >= 0]
+            if not ends:
+                hold = 0 if final else _partial_suffix(self.buf, list(self._BODY_END))
+                text, self.buf = self.buf[: len(self.buf) - hold], self.buf[len(self.buf) - hold :]
+                self._body(out, text)
+                return
+            at, m = min(ends)
+            self._body(out, self.buf[:at])
+            self.buf = self.buf[at + (0 if m in (H_START, H_CHANNEL) else len(m)):]
+            self._close()
+
+    def _begin(self, out, header: str) -> None:
+        recipient = re.search(r"to=([^\s<]+)", header)
+        channel = re.search(re.escape(H_CHANNEL) + r"\s*(\w+)", header)
+        name = recipient.group(1) if recipient else ""
+        if self.tools and name.startswith("functions."):
+            cid = new_call_id()
+            self._call = {"id": cid, "name": name[len("functions."):], "args": ""}
+            out.append(ChatDelta(tool_call=ToolCallDelta(len(self.tool_calls), cid, self._call["name"], "")))
+            self._open("call")
+        else:
+            self._open("reasoning" if channel and channel.group(1) == "analysis" else "content")
+
+    def _open(self, kind: str) -> None:
+        self.mode, self._kind = "body", kind
+        self._sep = kind == "reasoning" and bool(self.reasoning)  # two analysis messages: a line between
+
+    def _body(self, out, text: str) -> None:
+        if not text:
+            return
+        if self._kind == "call":
+            self._call["args"] += text
+            out.append(ChatDelta(tool_call=ToolCallDelta(len(self.tool_calls), arguments=text)))
+        elif self._kind == "reasoning":
+            if self._sep:
+                text, self._sep = "\n" + text, False
+            self.reasoning += text
+            out.append(ChatDelta(reasoning=text))
+        else:
+            self._content(out, text)
+
+    def _close(self) -> None:
+        if self._kind == "call" and self._call is not None:
+            c = self._call
+            self.tool_calls.append(ToolCall(c["id"], c["name"], c["args"]))
+            self._call = None
+            self._after_call = True
+        self.mode, self._kind = "header", "content"
+
+    def finish(self) -> list[ChatDelta]:
+        out: list[ChatDelta] = []
+        self._run(out, final=True)
+        if self.mode == "body":
+            self._close()
+        return _merge(out)
+
+
 def _partial_suffix(text: str, markers: list[str]) -> int:
     """Length of the longest suffix of text that is a proper prefix of a marker."""
     best = 0
@@ -907,7 +1037,10 @@ class ChatPlan:
     think_open: bool
 
     def parser(self) -> ReplyParser:
-        return ReplyParser(self.family, tools=bool(self.tools) and self.tool_choice != "none", think_open=self.think_open)
+        tools = bool(self.tools) and self.tool_choice != "none"
+        if self.family == "harmony":
+            return HarmonyParser(tools=tools)
+        return ReplyParser(self.family, tools=tools, think_open=self.think_open)
 
 
 def encode_prompt(template: ChatTemplate, tokenizer, text: str) -> list[int]:
@@ -934,7 +1067,10 @@ def plan_chat(template: ChatTemplate, tokenizer, messages: list[dict], tools: An
     text = render_messages(template, messages, shown, family)
     think_open = text.rstrip().endswith(THINK_OPEN)
     g = tools_grammar(family, shown, choice, parallel_tool_calls, tokenizer, grammar)
-    if reasoning_budget is not None or think_open or (g is not None and template_caps(template)["think"]):
+    if family == "harmony":  # a grammar leaves no analysis message; without one, the budget bounds it
+        if g is None and reasoning_budget is not None:
+            g = ReasoningGrammar(None, reasoning_budget, False, H_ANALYSIS, H_END, H_FINAL)
+    elif reasoning_budget is not None or think_open or (g is not None and template_caps(template)["think"]):
         if g is not None or reasoning_budget is not None:
             g = ReasoningGrammar(g, reasoning_budget, think_open)
     ids = encode_prompt(template, tokenizer, text) if tokenizer is not None else []
@@ -942,7 +1078,7 @@ def plan_chat(template: ChatTemplate, tokenizer, messages: list[dict], tools: An
 
 
 __all__ = [
-    "ChatDelta", "ChatPlan", "ChatResult", "ReasoningGrammar", "ReplyParser", "ToolCall", "ToolCallDelta",
+    "ChatDelta", "ChatPlan", "ChatResult", "HarmonyParser", "ReasoningGrammar", "ReplyParser", "ToolCall", "ToolCallDelta",
     "ToolError", "detect_family", "parse_tool_choice", "parse_tools", "plan_chat", "render_messages",
     "tool_call_lark", "tools_grammar",
 ]  # fmt: skip
