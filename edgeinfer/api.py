@@ -211,7 +211,7 @@ class LLM:
 
     def chat(self, messages: list[dict], tools: list[dict] | None = None, tool_choice=None,
              parallel_tool_calls: bool = True, top_logprobs: int | None = None,
-             reasoning_budget: int | None = None, **kwargs):  # fmt: skip
+             reasoning_budget: int | None = None, chat_template_kwargs: dict | None = None, **kwargs):  # fmt: skip
         """The assistant's reply to `messages` (the model's chat template applied); same keywords as
         `generate`. Returns the text (or its pieces with stream=True) -- or, when tools, logprobs or a
         reasoning_budget are asked for, a `ChatResult(text, tool_calls, reasoning, logprobs,
@@ -223,9 +223,13 @@ class LLM:
         so the reply is a valid call whose arguments obey the function's parameters schema;
         parallel_tool_calls: several calls allowed in one reply. logprobs: True (or N) with top_logprobs=N:
         each token's log-probability and the N likeliest. reasoning_budget: the most tokens a <think>
-        block may take before it is closed; reasoning goes to ChatResult.reasoning, never the text."""
+        block may take before it is closed; reasoning goes to ChatResult.reasoning, never the text.
+        chat_template_kwargs: more variables for the template, e.g. {"enable_thinking": True} (Qwen3,
+        Gemma 4). A model whose replies come in channels (gpt-oss's harmony format) answers with its
+        final channel's text; its analysis goes to ChatResult.reasoning when a ChatResult is returned."""
         lp = kwargs.pop("logprobs", None)
-        if tools is None and tool_choice is None and lp in (None, False) and reasoning_budget is None:
+        plain = tools is None and tool_choice is None and lp in (None, False) and reasoning_budget is None
+        if plain and chat_template_kwargs is None and not self._channel_replies():
             return self.generate(self.tokenize_chat(messages), **kwargs)
         from .toolcalls import plan_chat
 
@@ -236,17 +240,32 @@ class LLM:
         base = grammar_from_request(kwargs.pop("response_format", None), kwargs.pop("grammar", None),
                                     kwargs.pop("json_schema", None), kwargs.pop("regex", None))  # fmt: skip
         plan = plan_chat(self.chat_template, self.tokenizer, messages, tools, tool_choice, parallel_tool_calls, base,
-                         reasoning_budget)  # fmt: skip
+                         reasoning_budget, chat_template_kwargs)  # fmt: skip
         stream = kwargs.pop("stream", False)
         pieces = self.generate(plan.prompt_ids, stream=True, logprobs=n_top, grammar=plan.grammar, **kwargs)
         stats = self.last_stats
         parser = plan.parser()
+        if plain:  # text in, text out, as the plain call: the reply's content
+            if not stream:
+                for piece in pieces:
+                    parser.feed(piece)
+                parser.finish()
+                return parser.result(stats.finish_reason or "length").text
+            return (d.content for d in self._chat_deltas(pieces, parser, stats) if d.content)
         if not stream:
             for piece in pieces:
                 parser.feed(piece)
             parser.finish()
             return parser.result(stats.finish_reason or "length", stats.logprobs)
         return self._chat_deltas(pieces, parser, stats)
+
+    def _channel_replies(self) -> bool:
+        """Whether the model's replies are channels that must be parsed (gpt-oss's harmony format)."""
+        if self.chat_template is None:
+            return False
+        from .toolcalls import detect_family
+
+        return detect_family(self.chat_template) == "harmony"
 
     @staticmethod
     def _chat_deltas(pieces, parser, stats):

@@ -11,7 +11,7 @@ it call one, and an incremental parser that splits its reply into content, reaso
 Formats (chosen from the template's family): "hermes" (Hermes, Qwen, any ChatML template:
 `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`), "llama3" (`{"name": ..., "parameters": {...}}`,
 optionally after `<|python_tag|>`), "mistral" (`[TOOL_CALLS] [{"name": ..., "arguments": {...}}]`),
-"harmony" (gpt-oss: messages `<|channel|>analysis|commentary|final<|message|>...`, a call being a commentary
+"gemma4" (`<|tool_call>call:NAME{key:<|"|>text<|"|>,n:1}<tool_call|>`, gemma_calls.py), "harmony" (gpt-oss: messages `<|channel|>analysis|commentary|final<|message|>...`, a call being a commentary
 message to `functions.NAME` whose text is its JSON arguments) and "generic" (a reply that is one JSON
 object `{"tool_calls": [{"name": ..., "arguments": {...}}]}`). A
 template that renders `tools` itself gets them; one that does not gets them described in the system
@@ -19,7 +19,8 @@ message, in its family's call format. Tool-result messages (role "tool") and ass
 `tool_calls` are rendered natively where the template can, else as text of the family's format.
 
 Reasoning: text between `<think>` and `</think>` (the template's generation prompt may open the block),
-or a harmony reply's analysis messages, is reasoning, never content. A reasoning budget (tokens) closes the block when it runs out, by forcing
+Gemma 4's `<|channel>thought ...<channel|>` or a harmony reply's analysis messages, is reasoning, never
+content. A reasoning budget (tokens) closes the block when it runs out, by forcing
 the closing tag's tokens; a grammar (response_format, a required tool call) applies after the block.
 """
 
@@ -34,12 +35,15 @@ from typing import Any
 
 import numpy as np
 
+from . import gemma_calls
 from .engine.constrain import Grammar, GrammarError
 from .errors import EdgeInferError
 from .tokenizer.chat import ChatTemplate, ChatTemplateError
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-FAMILIES = ("hermes", "llama3", "mistral", "harmony", "generic")
+FAMILIES = ("hermes", "llama3", "mistral", "gemma4", "harmony", "generic")
+G_CALL, G_CALL_END = "<|tool_call>", "<tool_call|>"  # Gemma 4: <|tool_call>call:NAME{...}<tool_call|>
+G_THINK_OPEN, G_THINK_CLOSE = "<|channel>", "<channel|>"  # Gemma 4: <|channel>thought\n...<channel|>
 # gpt-oss's harmony format: a message is <|start|>ROLE[ to=RECIPIENT]<|channel|>CHANNEL[ json]<|message|>TEXT,
 # ended by <|end|> (more follows), <|call|> or <|return|> (both end the generation)
 H_START, H_CHANNEL, H_MESSAGE, H_END, H_CALL, H_RETURN = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>",
@@ -200,6 +204,8 @@ def detect_family(template: ChatTemplate, token_texts: set[str] | frozenset = fr
         return "mistral"
     if H_CHANNEL in src and H_MESSAGE in src:
         return "harmony"
+    if G_CALL in src and G_CALL_END in src:
+        return "gemma4"
     if "<tool_call>" in src:
         return "hermes"
     if "<|python_tag|>" in src or template.name == "llama3" or ("<|start_header_id|>" in src and "tools" in src):
@@ -232,7 +238,7 @@ def template_caps(template: ChatTemplate) -> dict:
         "tool_role": any(renders([user, {"role": "assistant", "content": content, **extra},  # some templates
                                   {"role": "tool", "content": _PROBE_RESULT, "tool_call_id": "call_probe"}], _PROBE_RESULT)
                          for content, extra in (("ok", {}), ("", {"tool_calls": [call]}))),  # want the call first
-        "think": THINK_OPEN in template.source,
+        "think": THINK_OPEN in template.source or G_THINK_OPEN in template.source,
     }  # fmt: skip
     _CAPS[template.source] = caps
     return caps
@@ -258,6 +264,9 @@ def tools_system_text(family: str, tools: list[dict]) -> str:
     if family == "harmony":
         return ("You can call these functions:\n" f"{lines}\n\n"
                 "Calls to these tools must go to the commentary channel: 'functions'.")
+    if family == "gemma4":
+        return ("You can call these functions:\n" f"{lines}\n\n"
+                f"To call one, write {G_CALL}call:NAME{{key:value,...}}{G_CALL_END}.")
     if family == "mistral":
         return ("You can call these functions:\n" f"{lines}\n\n"
                 'To call functions, reply with [TOOL_CALLS] followed by a JSON array '
@@ -287,6 +296,9 @@ def format_calls(family: str, calls: list[dict]) -> str:
         return "; ".join(json.dumps({"name": n, "parameters": a}, ensure_ascii=False) for n, a in objs)
     if family == "mistral":
         return "[TOOL_CALLS] " + json.dumps([{"name": n, "arguments": a} for n, a in objs], ensure_ascii=False)
+    if family == "gemma4":
+        return "".join(f"{G_CALL}call:{n}{gemma_calls.from_value(a if isinstance(a, dict) else {})}{G_CALL_END}"
+                       for n, a in objs)  # fmt: skip
     if family == "harmony":
         return "".join(f"{H_START}assistant to=functions.{n}{H_CHANNEL}commentary json{H_MESSAGE}"
                        f"{json.dumps(a, ensure_ascii=False)}{H_CALL}" for n, a in objs)  # fmt: skip
@@ -294,7 +306,7 @@ def format_calls(family: str, calls: list[dict]) -> str:
 
 
 def render_messages(template: ChatTemplate, messages: list[dict], tools: list[dict], family: str,
-                    add_generation_prompt: bool = True) -> str:  # fmt: skip
+                    add_generation_prompt: bool = True, template_kwargs: dict | None = None) -> str:  # fmt: skip
     """The prompt text: the template's own rendering of tools, tool calls and tool results where it has
     one, else the family's text for them (the tools in the system message, results as user turns)."""
     caps = template_caps(template)
@@ -326,7 +338,7 @@ def render_messages(template: ChatTemplate, messages: list[dict], tools: list[di
             msgs[-1] = {"role": "user", "content": msgs[-1]["content"] + "\n" + m["content"]}
             continue
         msgs.append(m)
-    kwargs = {}
+    kwargs = dict(template_kwargs or {})
     if tools:
         if caps["tools"]:
             kwargs["tools"] = _tools_json(tools)
@@ -386,6 +398,14 @@ def tool_call_lark(family: str, tools: list[dict], parallel: bool, tokenizer=Non
         if not parallel:
             arr["maxItems"] = 1
         return f'calls: {_lit(tokenizer, "[TOOL_CALLS]")} " " %json {_compact(arr)}\n'
+    if family == "gemma4":
+        q = _lit(tokenizer, gemma_calls.QUOTE)
+        rules, alts = "", []
+        for i, t in enumerate(tools):
+            rules += gemma_calls.schema_lark(t["parameters"], q, f"args{i}")
+            alts.append(f'({_lit(tokenizer, G_CALL)} "call:{t["name"]}" args{i} {_lit(tokenizer, G_CALL_END)})')
+        rules += "call: " + " | ".join(alts) + "\n"
+        return rules + ("calls: call+\n" if parallel else "calls: call\n")
     if family == "harmony":  # after the generation prompt's <|start|>assistant, as the template renders calls
         ch, msg = _lit(tokenizer, H_CHANNEL), _lit(tokenizer, H_MESSAGE)
         alts = [f'" to=functions.{t["name"]}" {ch} "commentary json" {msg} %json {_compact(t["parameters"])}'
@@ -738,6 +758,9 @@ class ReplyParser:
         self.family = family
         self.tools = tools
         self.mode = "reasoning" if think_open else "content"
+        gemma = family == "gemma4"
+        self.t_open, self.t_close = (G_THINK_OPEN, G_THINK_CLOSE) if gemma else (THINK_OPEN, THINK_CLOSE)
+        self._channel = False  # Gemma 4: the channel's name ("thought") still to skip after <|channel>
         self.buf = ""
         self.content = ""
         self.reasoning = ""
@@ -752,11 +775,13 @@ class ReplyParser:
     # markers that may appear in the current mode
     def _markers(self) -> list[str]:
         if self.mode == "reasoning":
-            return [THINK_CLOSE]
-        m = [] if self._any_content else [THINK_OPEN]
+            return [self.t_close]
+        m = [] if self._any_content else [self.t_open]
         if self.tools:
             if self.family == "hermes":
                 m.append("<tool_call>")
+            elif self.family == "gemma4":
+                m.append(G_CALL)
             elif self.family == "mistral":
                 m.append("[TOOL_CALLS]")
             elif self.family == "llama3":
@@ -772,6 +797,8 @@ class ReplyParser:
     def finish(self) -> list[ChatDelta]:
         out: list[ChatDelta] = []
         self._run(out, final=True)
+        if self.mode == "gemma_call":  # <|tool_call> and nothing after it
+            self._gemma_call(out, final=True)
         if self._scanner is not None:  # a call cut short (max_tokens): what was read of it stays unfinished
             self._end_call(out, complete=False)
         if self._tentative:
@@ -796,6 +823,18 @@ class ReplyParser:
         while self.buf:
             if self._scanner is not None:
                 self._scan(out)
+                continue
+            if self._channel:  # "thought\n" after Gemma 4's <|channel>: the channel's name, not reasoning
+                nl = self.buf.find("\n")
+                if nl < 0 and len(self.buf) < 24 and not final:
+                    return
+                if 0 <= nl < 24 and self.buf[:nl].strip().isidentifier():
+                    self.buf = self.buf[nl + 1:]
+                self._channel = False
+                continue
+            if self.mode == "gemma_call":  # <|tool_call>call:NAME{...}<tool_call|>
+                if not self._gemma_call(out, final):
+                    return
                 continue
             if self.mode == "after_call":  # the family's closing tag, then content again
                 close = "</tool_call>"
@@ -832,15 +871,45 @@ class ReplyParser:
                 return
             before, self.buf = self.buf[:at], self.buf[at + len(hit):]
             self._text(out, before)
-            if hit == THINK_OPEN:
+            if hit == self.t_open:
                 self.mode = "reasoning"
                 self.buf = self.buf.lstrip("\n") if self.buf else self.buf
-            elif hit == THINK_CLOSE:
+                self._channel = self.family == "gemma4"
+            elif hit == self.t_close:
                 self.mode = "content"
                 self._strip_next = True
+            elif hit == G_CALL:
+                self.mode, self._call = "gemma_call", None
             else:
                 self._scanner = _CallScanner("array" if hit == "[TOOL_CALLS]" else "object")
                 self._tentative = ""
+
+    def _gemma_call(self, out, final: bool) -> bool:
+        """Reads one Gemma 4 call from buf: its start (the name) as soon as `call:NAME{` is there, its
+        arguments (converted to JSON) when <tool_call|> closes it. False: wait for more text."""
+        if self._call is None:
+            brace = self.buf.find("{")
+            if brace < 0 and not final:
+                return False
+            head = self.buf[: brace if brace >= 0 else len(self.buf)].strip()
+            name = head[len("call:"):] if head.startswith("call:") else head
+            self._call = {"id": new_call_id(), "name": name, "args": ""}
+            out.append(ChatDelta(tool_call=ToolCallDelta(len(self.tool_calls), self._call["id"], name, "")))
+            self.buf = self.buf[brace if brace >= 0 else len(self.buf):]
+        end = self.buf.find(G_CALL_END)
+        if end < 0 and not final:
+            return False
+        raw, self.buf = (self.buf[:end], self.buf[end + len(G_CALL_END):]) if end >= 0 else (self.buf, "")
+        try:
+            args = gemma_calls.to_json(raw) if raw.strip() else "{}"
+        except ValueError:
+            args = raw  # not Gemma's syntax: passed on as written (a call cut short, or a model's slip)
+        c, self._call = self._call, None
+        c["args"] = args
+        out.append(ChatDelta(tool_call=ToolCallDelta(len(self.tool_calls), arguments=args)))
+        self.tool_calls.append(ToolCall(c["id"], c["name"], args))
+        self.mode, self._after_call, self._strip_next = "content", True, True
+        return True
 
     def _text(self, out, text: str) -> None:
         if self.mode == "reasoning":
@@ -1048,12 +1117,35 @@ def encode_prompt(template: ChatTemplate, tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special=not template.starts_with_bos(text), parse_special=True)
 
 
+_RESERVED = ("messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "documents")
+
+
+def check_template_kwargs(kwargs: Any, field_name: str = "chat_template_kwargs") -> dict:
+    """{} for None; else an object of JSON values whose names are not the ones edgeinfer passes itself."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+        raise ToolError(f"'{field_name}' must be an object of template variables (names as keys), got {kwargs!r}.",
+                        field_name)  # fmt: skip
+    taken = [k for k in kwargs if k in _RESERVED]
+    if taken:
+        raise ToolError(f"'{field_name}' cannot set {', '.join(taken)}: give them as the request's own fields.",
+                        field_name)  # fmt: skip
+    try:
+        json.dumps(kwargs)
+    except (TypeError, ValueError):
+        raise ToolError(f"'{field_name}' must hold JSON values only.", field_name) from None
+    return dict(kwargs)
+
+
 def plan_chat(template: ChatTemplate, tokenizer, messages: list[dict], tools: Any = None, tool_choice: Any = None,
               parallel_tool_calls: bool = True, grammar: Grammar | None = None,
-              reasoning_budget: int | None = None) -> ChatPlan:  # fmt: skip
+              reasoning_budget: int | None = None, template_kwargs: dict | None = None) -> ChatPlan:  # fmt: skip
     """Render `messages` (and `tools`) with the model's template; the grammar for tool_choice (required or
     a named function), the response grammar, and the reasoning budget; the family's reply parser.
-    ToolError / GrammarError name the field at fault."""
+    template_kwargs: more variables for the template (e.g. {"enable_thinking": True}, as vLLM's and
+    llama-server's chat_template_kwargs). ToolError / GrammarError name the field at fault."""
+    template_kwargs = check_template_kwargs(template_kwargs)
     tools = parse_tools(tools)
     choice = parse_tool_choice(tool_choice, tools)
     if reasoning_budget is not None and (isinstance(reasoning_budget, bool) or not isinstance(reasoning_budget, int)):
@@ -1064,21 +1156,24 @@ def plan_chat(template: ChatTemplate, tokenizer, messages: list[dict], tools: An
     token_texts = set(tokenizer.vocab.token_to_id) if tokenizer is not None else set()
     family = detect_family(template, token_texts)
     shown = tools if choice != "none" else []
-    text = render_messages(template, messages, shown, family)
-    think_open = text.rstrip().endswith(THINK_OPEN)
+    text = render_messages(template, messages, shown, family, template_kwargs=template_kwargs)
+    t_open, t_close = (G_THINK_OPEN, G_THINK_CLOSE) if family == "gemma4" else (THINK_OPEN, THINK_CLOSE)
+    think_open = text.rstrip().endswith(t_open)
     g = tools_grammar(family, shown, choice, parallel_tool_calls, tokenizer, grammar)
     if family == "harmony":  # a grammar leaves no analysis message; without one, the budget bounds it
         if g is None and reasoning_budget is not None:
             g = ReasoningGrammar(None, reasoning_budget, False, H_ANALYSIS, H_END, H_FINAL)
+    elif text.rstrip().endswith(t_close):  # the prompt opened and closed the block: thinking is off
+        pass
     elif reasoning_budget is not None or think_open or (g is not None and template_caps(template)["think"]):
         if g is not None or reasoning_budget is not None:
-            g = ReasoningGrammar(g, reasoning_budget, think_open)
+            g = ReasoningGrammar(g, reasoning_budget, think_open, t_open, t_close)
     ids = encode_prompt(template, tokenizer, text) if tokenizer is not None else []
     return ChatPlan(text, ids, g, family, shown, choice, think_open)
 
 
 __all__ = [
     "ChatDelta", "ChatPlan", "ChatResult", "HarmonyParser", "ReasoningGrammar", "ReplyParser", "ToolCall", "ToolCallDelta",
-    "ToolError", "detect_family", "parse_tool_choice", "parse_tools", "plan_chat", "render_messages",
+    "ToolError", "check_template_kwargs", "detect_family", "parse_tool_choice", "parse_tools", "plan_chat", "render_messages",
     "tool_call_lark", "tools_grammar",
 ]  # fmt: skip

@@ -225,3 +225,37 @@ def test_reasoning_budget_closes_the_analysis(harmony):
         assert int(np.argmax(m.mask(logits))) == t
         m.consume(t)
     assert m.state == "after"
+
+
+def test_library_chat_answers_with_the_final_channel(smollm2_path, monkeypatch):
+    """LLM.chat on a harmony-template model: the plain call returns the final channel's text (the
+    conversation can go on: gpt-oss's template refuses <|channel|> markup in a message's content)."""
+    import edgeinfer
+
+    llm = edgeinfer.load(smollm2_path, n_ctx=512, progress=False)
+    llm.chat_template = ChatTemplate(TEMPLATE.read_text(), "gpt-oss")
+    reply = ["<|channel|>analysis", "<|message|>The user greets.", "<|end|><|start|>assistant<|channel|>fi",
+             "nal<|message|>Hel", "lo!"]  # fmt: skip
+    from types import SimpleNamespace
+
+    def generate(ids, **kw):  # the engine's part is tested elsewhere: here, what chat() makes of a reply
+        llm.last_stats = SimpleNamespace(finish_reason="stop", logprobs=None)
+        return iter(reply)
+
+    monkeypatch.setattr(llm, "generate", generate)
+    msgs = [{"role": "user", "content": "Hi"}]
+    assert llm.chat(msgs) == "Hello!"
+    assert list(llm.chat(msgs, stream=True)) == ["Hel", "lo!"]
+    r = llm.chat(msgs, reasoning_budget=100)
+    assert (r.text, r.reasoning) == ("Hello!", "The user greets.")
+    llm.chat_template.render(msgs + [{"role": "assistant", "content": llm.chat(msgs)}, {"role": "user", "content": "Bye"}])
+
+
+def test_server_takes_chat_template_kwargs():
+    from edgeinfer.server import protocol as P
+
+    body = {"messages": [{"role": "user", "content": "Hi"}], "chat_template_kwargs": {"enable_thinking": False}}
+    assert P.parse_chat_request(body).chat_template_kwargs == {"enable_thinking": False}
+    for bad in ("yes", {"messages": 1}):
+        with pytest.raises(P.RequestError, match="chat_template_kwargs"):
+            P.parse_chat_request({**body, "chat_template_kwargs": bad})

@@ -548,7 +548,7 @@ def create_app(llm, runner, api_key: str | None = None, model_name: str | None =
             plan = await run_in_threadpool(plan_chat, llm.chat_template, llm.tokenizer, req.messages, req.tools,
                                            req.tool_choice, req.parallel_tool_calls, req.grammar,
                                            req.reasoning_budget if req.reasoning_budget is not None
-                                           else reasoning_budget)  # fmt: skip
+                                           else reasoning_budget, req.chat_template_kwargs)  # fmt: skip
         except ChatTemplateError as e:
             raise P.RequestError(f"The model's chat template refused the messages: {e}", "messages") from None
         except GrammarError as e:  # ToolError too

@@ -216,6 +216,7 @@ class GenerationRequest:
     tool_choice: Any = None
     parallel_tool_calls: bool = True
     reasoning_budget: int | None = None  # tokens a <think> block may take (None: no limit)
+    chat_template_kwargs: dict | None = None  # chat: more template variables ({"enable_thinking": true})
 
 
 def parse_sampling(body: dict, n_vocab: int | None = None) -> tuple[SamplingParams, int | None, list[str]]:
@@ -343,6 +344,13 @@ def parse_chat_request(body: dict, n_vocab: int | None = None) -> GenerationRequ
             raise RequestError(str(e), e.field or "tools") from None
         req.tools, req.tool_choice = tools, body.get("tool_choice")
     req.parallel_tool_calls = _boolean(body, "parallel_tool_calls", True)
+    if body.get("chat_template_kwargs") is not None:
+        from ..toolcalls import ToolError, check_template_kwargs
+
+        try:
+            req.chat_template_kwargs = check_template_kwargs(body["chat_template_kwargs"])
+        except ToolError as e:
+            raise RequestError(str(e), "chat_template_kwargs") from None
     return req
 
 
