@@ -42,7 +42,7 @@ BASE = {"edgeinfer.errors", "edgeinfer.system", "edgeinfer.progress", "edgeinfer
 # compiled extensions (setup.py), present or not: the layer each belongs to
 EXTENSIONS = {"edgeinfer._native": "kernels"}
 STACK = ("gguf", "quant", "kernels", "nn", "arch", "engine", "faces")
-FACES = {"api", "cli", "repl", "chat", "info", "bench", "server", "tui", "tools", "toolcalls", "__main__"}
+FACES = {"api", "cli", "repl", "chat", "info", "bench", "server", "tui", "tools", "toolcalls", "gemma_calls", "__main__"}
 # packages beside the stack: what each may import (besides BASE), and the lowest layer that may read it
 SIDE = {
     "tokenizer": ({"gguf"}, "engine"),
