@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 
 from edgeinfer import gemma_calls
-from edgeinfer.gguf import GGUFFile
-from edgeinfer.tokenizer.base import Tokenizer
-from edgeinfer.tokenizer.chat import ChatTemplate
 from edgeinfer.toolcalls import ReasoningConstraint, ReplyParser, plan_chat
 
-from test_harmony import TOOLS, _byte_chars, _sample
+from chat_vocab import feed_in_pieces, special_vocab
+from test_harmony import _sample
+from test_structured import TOOLS
 
 TEMPLATE = Path(__file__).parent / "fixtures" / "templates" / "google-gemma-4-31B-it.jinja"
 SPECIALS = ["<bos>", "<eos>", "<|turn>", "<turn|>", "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>",
@@ -37,26 +36,9 @@ MORE_TOOLS = TOOLS + [
 
 @pytest.fixture(scope="module")
 def gemma4(tmp_path_factory):
-    import gguf
-
     path = tmp_path_factory.mktemp("gemma4") / "vocab.gguf"
-    w = gguf.GGUFWriter(str(path), "gemma4")
-    tokens = _byte_chars() + ["Ġt"] + SPECIALS
-    w.add_string("tokenizer.ggml.model", "gpt2")
-    w.add_string("tokenizer.ggml.pre", "gpt-4o")
-    w.add_array("tokenizer.ggml.tokens", tokens)
-    w.add_array("tokenizer.ggml.token_type", [1] * 257 + [3, 3, 3, 3] + [4] * (len(SPECIALS) - 4))
-    w.add_array("tokenizer.ggml.merges", ["Ġ t"])
-    w.add_uint32("tokenizer.ggml.bos_token_id", tokens.index("<bos>"))
-    w.add_uint32("tokenizer.ggml.eos_token_id", tokens.index("<eos>"))
-    w.add_string("tokenizer.chat_template", TEMPLATE.read_text())
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    f = GGUFFile(str(path))
-    tok = Tokenizer.from_gguf(f)
-    return tok, ChatTemplate.from_metadata(f.metadata, set(tok.vocab.token_to_id))
+    return special_vocab(path, "gemma4", SPECIALS, [3, 3, 3, 3] + [4] * (len(SPECIALS) - 4), TEMPLATE,
+                         bos_token_id="<bos>", eos_token_id="<eos>")  # fmt: skip
 
 
 def test_call_syntax_round_trip():
@@ -107,22 +89,10 @@ def test_parser_any_chunking():
     for text, content, reasoning, calls in cases:
         for size in (1, 2, 3, 7, 1000):
             p = ReplyParser("gemma4")
-            deltas, i = [], 0
-            while i < len(text):
-                n = rng.randint(1, size)
-                deltas += p.feed(text[i : i + n])
-                i += n
-            deltas += p.finish()
+            streamed = feed_in_pieces(p, text, size, rng)[1:]
             got = (p.content, p.reasoning, [(c.name, c.arguments) for c in p.tool_calls])
             assert got == (content, reasoning, calls), (size, got)
-            streamed: dict[int, list] = {}
-            for d in deltas:
-                if d.tool_call:
-                    c = streamed.setdefault(d.tool_call.index, ["", ""])
-                    c[0] = d.tool_call.name or c[0]
-                    c[1] += d.tool_call.arguments
-            assert [tuple(c) for _, c in sorted(streamed.items())] == calls
-            assert "".join(d.content for d in deltas) == content and "".join(d.reasoning for d in deltas) == reasoning
+            assert streamed == (content, reasoning, calls)
 
 
 @pytest.mark.parametrize("choice", ["required", "plan"])

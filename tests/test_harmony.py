@@ -14,60 +14,24 @@ import jsonschema
 import numpy as np
 import pytest
 
-from edgeinfer.gguf import GGUFFile
-from edgeinfer.tokenizer.base import Tokenizer
 from edgeinfer.tokenizer.chat import ChatTemplate
 from edgeinfer.toolcalls import HarmonyParser, ReasoningConstraint, plan_chat
+
+from chat_vocab import feed_in_pieces, special_vocab
+from test_structured import TOOLS
 
 TEMPLATE = Path(__file__).parent / "fixtures" / "templates" / "openai-gpt-oss-120b.jinja"
 SPECIALS = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>",
             "<|endoftext|>"]  # fmt: skip
-TOOLS = [
-    {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
-     "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
-                    "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"],
-                    "additionalProperties": False}}},
-    {"type": "function", "function": {"name": "add", "description": "Add two numbers",
-     "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-                    "required": ["a", "b"], "additionalProperties": False}}},
-]  # fmt: skip
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10}, "ok": {"type": "boolean"}},
           "required": ["name", "ok"], "additionalProperties": False}  # fmt: skip
 
 
-def _byte_chars() -> list[str]:  # GPT-2's byte-to-unicode table: every byte one token
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs))]
-
-
 @pytest.fixture(scope="module")
 def harmony(tmp_path_factory):
-    import gguf
-
     path = tmp_path_factory.mktemp("harmony") / "vocab.gguf"
-    w = gguf.GGUFWriter(str(path), "gpt-oss")
-    tokens = _byte_chars() + ["Ġt"] + SPECIALS  # every byte, one merge
-    w.add_string("tokenizer.ggml.model", "gpt2")
-    w.add_string("tokenizer.ggml.pre", "gpt-4o")
-    w.add_array("tokenizer.ggml.tokens", tokens)
-    w.add_array("tokenizer.ggml.token_type", [1] * 257 + [3] * len(SPECIALS))
-    w.add_array("tokenizer.ggml.merges", ["Ġ t"])
-    w.add_uint32("tokenizer.ggml.eos_token_id", tokens.index("<|return|>"))
-    w.add_uint32("tokenizer.ggml.padding_token_id", tokens.index("<|endoftext|>"))
-    w.add_string("tokenizer.chat_template", TEMPLATE.read_text())
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    f = GGUFFile(str(path))
-    tok = Tokenizer.from_gguf(f)
-    return tok, ChatTemplate.from_metadata(f.metadata, set(tok.vocab.token_to_id))
+    return special_vocab(path, "gpt-oss", SPECIALS, [3] * len(SPECIALS), TEMPLATE, eos_token_id="<|return|>",
+                         padding_token_id="<|endoftext|>")  # fmt: skip
 
 
 def _sample(matcher, tok, rng: np.random.Generator, max_tokens: int, stop: set[int]) -> list[int]:
@@ -126,21 +90,9 @@ def test_parser_any_chunking():
     for text, content, reasoning, calls in cases:
         for size in (1, 2, 3, 7, 1000):
             p = HarmonyParser()
-            deltas, i = [], 0
-            while i < len(text):
-                n = rng.randint(1, size)
-                deltas += p.feed(text[i : i + n])
-                i += n
-            deltas += p.finish()
-            streamed: dict[int, list] = {}
-            for d in deltas:
-                if d.tool_call:
-                    c = streamed.setdefault(d.tool_call.index, ["", ""])
-                    c[0] = d.tool_call.name or c[0]
-                    c[1] += d.tool_call.arguments
+            streamed = feed_in_pieces(p, text, size, rng)[1:]
             assert (p.content, p.reasoning, [(c.name, c.arguments) for c in p.tool_calls]) == (content, reasoning, calls)
-            assert "".join(d.content for d in deltas) == content and "".join(d.reasoning for d in deltas) == reasoning
-            assert [tuple(c) for _, c in sorted(streamed.items())] == calls
+            assert streamed == (content, reasoning, calls)
     p = HarmonyParser(tools=False)  # tool_choice "none": a call-shaped message is content
     p.feed(cases[1][0])
     p.finish()

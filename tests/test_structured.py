@@ -26,6 +26,7 @@ from edgeinfer.engine.sampling import SamplingParams
 from edgeinfer.tokenizer.chat import ChatTemplate
 from edgeinfer.toolcalls import ReplyParser, ToolError
 
+from chat_vocab import feed_in_pieces
 from test_server import Server
 
 SCHEMA = {
@@ -234,20 +235,8 @@ def test_incremental_parser_any_chunking():
         results = set()
         for size in (1, 2, 5, 1000):
             p = ReplyParser(family)
-            deltas, i = [], 0
-            while i < len(text):
-                n = rng.randint(1, size)
-                deltas += p.feed(text[i : i + n])
-                i += n
-            deltas += p.finish()
-            calls: dict[int, list] = {}
-            for d in deltas:
-                if d.tool_call:
-                    c = calls.setdefault(d.tool_call.index, ["", ""])
-                    c[0] = d.tool_call.name or c[0]
-                    c[1] += d.tool_call.arguments
-            streamed = ("".join(d.content for d in deltas), [tuple(c) for _, c in sorted(calls.items())])
-            assert streamed == (p.content, [(c.name, c.arguments) for c in p.tool_calls])
+            _, content, _, calls = feed_in_pieces(p, text, size, rng)
+            assert (content, calls) == (p.content, [(c.name, c.arguments) for c in p.tool_calls])
             assert "<tool_call>" not in p.content and "[TOOL_CALLS]" not in p.content and "<think>" not in p.content
             results.add((p.content, p.reasoning, tuple((c.name, c.arguments) for c in p.tool_calls)))
         assert len(results) == 1, results  # the same however the text was cut
