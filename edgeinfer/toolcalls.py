@@ -313,6 +313,8 @@ def render_messages(template: ChatTemplate, messages: list[dict], tools: list[di
     msgs = []
     for m in messages:
         m = dict(m)
+        if family == "harmony" and m.get("reasoning_content") and not (m.get("tool_calls") and m.get("content")):
+            m.setdefault("thinking", m["reasoning_content"])  # gpt-oss's template reads its analysis there
         if m.get("tool_calls"):
             calls = []
             for c in m["tool_calls"]:

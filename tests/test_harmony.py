@@ -66,6 +66,12 @@ def test_template_family_and_specials(harmony):
     text = plan_chat(template, tok, msgs, tools=TOOLS).prompt
     rendered = '<|start|>assistant to=functions.add<|channel|>commentary json<|message|>{"a": 1, "b": 2}<|call|>'
     assert rendered in text and "<|start|>functions.add to=assistant<|channel|>commentary<|message|>" in text
+    # the analysis that led to a call goes back to the model (OpenAI clients send it as reasoning_content)
+    from edgeinfer.server import protocol as P
+
+    body = {"messages": msgs[:1] + [{**msgs[1], "reasoning_content": "Add them."}] + msgs[2:]}
+    text = plan_chat(template, tok, P.parse_chat_request(body).messages, tools=TOOLS).prompt
+    assert "<|start|>assistant<|channel|>analysis<|message|>Add them.<|end|>" + rendered in text
     p = HarmonyParser()
     p.feed(rendered[len("<|start|>assistant"):].replace("<|call|>", ""))
     p.finish()

@@ -325,6 +325,8 @@ def parse_chat_request(body: dict, n_vocab: int | None = None) -> GenerationRequ
         for key in ("tool_call_id", "name"):
             if isinstance(m.get(key), str):
                 msg[key] = m[key]
+        if role == "assistant" and isinstance(m.get("reasoning_content"), str) and m["reasoning_content"]:
+            msg["reasoning_content"] = m["reasoning_content"]  # templates that show it (Gemma 4, gpt-oss) do
         clean.append(msg)
     logprobs = _boolean(body, "logprobs", False)
     top = _integer(body, "top_logprobs", None, lo=0, hi=20)
