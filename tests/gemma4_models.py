@@ -161,6 +161,12 @@ def write_all(directory: str | Path) -> dict[str, Path]:
     return {name: write_gemma4_model(directory / f"{name}.gguf", name) for name in GEMMA4_MODELS}
 
 
+def float_copies(directory: str | Path, paths: dict[str, Path]) -> dict[str, Path]:
+    """Of every quantized model written (paths: write_all's), a copy with its weights in F32 (write_float_copy)."""
+    return {name: write_float_copy(path, f"{path}.f32") for name, path in paths.items()
+            if GEMMA4_MODELS[name][0] not in (T.F16, T.F32)}  # fmt: skip
+
+
 def write_float_copy(src: str | Path, dst: str | Path) -> Path:
     """src with every tensor dequantized to F32 (gguf-py's dequantize): the same weights, so that llama.cpp
     runs it with float activations instead of Q8_0 ones. How far llama.cpp's logits on the two differ is

@@ -137,5 +137,11 @@ def write_all(directory: str | Path, as_f32: bool = False) -> dict[str, Path]:
     return {name: write_lfm2_model(directory / f"{name}{tag}.gguf", name, as_f32) for name in LFM2_MODELS}
 
 
+def float_copies(directory: str | Path, paths: dict[str, Path]) -> dict[str, Path]:
+    """Of every model written (paths: write_all's), the copy with its weights stored in F32 (the oracle's
+    run without activation rounding: tests/fixtures/make_lfm2_fixture.py)."""
+    return write_all(directory, as_f32=True)
+
+
 def prompt_ids() -> np.ndarray:
     return np.random.default_rng(8642).integers(3, N_VOCAB, N_TOKENS).astype(np.int32)
