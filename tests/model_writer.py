@@ -12,6 +12,7 @@ model's bytes: tests/fixtures store the sha256 of the files llama.cpp ran.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -110,6 +111,15 @@ def add_placeholder_vocab(w: gguf.GGUFWriter, n_vocab: int, pre: str = "default"
     w.add_array("tokenizer.ggml.merges", ["< 1"])
     w.add_uint32("tokenizer.ggml.bos_token_id", bos)
     w.add_uint32("tokenizer.ggml.eos_token_id", eos)
+
+
+def assert_as_llamacpp_ran(paths: dict[str, Path], fixture, script: str, what: str = "tiny model") -> None:
+    """Each file written (paths: name -> file) is the one llama.cpp ran: its sha256 is the fixture's
+    {name}.sha256, else tests/fixtures/`script` must be run again."""
+    for name, path in paths.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == str(fixture[f"{name}.sha256"]), (
+            f"the {what} {name} is no longer the one llama.cpp ran: re-run tests/fixtures/{script}"
+        )
 
 
 class ModelWriter:
