@@ -12,11 +12,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from reference_model import _add_matrix
+from model_writer import ModelWriter
 
 N_VOCAB = 256
 N_TOKENS = 40  # enough for the windows of 5 and 8 below to slide, and for rope to turn
@@ -52,11 +51,10 @@ def write_tiny(path, arch: str, wtype: T, *, seed: int = 0, n_embd: int = 64, n_
                final_softcap: float = 30.0, embedding_scale: float = 1.0, residual_scale: float = 1.0,
                attention_scale: float = 0.0, logit_scale: float = 1.0, bias: bool = False,
                tied: bool = True) -> Path:  # fmt: skip
-    path = Path(path)
-    rng = np.random.default_rng(seed)
     head_dim = head_dim or n_embd // n_head
     n_rot = n_rot or head_dim
-    w = gguf.GGUFWriter(str(path), arch)
+    m = ModelWriter(path, arch, wtype, seed)
+    w = m.writer
     p = arch + "."
     w.add_uint32(p + "context_length", 8192)
     w.add_uint32(p + "embedding_length", n_embd)
@@ -83,21 +81,8 @@ def write_tiny(path, arch: str, wtype: T, *, seed: int = 0, n_embd: int = 64, n_
         w.add_float32(p + "logit_scale", logit_scale)
         if attention_scale:
             w.add_float32(p + "attention.scale", attention_scale)
-    w.add_string("tokenizer.ggml.model", "gpt2")
-    w.add_string("tokenizer.ggml.pre", "default")
-    w.add_array("tokenizer.ggml.tokens", [f"<{i}>" for i in range(N_VOCAB)])
-    w.add_array("tokenizer.ggml.token_type", [1] * N_VOCAB)
-    w.add_array("tokenizer.ggml.merges", ["< 1"])
-    w.add_uint32("tokenizer.ggml.bos_token_id", 1)
-    w.add_uint32("tokenizer.ggml.eos_token_id", 2)
-
-    def matrix(name: str, n_out: int, n_in: int, std: float | None = None) -> None:
-        std = 1.0 / math.sqrt(n_in) if std is None else std
-        _add_matrix(w, name, rng.normal(0.0, std, (n_out, n_in)).astype(np.float32), wtype, rng)
-
-    def vector(name: str, n: int, mean: float, std: float) -> None:
-        w.add_tensor(name, rng.normal(mean, std, n).astype(np.float32))
-
+    m.placeholder_vocab(N_VOCAB)
+    matrix, vector = m.matrix, m.vector
     gemma = arch == "gemma2"
     matrix("token_embd.weight", N_VOCAB, n_embd, std=1.0 / math.sqrt(n_embd) if gemma else 1.0)
     vector("output_norm.weight", n_embd, 1.0, 0.1)
@@ -133,11 +118,7 @@ def write_tiny(path, arch: str, wtype: T, *, seed: int = 0, n_embd: int = 64, n_
             vector(b + "ffn_gate.bias", n_ff, 0.0, 0.2)
             vector(b + "ffn_up.bias", n_ff, 0.0, 0.2)
             vector(b + "ffn_down.bias", n_embd, 0.0, 0.2)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return m.write()
 
 
 def write_all(directory: str | Path) -> dict[str, Path]:

@@ -31,8 +31,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from reference_model import _add_matrix
-from reference_moe import _add_experts
+from model_writer import ModelWriter
 
 N_VOCAB = 256
 N_TOKENS = 48  # longer than the windows below, so that they slide
@@ -70,14 +69,13 @@ def write_gemma4(path, wtype: T, *, swa: tuple[int, ...], seed: int = 0, n_embd:
                  double_wide: bool = False, k_eq_v: bool = False, tied: bool = True, final_softcap: float = 30.0,
                  n_expert: int = 0, n_expert_used: int = 0, n_ff_exp: int = 0) -> Path:  # fmt: skip
     """n_head_kv, head_dim: (sliding, global)."""
-    path = Path(path)
-    rng = np.random.default_rng(seed)
     n_layer = len(swa)
     n_kv_start = n_layer - n_kv_shared  # the first layer that reads another's KV
     hd = lambda il: head_dim[0] if swa[il] else head_dim[1]  # noqa: E731
     hkv = lambda il: n_head_kv[0] if swa[il] else n_head_kv[1]  # noqa: E731
     ff = [n_ff * 2 if double_wide and il >= n_kv_start else n_ff for il in range(n_layer)]
-    w = gguf.GGUFWriter(str(path), "gemma4")
+    m = ModelWriter(path, "gemma4", wtype, seed)
+    w = m.writer
     p = "gemma4."
     w.add_uint32(p + "context_length", 8192)
     w.add_uint32(p + "embedding_length", n_embd)
@@ -106,21 +104,8 @@ def write_gemma4(path, wtype: T, *, swa: tuple[int, ...], seed: int = 0, n_embd:
         w.add_uint32(p + "expert_count", n_expert)
         w.add_uint32(p + "expert_used_count", n_expert_used)
         w.add_uint32(p + "expert_feed_forward_length", n_ff_exp)
-    w.add_string("tokenizer.ggml.model", "gpt2")
-    w.add_string("tokenizer.ggml.pre", "default")
-    w.add_array("tokenizer.ggml.tokens", [f"<{i}>" for i in range(N_VOCAB)])
-    w.add_array("tokenizer.ggml.token_type", [1] * N_VOCAB)
-    w.add_array("tokenizer.ggml.merges", ["< 1"])
-    w.add_uint32("tokenizer.ggml.bos_token_id", 2)
-    w.add_uint32("tokenizer.ggml.eos_token_id", 1)
-
-    def matrix(name: str, n_out: int, n_in: int, std: float | None = None) -> None:
-        std = 1.0 / math.sqrt(n_in) if std is None else std
-        _add_matrix(w, name, rng.normal(0.0, std, (n_out, n_in)).astype(np.float32), wtype, rng)
-
-    def vector(name: str, n: int, mean: float, std: float) -> None:
-        w.add_tensor(name, rng.normal(mean, std, n).astype(np.float32))
-
+    m.placeholder_vocab(N_VOCAB, bos=2, eos=1)
+    matrix, vector = m.matrix, m.vector
     matrix("token_embd.weight", N_VOCAB, n_embd, std=0.5)  # tied: logits of a few units, some capped
     vector("output_norm.weight", n_embd, 1.0, 0.1)
     if not tied:
@@ -159,26 +144,27 @@ def write_gemma4(path, wtype: T, *, swa: tuple[int, ...], seed: int = 0, n_embd:
             vector(b + "pre_ffw_norm_2.weight", n_embd, 1.0, 0.1)
             vector(b + "post_ffw_norm_1.weight", n_embd, 1.0, 0.1)
             vector(b + "post_ffw_norm_2.weight", n_embd, 1.0, 0.1)
-            gate_up = rng.normal(0.0, 1.0 / math.sqrt(n_embd), (n_expert, 2 * n_ff_exp, n_embd)).astype(np.float32)
-            _add_experts(w, b + "ffn_gate_up_exps.weight", gate_up, wtype)  # gate's rows, then up's
-            down = rng.normal(0.0, 1.0 / math.sqrt(n_ff_exp), (n_expert, n_embd, n_ff_exp)).astype(np.float32)
-            _add_experts(w, b + "ffn_down_exps.weight", down, wtype)
-            w.add_tensor(b + "ffn_down_exps.scale", rng.uniform(0.5, 1.5, n_expert).astype(np.float32))
+            # gate's rows, then up's
+            m.experts(b + "ffn_gate_up_exps.weight", n_expert, 2 * n_ff_exp, n_embd, 1.0 / math.sqrt(n_embd), wtype)
+            m.experts(b + "ffn_down_exps.weight", n_expert, n_embd, n_ff_exp, 1.0 / math.sqrt(n_ff_exp), wtype)
+            w.add_tensor(b + "ffn_down_exps.scale", m.rng.uniform(0.5, 1.5, n_expert).astype(np.float32))
         if n_pl:
             matrix(b + "inp_gate.weight", n_pl, n_embd)
             matrix(b + "proj.weight", n_embd, n_pl)
             vector(b + "post_norm.weight", n_embd, 1.0, 0.1)
-        w.add_tensor(b + "layer_output_scale.weight", np.array([rng.uniform(0.5, 1.0)], np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+        w.add_tensor(b + "layer_output_scale.weight", np.array([m.rng.uniform(0.5, 1.0)], np.float32))
+    return m.write()
 
 
 def write_all(directory: str | Path) -> dict[str, Path]:
     directory = Path(directory)
     return {name: write_gemma4_model(directory / f"{name}.gguf", name) for name in GEMMA4_MODELS}
+
+
+def float_copies(directory: str | Path, paths: dict[str, Path]) -> dict[str, Path]:
+    """Of every quantized model written (paths: write_all's), a copy with its weights in F32 (write_float_copy)."""
+    return {name: write_float_copy(path, f"{path}.f32") for name, path in paths.items()
+            if GEMMA4_MODELS[name][0] not in (T.F16, T.F32)}  # fmt: skip
 
 
 def write_float_copy(src: str | Path, dst: str | Path) -> Path:

@@ -7,7 +7,7 @@ YaRN (rope.scaling.type yarn, factor 32 over 4096 positions, freq_base 150000), 
 experts in MXFP4 with F32 biases (expert_feed_forward_length), an untied output head; norms, biases,
 sinks and the router in F32 (as llama-quantize keeps them). The experts' SwiGLU inputs are large enough
 that OpenAI's clamp (limit 7) bites. The expert blocks are random codes with set scales
-(lowbit_models.random_matrix: every byte pattern is an MXFP4 block), so no quantizer is needed.
+(model_writer.random_lowbit: every byte pattern is an MXFP4 block), so no quantizer is needed.
 
 `write_gptoss_model(path, name)` writes GPTOSS_MODELS[name] from its fixed seed (the same bytes every
 time: tests/fixtures/logits_gptoss.npz holds llama.cpp's logits on them, made by
@@ -21,11 +21,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
-from lowbit_models import random_matrix
-from reference_model import _add_matrix
+
+from model_writer import ModelWriter, random_lowbit
 
 N_VOCAB = 256
 N_TOKENS = 64  # several times the sliding windows below; full layers see up to 64 cells
@@ -48,9 +47,8 @@ def write_gptoss_model(path: str | Path, name: str) -> Path:
 def write_gptoss(path, *, wtype: T, seed: int, n_swa: int, n_head_kv: int, n_expert: int, n_expert_used: int,
                  sink_mean: float, n_embd: int = 64, n_layer: int = 4, n_head: int = 4, head_dim: int = 32,
                  n_ff: int = 64) -> Path:  # fmt: skip
-    path = Path(path)
-    rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path), "gpt-oss")
+    m = ModelWriter(path, "gpt-oss", wtype, seed)
+    w = m.writer
     p = "gpt-oss."
     # the keys convert_hf_to_gguf.py writes for GptOssForCausalLM
     w.add_uint32(p + "context_length", 131072)
@@ -70,22 +68,14 @@ def write_gptoss(path, *, wtype: T, seed: int, n_swa: int, n_head_kv: int, n_exp
     w.add_uint32(p + "rope.scaling.original_context_length", 4096)
     w.add_uint32(p + "attention.sliding_window", n_swa)
     w.add_uint32(p + "expert_feed_forward_length", n_ff)
-    w.add_string("tokenizer.ggml.model", "gpt2")
-    w.add_string("tokenizer.ggml.pre", "gpt-4o")
-    w.add_array("tokenizer.ggml.tokens", [f"<{i}>" for i in range(N_VOCAB)])
-    w.add_array("tokenizer.ggml.token_type", [1] * N_VOCAB)
-    w.add_array("tokenizer.ggml.merges", ["< 1"])
-    w.add_uint32("tokenizer.ggml.bos_token_id", 1)
-    w.add_uint32("tokenizer.ggml.eos_token_id", 2)
-
-    def matrix(name: str, n_out: int, n_in: int, std: float) -> None:
-        _add_matrix(w, name, rng.normal(0.0, std, (n_out, n_in)).astype(np.float32), wtype, rng)
+    m.placeholder_vocab(N_VOCAB, pre="gpt-4o")
+    matrix = m.matrix
 
     def vector(name: str, *shape: int, mean: float = 0.0, std: float = 0.2) -> None:
-        w.add_tensor(name, rng.normal(mean, std, shape).astype(np.float32))
+        m.vector(name, shape, mean, std)
 
     def experts(name: str, n_out: int, n_in: int, std: float) -> None:  # (n_expert, n_out, row bytes)
-        raw = np.stack([random_matrix(rng, T.MXFP4, n_out, n_in, std) for _ in range(n_expert)])
+        raw = np.stack([random_lowbit(m.rng, T.MXFP4, n_out, n_in, std) for _ in range(n_expert)])
         w.add_tensor(name, raw, raw_dtype=T.MXFP4)
 
     nq, nkv = n_head * head_dim, n_head_kv * head_dim
@@ -95,17 +85,17 @@ def write_gptoss(path, *, wtype: T, seed: int, n_swa: int, n_head_kv: int, n_exp
     for il in range(n_layer):
         b = f"blk.{il}."
         vector(b + "attn_norm.weight", n_embd, mean=1.0, std=0.1)
-        matrix(b + "attn_q.weight", nq, n_embd, std=1.0 / math.sqrt(n_embd))
+        matrix(b + "attn_q.weight", nq, n_embd)
         vector(b + "attn_q.bias", nq)
-        matrix(b + "attn_k.weight", nkv, n_embd, std=1.0 / math.sqrt(n_embd))
+        matrix(b + "attn_k.weight", nkv, n_embd)
         vector(b + "attn_k.bias", nkv)
-        matrix(b + "attn_v.weight", nkv, n_embd, std=1.0 / math.sqrt(n_embd))
+        matrix(b + "attn_v.weight", nkv, n_embd)
         vector(b + "attn_v.bias", nkv)
-        matrix(b + "attn_output.weight", n_embd, nq, std=1.0 / math.sqrt(nq))
+        matrix(b + "attn_output.weight", n_embd, nq)
         vector(b + "attn_output.bias", n_embd)
         vector(b + "attn_sinks.weight", n_head, mean=sink_mean, std=1.0)
         vector(b + "post_attention_norm.weight", n_embd, mean=1.0, std=0.1)
-        w.add_tensor(b + "ffn_gate_inp.weight", rng.normal(0.0, 1.0 / math.sqrt(n_embd), (n_expert, n_embd)).astype(np.float32))
+        w.add_tensor(b + "ffn_gate_inp.weight", m.normal((n_expert, n_embd)))  # F32, as llama-quantize keeps it
         vector(b + "ffn_gate_inp.bias", n_expert, std=0.5)
         experts(b + "ffn_gate_exps.weight", n_ff, n_embd, 3.5 / math.sqrt(n_embd))  # some gates pass 7
         vector(b + "ffn_gate_exps.bias", n_expert, n_ff, std=0.5)
@@ -113,11 +103,7 @@ def write_gptoss(path, *, wtype: T, seed: int, n_swa: int, n_head_kv: int, n_exp
         vector(b + "ffn_up_exps.bias", n_expert, n_ff, std=0.5)
         experts(b + "ffn_down_exps.weight", n_embd, n_ff, 0.15 / math.sqrt(n_ff))
         vector(b + "ffn_down_exps.bias", n_expert, n_embd)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return m.write()
 
 
 def write_all(directory: str | Path) -> dict[str, Path]:

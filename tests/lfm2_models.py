@@ -14,13 +14,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from edgeinfer.quant import dequantize, quantize
-from reference_model import _add_matrix
-from reference_moe import _add_experts
+from model_writer import ModelWriter, add_experts
 
 N_VOCAB = 256
 N_TOKENS = 48  # enough for the window of 8 below to slide
@@ -53,10 +51,9 @@ def write_tiny_lfm2(path, wtype: T, *, seed: int = 0, layers: str = "ccacac", n_
                     n_vocab: int = N_VOCAB, causal: bool = True) -> Path:  # fmt: skip
     """head_dim: written as attention.key_length / value_length when given (default n_embd / n_head).
     n_expert > 0: an lfm2moe model, the layers from n_dense_lead on with n_expert experts of n_ff_exp."""
-    path = Path(path)
-    rng = np.random.default_rng(seed)
     arch = "lfm2moe" if n_expert else "lfm2"
-    w = gguf.GGUFWriter(str(path), arch)
+    m = ModelWriter(path, arch, wtype, seed)
+    w = m.writer
     p = arch + "."
     w.add_uint32(p + "vocab_size", n_vocab)
     w.add_uint32(p + "context_length", 128000)
@@ -82,32 +79,24 @@ def write_tiny_lfm2(path, wtype: T, *, seed: int = 0, layers: str = "ccacac", n_
         w.add_uint32(p + "expert_feed_forward_length", n_ff_exp)
         w.add_uint32(p + "leading_dense_block_count", n_dense_lead)
         w.add_uint32(p + "expert_gating_func", 2)  # sigmoid, as convert_hf_to_gguf writes for LFM2-MoE
-    w.add_string("tokenizer.ggml.model", "gpt2")
-    w.add_string("tokenizer.ggml.pre", "lfm2")
-    w.add_array("tokenizer.ggml.tokens", [f"<{i}>" for i in range(n_vocab)])
-    w.add_array("tokenizer.ggml.token_type", [1] * n_vocab)
-    w.add_array("tokenizer.ggml.merges", ["< 1"])
-    w.add_uint32("tokenizer.ggml.bos_token_id", 1)
-    w.add_uint32("tokenizer.ggml.eos_token_id", 2)
+    m.placeholder_vocab(n_vocab, pre="lfm2")
+    vector = m.vector
 
     def matrix(name: str, n_out: int, n_in: int, std: float | None = None) -> None:
-        std = 1.0 / math.sqrt(n_in) if std is None else std
-        x = rng.normal(0.0, std, (n_out, n_in)).astype(np.float32)
-        if as_f32 and wtype not in (T.F32, T.F16):  # legacy formats only: they draw nothing more from rng
+        if not as_f32:
+            return m.matrix(name, n_out, n_in, std)
+        x = m.normal((n_out, n_in), std)
+        if wtype not in (T.F32, T.F16):  # legacy formats only: they draw nothing more from rng
             w.add_tensor(name, dequantize(quantize(x, wtype), wtype, x.shape).astype(np.float32))
-        elif as_f32:
-            w.add_tensor(name, x.astype(wtype == T.F16 and np.float16 or np.float32).astype(np.float32))
         else:
-            _add_matrix(w, name, x, wtype, rng)
+            w.add_tensor(name, x.astype(wtype == T.F16 and np.float16 or np.float32).astype(np.float32))
 
     def experts(name: str, n_out: int, n_in: int, std: float) -> None:
-        x = rng.normal(0.0, std, (n_expert, n_out, n_in)).astype(np.float32)
-        if as_f32:
-            x = dequantize(quantize(x.reshape(-1, n_in), wtype), wtype, (n_expert * n_out, n_in)).reshape(x.shape)
-        _add_experts(w, name, x, T.F32 if as_f32 else wtype)
-
-    def vector(name: str, n: int, mean: float, std: float) -> None:
-        w.add_tensor(name, rng.normal(mean, std, n).astype(np.float32))
+        if not as_f32:
+            return m.experts(name, n_expert, n_out, n_in, std, wtype)
+        x = m.normal((n_expert, n_out, n_in), std)
+        x = dequantize(quantize(x.reshape(-1, n_in), wtype), wtype, (n_expert * n_out, n_in)).reshape(x.shape)
+        add_experts(w, name, x, T.F32)
 
     matrix("token_embd.weight", n_vocab, n_embd, std=0.25)  # tied logits of a trained model's size (~10)
     vector("token_embd_norm.weight", n_embd, 1.0, 0.1)  # the output norm, by llama.cpp's name for it
@@ -119,7 +108,7 @@ def write_tiny_lfm2(path, wtype: T, *, seed: int = 0, layers: str = "ccacac", n_
         if kind == "c":
             matrix(b + "shortconv.in_proj.weight", 3 * n_embd, n_embd)  # [B | C | x]
             # (n_embd, L) in numpy order: ne (L, n_embd); kept in F32, as llama-quantize keeps it
-            w.add_tensor(b + "shortconv.conv.weight", rng.normal(0.0, 0.5, (n_embd, n_taps)).astype(np.float32))
+            w.add_tensor(b + "shortconv.conv.weight", m.normal((n_embd, n_taps), 0.5))
             matrix(b + "shortconv.out_proj.weight", n_embd, n_embd)
         else:
             matrix(b + "attn_q.weight", n_head * head_dim, n_embd)
@@ -130,8 +119,7 @@ def write_tiny_lfm2(path, wtype: T, *, seed: int = 0, layers: str = "ccacac", n_
             matrix(b + "attn_output.weight", n_embd, n_head * head_dim)
         vector(b + "ffn_norm.weight", n_embd, 1.0, 0.1)
         if n_expert and il >= n_dense_lead:  # router logits of std ~2.5: the choice varies token to token
-            w.add_tensor(b + "ffn_gate_inp.weight", rng.normal(0.0, 2.5 / math.sqrt(n_embd), (n_expert, n_embd))
-                         .astype(np.float32))  # fmt: skip
+            w.add_tensor(b + "ffn_gate_inp.weight", m.normal((n_expert, n_embd), 2.5 / math.sqrt(n_embd)))
             vector(b + "exp_probs_b.bias", n_expert, 0.0, 0.3)
             experts(b + "ffn_gate_exps.weight", n_ff_exp, n_embd, 1.0 / math.sqrt(n_embd))
             experts(b + "ffn_up_exps.weight", n_ff_exp, n_embd, 1.0 / math.sqrt(n_embd))
@@ -140,17 +128,19 @@ def write_tiny_lfm2(path, wtype: T, *, seed: int = 0, layers: str = "ccacac", n_
         matrix(b + "ffn_gate.weight", n_ff, n_embd)
         matrix(b + "ffn_up.weight", n_ff, n_embd)
         matrix(b + "ffn_down.weight", n_embd, n_ff)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return m.write()
 
 
 def write_all(directory: str | Path, as_f32: bool = False) -> dict[str, Path]:
     directory = Path(directory)
     tag = ".f32" if as_f32 else ""
     return {name: write_lfm2_model(directory / f"{name}{tag}.gguf", name, as_f32) for name in LFM2_MODELS}
+
+
+def float_copies(directory: str | Path, paths: dict[str, Path]) -> dict[str, Path]:
+    """Of every model written (paths: write_all's), the copy with its weights stored in F32 (the oracle's
+    run without activation rounding: tests/fixtures/make_lfm2_fixture.py)."""
+    return write_all(directory, as_f32=True)
 
 
 def prompt_ids() -> np.ndarray:

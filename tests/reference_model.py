@@ -19,49 +19,13 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from edgeinfer.quant import get_format, quantize
+from model_writer import ModelWriter
 
 ARCHS = ("llama", "gemma3", "qwen2", "qwen3")
 NEOX_ARCHS = {"gemma3", "qwen2", "qwen3"}  # llama.cpp's llama_model_rope_type: LLAMA_ROPE_TYPE_NEOX
-K_QUANTS = {T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K}
-# dmin / d that centres x = d * sc * q - dmin * m (q, sc, m uniform random) on zero
-_KQUANT_DMIN_RATIO = {T.Q2_K: 1.5, T.Q4_K: 7.5, T.Q5_K: 15.5}
 
 
 # -- writing tiny models ---------------------------------------------------------------------------------
-
-
-def _random_kquant(rows: int, cols: int, qtype: T, std: float, rng: np.random.Generator) -> np.ndarray:
-    """Random k-quant blocks whose values have standard deviation ~std: random bytes, then the f16
-    scale fields (d, dmin) set so. Returns raw uint8 (rows, row_bytes)."""
-    fmt = get_format(qtype)
-    n_blocks = rows * cols // fmt.block_size
-    raw = rng.integers(0, 256, size=n_blocks * fmt.type_size, dtype=np.uint8)
-    blocks = raw.view(fmt.block_dtype)
-    has_dmin = "dmin" in fmt.block_dtype.names
-    d = np.abs(rng.normal(1.0, 0.2, n_blocks))
-
-    def set_scales(d: np.ndarray) -> None:
-        blocks["d"] = d.astype(np.float16)
-        if has_dmin:
-            blocks["dmin"] = (d * _KQUANT_DMIN_RATIO[qtype]).astype(np.float16)
-
-    set_scales(d)
-    values = gguf.quants.dequantize(raw.reshape(rows, -1), qtype)
-    set_scales(d * std / max(float(values.std()), 1e-12))
-    return raw.reshape(rows, -1)
-
-
-def _add_matrix(w: gguf.GGUFWriter, name: str, x: np.ndarray, qtype: T, rng: np.random.Generator) -> None:
-    """x: float32 (n_out, n_in), numpy order."""
-    if qtype == T.F32:
-        w.add_tensor(name, x.astype(np.float32))
-    elif qtype == T.F16:
-        w.add_tensor(name, x.astype(np.float16))
-    elif qtype in K_QUANTS:
-        w.add_tensor(name, _random_kquant(*x.shape, qtype, float(x.std()), rng), raw_dtype=qtype)
-    else:
-        w.add_tensor(name, quantize(x, qtype), raw_dtype=qtype)
 
 
 def write_tiny_model(
@@ -88,10 +52,9 @@ def write_tiny_model(
     """A random model of `arch` in `path`. rope_scaling: {"type": "linear"|"yarn", "factor": f,
     "original_context_length": n}; rope_freqs: add Llama 3's rope_freqs.weight; n_swa: gemma3's window;
     vocab: add a placeholder gpt2-style vocabulary (token i is "<i>"), enough for llama.cpp to load the file."""
-    path = Path(path)
-    rng = np.random.default_rng(seed)
     head_dim = head_dim or n_embd // n_head
-    w = gguf.GGUFWriter(str(path), arch)
+    m = ModelWriter(path, arch, wtype, seed)
+    w = m.writer
     p = arch + "."
     w.add_uint32(p + "context_length", n_ctx_train)
     w.add_uint32(p + "embedding_length", n_embd)
@@ -112,21 +75,8 @@ def write_tiny_model(
     if arch == "gemma3":
         w.add_uint32(p + "attention.sliding_window", n_swa)
     if vocab:
-        w.add_string("tokenizer.ggml.model", "gpt2")
-        w.add_string("tokenizer.ggml.pre", "default")
-        w.add_array("tokenizer.ggml.tokens", [f"<{i}>" for i in range(n_vocab)])
-        w.add_array("tokenizer.ggml.token_type", [1] * n_vocab)
-        w.add_array("tokenizer.ggml.merges", ["< 1"])
-        w.add_uint32("tokenizer.ggml.bos_token_id", 1)
-        w.add_uint32("tokenizer.ggml.eos_token_id", 2)
-
-    def matrix(name: str, n_out: int, n_in: int, std: float | None = None) -> None:
-        std = 1.0 / math.sqrt(n_in) if std is None else std
-        _add_matrix(w, name, rng.normal(0.0, std, (n_out, n_in)).astype(np.float32), wtype, rng)
-
-    def vector(name: str, n: int, mean: float, std: float) -> None:
-        w.add_tensor(name, rng.normal(mean, std, n).astype(np.float32))
-
+        m.placeholder_vocab(n_vocab)
+    matrix, vector = m.matrix, m.vector
     matrix("token_embd.weight", n_vocab, n_embd, std=1.0 if arch != "gemma3" else 1.0 / math.sqrt(n_embd))
     vector("output_norm.weight", n_embd, 1.0, 0.1)
     if not tied:
@@ -154,11 +104,7 @@ def write_tiny_model(
         matrix(b + "ffn_gate.weight", n_ff, n_embd)
         matrix(b + "ffn_up.weight", n_ff, n_embd)
         matrix(b + "ffn_down.weight", n_embd, n_ff)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return m.write()
 
 
 # Tiny models that llama.cpp runs too (tests/fixtures/logits_tiny.npz): name -> (arch, wtype, options).

@@ -24,8 +24,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType as V
 
-from edgeinfer.quant import quantize
-from reference_model import ReferenceModel, _add_matrix, _field
+from model_writer import ModelWriter
+from reference_model import ReferenceModel, _field
 
 MOE_FAMILIES = ("mixtral", "qwen2moe", "qwen3moe", "olmoe")
 MOE_NEOX = {"qwen2moe", "qwen3moe", "olmoe"}  # llama_model_rope_type: NEOX; mixtral ("llama") is NORM
@@ -100,18 +100,6 @@ def _add_metadata(w: gguf.GGUFWriter, key: str, value) -> None:
         raise TypeError(f"{key}: unsupported metadata value {value!r}")
 
 
-def _add_experts(w: gguf.GGUFWriter, name: str, x: np.ndarray, qtype: T) -> None:
-    """x: float32 (n_expert, n_out, n_in), numpy order; ggml ne = (n_in, n_out, n_expert)."""
-    n_expert, rows, cols = x.shape
-    if qtype == T.F32:
-        w.add_tensor(name, x.astype(np.float32))
-    elif qtype == T.F16:
-        w.add_tensor(name, x.astype(np.float16))
-    else:
-        raw = quantize(x.reshape(n_expert * rows, cols), qtype)
-        w.add_tensor(name, raw.reshape(n_expert, rows, raw.shape[-1]), raw_dtype=qtype)
-
-
 def write_tiny_moe(
     path: str | Path,
     family: str,
@@ -144,27 +132,17 @@ def write_tiny_moe(
     (bool, int -> uint32, float -> float32, str), e.g. {"expert_weights_norm": True}."""
     if family not in MOE_FAMILIES:
         raise ValueError(f"unknown MoE family {family!r}")
-    path = Path(path)
-    rng = np.random.default_rng(seed)
     arch = _arch(family)
     if family == "olmoe":
         n_head_kv = n_head
     head_dim = n_embd // n_head
+    tok_kv = ()
     if tokenizer_from is not None:
         tok_kv = _tokenizer_kv(str(tokenizer_from))
         n_vocab = len(next(v for k, v, _, _ in tok_kv if k == "tokenizer.ggml.tokens"))
-    else:  # a placeholder vocabulary of n_vocab tokens "<i>", as write_tiny_model's (benchmarks)
-        tok_kv = (
-            ("tokenizer.ggml.model", "gpt2", V.STRING, None),
-            ("tokenizer.ggml.pre", "default", V.STRING, None),
-            ("tokenizer.ggml.tokens", tuple(f"<{i}>" for i in range(n_vocab)), V.ARRAY, V.STRING),
-            ("tokenizer.ggml.token_type", (1,) * n_vocab, V.ARRAY, V.INT32),
-            ("tokenizer.ggml.merges", ("< 1",), V.ARRAY, V.STRING),
-            ("tokenizer.ggml.bos_token_id", 1, V.UINT32, None),
-            ("tokenizer.ggml.eos_token_id", 2, V.UINT32, None),
-        )
 
-    w = gguf.GGUFWriter(str(path), arch)
+    m = ModelWriter(path, arch, T.Q8_0, seed)  # the matrices in Q8_0, the experts in expert_type
+    w = m.writer
     p = arch + "."
     w.add_string("general.name", f"tiny {family} moe")
     w.add_uint32(p + "context_length", n_ctx_train)
@@ -188,18 +166,14 @@ def write_tiny_moe(
     w.add_float32(p + "rope.freq_base", rope_freq_base)
     for key, value in (extra_metadata or {}).items():
         _add_metadata(w, p + key, value)
+    if tokenizer_from is None:  # a placeholder vocabulary of n_vocab tokens "<i>", as write_tiny_model's (benchmarks)
+        m.placeholder_vocab(n_vocab)
     for key, value, vtype, sub in tok_kv:
         w.add_key_value(key, list(value) if vtype == V.ARRAY else value, vtype, sub_type=sub)
-
-    def matrix(name: str, n_out: int, n_in: int, std: float | None = None, qtype: T = T.Q8_0) -> None:
-        std = 1.0 / math.sqrt(n_in) if std is None else std
-        _add_matrix(w, name, rng.normal(0.0, std, (n_out, n_in)).astype(np.float32), qtype, rng)
-
-    def vector(name: str, n: int, mean: float, std: float) -> None:
-        w.add_tensor(name, rng.normal(mean, std, n).astype(np.float32))
+    matrix, vector = m.matrix, m.vector
 
     def experts(name: str, n_out: int, n_in: int, std: float) -> None:
-        _add_experts(w, name, rng.normal(0.0, std, (n_expert, n_out, n_in)).astype(np.float32), expert_type)
+        m.experts(name, n_expert, n_out, n_in, std, expert_type)
 
     matrix("token_embd.weight", n_vocab, n_embd, std=1.0)
     vector("output_norm.weight", n_embd, 1.0, 0.1)
@@ -223,7 +197,7 @@ def write_tiny_moe(
             vector(b + "attn_k_norm.weight", n_head_kv * head_dim, 1.0, 0.2)
         vector(b + "ffn_norm.weight", n_embd, 1.0, 0.1)
         # router: logits of std ~2.5, so the choice varies from token to token and the weights are uneven
-        router = rng.normal(0.0, 2.5 / math.sqrt(n_embd), (n_expert, n_embd)).astype(np.float32)
+        router = m.normal((n_expert, n_embd), 2.5 / math.sqrt(n_embd))
         for il_, a, e in router_ties or []:
             if il_ == il:
                 router[e] = router[a]
@@ -232,15 +206,11 @@ def write_tiny_moe(
         experts(b + "ffn_up_exps.weight", n_ff_exp, n_embd, 1.0 / math.sqrt(n_embd))
         experts(b + "ffn_down_exps.weight", n_embd, n_ff_exp, 2.0 / math.sqrt(n_ff_exp))
         if family == "qwen2moe":
-            w.add_tensor(b + "ffn_gate_inp_shexp.weight", rng.normal(0.0, 1.0 / math.sqrt(n_embd), n_embd).astype(np.float32))
+            w.add_tensor(b + "ffn_gate_inp_shexp.weight", m.normal((n_embd,)))
             matrix(b + "ffn_gate_shexp.weight", n_ff_shexp, n_embd)
             matrix(b + "ffn_up_shexp.weight", n_ff_shexp, n_embd)
             matrix(b + "ffn_down_shexp.weight", n_embd, n_ff_shexp, std=2.0 / math.sqrt(n_ff_shexp))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return m.write()
 
 
 # Tiny MoE models that llama.cpp runs too (tests/fixtures/logits_moe.npz): name -> (family, expert_type,

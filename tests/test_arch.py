@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
+from model_writer import assert_as_llamacpp_ran
 from reference_model import ARCHS, LLAMACPP_TINY, ReferenceModel, agreement, write_llamacpp_tiny, write_tiny_model
 
 from edgeinfer.arch import ARCHITECTURES, build_model, load_config
@@ -132,11 +132,7 @@ def llamacpp_tiny(tmp_path_factory):
     """The tiny models llama.cpp ran for tests/fixtures/logits_tiny.npz, rewritten from their seeds."""
     fixture = np.load(FIXTURES / "logits_tiny.npz")
     paths = write_llamacpp_tiny(tmp_path_factory.mktemp("llamacpp_tiny"))
-    for name, path in paths.items():
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == str(fixture[f"{name}.sha256"]), (
-            f"the tiny model {name} is no longer the one llama.cpp ran: re-run "
-            "tests/fixtures/make_logits_fixture.py"
-        )
+    assert_as_llamacpp_ran(paths, fixture, "make_logits_fixture.py")
     return paths, fixture
 
 

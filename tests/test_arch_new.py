@@ -6,7 +6,6 @@ refusals at load for what edgeinfer does not run (architecture, tensor type, tok
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import gguf
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from arch_models import ARCH_MODELS, N_CTX, write_all
 from gguf import GGMLQuantizationType as T
+from model_writer import assert_as_llamacpp_ran
 from reference_model import agreement, write_tiny_model
 
 import edgeinfer
@@ -39,10 +39,7 @@ def _backend(name):
 def arch_files(tmp_path_factory):
     fixture = np.load(FIXTURE)
     paths = write_all(tmp_path_factory.mktemp("archs"))
-    for name, path in paths.items():
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == str(fixture[f"{name}.sha256"]), (
-            f"the tiny model {name} is no longer the one llama.cpp ran: re-run tests/fixtures/make_arch_fixture.py"
-        )
+    assert_as_llamacpp_ran(paths, fixture, "make_arch_fixture.py")
     return paths, fixture
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
-from reference_model import LLAMACPP_TINY, _random_kquant, write_llamacpp_tiny, write_tiny_model
+from model_writer import random_kquant
+from reference_model import LLAMACPP_TINY, write_llamacpp_tiny, write_tiny_model
 
 import edgeinfer
 from edgeinfer.kernels.base import HeadSpec
@@ -603,7 +604,7 @@ def _weight(t: T, n_rows: int, n_cols: int, rng) -> np.ndarray:
     if t == T.BF16:
         return (x.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).reshape(n_rows, -1)
     if t in KQUANTS:
-        return _random_kquant(n_rows, n_cols, t, 1.0, rng)
+        return random_kquant(n_rows, n_cols, t, 1.0, rng)
     return quantize(x, t)
 
 

@@ -6,13 +6,13 @@ chat prompt of llama.cpp's Gemma 4 vocabulary; a fused QKV refused at load."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 from gemma4_models import GEMMA4_MODELS, N_CTX, write_all
+from model_writer import assert_as_llamacpp_ran
 from reference_model import agreement
 
 import edgeinfer
@@ -40,10 +40,7 @@ def _backend(name):
 def gemma4_files(tmp_path_factory):
     fixture = np.load(FIXTURE)
     paths = write_all(tmp_path_factory.mktemp("gemma4"))
-    for name, path in paths.items():
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == str(fixture[f"{name}.sha256"]), (
-            f"the tiny model {name} is no longer the one llama.cpp ran: re-run tests/fixtures/make_gemma4_fixture.py"
-        )
+    assert_as_llamacpp_ran(paths, fixture, "make_gemma4_fixture.py")
     return paths, fixture
 
 

@@ -6,12 +6,12 @@ OpenAI's clamped SwiGLU, the softmax over the chosen experts' logits."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from gptoss_models import GPTOSS_MODELS, N_CTX, write_all
+from model_writer import assert_as_llamacpp_ran
 from reference_model import agreement
 
 from edgeinfer.arch import build_model, load_config
@@ -45,10 +45,7 @@ def _backend(name):
 def gptoss_files(tmp_path_factory):
     fixture = np.load(FIXTURE)
     paths = write_all(tmp_path_factory.mktemp("gptoss"))
-    for name, path in paths.items():
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == str(fixture[f"{name}.sha256"]), (
-            f"the tiny model {name} is no longer the one llama.cpp ran: re-run tests/fixtures/make_gptoss_fixture.py"
-        )
+    assert_as_llamacpp_ran(paths, fixture, "make_gptoss_fixture.py")
     return paths, fixture
 
 

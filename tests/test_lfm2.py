@@ -8,12 +8,12 @@ runner reusing a prefix = alone."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from lfm2_models import LFM2_MODELS, N_CTX, write_all
+from model_writer import assert_as_llamacpp_ran
 from reference_model import agreement
 from test_arch_new import _fixture_top, top5_diff
 
@@ -49,10 +49,7 @@ def _backend(name):
 def lfm2_files(tmp_path_factory):
     fixture = np.load(FIXTURE)
     paths = write_all(tmp_path_factory.mktemp("lfm2"))
-    for name, path in paths.items():
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == str(fixture[f"{name}.sha256"]), (
-            f"the tiny model {name} is no longer the one llama.cpp ran: re-run tests/fixtures/make_lfm2_fixture.py"
-        )
+    assert_as_llamacpp_ran(paths, fixture, "make_lfm2_fixture.py")
     return paths, fixture
 
 

@@ -9,12 +9,12 @@ norms, not the weights)."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from lowbit_models import LOWBIT_MODELS, N_CTX, write_all
+from model_writer import assert_as_llamacpp_ran
 from reference_model import agreement
 
 from edgeinfer.arch import build_model
@@ -30,10 +30,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "logits_lowbit.npz"
 def lowbit_files(tmp_path_factory):
     fixture = np.load(FIXTURE)
     paths = write_all(tmp_path_factory.mktemp("lowbit"))
-    for name, path in paths.items():
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == str(fixture[f"{name}.sha256"]), (
-            f"the tiny model {name} is no longer the one llama.cpp ran: re-run tests/fixtures/make_lowbit_fixture.py"
-        )
+    assert_as_llamacpp_ran(paths, fixture, "make_lowbit_fixture.py")
     return paths, fixture
 
 

@@ -6,7 +6,6 @@ pass pages in; the expert counts of `run --verbose` and `bench`."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
+from model_writer import assert_as_llamacpp_ran
 from reference_model import agreement
 from reference_moe import MOE_FAMILIES, MOE_LLAMACPP, ReferenceMoE, write_moe_llamacpp, write_tiny_moe
 
@@ -59,10 +59,7 @@ def moe_files(tmp_path_factory, smollm2_path):
     """The files llama.cpp ran, rewritten from their seeds (their sha256 must match), and its logits."""
     fixture = np.load(FIXTURES / "logits_moe.npz")
     paths = write_moe_llamacpp(tmp_path_factory.mktemp("moe"), smollm2_path)
-    for name, path in paths.items():
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == str(fixture[f"{name}.sha256"]), (
-            f"the tiny MoE model {name} is no longer the one llama.cpp ran: re-run tests/fixtures/make_moe_fixture.py"
-        )
+    assert_as_llamacpp_ran(paths, fixture, "make_moe_fixture.py", what="tiny MoE model")
     return paths, fixture
 
 

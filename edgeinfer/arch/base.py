@@ -1,5 +1,8 @@
 """What every decoder-only architecture shares: the hyperparameters all of them read from metadata, a
-weight loader that checks names and shapes, and the forward skeleton (embed, blocks, norm, output).
+weight loader that checks names and shapes (and loads the attention and feed-forward most blocks have),
+and the forward skeleton (embed, blocks, norm, output); for the families whose sliding-window layers rope
+with their own base (Gemma 2, gpt-oss, Gemma 3), which layers those are and the loader that gives each
+block its kind's rope.
 
 An architecture file (llama.py, gemma3.py, ...) adds its own Config fields and its decoder block.
 """
@@ -9,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,7 +21,7 @@ from ..errors import EdgeInferError, GGUFError, UnsupportedArchitectureError
 from ..gguf import GGUFFile
 from ..gguf import typed
 from ..kernels.base import Backend, QTensor
-from ..nn import Embedding, ForwardBatch, GatedMLP, KVCacheLike, Linear, RMSNorm, RopeParams
+from ..nn import Attention, Embedding, ForwardBatch, GatedMLP, KVCacheLike, Linear, RMSNorm, Rope, RopeParams
 from ..nn.moe import MoE, Routing
 from ..nn.kv import DEFAULT_KV_TYPE, kv_type
 
@@ -283,6 +286,53 @@ class BaseConfig:
         )
 
 
+def read_swa_layers(f: GGUFFile, n_layer: int, n_pattern: int) -> tuple[bool, ...]:
+    """Which layers use the sliding window: `{arch}.attention.sliding_window_pattern` as one bool per
+    layer, or a period n (layer il is local when il % n < n - 1; 0: all local); else the family's period
+    (llama.cpp's load_swa_pattern)."""
+    v = meta(f, "attention.sliding_window_pattern", None)
+    key = f"{f.architecture}.attention.sliding_window_pattern"
+    if isinstance(v, np.ndarray) or isinstance(v, (list, tuple)):
+        if isinstance(v, np.ndarray) and v.dtype == np.bool_:  # Gemma 4's converter writes bools
+            v = v.astype(np.int8)
+        arr = typed.as_num_array(key, np.asarray(v), where=f.path) if isinstance(v, np.ndarray) else np.asarray(v)
+        if arr.size < n_layer:
+            raise GGUFError(f"{f.path}: {key} has {arr.size} entries for {n_layer} layers; the file is corrupt.")
+        return tuple(bool(x) for x in arr[:n_layer])
+    if v is not None:
+        n_pattern = typed.as_int(key, v, 0, 1 << 16, where=f.path)
+    return tuple(n_pattern == 0 or il % n_pattern < n_pattern - 1 for il in range(n_layer))
+
+
+@dataclass(frozen=True)
+class SlidingWindowConfig(BaseConfig):
+    """A family whose layers are local (sliding-window attention) or global as swa_layers says, the local
+    ones roping with their own base (Gemma 2, gpt-oss)."""
+
+    n_swa: int = 0  # attention.sliding_window: the local layers' window, in tokens (0: every layer is global)
+    swa_layers: tuple[bool, ...] = field(default=())  # per layer: local (True) or global
+    rope_freq_base_swa: float = 10000.0
+
+    @staticmethod
+    def read_swa(f: GGUFFile, common: dict[str, Any], n_pattern: int, n_swa: Any = _REQUIRED) -> dict[str, Any]:
+        """The fields above from the file's metadata (common: read_common's): n_pattern, the family's period
+        of local layers (read_swa_layers); n_swa, the window where the file has none (default: it must
+        have one); the local layers' base, the global one where the file has none."""
+        return dict(
+            n_swa=meta_int(f, "attention.sliding_window", n_swa, hi=1 << 31),
+            swa_layers=read_swa_layers(f, common["n_layer"], n_pattern),
+            rope_freq_base_swa=meta_float(f, "rope.freq_base_swa", common["rope_freq_base"]),
+        )
+
+    def is_swa(self, il: int) -> bool:
+        """Whether layer il is a local (sliding-window) layer."""
+        return self.n_swa > 0 and self.swa_layers[il]
+
+    def rope_params_swa(self) -> RopeParams:
+        """The local layers' rope: their own base, the global layers' scaling."""
+        return self.rope_params(self.rope_freq_base_swa)
+
+
 class LayerBackends:
     """The backend a model is built with when its layers run on different backends (GPU offload):
     layer il's weights run on layer_backend(il), the output head (output_norm, output) on
@@ -370,6 +420,28 @@ class Weights:
         if bias or (bias is None and self.has(f"{name}.bias")):
             b = self.vector(f"{name}.bias", n_out)
         return Linear(self.qtensor(f"{name}.weight", (n_in, n_out)), self.backend_for(name), b)
+
+    def attention(self, p: str, c: BaseConfig, rope: Rope, qkv: tuple[Linear, Linear, Linear] | None = None,
+                  qkv_bias: bool | None = None, out_bias: bool | None = None, qk_norm: bool = False,
+                  **options: Any) -> Attention:  # fmt: skip
+        """Block p's ("blk.3.") attention with the config's heads, head sizes and scale: `attn_q`, `attn_k`,
+        `attn_v` (or qkv, the three a family loaded its own way) and `attn_output`, their biases as linear()
+        takes them (qkv_bias, out_bias); qk_norm: RMSNorm per head on q and k (`attn_q_norm`, `attn_k_norm`).
+        options: Attention's other arguments (n_swa, sinks, norms of another shape)."""
+        if qkv is None:
+            qkv = (self.linear(p + "attn_q", c.n_embd, c.n_head * c.head_dim, bias=qkv_bias),
+                   self.linear(p + "attn_k", c.n_embd, c.n_head_kv * c.head_dim, bias=qkv_bias),
+                   self.linear(p + "attn_v", c.n_embd, c.n_head_kv * c.head_dim_v, bias=qkv_bias))  # fmt: skip
+        wo = self.linear(p + "attn_output", c.n_head * c.head_dim_v, c.n_embd, bias=out_bias)
+        if qk_norm:
+            options.update(q_norm=self.norm(p + "attn_q_norm", c.head_dim, c.rms_eps),
+                           k_norm=self.norm(p + "attn_k_norm", c.head_dim, c.rms_eps))  # fmt: skip
+        return Attention(*qkv, wo, c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, rope, c.attn_scale, **options)
+
+    def gated_mlp(self, p: str, n_embd: int, n_ff: int, act: str) -> GatedMLP:
+        """Block p's feed-forward: `ffn_down`(act(`ffn_gate` x) * `ffn_up` x), n_embd -> n_ff -> n_embd."""
+        return GatedMLP(self.linear(p + "ffn_gate", n_embd, n_ff), self.linear(p + "ffn_up", n_embd, n_ff),
+                        self.linear(p + "ffn_down", n_ff, n_embd), act)  # fmt: skip
 
     def moe(self, p: str, c: BaseConfig, act: str = "silu", expert_bias: bool = False) -> MoE:
         """The routed experts of block prefix `p` ("blk.3."): router `ffn_gate_inp` (with its bias when
@@ -621,3 +693,21 @@ class DecoderModel:
             self.trace("result_norm", -1, x)
             self.trace("result_output", -1, logits)
         return logits
+
+
+class SlidingWindowModel(DecoderModel):
+    """A family whose local (sliding-window) layers, config.is_swa(il), rope with parameters of their own,
+    config.rope_params_swa(): from_gguf loads each block, load_block(w, c, il, rope), with its kind's rope.
+    scale_embd: the token embedding times sqrt(n_embd) (Gemma)."""
+
+    config_class: ClassVar[type]
+    scale_embd: ClassVar[bool] = False
+
+    @classmethod
+    def from_gguf(cls, f: GGUFFile, backend: Backend) -> "SlidingWindowModel":
+        c = cls.config_class.from_gguf(f)
+        w = Weights(f, backend)
+        rope_global, rope_local = Rope(c.rope_params()), Rope(c.rope_params_swa())
+        blocks = [cls.load_block(w, c, il, rope_local if c.is_swa(il) else rope_global) for il in range(c.n_layer)]
+        return cls(c, backend, w.embedding(c), blocks, w.norm("output_norm", c.n_embd, c.rms_eps), w.output(c),
+                   embd_scale=math.sqrt(c.n_embd) if cls.scale_embd else 1.0)  # fmt: skip

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..gguf import GGUFFile
-from ..kernels.base import Backend
-from ..nn import Attention, ForwardBatch, GatedMLP, RMSNorm, Rope
-from .base import BaseConfig, DecoderModel, Weights, meta_int
+from ..nn import Attention, ForwardBatch, GatedMLP, RMSNorm, Rope, RopeParams
+from .base import BaseConfig, SlidingWindowModel, Weights, meta_int
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,10 @@ class Config(BaseConfig):
         """Whether layer il is a local (sliding-window) layer."""
         return self.n_swa > 0 and il % self.swa_pattern < self.swa_pattern - 1
 
+    def rope_params_swa(self) -> RopeParams:
+        """The local layers' rope: base 10000, no scaling."""
+        return self.rope_params(self.rope_freq_base_swa, self.rope_freq_scale_swa)
+
 
 class Block:
     def __init__(
@@ -59,6 +62,12 @@ class Block:
     ):
         self.attn_norm, self.attn, self.post_attention_norm = attn_norm, attn, post_attention_norm
         self.ffn_norm, self.ffn, self.post_ffw_norm = ffn_norm, ffn, post_ffw_norm
+
+    @classmethod
+    def load(cls, w: Weights, c: BaseConfig, p: str, attn: Attention, ffn: GatedMLP) -> "Block":
+        """The block of prefix p around its attention and feed-forward: the four norms of its sandwich."""
+        norm = lambda name: w.norm(p + name, c.n_embd, c.rms_eps)  # noqa: E731
+        return cls(norm("attn_norm"), attn, norm("post_attention_norm"), norm("ffn_norm"), ffn, norm("post_ffw_norm"))
 
     def __call__(
         self,
@@ -77,58 +86,14 @@ class Block:
         return x + self.post_ffw_norm(h)
 
 
-class Model(DecoderModel):
+class Model(SlidingWindowModel):
     arch = "gemma3"
+    config_class = Config
     config: Config
-
-    @classmethod
-    def from_gguf(cls, f: GGUFFile, backend: Backend) -> "Model":
-        c = Config.from_gguf(f)
-        w = Weights(f, backend)
-        rope_global = Rope(c.rope_params())
-        rope_local = Rope(c.rope_params(c.rope_freq_base_swa, c.rope_freq_scale_swa))
-        blocks = [
-            cls.load_block(w, c, il, rope_local if c.is_swa(il) else rope_global) for il in range(c.n_layer)
-        ]
-        return cls(
-            c,
-            backend,
-            w.embedding(c),
-            blocks,
-            w.norm("output_norm", c.n_embd, c.rms_eps),
-            w.output(c),
-            embd_scale=math.sqrt(c.n_embd),
-        )
+    scale_embd = True
 
     @staticmethod
     def load_block(w: Weights, c: Config, il: int, rope: Rope) -> Block:
         p = f"blk.{il}."
-        attn = Attention(
-            wq=w.linear(p + "attn_q", c.n_embd, c.n_head * c.head_dim),
-            wk=w.linear(p + "attn_k", c.n_embd, c.n_head_kv * c.head_dim),
-            wv=w.linear(p + "attn_v", c.n_embd, c.n_head_kv * c.head_dim_v),
-            wo=w.linear(p + "attn_output", c.n_head * c.head_dim_v, c.n_embd),
-            n_head=c.n_head,
-            n_head_kv=c.n_head_kv,
-            head_dim=c.head_dim,
-            head_dim_v=c.head_dim_v,
-            rope=rope,
-            scale=c.attn_scale,
-            q_norm=w.norm(p + "attn_q_norm", c.head_dim, c.rms_eps),
-            k_norm=w.norm(p + "attn_k_norm", c.head_dim, c.rms_eps),
-            n_swa=c.n_swa if c.is_swa(il) else 0,
-        )
-        ffn = GatedMLP(
-            gate=w.linear(p + "ffn_gate", c.n_embd, c.n_ff),
-            up=w.linear(p + "ffn_up", c.n_embd, c.n_ff),
-            down=w.linear(p + "ffn_down", c.n_ff, c.n_embd),
-            act="gelu_tanh",
-        )
-        return Block(
-            w.norm(p + "attn_norm", c.n_embd, c.rms_eps),
-            attn,
-            w.norm(p + "post_attention_norm", c.n_embd, c.rms_eps),
-            w.norm(p + "ffn_norm", c.n_embd, c.rms_eps),
-            ffn,
-            w.norm(p + "post_ffw_norm", c.n_embd, c.rms_eps),
-        )
+        attn = w.attention(p, c, rope, qk_norm=True, n_swa=c.n_swa if c.is_swa(il) else 0)
+        return Block.load(w, c, p, attn, w.gated_mlp(p, c.n_embd, c.n_ff, "gelu_tanh"))

@@ -35,11 +35,11 @@ import numpy as np
 from ..errors import GGUFError, UnsupportedArchitectureError
 from ..gguf import GGUFFile
 from ..kernels.base import Backend, QTensor
-from ..nn import Attention, Embedding, ForwardBatch, GatedMLP, Linear, RMSNorm, Rope
+from ..nn import Attention, Embedding, ForwardBatch, Linear, RMSNorm, Rope
 from ..nn.kv import kv_type
 from ..nn.moe import MoE
 from .base import MAX_COUNT, BaseConfig, DecoderModel, MoEConfig, Weights, meta, meta_float, meta_int, meta_per_layer
-from .gemma2 import read_swa_layers
+from .base import read_swa_layers
 from .gemma3 import Block as Gemma3Block
 
 
@@ -292,9 +292,7 @@ class Model(DecoderModel):
             attn = Gemma4Attention(wq, wk, wv, wo, c.n_head, hkv, hd, hd, rope, c.attn_scale, q_norm=q_norm,
                                    k_norm=w.norm(p + "attn_k_norm", hd, c.rms_eps), n_swa=n_swa,
                                    v_eps=c.rms_eps)  # fmt: skip
-        n_ff = c.n_ff_layers[il]
-        ffn = GatedMLP(w.linear(p + "ffn_gate", c.n_embd, n_ff), w.linear(p + "ffn_up", c.n_embd, n_ff),
-                       w.linear(p + "ffn_down", n_ff, c.n_embd), act="gelu_tanh")  # fmt: skip
+        ffn = w.gated_mlp(p, c.n_embd, c.n_ff_layers[il], "gelu_tanh")
         per_layer = None
         if c.n_embd_per_layer:
             per_layer = PerLayerInput(w.linear(p + "inp_gate", c.n_embd, c.n_embd_per_layer),

@@ -121,7 +121,7 @@ class Model(DecoderModel):
         blocks, n_seen = [], [0, 0]  # convolution layers, attention layers so far
         for il, attends in enumerate(c.attn_layers):
             p = f"blk.{il}."
-            op = cls.load_attention(w, c, p, rope) if attends else cls.load_shortconv(w, c, p)
+            op = w.attention(p, c, rope, qk_norm=True, n_swa=c.n_swa) if attends else cls.load_shortconv(w, c, p)
             blocks.append(Block(w.norm(p + "attn_norm", c.n_embd, c.rms_eps), op, n_seen[attends],
                                 w.norm(p + "ffn_norm", c.n_embd, c.rms_eps), cls.load_ffn(w, c, il)))  # fmt: skip
             n_seen[attends] += 1
@@ -130,31 +130,7 @@ class Model(DecoderModel):
 
     @classmethod
     def load_ffn(cls, w: Weights, c: Config, il: int) -> GatedMLP | MoE:
-        p = f"blk.{il}."
-        return GatedMLP(
-            gate=w.linear(p + "ffn_gate", c.n_embd, c.n_ff),
-            up=w.linear(p + "ffn_up", c.n_embd, c.n_ff),
-            down=w.linear(p + "ffn_down", c.n_ff, c.n_embd),
-            act="silu",
-        )
-
-    @staticmethod
-    def load_attention(w: Weights, c: Config, p: str, rope: Rope) -> Attention:
-        return Attention(
-            wq=w.linear(p + "attn_q", c.n_embd, c.n_head * c.head_dim),
-            wk=w.linear(p + "attn_k", c.n_embd, c.n_head_kv * c.head_dim),
-            wv=w.linear(p + "attn_v", c.n_embd, c.n_head_kv * c.head_dim_v),
-            wo=w.linear(p + "attn_output", c.n_head * c.head_dim_v, c.n_embd),
-            n_head=c.n_head,
-            n_head_kv=c.n_head_kv,
-            head_dim=c.head_dim,
-            head_dim_v=c.head_dim_v,
-            rope=rope,
-            scale=c.attn_scale,
-            q_norm=w.norm(p + "attn_q_norm", c.head_dim, c.rms_eps),
-            k_norm=w.norm(p + "attn_k_norm", c.head_dim, c.rms_eps),
-            n_swa=c.n_swa,
-        )
+        return w.gated_mlp(f"blk.{il}.", c.n_embd, c.n_ff, "silu")
 
     @staticmethod
     def load_shortconv(w: Weights, c: Config, p: str) -> ShortConv:

@@ -76,36 +76,12 @@ class Model(DecoderModel):
     @classmethod
     def load_block(cls, w: Weights, c: Config, il: int, rope: Rope) -> Block:
         p = f"blk.{il}."
-        q_norm = k_norm = None
         if cls.qk_norm_full:
-            q_norm = w.norm(p + "attn_q_norm", c.n_head * c.head_dim, c.rms_eps)
-            k_norm = w.norm(p + "attn_k_norm", c.n_head_kv * c.head_dim, c.rms_eps)
-        elif cls.qk_norm:
-            q_norm = w.norm(p + "attn_q_norm", c.head_dim, c.rms_eps)
-            k_norm = w.norm(p + "attn_k_norm", c.head_dim, c.rms_eps)
-        attn = Attention(
-            wq=w.linear(p + "attn_q", c.n_embd, c.n_head * c.head_dim, bias=cls.qkv_bias),
-            wk=w.linear(p + "attn_k", c.n_embd, c.n_head_kv * c.head_dim, bias=cls.qkv_bias),
-            wv=w.linear(p + "attn_v", c.n_embd, c.n_head_kv * c.head_dim_v, bias=cls.qkv_bias),
-            wo=w.linear(p + "attn_output", c.n_head * c.head_dim_v, c.n_embd),
-            n_head=c.n_head,
-            n_head_kv=c.n_head_kv,
-            head_dim=c.head_dim,
-            head_dim_v=c.head_dim_v,
-            rope=rope,
-            scale=c.attn_scale,
-            q_norm=q_norm,
-            k_norm=k_norm,
-            qk_norm_full=cls.qk_norm_full,
-        )
-        if c.moe is not None:
-            ffn = w.moe(p, c, act="silu")
+            attn = w.attention(p, c, rope, qkv_bias=cls.qkv_bias, qk_norm_full=True,
+                               q_norm=w.norm(p + "attn_q_norm", c.n_head * c.head_dim, c.rms_eps),
+                               k_norm=w.norm(p + "attn_k_norm", c.n_head_kv * c.head_dim, c.rms_eps))  # fmt: skip
         else:
-            ffn = GatedMLP(
-                gate=w.linear(p + "ffn_gate", c.n_embd, c.n_ff),
-                up=w.linear(p + "ffn_up", c.n_embd, c.n_ff),
-                down=w.linear(p + "ffn_down", c.n_ff, c.n_embd),
-                act="silu",
-            )
+            attn = w.attention(p, c, rope, qkv_bias=cls.qkv_bias, qk_norm=cls.qk_norm)
+        ffn = w.moe(p, c, act="silu") if c.moe is not None else w.gated_mlp(p, c.n_embd, c.n_ff, "silu")
         attn_norm = w.norm(p + "attn_norm", c.n_embd, c.rms_eps)
         return Block(attn_norm, attn, w.norm(p + "ffn_norm", c.n_embd, c.rms_eps), ffn)

@@ -23,6 +23,7 @@ import numpy as np
 from ..gguf import GGUFFile
 from ..kernels.base import Backend, QTensor
 from ..nn import Attention, ForwardBatch, GatedMLP, Linear, RMSNorm, Rope
+from . import llama
 from .base import BaseConfig, DecoderModel, Weights
 
 
@@ -46,12 +47,13 @@ def split_rows(w: Weights, name: str, n_in: int, sizes: list[int]) -> list[Linea
     return parts
 
 
-class Block:
-    """Pre-norm attention and SwiGLU; the rope factors (short or long) chosen per pass by the context."""
+class Block(llama.Block):
+    """llama's block (pre-norm attention and SwiGLU); the rope factors (short or long) chosen per pass by the
+    context."""
 
     def __init__(self, attn_norm: RMSNorm, attn: Attention, ffn_norm: RMSNorm, ffn: GatedMLP, ropes: tuple,
                  n_ctx_orig: int):  # fmt: skip
-        self.attn_norm, self.attn, self.ffn_norm, self.ffn = attn_norm, attn, ffn_norm, ffn
+        super().__init__(attn_norm, attn, ffn_norm, ffn)
         self.rope_short, self.rope_long = ropes
         self.n_ctx_orig = n_ctx_orig
 
@@ -60,13 +62,7 @@ class Block:
         # llama.cpp: n_ctx_seq > n_ctx_orig_yarn -> rope_factors_long (one context, one choice)
         long = max(s.cache.n_ctx for s in batch.seqs) > self.n_ctx_orig
         self.attn.rope = self.rope_long if long else self.rope_short
-        h = self.attn_norm(x)
-        if cb is not None:
-            cb("attn_norm", h)
-        x = x + self.attn(h, batch, il, cb)
-        if cb is not None:
-            cb("ffn_inp", x)
-        return x + self.ffn(self.ffn_norm(x))
+        return super().__call__(x, batch, il, cb)
 
 
 class Model(DecoderModel):
@@ -93,24 +89,11 @@ class Model(DecoderModel):
     @staticmethod
     def load_block(w: Weights, c: Config, il: int, ropes: tuple) -> Block:
         p = f"blk.{il}."
-        nq, nk, nv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v
+        qkv = None  # separate attn_q, attn_k, attn_v
         if w.has(p + "attn_qkv.weight"):
-            wq, wk, wv = split_rows(w, p + "attn_qkv", c.n_embd, [nq, nk, nv])
-        else:
-            wq, wk, wv = (w.linear(p + "attn_q", c.n_embd, nq), w.linear(p + "attn_k", c.n_embd, nk),
-                          w.linear(p + "attn_v", c.n_embd, nv))  # fmt: skip
-        attn = Attention(
-            wq=wq,
-            wk=wk,
-            wv=wv,
-            wo=w.linear(p + "attn_output", nq, c.n_embd),
-            n_head=c.n_head,
-            n_head_kv=c.n_head_kv,
-            head_dim=c.head_dim,
-            head_dim_v=c.head_dim_v,
-            rope=ropes[0],
-            scale=c.attn_scale,
-        )
+            nq, nk, nv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v
+            qkv = tuple(split_rows(w, p + "attn_qkv", c.n_embd, [nq, nk, nv]))
+        attn = w.attention(p, c, ropes[0], qkv=qkv)
         gate, up = split_rows(w, p + "ffn_up", c.n_embd, [c.n_ff, c.n_ff])  # LLM_FFN_SWIGLU: [gate | up]
         ffn = GatedMLP(gate=gate, up=up, down=w.linear(p + "ffn_down", c.n_ff, c.n_embd), act="silu")
         return Block(w.norm(p + "attn_norm", c.n_embd, c.rms_eps), attn, w.norm(p + "ffn_norm", c.n_embd, c.rms_eps),

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels.base import Backend, QTensor
+from ..kernels.base import QTensor
 from .linear import Linear
 from .mlp import ACTIVATIONS, GatedMLP
 

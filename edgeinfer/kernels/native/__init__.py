@@ -4,9 +4,11 @@ or portable scalar code, chosen once per process (ISA_PATHS), on a persistent th
 
 It computes exactly what the Numba backend computes (activations quantized once per matmul to the
 8-bit format ggml pairs with the weight type, int32 block dots, float scales), only faster; weight
-types without a C kernel (Q2_K, Q3_K, IQ4_XS, BF16) and every other operation but attention (get_rows,
-dequantize, the small ops) come from NumbaBackend. The extension is built by `pip install` when a C compiler is
-there; `available()` says whether it was.
+types without a C kernel (Q2_K, Q3_K, BF16) and every other operation but attention (get_rows,
+dequantize, the small ops) come from NumbaBackend. IQ4_XS has C kernels only for the x8 layout (every
+kernel set has one; `supports()` is False, `x8_preferred()` True): it runs in C once repacked, the
+default, and in Numba with EDGEINFER_REPACK=0. The extension is built by `pip install` when a C compiler
+is there; `available()` says whether it was.
 """
 
 from __future__ import annotations
