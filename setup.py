@@ -30,6 +30,7 @@ native = Extension(
         "native/x8_avxvnni.c",
         "native/x8_neon.c",
         "native/x8_neon_dotprod.c",
+        "native/x8_neon_i8mm.c",
         "native/lowbit_scalar.c",
         "native/lowbit_avx2.c",
     ],

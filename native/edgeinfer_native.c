@@ -6,7 +6,8 @@
  *       (BufferError for a non-contiguous x or a read-only / non-contiguous out, ValueError for another
  *       dtype, rank or shape: checked exactly, the Python backend's fast path relies on it)
  *   attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads[, sinks])   (native/attention.c)
- *   supports(ggml_type) -> bool      isa() -> "avx512vnni" | "avxvnni" | "avx2" | "neon_dotprod" | "neon" | "scalar"
+ *   supports(ggml_type) -> bool      isa() -> "avx512vnni" | "avxvnni" | "avx2" | "neon_i8mm" | "neon_dotprod" |
+ *                                             "neon" | "scalar"
  *   set_isa(name) -> previous name   (tests: any of isas(), or "auto")
  *   set_prefetch(n_bytes) -> previous  how far ahead a decode prefetches the weights (default 2048,
  *                                      EDGEINFER_NATIVE_PREFETCH at import; 0: off)
@@ -61,7 +62,7 @@ static int cpu_features(feature_t *f, int max) {
 
 #if defined(NATIVE_X86) || defined(__ARM_NEON)
 /* A kernel set that differs from another only in its x8 kernels (the same plain-layout kernels, quantizer and
- * attention), made once: AVX2's with VNNI dot products, NEON's with sdot. */
+ * attention), made once: AVX2's with VNNI dot products, NEON's with sdot or smmla. */
 static const native_kernels *with_x8(native_kernels *k, const native_kernels *base, const native_rows_fn *x8,
                                      const char *name) {
     if (!k->name) {
@@ -77,12 +78,13 @@ static const native_kernels *with_x8(native_kernels *k, const native_kernels *ba
 static native_kernels kernels_avx512vnni, kernels_avxvnni;
 #endif
 #if defined(__ARM_NEON)
-static native_kernels kernels_neon_dotprod;
+static native_kernels kernels_neon_x8[3];  /* x8_neon_sets()' i-th set but the plain one (native_kernels_neon) */
 #endif
 
 /* the kernel tables this CPU can run, best first (the scalar one last, always): AVX-512 VNNI, AVX-VNNI (the
- * same dot product in VEX form, on CPUs without AVX-512), AVX2; NEON with sdot, plain NEON. The VNNI and
- * dotprod sets were verified bit for bit through emulation, not on such a CPU (tests/test_isa_emulated.py). */
+ * same dot product in VEX form, on CPUs without AVX-512), AVX2; NEON with smmla (i8mm) for prompts, NEON with
+ * sdot, plain NEON (x8_neon_sets). The VNNI, i8mm and dotprod sets were verified bit for bit through emulation
+ * and qemu, not on such a CPU (tests/test_isa_emulated.py). */
 static int available_kernels(const native_kernels **out) {
     int n = 0;
 #if defined(NATIVE_X86) && (defined(__GNUC__) || defined(__clang__))
@@ -96,9 +98,12 @@ static int available_kernels(const native_kernels **out) {
     if (avx2) out[n++] = &native_kernels_avx2;
 #endif
 #if defined(__ARM_NEON)
-    if (x8_neon_has_dotprod())
-        out[n++] = with_x8(&kernels_neon_dotprod, &native_kernels_neon, native_x8_neon_dotprod, "neon_dotprod");
-    out[n++] = &native_kernels_neon;
+    x8_set sets[3];
+    const int m = x8_neon_sets(sets);
+    for (int i = 0; i < m; i++)
+        out[n++] = sets[i].table == native_x8_neon
+                       ? &native_kernels_neon
+                       : with_x8(&kernels_neon_x8[i], &native_kernels_neon, sets[i].table, sets[i].name);
 #endif
     out[n++] = &native_kernels_scalar;
     return n;

@@ -74,9 +74,14 @@ extern const native_rows_fn native_x8_avxvnni[GT_COUNT];
 #if defined(__ARM_NEON) || defined(X8_EMULATED_NEON)
 extern const native_rows_fn native_x8_neon[GT_COUNT];          /* ARMv8 NEON: widening multiplies */
 extern const native_rows_fn native_x8_neon_dotprod[GT_COUNT];  /* + sdot (ARMv8.2 dotprod) */
+extern const native_rows_fn native_x8_neon_i8mm[GT_COUNT];     /* + smmla for 2-4 tokens (FEAT_I8MM) */
 /* whether this CPU has the dotprod (i8mm) instructions: Linux hwcaps, macOS sysctl */
 int x8_neon_has_dotprod(void);
-int x8_neon_has_i8mm(void);  /* reported only: no kernel uses it yet */
+int x8_neon_has_i8mm(void);
+typedef struct { const char *name; const native_rows_fn *table; } x8_set;
+/* the NEON x8 kernel sets this CPU runs, best first: neon_i8mm (i8mm and dotprod), neon_dotprod, neon;
+ * fills out[0 .. n) (3 at most), returns n */
+int x8_neon_sets(x8_set *out);
 #endif
 
 /* Q4_0 / Q5_0 against Q8_0 activations need each activation block's sum of quants (the x8 kernels take the

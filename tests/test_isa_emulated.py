@@ -7,10 +7,15 @@ row ranges split over 1-3 threads, three prefetch distances), and exits nonzero 
 - AVX-512 VNNI and AVX-VNNI through SIMDe (header-only x86 intrinsics in portable C: `apt-get install
   libsimde-dev`), on an x86 CPU with AVX2/FMA/F16C (the sets' other instructions run natively, and FMA
   must be real for the float operations to be the same);
-- NEON (plain and with sdot) through SIMDe's NEON on that x86 CPU;
+- NEON (plain, with sdot, with smmla) through SIMDe's NEON on that x86 CPU (SMMLA, which SIMDe 0.7.4
+  lacks, from its definition: tests/isa/mmla_ref.h);
 - NEON compiled for real by a cross compiler (`gcc-aarch64-linux-gnu`) with the extension's flags and run
-  under `qemu-user` (`qemu-aarch64 -cpu max`: dotprod; `-cpu cortex-a57`: none, where the plain set must
-  run and the hwcaps must say so), or natively on an aarch64 machine;
+  under `qemu-user` (`qemu-aarch64 -cpu max`: dotprod and i8mm, where SMMLA itself is checked against
+  mmla_ref.h; `-cpu neoverse-n1`: dotprod without i8mm, where the i8mm set is not offered and stops on its
+  first SMMLA; `-cpu cortex-a57`: neither, where the plain set must run and the hwcaps must say so), or
+  natively on an aarch64 machine;
+- the NEON objects disassembled: SMMLA in the i8mm set, sdot by element in the dotprod set, neither in the
+  plain one;
 - the whole extension's C compiled for aarch64 (the dispatch code, not run).
 
 Each case is skipped, saying which tool is missing, where its tools are not installed (README: development).
@@ -22,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -67,7 +73,7 @@ def _build(cc: str, units: list[tuple[Path, list[str]]], name: str) -> Path:
     for src, flags in units:
         key.update(" ".join(flags).encode())
         key.update(src.read_bytes())
-    for header in sorted([*NATIVE.glob("*.h"), *ISA.glob("*/*.h")]):
+    for header in sorted([*NATIVE.glob("*.h"), *ISA.glob("*.h"), *ISA.glob("*/*.h")]):
         key.update(header.read_bytes())
     out_dir = Path(tempfile.gettempdir()) / f"edgeinfer-isa-{name}-{key.hexdigest()[:16]}"
     exe = out_dir / "x8_harness"
@@ -130,17 +136,20 @@ def test_avx512vnni_and_avxvnni_through_simde():
     _assert_all_equal(_run([str(exe), "avx2", "avx512vnni", "avxvnni"]), ("avx2", "avx512vnni", "avxvnni"))
 
 
+NEON_SETS = ("neon", "neon_dotprod", "neon_i8mm")
+NEON_UNITS = ("x8_neon.c", "x8_neon_dotprod.c", "x8_neon_i8mm.c")
+
+
 def test_neon_through_simde():
-    """The NEON sets (x8_neon.c: widening multiplies; x8_neon_dotprod.c: sdot), compiled against SIMDe's
-    NEON on x86, give the scalar kernels' bits."""
+    """The NEON sets (x8_neon.c: widening multiplies; x8_neon_dotprod.c: sdot; x8_neon_i8mm.c: smmla),
+    compiled against SIMDe's NEON on x86 (and SMMLA from its definition), give the scalar kernels' bits."""
     why = _host_reason()
     if why:
         pytest.skip(why)
     emu = [*EMU_FLAGS, "-DX8_EMULATED_NEON", f"-I{ISA / 'simde_neon'}"]
     harness = (ISA / "x8_harness.c", [*EXT_FLAGS, "-DHARNESS_NEON", "-DX8_EMULATED_NEON"])
-    exe = _build("gcc", [*_x86_units(), (NATIVE / "x8_neon.c", emu), (NATIVE / "x8_neon_dotprod.c", emu), harness],
-                 "neon-simde")  # fmt: skip
-    _assert_all_equal(_run([str(exe), "neon", "neon_dotprod"]), ("neon", "neon_dotprod"))
+    exe = _build("gcc", [*_x86_units(), *((NATIVE / f, emu) for f in NEON_UNITS), harness], "neon-simde")
+    _assert_all_equal(_run([str(exe), *NEON_SETS]), NEON_SETS)
 
 
 def _aarch64_toolchain() -> tuple[str, list[str], str | None]:
@@ -153,25 +162,73 @@ def _aarch64_toolchain() -> tuple[str, list[str], str | None]:
     return "aarch64-linux-gnu-gcc", ["qemu-aarch64", "-L", str(AARCH64_SYSROOT)], why
 
 
-def test_neon_compiled_for_aarch64_and_run():
-    """The NEON sets built for real (the extension's flags, its target attributes) and run on an ARM CPU
-    model with the dot product (qemu's `max`: every set) and without it (Cortex-A57: the hwcaps say so,
-    and the plain set, which must not contain an sdot, runs)."""
+def _aarch64_harness() -> tuple[Path, list[str]]:
+    """the harness built for aarch64 with the extension's flags, and the command prefix that runs it"""
     cc, prefix, why = _aarch64_toolchain()
     if why:
         pytest.skip(why)
-    units = [(NATIVE / f, EXT_FLAGS) for f in ("x8.c", "x8_neon.c", "x8_neon_dotprod.c")]
-    exe = _build(cc, [*units, (ISA / "x8_harness.c", [*EXT_FLAGS, "-DHARNESS_NEON"])], "aarch64")
-    if prefix:
-        done = _run([*prefix[:1], "-cpu", "max", *prefix[1:], str(exe), "neon", "neon_dotprod"])
-        assert done.stdout.startswith("dotprod=1"), done.stdout[:200]
-        _assert_all_equal(done, ("neon", "neon_dotprod"))
-        done = _run([*prefix[:1], "-cpu", "cortex-a57", *prefix[1:], str(exe), "neon"])
-        assert done.stdout.startswith("dotprod=0"), done.stdout[:200]
-        _assert_all_equal(done, ("neon",))
-    else:
-        done = _run([str(exe), "neon", *(["neon_dotprod"] if "dotprod=1" in _run([str(exe)]).stdout else [])])
-        _assert_all_equal(done, ("neon",))
+    units = [(NATIVE / f, EXT_FLAGS) for f in ("x8.c", *NEON_UNITS)]
+    return _build(cc, [*units, (ISA / "x8_harness.c", [*EXT_FLAGS, "-DHARNESS_NEON"])], "aarch64"), prefix
+
+
+def _on_cpu(prefix: list[str], cpu: str, exe: Path, *args: str) -> subprocess.CompletedProcess:
+    """exe run under qemu-user as `cpu`, in a scratch directory and without core dumps (a SIGILL is expected)"""
+    import resource
+
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run([*prefix[:1], "-cpu", cpu, *prefix[1:], str(exe), *args], capture_output=True,
+                              text=True, timeout=900, cwd=cwd,
+                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)))  # fmt: skip
+
+
+def test_neon_compiled_for_aarch64_and_run():
+    """The NEON sets built for real (the extension's flags, its target attributes) and run on ARM CPU models:
+    with dotprod and i8mm (qemu's `max`: the i8mm set first, SMMLA equal to its definition, the i8mm and
+    dotprod sets equal to the scalar kernels), with dotprod but no i8mm (Neoverse-N1: the i8mm set not
+    offered, and run anyway it stops at its first SMMLA, an illegal instruction there), and with neither
+    (Cortex-A57: the hwcaps say so, and the plain set, which must not contain an sdot, runs)."""
+    exe, prefix = _aarch64_harness()
+    if not prefix:  # an aarch64 machine: the sets its CPU offers
+        offered = _run([str(exe)]).stdout.split("sets=", 1)[1].split()[0].split(",")
+        _assert_all_equal(_run([str(exe), *offered]), tuple(offered))
+        return
+    done = _on_cpu(prefix, "max", exe, "neon_i8mm", "neon_dotprod")
+    assert done.stdout.startswith("dotprod=1 i8mm=1 sets=neon_i8mm,neon_dotprod,neon\n"), done.stdout[:200]
+    assert "smmla: equal to its definition (20000 cases)" in done.stdout, done.stdout[:500]
+    _assert_all_equal(done, ("neon_i8mm", "neon_dotprod"))
+    done = _on_cpu(prefix, "neoverse-n1", exe)
+    assert done.stdout.startswith("dotprod=1 i8mm=0 sets=neon_dotprod,neon\n"), done.stdout[:200]
+    done = _on_cpu(prefix, "neoverse-n1", exe, "neon_i8mm")
+    assert done.returncode in (-4, 132), (done.returncode, done.stdout[-500:], done.stderr[-500:])  # SIGILL
+    assert "neon_i8mm Q4_0: ok" not in done.stdout
+    done = _on_cpu(prefix, "cortex-a57", exe, "neon")
+    assert done.stdout.startswith("dotprod=0 i8mm=0 sets=neon\n"), done.stdout[:200]
+    _assert_all_equal(done, ("neon",))
+
+
+def test_neon_objects_use_their_instructions():
+    """Disassembled, the aarch64 objects of the NEON sets hold what their names promise: SMMLA in the i8mm set
+    (and sdot for its one-token tiles), sdot by element in the dotprod set with next to no broadcasts (dup
+    from a lane: one per word and token before sdot took its lane), neither SMMLA nor sdot in the plain one."""
+    cc, _, why = _aarch64_toolchain()
+    objdump = cc.replace("gcc", "objdump")
+    why = why or _missing(objdump)
+    if why:
+        pytest.skip(why)
+    with tempfile.TemporaryDirectory() as tmp:
+        asm = {}
+        for f in NEON_UNITS:
+            obj = f"{tmp}/{f}.o"
+            done = subprocess.run([cc, *EXT_FLAGS, "-c", str(NATIVE / f), "-o", obj], capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr[-3000:]
+            asm[f] = subprocess.run([objdump, "-d", obj], capture_output=True, text=True).stdout
+    sdot_lane = re.compile(r"\bsdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]")
+    plain, dotprod, i8mm = (asm[f] for f in NEON_UNITS)
+    assert "smmla" not in plain and "sdot" not in plain
+    dup_lane = re.compile(r"\bdup\s+v\d+\.4s, v\d+\.s\[")
+    assert len(sdot_lane.findall(dotprod)) > 100 and "smmla" not in dotprod
+    assert len(dup_lane.findall(dotprod)) < len(sdot_lane.findall(dotprod)) / 50
+    assert len(re.findall(r"\bsmmla\s", i8mm)) > 100 and len(sdot_lane.findall(i8mm)) > 100
 
 
 def test_extension_compiles_for_aarch64():

@@ -210,7 +210,7 @@ def test_info_system_says_which_path_runs():
 
 def test_auto_chooses_the_best_set_the_cpu_features_allow():
     """The sets offered, best first, follow the CPU's features: AVX-512 VNNI, AVX-VNNI, AVX2 on x86;
-    NEON with sdot, NEON on ARM; scalar always; `auto` takes the first."""
+    NEON with smmla (i8mm), NEON with sdot, NEON on ARM; scalar always; `auto` takes the first."""
     from edgeinfer import _native
 
     f = _native.cpu_features()
@@ -221,6 +221,7 @@ def test_auto_chooses_the_best_set_the_cpu_features_allow():
             ("avx512vnni", avx2 and all(f.get(k) for k in ("avx512f", "avx512bw", "avx512vl", "avx512vnni"))),
             ("avxvnni", avx2 and f.get("avxvnni")),
             ("avx2", avx2),
+            ("neon_i8mm", f.get("neon") and f.get("dotprod") and f.get("i8mm")),
             ("neon_dotprod", f.get("neon") and f.get("dotprod")),
             ("neon", f.get("neon")),
             ("scalar", True),

@@ -6,7 +6,10 @@
  *   x8_harness ISA...   exit 0: every output equal; 1: a difference (printed); 2: an unknown ISA
  *
  * Built by tests/test_isa_emulated.py with the sets compiled natively, against SIMDe (-DX8_EMULATED), or
- * for aarch64 and run under qemu-user. HARNESS_X86 / HARNESS_NEON say which tables are linked in. */
+ * for aarch64 and run under qemu-user. HARNESS_X86 / HARNESS_NEON say which tables are linked in. The NEON
+ * builds first print what the CPU has and the sets it runs, best first (x8_neon_sets: the extension's
+ * choice); on aarch64, asking for neon_i8mm first checks the SMMLA instruction against its definition
+ * (mmla_ref.h, which the x86 builds use in its place). */
 #include "x8.h"
 
 #include <pthread.h>
@@ -26,6 +29,7 @@ static const kernel_set sets[] = {
 #if defined(HARNESS_NEON)
     {"neon", native_x8_neon},
     {"neon_dotprod", native_x8_neon_dotprod},
+    {"neon_i8mm", native_x8_neon_i8mm},
 #endif
 };
 #define N_SETS ((int)(sizeof sets / sizeof sets[0]))
@@ -136,6 +140,39 @@ static void run_split(native_rows_fn fn, const uint8_t *w, int64_t row_bytes, in
 
 static long n_checked, n_failed;
 
+#if defined(HARNESS_NEON) && defined(__aarch64__) && !defined(X8_EMULATED_NEON)
+#include <arm_neon.h>
+
+#include "mmla_ref.h"
+
+__attribute__((target("arch=armv8.2-a+i8mm"))) static void smmla_insn(int32_t acc[4], const int8_t a[16],
+                                                                       const int8_t b[16]) {
+    vst1q_s32(acc, vmmlaq_s32(vld1q_s32(acc), vld1q_s8(a), vld1q_s8(b)));
+}
+
+/* the SMMLA instruction against mmla_ref on random int8 and on the extremes (-128, 127), 0 when equal */
+static int check_smmla(void) {
+    static const int8_t ext[4] = {-128, 127, -127, 0};
+    for (int n = 0; n < 20000; n++) {
+        int8_t a[16], b[16];
+        int32_t want[4], got[4];
+        for (int i = 0; i < 16; i++) {
+            a[i] = (int8_t)(n < 10000 ? rnd() : ext[rnd() % 4]);
+            b[i] = (int8_t)(n < 10000 ? rnd() : ext[rnd() % 4]);
+        }
+        for (int i = 0; i < 4; i++) want[i] = got[i] = (int32_t)(rnd() >> 2) - (1 << 29);
+        mmla_ref(want, a, b);
+        smmla_insn(got, a, b);
+        if (memcmp(want, got, sizeof want) != 0) {
+            printf("smmla: MISMATCH with its definition at case %d\n", n);
+            return 1;
+        }
+    }
+    printf("smmla: equal to its definition (20000 cases)\n");
+    return 0;
+}
+#endif
+
 static int check(const kernel_set *set, const format *fmt, int extreme, int64_t n_rows, int64_t n_cols,
                  int64_t n_tokens) {
     const int64_t row_bytes = n_cols / (fmt->q8k ? QK_K : QK) * x8_traits_of(fmt->type)->type_size;
@@ -173,7 +210,11 @@ static int check(const kernel_set *set, const format *fmt, int extreme, int64_t 
 
 int main(int argc, char **argv) {
 #if defined(HARNESS_NEON)
-    printf("dotprod=%d\n", x8_neon_has_dotprod());
+    x8_set avail[3];
+    const int n_avail = x8_neon_sets(avail);
+    printf("dotprod=%d i8mm=%d sets=", x8_neon_has_dotprod(), x8_neon_has_i8mm());
+    for (int s = 0; s < n_avail; s++) printf("%s%s", s ? "," : "", avail[s].name);
+    printf("\n");
 #endif
     if (argc < 2) {
         fprintf(stderr, "usage: %s ISA... (linked in:", argv[0]);
@@ -188,6 +229,9 @@ int main(int argc, char **argv) {
         for (int s = 0; s < N_SETS; s++)
             if (strcmp(sets[s].name, argv[i]) == 0) set = &sets[s];
         if (!set) { fprintf(stderr, "unknown ISA %s\n", argv[i]); return 2; }
+#if defined(HARNESS_NEON) && defined(__aarch64__) && !defined(X8_EMULATED_NEON)
+        if (strcmp(set->name, "neon_i8mm") == 0 && check_smmla()) failed = 1;
+#endif
         for (int f = 0; f < N_FORMATS; f++) {
             const format *fmt = &formats[f];
             const long before = n_failed;

@@ -1,5 +1,5 @@
 """The native CPU backend: quantized matmuls and attention in C (native/*.c, the extension
-edgeinfer._native) with AVX-512 VNNI, AVX-VNNI or AVX2/FMA/F16C (x86-64), NEON with or without sdot (ARM)
+edgeinfer._native) with AVX-512 VNNI, AVX-VNNI or AVX2/FMA/F16C (x86-64), NEON with smmla, sdot or neither (ARM)
 or portable scalar code, chosen once per process (ISA_PATHS), on a persistent thread pool.
 
 It computes exactly what the Numba backend computes (activations quantized once per matmul to the
@@ -70,18 +70,20 @@ ISA_PATHS = {
     "avxvnni": "x8 tiles: AVX-VNNI {vex} vpdpbusd (verified through emulation, tests/test_isa_emulated.py, "
     "not yet on hardware); other types: AVX2",
     "avx2": "x8 tiles: AVX2 vpmaddubsw / vpmaddwd",
-    "neon_dotprod": "x8 tiles: NEON sdot (verified under qemu and emulation, tests/test_isa_emulated.py, "
+    "neon_i8mm": "x8 tiles: NEON smmla (i8mm) for 2-4 tokens, sdot by element for one (verified under qemu "
+    "and emulation, tests/test_isa_emulated.py, not yet on hardware); Q4_0 / Q8_0 plain rows: NEON",
+    "neon_dotprod": "x8 tiles: NEON sdot by element (verified under qemu and emulation, tests/test_isa_emulated.py, "
     "not yet on hardware); Q4_0 / Q8_0 plain rows: NEON",
-    "neon": "x8 tiles: NEON smull / saddlp (verified under qemu and emulation, not yet on hardware); "
+    "neon": "x8 tiles: NEON smull / addp / sadalp (verified under qemu and emulation, not yet on hardware); "
     "Q4_0 / Q8_0 plain rows: NEON",
     "scalar": "portable C (the x8 kernels' reference)",
 }
 
 
 def native_isa() -> str:
-    """The kernel set the C code uses here: one of isas() ("avx512vnni", "avxvnni", "avx2", "neon_dotprod",
-    "neon", "scalar"), chosen once per process from the CPU's features, best first; EDGEINFER_ISA (one of
-    isas()) overrides the choice, e.g. EDGEINFER_ISA=scalar."""
+    """The kernel set the C code uses here: one of isas() ("avx512vnni", "avxvnni", "avx2", "neon_i8mm",
+    "neon_dotprod", "neon", "scalar"), chosen once per process from the CPU's features, best first;
+    EDGEINFER_ISA (one of isas()) overrides the choice, e.g. EDGEINFER_ISA=scalar."""
     return _require().isa()
 
 
