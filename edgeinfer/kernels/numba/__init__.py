@@ -95,6 +95,10 @@ class NumbaBackend(BackendDefaults):
         self._use_threads()
         return [_ops.attention(q, k, v, qp, kp, n_swa, scale, c, sinks) for q, k, v, qp, kp, c in items]
 
+    def attention_softcap(self, items, n_swa: int, scale: float, softcap: float) -> list[np.ndarray]:
+        self._use_threads()
+        return [_ops.attention(q, k, v, qp, kp, n_swa, scale, c, softcap=softcap) for q, k, v, qp, kp, c in items]
+
     def glu(self, gu: np.ndarray, act: str) -> np.ndarray:
         self._use_threads()
         return _ops.glu(gu, act)
