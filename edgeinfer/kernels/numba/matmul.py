@@ -23,8 +23,8 @@ Kernels, per weight type: `_dot_<type>(w, wo, nb, yq, yd, ys, ybs, yf, t)` is th
 the flat weight bytes w (nb blocks) dotted with token t of the quantized activations; `_dot4_<type>`
 does tokens t..t+3 from one decode of the row, with the same sums in the same order (a token's result
 does not depend on the batch it came in). `_rows_<type>` / `_rows4_<type>` run them over a chunk of
-rows, one compiled function per type. Numba's cache does not notice edits of simd.py or x8.py: clear
-`__pycache__` after changing it.
+rows, one compiled function per type. Numba's cache is stamped with the helper modules each file imports
+(cachestamp.py): an edit of simd.py or x8.py compiles their dependents again.
 """
 
 from __future__ import annotations
