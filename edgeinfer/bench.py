@@ -152,21 +152,21 @@ def _stats(values: list[float]) -> dict:
 def _time_pp(model, tokens: np.ndarray, n_ctx: int, meter):
     cache = KVCache.for_model(model, n_ctx)
     with meter.measure() as m:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         model.forward(tokens, cache, all_logits=False)
         seconds = time.perf_counter() - start
-    return seconds, m
+    return seconds, m, time.process_time() - cpu  # CPU: every thread of the process (a spinning one too)
 
 
 def _time_tg(model, tokens: np.ndarray, n_ctx: int, meter):
     cache = KVCache.for_model(model, n_ctx)
     model.forward(tokens[:1], cache, all_logits=False)  # the one token of context, untimed
     with meter.measure() as m:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for i in range(1, len(tokens)):
             model.forward(tokens[i : i + 1], cache, all_logits=False)
         seconds = time.perf_counter() - start
-    return seconds, m
+    return seconds, m, time.process_time() - cpu
 
 
 def bench_model(
@@ -203,20 +203,22 @@ def bench_model(
 
     counts = getattr(model, "expert_counts", lambda: None)
     experts: dict[str, list] = {}
-    pp_s, tg_s, pp_j, tg_j = [], [], [], []
+    pp_s, tg_s, pp_j, tg_j, pp_cpu, tg_cpu = [], [], [], [], [], []
     base = counts()
     for r in range(repetitions):
-        seconds, m = _time_pp(model, pp_tokens, n_ctx, meter)
+        seconds, m, cpu = _time_pp(model, pp_tokens, n_ctx, meter)
         pp_s.append(seconds)
         pp_j.append(m.joules)
+        pp_cpu.append(cpu)
         log(f"pp{n_prompt} run {r + 1}/{repetitions}: {n_prompt / seconds:.2f} t/s, {m.joules:.3f} J ({m.source})")
     if base is not None:
         experts["pp"] = (counts() - base).tolist()
         base = counts()
     for r in range(repetitions):
-        seconds, m = _time_tg(model, tg_tokens, n_ctx, meter)
+        seconds, m, cpu = _time_tg(model, tg_tokens, n_ctx, meter)
         tg_s.append(seconds)
         tg_j.append(m.joules)
+        tg_cpu.append(cpu)
         log(f"tg{n_gen} run {r + 1}/{repetitions}: {n_gen / seconds:.2f} t/s, {m.joules:.3f} J ({m.source})")
     if base is not None:
         experts["tg"] = (counts() - base).tolist()
@@ -243,6 +245,9 @@ def bench_model(
         "tg_tps_all": tg_tps_all,
         "pp_seconds_all": pp_s,
         "tg_seconds_all": tg_s,
+        # CPU time of the whole process (all its threads, spinning ones too) per timed run
+        "pp_cpu_seconds_all": pp_cpu,
+        "tg_cpu_seconds_all": tg_cpu,
         "warmup_seconds": warmup_s,
         "energy_source": meter.source,
         "energy_note": meter.note,

@@ -48,3 +48,17 @@ def default_threads() -> int:
         except ValueError:
             pass
     return available_cpus()
+
+
+def cpu_pressure() -> float | None:
+    """The share of the last ten seconds in which some runnable task waited for a CPU (Linux's pressure
+    stall information, /proc/pressure/cpu `some avg10`, as a fraction), None where the kernel has none."""
+    try:
+        with open("/proc/pressure/cpu") as fh:
+            for line in fh:
+                if line.startswith("some "):
+                    fields = dict(kv.split("=", 1) for kv in line.split()[1:])
+                    return float(fields["avg10"]) / 100.0
+    except (OSError, ValueError, KeyError):
+        pass
+    return None

@@ -3,7 +3,8 @@
  * out[t, h*Dv:(h+1)*Dv] = sum_j p_j v[j, g] / sum_j p_j, p_j = e^(scale q[t,h].k[j,g] - max) over the cells j
  * that query t sees (0 <= q_pos[t] - kv_pos[j] < n_swa, or no upper bound when n_swa <= 0), g = h / group.
  * With sinks (gpt-oss), head h's sink logit sinks[h] joins the max and adds e^(sinks[h] - max) to the
- * denominator, after the cells' sum.
+ * denominator, after the cells' sum. With softcap > 0 (Gemma 2), each score s = scale q.k becomes
+ * softcap * tanh(s * (1 / softcap)) before the mask and the softmax.
  *
  * Each (token, head) output is computed by one thread, by a sequence of operations that depends only on
  * the head size and the cell index j (never on the batch, on n_kv, on the item it falls in or on the
@@ -50,7 +51,46 @@ static inline int visible(int32_t qp, int32_t kp, int n_swa) {
 /* head h's sink logit, -inf for none (then it changes neither the max nor the sum) */
 static inline float sink_of(const native_attn_args *a, int64_t h) { return a->sinks ? a->sinks[h] : -INFINITY; }
 
+/* tanh(x) ~ x P(x^2) / Q(x^2) on |x| <= TANH_CLAMP (beyond, tanh is 1 in float32), x itself below TANH_TINY:
+ * the rational form of Eigen's generic_fast_tanh_float, as the Numba op's _tanh32 */
+#define TANH_CLAMP 7.90531110763549805f
+#define TANH_TINY 0.0004f
+#define TANH_P13 -2.76076847742355e-16f
+#define TANH_P11 2.00018790482477e-13f
+#define TANH_P9 -8.60467152213735e-11f
+#define TANH_P7 5.12229709037114e-08f
+#define TANH_P5 1.48572235717979e-05f
+#define TANH_P3 6.37261928875436e-04f
+#define TANH_P1 4.89352455891786e-03f
+#define TANH_Q6 1.19825839466702e-06f
+#define TANH_Q4 1.18534705686654e-04f
+#define TANH_Q2 2.26843463243900e-03f
+#define TANH_Q0 4.89352518554385e-03f
+
 /* -- portable ---------------------------------------------------------------------------------------- */
+
+static float tanh_scalar(float x) {
+    float xc = x < -TANH_CLAMP ? -TANH_CLAMP : x;
+    xc = xc > TANH_CLAMP ? TANH_CLAMP : xc;
+    const float x2 = xc * xc;
+    float p = TANH_P13;
+    p = p * x2 + TANH_P11;
+    p = p * x2 + TANH_P9;
+    p = p * x2 + TANH_P7;
+    p = p * x2 + TANH_P5;
+    p = p * x2 + TANH_P3;
+    p = p * x2 + TANH_P1;
+    float q = TANH_Q6;
+    q = q * x2 + TANH_Q4;
+    q = q * x2 + TANH_Q2;
+    q = q * x2 + TANH_Q0;
+    return fabsf(x) < TANH_TINY ? x : p * xc / q;
+}
+
+/* a score s = scale q.k, soft-capped when the call has a cap */
+static inline float capped(const native_attn_args *a, float s) {
+    return a->softcap > 0.0f ? tanh_scalar(s * (1.0f / a->softcap)) * a->softcap : s;
+}
 
 /* value e of a K/V row in format t, as float32 (exact) */
 static inline float kv_at(const uint8_t *row, int64_t e, int t) {
@@ -100,7 +140,7 @@ static void head_scalar(const attn_job *job, int64_t t, int64_t h, float *s) {
         const uint8_t *kr = (const uint8_t *)a->k + ((int64_t)a->cells[j] * a->Hkv + g) * job->krow;
         float d = 0.0f;
         for (int64_t e = 0; e < D; e++) d += qh[e] * kv_at(kr, e, kt);
-        s[j] = d * a->scale;
+        s[j] = capped(a, d * a->scale);
         if (s[j] > best) best = s[j];
     }
     for (int64_t e = 0; e < Dv; e++) o[e] = 0.0f;
@@ -142,6 +182,24 @@ AINL __m256 exp8(__m256 x) {
     __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
     y = _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), y);  /* below -87.3 (and -inf): 0 */
     return _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+}
+
+/* tanh_scalar, 8 lanes: the same clamp and polynomials (FMA Horner) */
+AINL __m256 tanh8(__m256 x) {
+    const __m256 hi = _mm256_set1_ps(TANH_CLAMP), lo = _mm256_set1_ps(-TANH_CLAMP);
+    const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi), x2 = _mm256_mul_ps(xc, xc);
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(TANH_P13), x2, _mm256_set1_ps(TANH_P11));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(TANH_P9));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(TANH_P7));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(TANH_P5));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(TANH_P3));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(TANH_P1));
+    __m256 q = _mm256_fmadd_ps(_mm256_set1_ps(TANH_Q6), x2, _mm256_set1_ps(TANH_Q4));
+    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(TANH_Q2));
+    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(TANH_Q0));
+    const __m256 y = _mm256_div_ps(_mm256_mul_ps(p, xc), q);
+    const __m256 abs_x = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(abs_x, _mm256_set1_ps(TANH_TINY), _CMP_LT_OQ));
 }
 
 /* the cache lines of n bytes from p into L1 */
@@ -194,7 +252,7 @@ AINL void heads_body(const attn_job *job, int64_t t, int64_t h0, const int nh, f
     const int32_t *cells = a->cells;
     const int32_t qp = a->q_pos[t];
     const int n_swa = a->n_swa;
-    const float scale = a->scale;
+    const float scale = a->scale, softcap = a->softcap;
     const float *qh[4];
     float *sh[4], *o[4];
     for (int i = 0; i < 4; i++) {  /* lanes past nh repeat the last head (computed, never stored) */
@@ -237,13 +295,23 @@ AINL void heads_body(const attn_job *job, int64_t t, int64_t h0, const int nh, f
             if (nh > 2) { a02 = _mm256_fmadd_ps(q2, x0, a02); a12 = _mm256_fmadd_ps(q2, x1, a12); }
             if (nh > 3) { a03 = _mm256_fmadd_ps(q3, x0, a03); a13 = _mm256_fmadd_ps(q3, x1, a13); }
         }
-        float r0[4], r1[4];
-        _mm_storeu_ps(r0, reduce4(a00, a01, a02, a03));
-        _mm_storeu_ps(r1, reduce4(a10, a11, a12, a13));
+        float r[8];  /* lane i: head i's q.k with cell j, lane 4 + i with cell j + 1 */
+        __m256 sc = _mm256_set_m128(reduce4(a10, a11, a12, a13), reduce4(a00, a01, a02, a03));
+        if (D8 < D) {
+            _mm256_storeu_ps(r, sc);
+            for (int i = 0; i < nh; i++) {
+                r[i] += dot_tail(qh[i], k0, D8, D, kt);
+                r[4 + i] += dot_tail(qh[i], k1, D8, D, kt);
+            }
+            sc = _mm256_loadu_ps(r);
+        }
+        sc = _mm256_mul_ps(sc, _mm256_set1_ps(scale));
+        if (softcap > 0.0f)
+            sc = _mm256_mul_ps(tanh8(_mm256_mul_ps(sc, _mm256_set1_ps(1.0f / softcap))), _mm256_set1_ps(softcap));
+        _mm256_storeu_ps(r, sc);
         for (int i = 0; i < nh; i++) {
-            if (D8 < D) { r0[i] += dot_tail(qh[i], k0, D8, D, kt); r1[i] += dot_tail(qh[i], k1, D8, D, kt); }
-            sh[i][j] = m0 ? r0[i] * scale : -INFINITY;
-            if (two) sh[i][j + 1] = m1 ? r1[i] * scale : -INFINITY;
+            sh[i][j] = m0 ? r[i] : -INFINITY;
+            if (two) sh[i][j + 1] = m1 ? r[4 + i] : -INFINITY;
         }
     }
     if (!any) {

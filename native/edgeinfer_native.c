@@ -5,7 +5,7 @@
  *       x: float32 C-contiguous (n_tokens, n_cols); out: writeable float32 C-contiguous (n_tokens, n_rows)
  *       (BufferError for a non-contiguous x or a read-only / non-contiguous out, ValueError for another
  *       dtype, rank or shape: checked exactly, the Python backend's fast path relies on it)
- *   attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads[, sinks])   (native/attention.c)
+ *   attention(q, k, v, q_pos, kv_pos, n_swa, scale, out, n_threads[, sinks[, softcap]])   (native/attention.c)
  *   supports(ggml_type) -> bool      isa() -> "avx512vnni" | "avxvnni" | "avx2" | "neon_i8mm" | "neon_dotprod" |
  *                                             "neon" | "scalar"
  *   set_isa(name) -> previous name   (tests: any of isas(), or "auto")
@@ -534,6 +534,20 @@ static int attn_sinks(PyObject *obj, int64_t H, Py_buffer *b, int *held, const f
     return 0;
 }
 
+/* the optional softcap argument (a float >= 0; 0 or absent: off) into *softcap; 0, or -1 with a Python error set */
+static int attn_softcap(PyObject *obj, float *softcap, const char *who) {
+    *softcap = 0.0f;
+    if (obj == NULL) return 0;
+    const double c = PyFloat_AsDouble(obj);
+    if (c == -1.0 && PyErr_Occurred()) return -1;
+    if (!(c >= 0.0 && c < INFINITY)) {
+        PyErr_Format(PyExc_ValueError, "%s: softcap must be 0 (off) or a positive finite number", who);
+        return -1;
+    }
+    *softcap = (float)c;
+    return 0;
+}
+
 /* attention (S = 1) or attention_many, on the pool, the GIL released */
 static PyObject *attn_run(native_attn_args *as, Py_ssize_t S, long n_threads) {
     int failed = 0;
@@ -552,11 +566,12 @@ static PyObject *attn_run(native_attn_args *as, Py_ssize_t S, long n_threads) {
     Py_RETURN_NONE;
 }
 
-/* attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads[, sinks]): see native_attention */
+/* attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads[, sinks[, softcap]]): see native_attention */
 static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 10 && nargs != 11) {
-        PyErr_SetString(PyExc_TypeError, "attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads[, sinks])");
+    if (nargs < 10 || nargs > 12) {
+        PyErr_SetString(PyExc_TypeError,
+                        "attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads[, sinks[, softcap]])");
         return NULL;
     }
     const long n_swa = PyLong_AsLong(args[6]);
@@ -575,7 +590,8 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
     int sinks_held = 0;
     PyObject *result = NULL;
     if (attn_args(objs, b, &got, &a, "attention") == 0 &&
-        attn_sinks(nargs == 11 ? args[10] : NULL, a.H, &sb, &sinks_held, &a.sinks, "attention") == 0) {
+        attn_sinks(nargs >= 11 ? args[10] : NULL, a.H, &sb, &sinks_held, &a.sinks, "attention") == 0 &&
+        attn_softcap(nargs == 12 ? args[11] : NULL, &a.softcap, "attention") == 0) {
         a.n_swa = (int)n_swa;
         a.scale = (float)scale;
         result = attn_run(&a, 1, n_threads);
@@ -585,12 +601,14 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
     return result;
 }
 
-/* attention_many(qs, ks, vs, q_poss, kv_poss, cellss, n_swa, scale, outs, n_threads[, sinks]): lists of one
- * array per sequence, each as attention()'s, and one sinks array (or None) for all; one job on the pool */
+/* attention_many(qs, ks, vs, q_poss, kv_poss, cellss, n_swa, scale, outs, n_threads[, sinks[, softcap]]): lists
+ * of one array per sequence, each as attention()'s, and one sinks array (or None) and softcap for all; one job
+ * on the pool */
 static PyObject *py_attention_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 10 && nargs != 11) {
-        PyErr_SetString(PyExc_TypeError, "attention_many(qs, ks, vs, q_poss, kv_poss, cellss, n_swa, scale, outs, n_threads[, sinks])");
+    if (nargs < 10 || nargs > 12) {
+        PyErr_SetString(PyExc_TypeError,
+                        "attention_many(qs, ks, vs, q_poss, kv_poss, cellss, n_swa, scale, outs, n_threads[, sinks[, softcap]])");
         return NULL;
     }
     const long n_swa = PyLong_AsLong(args[6]);
@@ -613,6 +631,8 @@ static PyObject *py_attention_many(PyObject *self, PyObject *const *args, Py_ssi
         PyErr_SetString(PyExc_ValueError, "attention_many: n_threads >= 1, n_swa an int32");
         return NULL;
     }
+    float softcap;
+    if (attn_softcap(nargs == 12 ? args[11] : NULL, &softcap, "attention_many") < 0) return NULL;
     if (S == 0) Py_RETURN_NONE;
     Py_buffer *b = calloc((size_t)S * 7, sizeof *b);
     native_attn_args *as = calloc((size_t)S, sizeof *as);
@@ -629,7 +649,7 @@ static PyObject *py_attention_many(PyObject *self, PyObject *const *args, Py_ssi
         PyObject *objs[7];
         for (int i = 0; i < 7; i++) objs[i] = PyList_GET_ITEM(args[which[i]], s);
         if (attn_args(objs, b, &got, &as[s], "attention_many") < 0) goto done;
-        if (s == 0 && attn_sinks(nargs == 11 ? args[10] : NULL, as[0].H, &sb, &sinks_held, &sinks, "attention_many") < 0)
+        if (s == 0 && attn_sinks(nargs >= 11 ? args[10] : NULL, as[0].H, &sb, &sinks_held, &sinks, "attention_many") < 0)
             goto done;
         if (sinks && as[s].H != as[0].H) {
             PyErr_SetString(PyExc_ValueError, "attention_many: with sinks, every sequence has the same heads");
@@ -638,6 +658,7 @@ static PyObject *py_attention_many(PyObject *self, PyObject *const *args, Py_ssi
         as[s].n_swa = (int)n_swa;
         as[s].scale = (float)scale;
         as[s].sinks = sinks;
+        as[s].softcap = softcap;
     }
     result = attn_run(as, S, n_threads);
 done:
@@ -805,9 +826,9 @@ static PyMethodDef methods[] = {
     {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_FASTCALL,
      "matmul(ggml_type, w, x, out, n_rows, n_cols, n_threads): out = x @ W.T"},
     {"attention_many", (PyCFunction)(void (*)(void))py_attention_many, METH_FASTCALL,
-     "attention_many(qs, ks, vs, q_poss, kv_poss, cellss, n_swa, scale, outs, n_threads[, sinks]): attention() of several sequences"},
+     "attention_many(qs, ks, vs, q_poss, kv_poss, cellss, n_swa, scale, outs, n_threads[, sinks[, softcap]]): attention() of several sequences"},
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL,
-     "attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads[, sinks]): out = softmax(scale q.k) v (masked; sinks: one more logit per head); token j is row cells[j] of k and v"},
+     "attention(q, k, v, q_pos, kv_pos, cells, n_swa, scale, out, n_threads[, sinks[, softcap]]): out = softmax(scale q.k) v (masked; sinks: one more logit per head; softcap > 0: scores capped, softcap tanh(s / softcap)); token j is row cells[j] of k and v"},
     {"supports", py_supports, METH_O, "supports(ggml_type) -> bool: a native kernel exists"},
     {"repack", (PyCFunction)(void (*)(void))py_repack, METH_FASTCALL,
      "repack(ggml_type, src, dst, n_rows, n_cols, unpack): plain rows <-> x8 groups of 8 interleaved rows"},

@@ -164,7 +164,8 @@ void native_quantize_row_scalar(const float *x, native_act *a, int64_t t);
  * the AVX2/FMA/F16C code (else the portable one). K and V rows are stored in kv_type: GT_F32 (floats),
  * GT_F16 (IEEE halves) or GT_Q8_0 (D / 32 blocks of fp16 d + 32 int8), each row converted to float32 as
  * it is read (exactly: the result is the bits of the same call on the converted rows). sinks, when not
- * NULL: head h's softmax has one more logit sinks[h] (unscaled, attended by no value). 0, or -1 when out
+ * NULL: head h's softmax has one more logit sinks[h] (unscaled, attended by no value). softcap > 0: each
+ * score s = scale q.k is soft-capped, softcap * tanh(s / softcap) (tanh as the Numba op's _tanh32). 0, or -1 when out
  * of memory. Not reentrant (the extension's mutex serializes calls). */
 typedef struct {
     const float *q;
@@ -176,6 +177,7 @@ typedef struct {
     float scale;
     int kv_type;  /* GT_F32, GT_F16 or GT_Q8_0, K and V alike */
     const float *sinks;  /* (H,): one more logit per query head in its softmax (gpt-oss), or NULL */
+    float softcap;  /* > 0: every score s becomes softcap * tanh(s / softcap) before the mask (Gemma 2); 0: off */
 } native_attn_args;
 
 /* bytes of one K/V row of d values in kv_type (d a multiple of QK for GT_Q8_0); 0 for another type */

@@ -60,12 +60,20 @@ def _fixture_top(theirs: np.ndarray, k: int = 16) -> dict:
     return {"top_ids": ids, "top_logits": np.take_along_axis(theirs, ids, -1)}
 
 
-@pytest.mark.parametrize("backend", ["reference", "numba"])
+def _skip_unbuilt(backend: str) -> None:
+    from edgeinfer.kernels import native_available
+
+    if backend == "native" and not native_available():
+        pytest.skip("edgeinfer._native is not built")
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba", "native"])
 @pytest.mark.parametrize("name", list(ARCH_MODELS))
 def test_matches_llama_cpp(name, backend, arch_files):
     """Teacher-forced logits at every position: argmax agreement >= 0.98 (near-ties within half a logit
     count), and the mean top-5 difference within twice llama.cpp's own batched-vs-token-by-token figure
     or 0.05 of the logit scale's hundredth, whichever is larger."""
+    _skip_unbuilt(backend)
     paths, fixture = arch_files
     ids = fixture["ids"]
     theirs = fixture[f"{name}.logits"].astype(np.float32)
@@ -101,6 +109,31 @@ def test_gemma2_logits_are_soft_capped(arch_files):
     paths, fixture = arch_files
     _, logits = _logits(paths["gemma2_q8_0"], "reference", ids=fixture["ids"])
     assert np.abs(logits).max() < 4.0  # final_logit_softcapping 4
+
+
+@pytest.mark.parametrize("backend", ["numba", "native"])
+def test_gemma2_soft_capped_attention_is_compiled(backend, arch_files, monkeypatch):
+    """On the compiled backends Gemma 2's soft-capped attention runs in their own kernels (Numba, C), not
+    in numpy's twin, and gives the twin's logits within float rounding (the same backend otherwise)."""
+    from edgeinfer.arch import gemma2
+
+    _skip_unbuilt(backend)
+    paths, fixture = arch_files
+
+    def logits(b):
+        model = build_model(GGUFFile(paths["gemma2_q8_0"]), b)
+        return model.forward(fixture["ids"], KVCache.for_model(model, N_CTX))
+
+    twin = _backend(backend)
+    twin.attention_softcap = None  # what a backend without its own gets: numpy's attention with the cap
+    want = logits(twin)
+
+    def numpy_attention(*args, **kwargs):
+        raise AssertionError("the numpy attention ran")
+
+    monkeypatch.setattr(gemma2, "attention", numpy_attention)
+    got = logits(_backend(backend))
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
 
 
 # -- what edgeinfer does not run: one sentence at load, and `edgeinfer info` says so first --------------

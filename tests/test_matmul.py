@@ -491,7 +491,7 @@ def test_generic_vector_code():
     """The LLVM IR used where there is no AVX2 (ARM), forced on this machine in a subprocess with its own
     Numba cache (about a minute the first time, seconds after)."""
     env = dict(os.environ, EDGEINFER_GENERIC_SIMD="1")
-    # its own cache, named after the kernel sources: Numba's cache does not notice edits of simd.py
+    # its own cache (the generic IR's entries would replace the AVX2 ones in the shared cache), by sources
     sources = hashlib.sha1(b"".join(Path(m.__file__).read_bytes() for m in (simd, nm, x8))).hexdigest()[:12]
     cache = Path(tempfile.gettempdir()) / f"edgeinfer-numba-generic-{sources}"
     for stale in cache.parent.glob("edgeinfer-numba-generic-*"):

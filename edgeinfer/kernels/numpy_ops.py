@@ -221,6 +221,9 @@ class NumpyOps(BackendDefaults):
     def attention_sinks(self, items, n_swa, scale, sinks):
         return [attention(q, k, v, qp, kp, n_swa, scale, c, sinks=sinks) for q, k, v, qp, kp, c in items]
 
+    def attention_softcap(self, items, n_swa, scale, softcap):
+        return [attention(q, k, v, qp, kp, n_swa, scale, c, softcap=softcap) for q, k, v, qp, kp, c in items]
+
     def glu(self, gu, act):
         return glu(gu, act)
 

@@ -199,6 +199,10 @@ class CudaBackend(BackendDefaults):
         """On the host backend (the cache is in host memory; the GPU kernel has no sinks yet)."""
         return self.host.attention_sinks(items, n_swa, scale, sinks)
 
+    def attention_softcap(self, items, n_swa: int, scale: float, softcap: float) -> list[np.ndarray]:
+        """On the host backend, as attention_sinks (the GPU kernel has no soft cap yet)."""
+        return self.host.attention_softcap(items, n_swa, scale, softcap)
+
     def glu(self, gu: np.ndarray, act: str) -> np.ndarray:
         if not self.small_ops_on_gpu or act not in ACTIVATIONS or gu.size == 0:
             return self.host.glu(gu, act)

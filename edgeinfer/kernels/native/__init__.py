@@ -325,6 +325,23 @@ class NativeBackend(NumbaBackend):
         except Exception:
             return super().attention_sinks(items, n_swa, scale, sinks)
 
+    def attention_softcap(self, items, n_swa: int, scale: float, softcap: float) -> list[np.ndarray]:
+        """attention_many() with every score s soft-capped to softcap * tanh(s / softcap) (Gemma 2), in C as
+        attention_many(); what the C side refuses goes to the Numba op."""
+        try:
+            outs = [_empty((it[0].shape[0], it[0].shape[1] * kv_head_dim(it[2])), _F32) for it in items]
+            qs, ks, vs, qps, kps, cls = (list(x) for x in zip(*items))
+            cls = [_cells(c, kp) for c, kp in zip(cls, kps)]
+            if len(items) == 1:
+                _native.attention(qs[0], ks[0], vs[0], qps[0], kps[0], cls[0], n_swa, scale, outs[0],
+                                  self.native_threads, None, softcap)  # fmt: skip
+            else:
+                _native.attention_many(qs, ks, vs, qps, kps, cls, n_swa, scale, outs, self.native_threads, None,
+                                       softcap)  # fmt: skip
+            return outs
+        except Exception:
+            return super().attention_softcap(items, n_swa, scale, softcap)
+
     def __repr__(self) -> str:
         return f"NativeBackend(n_threads={self.native_threads}, isa={native_isa()!r})"
 

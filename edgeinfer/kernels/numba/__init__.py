@@ -24,8 +24,19 @@ def _import_numba_without_scipy_blas() -> None:
 
 _import_numba_without_scipy_blas()
 
+import os  # noqa: E402
+
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
+
+from . import cachestamp  # noqa: E402
+
+# the kernels' cache stamped with the helpers they are made of (kernels/numba, quant's tables) and the
+# portable-IR switch of simd.py, before any kernel is defined
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_TOP = os.path.dirname(os.path.dirname(_HERE))
+cachestamp.install(_HERE, _TOP, (_HERE, os.path.join(_TOP, "quant")),
+                   variant="generic-simd" if os.environ.get("EDGEINFER_GENERIC_SIMD") else "")  # fmt: skip
 
 from ...system import default_threads  # noqa: E402
 from ..base import BackendDefaults, QTensor  # noqa: E402
@@ -94,6 +105,10 @@ class NumbaBackend(BackendDefaults):
     def attention_sinks(self, items, n_swa: int, scale: float, sinks: np.ndarray) -> list[np.ndarray]:
         self._use_threads()
         return [_ops.attention(q, k, v, qp, kp, n_swa, scale, c, sinks) for q, k, v, qp, kp, c in items]
+
+    def attention_softcap(self, items, n_swa: int, scale: float, softcap: float) -> list[np.ndarray]:
+        self._use_threads()
+        return [_ops.attention(q, k, v, qp, kp, n_swa, scale, c, softcap=softcap) for q, k, v, qp, kp, c in items]
 
     def glu(self, gu: np.ndarray, act: str) -> np.ndarray:
         self._use_threads()

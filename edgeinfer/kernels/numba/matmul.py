@@ -23,8 +23,8 @@ Kernels, per weight type: `_dot_<type>(w, wo, nb, yq, yd, ys, ybs, yf, t)` is th
 the flat weight bytes w (nb blocks) dotted with token t of the quantized activations; `_dot4_<type>`
 does tokens t..t+3 from one decode of the row, with the same sums in the same order (a token's result
 does not depend on the batch it came in). `_rows_<type>` / `_rows4_<type>` run them over a chunk of
-rows, one compiled function per type. Numba's cache does not notice edits of simd.py or x8.py: clear
-`__pycache__` after changing it.
+rows, one compiled function per type. Numba's cache is stamped with the helper modules each file imports
+(cachestamp.py): an edit of simd.py or x8.py compiles their dependents again.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from numba import njit, prange
 
 from ...errors import UnsupportedTypeError
 from ...quant import get_format
+from ...system import cpu_pressure
 from ..base import QTensor
 from . import dequant, x8
 from .simd import (
@@ -102,20 +103,29 @@ MIN_CHUNKS = 32  # row chunks per matmul at least (threads take equal shares of 
 
 
 # How long an idle OpenMP thread spins before it sleeps (libgomp's GOMP_SPINCOUNT, in pause loops: ~1000
-# is 20-40 us here). libgomp's default, 300000 (milliseconds), keeps the workers spinning through all
-# the Python between two products: on a machine that is also running other jobs that spinning takes the
-# CPU share the thread doing the work needs, and every parallel region then waits for a thread the OS
-# has set aside (a 1B decode 3-8x slower at load 6 on 2 cores). Short enough to sleep between tokens,
-# long enough to catch the next product of a layer. The user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
-GOMP_SPINCOUNT = "1000"
+# is 20-40 us here), chosen when the pool starts. libgomp's default, 300000 (milliseconds), keeps the
+# workers spinning through all the Python between two products: on a machine that is also running other
+# jobs, a spinning worker uses up its CPU share and the OS then sets it aside just when the next parallel
+# region needs it (a 1B decode 3-8x slower at load 6 on 2 cores); SPIN_BUSY sleeps between tokens and
+# catches the next product of a layer only if it comes quickly. On a quiet machine sleeping costs a wake-up
+# per region (~1 ms per 1B decode token): SPIN_QUIET bridges the gaps between the products of a token.
+# Busy: CPU pressure (some task waiting for a CPU, /proc/pressure/cpu, last 10 s) of BUSY_PRESSURE or more,
+# or no pressure figure. The user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+SPIN_QUIET, SPIN_BUSY = "20000", "1000"
+BUSY_PRESSURE = 0.1
+
+
+def spin_count(pressure: float | None) -> str:
+    """GOMP_SPINCOUNT for the pool, from the CPU pressure when it starts (system.cpu_pressure())."""
+    return SPIN_QUIET if pressure is not None and pressure < BUSY_PRESSURE else SPIN_BUSY
 
 
 def _launch(parallel) -> None:
     """Start Numba's threads, libgomp (loaded and configured here, from the environment) spinning
-    GOMP_SPINCOUNT loops unless the user set its wait policy; the environment is left as it was."""
+    spin_count() loops unless the user set its wait policy; the environment is left as it was."""
     own = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
     if own:
-        os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
+        os.environ["GOMP_SPINCOUNT"] = spin_count(cpu_pressure())
     try:
         parallel._launch_threads()
     finally:

@@ -268,19 +268,48 @@ def _exp32(x):
     return np.float32(np.inf) if x > np.float32(88.7) else y
 
 
+# -- tanh, vectorizable ------------------------------------------------------------------------------
+
+# tanh(x) ~ x P(x^2) / Q(x^2) on |x| <= TANH_CLAMP (beyond it tanh is 1 in float32), x itself below
+# TANH_TINY: the rational form Eigen's generic_fast_tanh_float uses (a few ulp). native/attention.c has
+# the same constants and operations (tanh_scalar, tanh8).
+TANH_CLAMP, TANH_TINY = np.float32(7.90531110763549805), np.float32(0.0004)
+_P13, _P11 = np.float32(-2.76076847742355e-16), np.float32(2.00018790482477e-13)
+_P9, _P7 = np.float32(-8.60467152213735e-11), np.float32(5.12229709037114e-08)
+_P5, _P3, _P1 = np.float32(1.48572235717979e-05), np.float32(6.37261928875436e-04), np.float32(4.89352455891786e-03)
+_Q6, _Q4 = np.float32(1.19825839466702e-06), np.float32(1.18534705686654e-04)
+_Q2, _Q0 = np.float32(2.26843463243900e-03), np.float32(4.89352518554385e-03)
+
+
+@njit(cache=True, inline="always", fastmath=FAST)
+def _tanh32(x):
+    """tanh(x) in float32 (within 6 ulp of the result), branch-free: LLVM vectorizes a loop of it."""
+    xc = min(max(x, -TANH_CLAMP), TANH_CLAMP)
+    x2 = xc * xc
+    p = ((((((_P13 * x2 + _P11) * x2 + _P9) * x2 + _P7) * x2 + _P5) * x2 + _P3) * x2 + _P1) * xc
+    q = ((_Q6 * x2 + _Q4) * x2 + _Q2) * x2 + _Q0
+    y = p / q
+    return x if abs(x) < TANH_TINY else y
+
+
 # -- attention -----------------------------------------------------------------------------------------
 
 
 @njit(cache=True, inline="always", fastmath=FAST)
-def _softmax_row(scores, n_kv, qp, kv_pos, n_swa, scale, sink):
-    """scores[:n_kv] (raw q.k) -> softmax of scale * q.k over the cells query position qp sees, 0 for
-    the others, with one more logit `sink` (unscaled; -inf: none) in the max and the denominator;
-    returns False when it sees no cell."""
+def _softmax_row(scores, n_kv, qp, kv_pos, n_swa, scale, sink, softcap):
+    """scores[:n_kv] (raw q.k) -> softmax of s = scale * q.k over the cells query position qp sees, 0 for
+    the others, with one more logit `sink` (unscaled; -inf: none) in the max and the denominator; each s
+    soft-capped to softcap * tanh(s / softcap) first when softcap > 0 (Gemma 2); returns False when it
+    sees no cell."""
     best = -np.inf
+    inv_cap = np.float32(1.0) / softcap if softcap > 0 else np.float32(0.0)
     for j in range(n_kv):
         delta = qp - kv_pos[j]
         visible = delta >= 0 and (n_swa <= 0 or delta < n_swa)
-        s = scores[j] * scale if visible else -np.inf
+        s = scores[j] * scale
+        if softcap > 0:
+            s = _tanh32(s * inv_cap) * softcap
+        s = s if visible else -np.inf
         scores[j] = s
         best = max(best, s)
     if best == -np.inf:
@@ -316,7 +345,7 @@ def _axpy_row(p, x, y, yo, n):
 
 
 @njit(cache=True, inline="always", fastmath=FAST)
-def _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, sinks, t, g, scores, acc, k_buf, v_buf, out):
+def _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, softcap, sinks, t, g, scores, acc, k_buf, v_buf, out):
     """Query t, the query heads of KV head g: they read each K and V row once, together (rows of cells
     stream from memory in order, each converted to float32 as it is read: kv_row); masked softmax per
     head (with its sink logit sinks[h], -inf for none); the rows of V summed with its weights. The
@@ -342,7 +371,7 @@ def _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, sinks, t, g, scores,
                 scores[a, j] = s
     acc[:] = 0.0
     for a in range(group):
-        _softmax_row(scores[a], n_kv, q_pos[t], kv_pos, n_swa, scale, sinks[g * group + a])
+        _softmax_row(scores[a], n_kv, q_pos[t], kv_pos, n_swa, scale, sinks[g * group + a], softcap)
     for j in range(n_kv):
         vr = kv_row(v, cells[j], g, v_buf)
         for a in range(group):
@@ -363,7 +392,7 @@ def _check_cells(cells, n_cells):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def _attention_serial(q, k, v, q_pos, kv_pos, cells, n_swa, scale, sinks, out):
+def _attention_serial(q, k, v, q_pos, kv_pos, cells, n_swa, scale, softcap, sinks, out):
     n_kv = kv_pos.shape[0]
     n_head_kv, head_dim_v = v.shape[1], out.shape[1] // q.shape[1]
     group = q.shape[1] // n_head_kv
@@ -373,11 +402,12 @@ def _attention_serial(q, k, v, q_pos, kv_pos, cells, n_swa, scale, sinks, out):
     v_buf = np.empty(head_dim_v, np.float32)
     for t in range(q.shape[0]):
         for g in range(n_head_kv):
-            _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, sinks, t, g, scores, acc, k_buf, v_buf, out)
+            _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, softcap, sinks, t, g, scores, acc, k_buf, v_buf,
+                       out)  # fmt: skip
 
 
 @njit(cache=True, nogil=True, fastmath=FAST, parallel=True)
-def _attention_parallel(q, k, v, q_pos, kv_pos, cells, n_swa, scale, sinks, out):
+def _attention_parallel(q, k, v, q_pos, kv_pos, cells, n_swa, scale, softcap, sinks, out):
     n_kv = kv_pos.shape[0]
     n_head_kv, head_dim_v = v.shape[1], out.shape[1] // q.shape[1]
     group = q.shape[1] // n_head_kv
@@ -389,7 +419,8 @@ def _attention_parallel(q, k, v, q_pos, kv_pos, cells, n_swa, scale, sinks, out)
         k_buf = np.empty(q.shape[2], np.float32)
         v_buf = np.empty(head_dim_v, np.float32)
         for i in range(c * n_items // n_chunks, (c + 1) * n_items // n_chunks):
-            _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, sinks, i // n_head_kv, i % n_head_kv, scores,
+            _attend_tg(q, k, v, q_pos, kv_pos, cells, n_swa, scale, softcap, sinks, i // n_head_kv, i % n_head_kv,
+                       scores,
                        acc, k_buf, v_buf, out)  # fmt: skip
 
 
@@ -408,11 +439,13 @@ def _kv_storage(x, what: str) -> np.ndarray:
     return x
 
 
-def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None, sinks=None) -> np.ndarray:
+def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None, sinks=None,
+              softcap: float = 0.0) -> np.ndarray:  # fmt: skip
     """q (n, H, D) float32, k (n_cells, Hkv, row), v (n_cells, Hkv, row_v) K/V storage (float32,
     float16 or Q8_0 rows: numpy_ops) -> (n, H * Dv) float32; token j of the sequence (kv_pos[j]) is
     row cells[j] of k and v, or row j when cells is None. The rows are converted as they are read.
-    sinks: float32 (H,), one more logit per query head in its softmax (numpy_ops.attention), or None."""
+    sinks: float32 (H,), one more logit per query head in its softmax (numpy_ops.attention), or None;
+    softcap > 0: every score s soft-capped to softcap * tanh(s / softcap) (Gemma 2), 0: off."""
     n, n_head, _ = q.shape
     n_kv = len(kv_pos)
     if cells is None:
@@ -437,11 +470,14 @@ def attention(q, k, v, q_pos, kv_pos, n_swa: int, scale: float, cells=None, sink
         sinks = np.ascontiguousarray(sinks, dtype=np.float32)
         if sinks.shape != (n_head,):
             raise ValueError(f"attention: one sink per query head ({n_head}), not {sinks.shape}")
+    if not softcap >= 0:
+        raise ValueError(f"attention: softcap must be 0 (off) or positive, not {softcap}")
     out = np.empty((n, n_head * head_dim_v), np.float32)
+    args = (q, k, v, q_pos, kv_pos, cells, n_swa, np.float32(scale), np.float32(softcap), sinks, out)
     if n * n_head * n_kv >= PARALLEL_MIN_CELLS and n * v.shape[1] > 1:
-        _attention_parallel(q, k, v, q_pos, kv_pos, cells, n_swa, np.float32(scale), sinks, out)
+        _attention_parallel(*args)
     else:
-        _attention_serial(q, k, v, q_pos, kv_pos, cells, n_swa, np.float32(scale), sinks, out)
+        _attention_serial(*args)
     return out
 
 

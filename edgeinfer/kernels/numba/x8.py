@@ -411,8 +411,11 @@ def run(chunk_fn, n_units, per, w, nc, yq, yd, ys, ybs, yf, yqs, out):
     next_chunk[0] = 0
     for worker in prange(min(n_chunks, MAX_WORKERS)):
         slot = worker - worker  # 0, but of the loop: Numba would hoist a call with loop-invariant arguments
-        c = atomic_add(next_chunk, slot, 1)
-        while c < n_chunks:
-            u0 = c * per
-            chunk_fn(w, u0, min(u0 + per, n_units), nc, yq, yd, ys, ybs, yf, yqs, of, n_tokens, n_rows)
+        # all taken: the thread's remaining workers leave on a plain read (an atomic add each would bounce
+        # the counter's cache line between the cores, ~100 times per product)
+        if next_chunk[slot] < n_chunks:
             c = atomic_add(next_chunk, slot, 1)
+            while c < n_chunks:
+                u0 = c * per
+                chunk_fn(w, u0, min(u0 + per, n_units), nc, yq, yd, ys, ybs, yf, yqs, of, n_tokens, n_rows)
+                c = atomic_add(next_chunk, slot, 1)
