@@ -29,22 +29,29 @@ except ImportError as e:  # not built (no C compiler at install time)
     _IMPORT_ERROR: ImportError | None = e
 else:
     _IMPORT_ERROR = None
-    # With the C kernels, Numba's OpenMP threads only run the small ops of a prefill, between products
-    # on the C pool. OpenMP's default is to spin ~300k iterations after each region, against the pool's
-    # threads on a small machine: a short spin pays in prefill (README, Measured). Only when nobody chose
-    # an OpenMP policy, and before Numba starts its threads.
-    if (
-        "GOMP_SPINCOUNT" not in os.environ
-        and "OMP_WAIT_POLICY" not in os.environ
-        and "edgeinfer.kernels.numba.matmul" not in sys.modules
-    ):
-        os.environ["GOMP_SPINCOUNT"] = "1000"
+
+# With the C kernels, Numba's OpenMP threads only run the small ops of a prefill, between products
+# on the C pool. OpenMP's default is to spin ~300k iterations after each region, against the pool's
+# threads on a small machine: a short spin pays in prefill (README, Measured). Only when nobody chose
+# an OpenMP policy, and before Numba starts its threads (importing numba.matmul below); taken out of
+# the environment again after, so child processes and the user's view of it are as they were.
+_OWN_SPIN = (
+    _native is not None
+    and "GOMP_SPINCOUNT" not in os.environ
+    and "OMP_WAIT_POLICY" not in os.environ
+    and "edgeinfer.kernels.numba.matmul" not in sys.modules
+)
+if _OWN_SPIN:
+    os.environ["GOMP_SPINCOUNT"] = "1000"
 
 from ...errors import EdgeInferError  # noqa: E402
 from ..base import QTensor  # noqa: E402
 from ..numpy_ops import kv_head_dim  # noqa: E402
 from ..numba import NumbaBackend  # noqa: E402
 from ..numba import matmul as _nm  # noqa: E402
+
+if _OWN_SPIN:
+    os.environ.pop("GOMP_SPINCOUNT", None)
 
 BUILD_HINT = (
     "reinstall edgeinfer with a C compiler present (`pip install -e .` in a checkout, or "
