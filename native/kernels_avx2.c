@@ -123,9 +123,12 @@ FN static void quantize_q8_k(const float *x, int64_t n, int8_t *q, float *d, int
             memset(bsums + 16 * b, 0, 16 * sizeof(int16_t));
             continue;
         }
-        float vmax = 0;  /* the first value of largest magnitude, with its sign */
-        for (int j = 0; j < QK_K; j++)
-            if ((xb[j] < 0 ? -xb[j] : xb[j]) == amax) { vmax = xb[j]; break; }
+        float vmax = 0;  /* the first value of largest magnitude, with its sign (8 compared at a time) */
+        const __m256 am = _mm256_set1_ps(amax);
+        for (int j = 0; j < QK_K; j += 8) {
+            const int hit = _mm256_movemask_ps(_mm256_cmp_ps(abs8(_mm256_loadu_ps(xb + j)), am, _CMP_EQ_OQ));
+            if (hit) { vmax = xb[j + __builtin_ctz((unsigned)hit)]; break; }
+        }
         const float iscale = -127.f / vmax;
         const __m256 is = _mm256_set1_ps(iscale), top = _mm256_set1_ps(127.0f);
         for (int j = 0; j < QK_K; j += 32) {
