@@ -98,8 +98,8 @@ def _add_kv_type(p) -> None:
     from .nn.kv import DEFAULT_KV_TYPE, KV_TYPES
 
     p.add_argument("--kv-type", choices=tuple(KV_TYPES), default=DEFAULT_KV_TYPE,
-                   help=f"what the KV cache stores K and V in: f16 (default, as llama.cpp), q8_0 (8-bit blocks, "
-                   f"about half of f16's memory) or f32 (twice f16's)")  # fmt: skip
+                   help="what the KV cache stores K and V in: f16 (default, as llama.cpp), q8_0 (8-bit blocks, "
+                   "about half of f16's memory) or f32 (twice f16's)")  # fmt: skip
 
 
 def _ngl_env(args) -> None:

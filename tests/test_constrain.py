@@ -14,7 +14,6 @@ from edgeinfer.api import load
 from edgeinfer.engine.constrain import Grammar, GrammarError, grammar_from_request
 from edgeinfer.engine.core import Engine, Request
 from edgeinfer.engine.sampling import SamplingParams
-from edgeinfer.engine.scheduler import Work
 from edgeinfer.engine.speculative import Speculator
 
 SCHEMA = {

@@ -16,7 +16,6 @@ import json
 import os
 import stat
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np

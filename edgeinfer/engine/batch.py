@@ -23,8 +23,6 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 
-import numpy as np
-
 from ..errors import PromptTooLongError
 from .core import Engine, Request, Sequence as Seq_
 from .kv_cache import BlockPool, KVCache

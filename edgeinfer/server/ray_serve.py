@@ -42,7 +42,7 @@ from collections.abc import Sequence
 
 from ..engine.runner import Finish
 from ..engine.spec_policy import MODES
-from ..errors import EdgeInferError, InvalidPromptError, PromptTooLongError, QueueFullError
+from ..errors import EdgeInferError, PromptTooLongError, QueueFullError
 
 APP_NAME = "edgeinfer"
 ENGINE_NAME = "EdgeinferEngine"
