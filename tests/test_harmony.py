@@ -17,7 +17,7 @@ import pytest
 from edgeinfer.tokenizer.chat import ChatTemplate
 from edgeinfer.toolcalls import HarmonyParser, ReasoningConstraint, plan_chat
 
-from chat_vocab import feed_in_pieces, special_vocab
+from chat_vocab import feed_in_pieces, forced_call, sample_constrained, special_vocab
 from test_structured import TOOLS
 
 TEMPLATE = Path(__file__).parent / "fixtures" / "templates" / "openai-gpt-oss-120b.jinja"
@@ -32,22 +32,6 @@ def harmony(tmp_path_factory):
     path = tmp_path_factory.mktemp("harmony") / "vocab.gguf"
     return special_vocab(path, "gpt-oss", SPECIALS, [3] * len(SPECIALS), TEMPLATE, eos_token_id="<|return|>",
                          padding_token_id="<|endoftext|>")  # fmt: skip
-
-
-def _sample(matcher, tok, rng: np.random.Generator, max_tokens: int, stop: set[int]) -> list[int]:
-    """Random logits through the constraint's mask, one token at a time, until it is done or a stop token."""
-    ids = []
-    for _ in range(max_tokens):
-        logits = matcher.mask(rng.standard_normal(tok.n_vocab).astype(np.float32) * 3)
-        t = int(np.argmax(logits))
-        assert np.isfinite(logits[t])
-        ids.append(t)
-        if t in stop:
-            break
-        matcher.consume(t)
-        if getattr(matcher, "done", False):
-            break
-    return ids
 
 
 def test_template_family_and_specials(harmony):
@@ -114,15 +98,7 @@ def test_required_and_named_calls_parse_and_validate(harmony, choice):
     for seed in range(12):
         tc = choice if choice == "required" else {"type": "function", "function": {"name": choice}}
         plan = plan_chat(template, tok, [{"role": "user", "content": "Go."}], tools=TOOLS, tool_choice=tc)
-        ids = _sample(plan.grammar.matcher(tok), tok, np.random.default_rng(seed), 200, stop)
-        p = plan.parser()
-        p.feed(tok.decode(ids))
-        p.finish()
-        assert len(p.tool_calls) == 1 and p.content == "", tok.decode(ids)
-        c = p.tool_calls[0]
-        assert choice == "required" or c.name == choice
-        jsonschema.validate(json.loads(c.arguments), names[c.name])
-        seen.add(c.name)
+        seen.add(forced_call(plan, tok, seed, 200, stop, names, choice))
     assert choice != "required" or seen == set(names)  # both tools were reachable
 
 
@@ -136,7 +112,7 @@ def test_response_schema_is_the_final_message(harmony):
         for seed in range(8):
             plan = plan_chat(template, tok, [{"role": "user", "content": "JSON please."}], tools=tools,
                              tool_choice=choice, grammar=Grammar.json_schema(SCHEMA))  # fmt: skip
-            text = tok.decode(_sample(plan.grammar.matcher(tok), tok, np.random.default_rng(seed), 200, stop))
+            text = tok.decode(sample_constrained(plan.grammar.matcher(tok), tok, np.random.default_rng(seed), 200, stop))
             p = plan.parser()
             p.feed(text)
             p.finish()

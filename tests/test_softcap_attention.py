@@ -101,18 +101,6 @@ def _native_available() -> bool:
     return native_available()
 
 
-@pytest.fixture(params=["auto", "scalar"])
-def native_isa(request):
-    if not _native_available():
-        pytest.skip("edgeinfer._native is not built")
-    from edgeinfer.kernels import native
-
-    mod = native._require()
-    previous = mod.set_isa(request.param)
-    yield mod
-    mod.set_isa(previous)
-
-
 @pytest.mark.parametrize("kv_type", ["f32", "f16"])
 @pytest.mark.parametrize("n,n_kv,n_head,n_head_kv,head_dim,n_swa", SHAPES)
 def test_native_attention_softcap(native_isa, n, n_kv, n_head, n_head_kv, head_dim, n_swa, kv_type):

@@ -315,20 +315,25 @@ class NativeBackend(NumbaBackend):
         except Exception:
             return [self.attention(q, k, v, qp, kp, n_swa, scale, c) for q, k, v, qp, kp, c in items]
 
+    def _attention_c(self, items, n_swa: int, scale: float, sinks, softcap: float) -> list[np.ndarray]:
+        """attention_many()'s C call with the extra arguments of attention_sinks() / attention_softcap();
+        one sequence also splits a token's heads between the threads. Raises what the C side refuses."""
+        outs = [_empty((it[0].shape[0], it[0].shape[1] * kv_head_dim(it[2])), _F32) for it in items]
+        qs, ks, vs, qps, kps, cls = (list(x) for x in zip(*items))
+        cls = [_cells(c, kp) for c, kp in zip(cls, kps)]
+        if len(items) == 1:
+            _native.attention(qs[0], ks[0], vs[0], qps[0], kps[0], cls[0], n_swa, scale, outs[0],
+                              self.native_threads, sinks, softcap)  # fmt: skip
+        else:
+            _native.attention_many(qs, ks, vs, qps, kps, cls, n_swa, scale, outs, self.native_threads, sinks,
+                                   softcap)  # fmt: skip
+        return outs
+
     def attention_sinks(self, items, n_swa: int, scale: float, sinks: np.ndarray) -> list[np.ndarray]:
         """attention_many() with head h's softmax taking one more logit sinks[h] (float32 (H,), gpt-oss), in
         C as attention_many(); what the C side refuses goes to the Numba op."""
-        sinks = np.ascontiguousarray(sinks, dtype=_F32)
         try:
-            outs = [_empty((it[0].shape[0], it[0].shape[1] * kv_head_dim(it[2])), _F32) for it in items]
-            qs, ks, vs, qps, kps, cls = (list(x) for x in zip(*items))
-            cls = [_cells(c, kp) for c, kp in zip(cls, kps)]
-            if len(items) == 1:
-                _native.attention(qs[0], ks[0], vs[0], qps[0], kps[0], cls[0], n_swa, scale, outs[0],
-                                  self.native_threads, sinks)  # fmt: skip
-            else:
-                _native.attention_many(qs, ks, vs, qps, kps, cls, n_swa, scale, outs, self.native_threads, sinks)
-            return outs
+            return self._attention_c(items, n_swa, scale, np.ascontiguousarray(sinks, dtype=_F32), 0.0)
         except Exception:
             return super().attention_sinks(items, n_swa, scale, sinks)
 
@@ -336,16 +341,7 @@ class NativeBackend(NumbaBackend):
         """attention_many() with every score s soft-capped to softcap * tanh(s / softcap) (Gemma 2), in C as
         attention_many(); what the C side refuses goes to the Numba op."""
         try:
-            outs = [_empty((it[0].shape[0], it[0].shape[1] * kv_head_dim(it[2])), _F32) for it in items]
-            qs, ks, vs, qps, kps, cls = (list(x) for x in zip(*items))
-            cls = [_cells(c, kp) for c, kp in zip(cls, kps)]
-            if len(items) == 1:
-                _native.attention(qs[0], ks[0], vs[0], qps[0], kps[0], cls[0], n_swa, scale, outs[0],
-                                  self.native_threads, None, softcap)  # fmt: skip
-            else:
-                _native.attention_many(qs, ks, vs, qps, kps, cls, n_swa, scale, outs, self.native_threads, None,
-                                       softcap)  # fmt: skip
-            return outs
+            return self._attention_c(items, n_swa, scale, None, softcap)
         except Exception:
             return super().attention_softcap(items, n_swa, scale, softcap)
 
