@@ -20,6 +20,14 @@
 #define INL static inline __attribute__((always_inline, target(X8_TARGET)))
 #endif
 
+/* v, opaque to the compiler: a chain of int16 / int32 adds it would otherwise reassociate (integer adds
+ * wrap: any order gives the same bits), computing every product of a sub-block first and spilling them */
+#if defined(X8_EMULATED)
+#define KEEP_ORDER(v) ((void)0)
+#else
+#define KEEP_ORDER(v) __asm__("" : "+x"(v))
+#endif
+
 INL __m256i load256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
 INL int32_t load_i32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
 INL __m256i bcast32(const void *p) { return _mm256_set1_epi32(load_i32(p)); }
@@ -148,29 +156,40 @@ INL void tile_q45_k(const int five, const uint8_t *g, const native_act *a, int64
                                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w0, 6), k3), 4));
         const __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), k2),
                                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w1, 6), k3), 4));
+        /* the eight sub-blocks' scales, each an int16 pair per lane */
+        __m256i scv[8];
+        _Pragma("GCC unroll 16")
+        for (int s = 0; s < 8; s++) scv[s] = _mm256_shuffle_epi8(s < 4 ? u0 : u1, dup[s & 3]);
         __m256i isum[4], msum[4];
         for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
-        _Pragma("GCC unroll 16")
-        for (int s = 0; s < 8; s++) {
-            const int c = s / 2, h = s % 2;
-            prefetch_part(blk, pf, gb, s, 8);
-            const __m256i sc = _mm256_shuffle_epi8(s < 4 ? u0 : u1, dup[s & 3]);
+        /* a loop (not unrolled) over the four 64-value chunks: a body the compiler schedules without
+         * spilling its int16 sums (fully unrolled, it stored every vpmaddubsw product to the stack) */
+        _Pragma("GCC unroll 1")
+        for (int c = 0; c < 4; c++) {
             _Pragma("GCC unroll 16")
-            for (int half = 0; half < 8 / per; half++) {
-                __m256i s16[4];
-                for (int j = 0; j < NT; j++) s16[j] = _mm256_setzero_si256();
+            for (int h = 0; h < 2; h++) {
+                const int s = 2 * c + h;
+                prefetch_part(blk, pf, gb, s, 8);
+                const __m256i sc = scv[s];
                 _Pragma("GCC unroll 16")
-                for (int k = per * half; k < per * half + per; k++) {
-                    const __m256i w = load256(blk + qs + 32 * (8 * c + k));
-                    __m256i v = h ? _mm256_and_si256(_mm256_srli_epi16(w, 4), m4) : _mm256_and_si256(w, m4);
-                    if (five)
-                        v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(load256(blk + 128 + 32 * k), s), one), 4));
-                    for (int j = 0; j < NT; j++) {
-                        const int8_t *y = a->q + (t + j) * nc + QK_K * b + 64 * c + 32 * h + 4 * k;
-                        s16[j] = ACC_ADD(s16[j], v, bcast32(y));
+                for (int half = 0; half < 8 / per; half++) {
+                    __m256i s16[4];
+                    for (int j = 0; j < NT; j++) s16[j] = _mm256_setzero_si256();
+                    _Pragma("GCC unroll 16")
+                    for (int k = per * half; k < per * half + per; k++) {
+                        const __m256i w = load256(blk + qs + 32 * (8 * c + k));
+                        __m256i v = h ? _mm256_and_si256(_mm256_srli_epi16(w, 4), m4) : _mm256_and_si256(w, m4);
+                        if (five)
+                            v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(
+                                    _mm256_srl_epi16(load256(blk + 128 + 32 * k), _mm_cvtsi32_si128(s)), one), 4));
+                        for (int j = 0; j < NT; j++) {
+                            const int8_t *y = a->q + (t + j) * nc + QK_K * b + 64 * c + 32 * h + 4 * k;
+                            s16[j] = ACC_ADD(s16[j], v, bcast32(y));
+                            KEEP_ORDER(s16[j]);
+                        }
                     }
+                    for (int j = 0; j < NT; j++) isum[j] = _mm256_add_epi32(isum[j], ACC_SCALED(s16[j], sc));
                 }
-                for (int j = 0; j < NT; j++) isum[j] = _mm256_add_epi32(isum[j], ACC_SCALED(s16[j], sc));
             }
         }
         for (int j = 0; j < NT; j++) msum[j] = _mm256_setzero_si256();
