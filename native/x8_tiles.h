@@ -84,6 +84,7 @@ INL void tile_q4_0(const uint8_t *g, const native_act *a, int64_t t, const int N
                 const int8_t *y = a->q + (t + j) * nc + QK * b + 4 * k;
                 s16[j] = ACC_ADD(s16[j], lo, bcast32(y));
                 s16[j] = ACC_ADD(s16[j], hi, bcast32(y + 16));
+                KEEP_ORDER(s16[j]);
             }
         }
         const __m256 d8 = load_f16x8(blk);
@@ -115,6 +116,7 @@ INL void tile_q8_0(const uint8_t *g, const native_act *a, int64_t t, const int N
             for (int j = 0; j < NT; j++) {
                 const __m256i y = _mm256_sign_epi8(bcast32(a->q + (t + j) * nc + QK * b + 4 * k), w);
                 s32[j] = ACC_ADD32(s32[j], aw, y);
+                KEEP_ORDER(s32[j]);
             }
         }
         const __m256 d8 = load_f16x8(blk);
@@ -238,14 +240,18 @@ INL void tile_q6_k(const uint8_t *g, const native_act *a, int64_t t, const int N
         const uint8_t *blk = g + 1680 * b;
         __m256i isum[4], off[4];  /* sum of sc * q . y; sum of sc * bsum (the offset: 32 x it): exact in int32 */
         for (int j = 0; j < NT; j++) isum[j] = off[j] = _mm256_setzero_si256();
+        /* a loop (not unrolled) over the two halves, the int16 / int32 sums kept in order (see tile_q45_k) */
+        _Pragma("GCC unroll 1")
+        for (int n = 0; n < 2; n++)
         _Pragma("GCC unroll 16")
-        for (int p = 0; p < 8; p++) {  /* sub-blocks 2p, 2p + 1: values 32p .. 32p + 31 */
-            const int n = p / 4, qd = p % 4;
+        for (int qd = 0; qd < 4; qd++) {  /* sub-blocks 2p, 2p + 1: values 32p .. 32p + 31 */
+            const int p = 4 * n + qd;
             prefetch_part(blk, pf, 1680, p, 8);
             const __m256i scp = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 16 + 16 * p)));
             for (int j = 0; j < NT; j++) {
                 const int16_t *bs = a->bsums + (t + j) * (nc / 16) + 16 * b + 2 * p;
                 off[j] = _mm256_add_epi32(off[j], _mm256_madd_epi16(scp, bcast32(bs)));
+                KEEP_ORDER(off[j]);
             }
             _Pragma("GCC unroll 16")
             for (int e = 0; e < 2; e++) {
@@ -270,6 +276,7 @@ INL void tile_q6_k(const uint8_t *g, const native_act *a, int64_t t, const int N
                         /* two pair sums of <= 2 * 63 * 127 each: within int16; times the scale in the madd */
                         const __m256i s16 = ACC_ADD(ACC_ADD(_mm256_setzero_si256(), q[0], bcast32(y)), q[1], bcast32(y + 4));
                         isum[j] = _mm256_add_epi32(isum[j], ACC_SCALED(s16, sc));
+                        KEEP_ORDER(isum[j]);
                     }
                 }
             }
@@ -317,6 +324,8 @@ INL void tile_q5_0(const uint8_t *g, const native_act *a, int64_t t, const int N
                 const int8_t *y = a->q + (t + j) * nc + QK * b + 4 * k;
                 s16l[j] = ACC_ADD(s16l[j], lo, bcast32(y));
                 s16h[j] = ACC_ADD(s16h[j], hi, bcast32(y + 16));
+                KEEP_ORDER(s16l[j]);
+                KEEP_ORDER(s16h[j]);
             }
         }
         const __m256 d8 = load_f16x8(blk);
@@ -354,6 +363,7 @@ INL void tile_iq4_nl(const uint8_t *g, const native_act *a, int64_t t, const int
                 for (int j = 0; j < NT; j++) {
                     const __m256i y = _mm256_sign_epi8(bcast32(a->q + (t + j) * nc + QK * b + 16 * h + 4 * k), v);
                     s32[j] = ACC_ADD32(s32[j], av, y);
+                    KEEP_ORDER(s32[j]);
                 }
             }
         }
@@ -399,6 +409,7 @@ INL void tile_iq4_xs(const uint8_t *g, const native_act *a, int64_t t, const int
                         const int8_t *y = a->q + (t + j) * nc + QK_K * b + 32 * ib + 16 * h + 4 * k;
                         const __m256i ys = _mm256_sign_epi8(bcast32(y), v);
                         dot[j] = ACC_ADD32(dot[j], av, ys);
+                        KEEP_ORDER(dot[j]);
                     }
                 }
             }
