@@ -194,14 +194,21 @@ INL void tile_q45_k(const int five, const uint8_t *g, const native_act *a, int64
                 }
             }
         }
-        for (int j = 0; j < NT; j++) msum[j] = _mm256_setzero_si256();
-        _Pragma("GCC unroll 16")
-        for (int p = 0; p < 8; p++) {
-            const __m256i m = _mm256_shuffle_epi8(p < 4 ? u2 : u3, dup[p & 3]);
-            for (int j = 0; j < NT; j++) {
-                const int16_t *bs = a->bsums + (t + j) * (nc / 16) + 16 * b + 2 * p;
-                msum[j] = _mm256_add_epi32(msum[j], _mm256_madd_epi16(m, bcast32(bs)));
-            }
+        /* msum = sum over the 8 sub-blocks p of min_p x (bsum_2p + bsum_2p+1): the mins as int16 pairs
+         * (min_2q, min_2q+1) per lane, times the token's 32-value sums as the same pairs (its 16 bsums
+         * summed in pairs by a madd, packed to int16: they are within +-4096, then each pair broadcast) */
+        const __m256i pair_lo = _mm256_setr_epi32((int)0x80018000u, (int)0x80058004u, (int)0x80098008u, (int)0x800D800Cu,
+                                                  (int)0x80018000u, (int)0x80058004u, (int)0x80098008u, (int)0x800D800Cu);
+        const __m256i pair_hi = _mm256_add_epi32(pair_lo, _mm256_set1_epi32(0x00020002));
+        const __m256i mq[4] = {_mm256_shuffle_epi8(u2, pair_lo), _mm256_shuffle_epi8(u2, pair_hi),
+                               _mm256_shuffle_epi8(u3, pair_lo), _mm256_shuffle_epi8(u3, pair_hi)};
+        for (int j = 0; j < NT; j++) {
+            const __m256i s32 = _mm256_madd_epi16(load256(a->bsums + (t + j) * (nc / 16) + 16 * b), _mm256_set1_epi16(1));
+            const __m256i s16 = _mm256_packs_epi32(s32, s32);  /* lane 0: pairs (0,1),(2,3); lane 1: (4,5),(6,7) */
+            __m256i m = _mm256_madd_epi16(mq[0], _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(0)));
+            m = _mm256_add_epi32(m, _mm256_madd_epi16(mq[1], _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(1))));
+            m = _mm256_add_epi32(m, _mm256_madd_epi16(mq[2], _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(4))));
+            msum[j] = _mm256_add_epi32(m, _mm256_madd_epi16(mq[3], _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(5))));
         }
         const __m256 d8 = load_f16x8(blk), dmin8 = load_f16x8(blk + 16);
         for (int j = 0; j < NT; j++) {
