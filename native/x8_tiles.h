@@ -22,7 +22,7 @@
 
 /* v, opaque to the compiler: a chain of int16 / int32 adds it would otherwise reassociate (integer adds
  * wrap: any order gives the same bits), computing every product of a sub-block first and spilling them */
-#if defined(X8_EMULATED)
+#if defined(X8_EMULATED) || !defined(__GNUC__)
 #define KEEP_ORDER(v) ((void)0)
 #else
 #define KEEP_ORDER(v) __asm__("" : "+x"(v))
