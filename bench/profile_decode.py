@@ -1,11 +1,12 @@
 """Where a decode step's time goes: quantized matmuls (by weight), attention, the other small ops, and
-the Python between them.
+the Python between them; with --prompt N, where a prefill of N tokens' time goes instead.
 
 Every backend call is timed (perf_counter around it, ~0.1 us each); what remains of a step's wall time
 is Python: the model's layer code, the KV cache, numpy glue. Decodes --tokens tokens one at a time
 after a prompt of --context tokens, after a warm-up, and prints the split per token.
 
     python bench/profile_decode.py smollm2-135m --backend auto -t 2
+    python bench/profile_decode.py REPLICA.gguf --backend native -t 2 --prompt 256 --rounds 5
 """
 
 from __future__ import annotations
@@ -94,7 +95,12 @@ def main() -> int:
     ap.add_argument("-t", "--threads", type=int, default=None)
     ap.add_argument("--context", type=int, default=64, help="prompt tokens before the timed decode")
     ap.add_argument("--tokens", type=int, default=64, help="tokens decoded one at a time")
+    ap.add_argument("--prompt", type=int, default=0,
+                    help="profile a prefill of this many tokens instead (after --context tokens, default 0 then)")
+    ap.add_argument("--rounds", type=int, default=3, help="prefills timed (--prompt: the split is their sum)")
     args = ap.parse_args()
+    if args.prompt:
+        return profile_prompt(args)
 
     path = resolve_model(args.model)
     backend = TimedBackend(get_backend(args.backend, n_threads=args.threads))
@@ -126,6 +132,46 @@ def main() -> int:
         print(f"  {ms:7.3f} ms  {100 * sec / wall:5.1f}%  {key:<16} {backend.calls[key] // n:4d} calls/token, {us_call:6.1f} us each")
     py = wall - in_ops
     print(f"  {1e3 * py / n:7.3f} ms  {100 * py / wall:5.1f}%  python (layer code, cache, numpy glue)")
+    return 0
+
+
+def profile_prompt(args) -> int:
+    path = resolve_model(args.model)
+    backend = TimedBackend(get_backend(args.backend, n_threads=args.threads))
+    model = build_model(GGUFFile(path), backend)
+    ctx = args.context if "--context" in sys.argv else 0
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, model.n_vocab, ctx + args.prompt)
+    cache = KVCache.for_model(model, ctx + args.prompt + 1)
+
+    def run():
+        cache.truncate(0)
+        if ctx:
+            model.forward(ids[:ctx], cache, all_logits=False)
+        backend.reset()
+        t0 = time.perf_counter()
+        model.forward(ids[ctx:], cache, all_logits=False)
+        return time.perf_counter() - t0
+
+    run()  # warm-up: compiled code loaded, caches and pages touched
+    seconds: dict[str, float] = collections.defaultdict(float)
+    calls: dict[str, int] = collections.defaultdict(int)
+    walls = []
+    for _ in range(args.rounds):
+        walls.append(run())
+        for k, v in backend.seconds.items():
+            seconds[k] += v
+            calls[k] += backend.calls[k]
+    wall = sum(walls)
+    n = args.prompt
+    print(f"{Path(path).name}: backend {backend.inner!r}, prefill of {n} tokens after {ctx}, {args.rounds} rounds")
+    print(f"  {1e3 * wall / args.rounds:8.2f} ms per prefill ({n * args.rounds / wall:.1f} tok/s; "
+          f"rounds {', '.join(f'{n / w:.1f}' for w in walls)} tok/s)")
+    for key, sec in sorted(seconds.items(), key=lambda kv: -kv[1]):
+        print(f"  {1e3 * sec / args.rounds:8.2f} ms  {100 * sec / wall:5.1f}%  {key:<16} {calls[key] // args.rounds:4d} "
+              f"calls, {1e3 * sec / calls[key]:7.3f} ms each")
+    py = wall - sum(seconds.values())
+    print(f"  {1e3 * py / args.rounds:8.2f} ms  {100 * py / wall:5.1f}%  python (layer code, cache, numpy glue)")
     return 0
 
 

@@ -20,6 +20,14 @@
 #define INL static inline __attribute__((always_inline, target(X8_TARGET)))
 #endif
 
+/* v, opaque to the compiler: a chain of int16 / int32 adds it would otherwise reassociate (integer adds
+ * wrap: any order gives the same bits), computing every product of a sub-block first and spilling them */
+#if defined(X8_EMULATED) || !defined(__GNUC__)
+#define KEEP_ORDER(v) ((void)0)
+#else
+#define KEEP_ORDER(v) __asm__("" : "+x"(v))
+#endif
+
 INL __m256i load256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
 INL int32_t load_i32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
 INL __m256i bcast32(const void *p) { return _mm256_set1_epi32(load_i32(p)); }
@@ -76,6 +84,7 @@ INL void tile_q4_0(const uint8_t *g, const native_act *a, int64_t t, const int N
                 const int8_t *y = a->q + (t + j) * nc + QK * b + 4 * k;
                 s16[j] = ACC_ADD(s16[j], lo, bcast32(y));
                 s16[j] = ACC_ADD(s16[j], hi, bcast32(y + 16));
+                KEEP_ORDER(s16[j]);
             }
         }
         const __m256 d8 = load_f16x8(blk);
@@ -107,6 +116,7 @@ INL void tile_q8_0(const uint8_t *g, const native_act *a, int64_t t, const int N
             for (int j = 0; j < NT; j++) {
                 const __m256i y = _mm256_sign_epi8(bcast32(a->q + (t + j) * nc + QK * b + 4 * k), w);
                 s32[j] = ACC_ADD32(s32[j], aw, y);
+                KEEP_ORDER(s32[j]);
             }
         }
         const __m256 d8 = load_f16x8(blk);
@@ -148,39 +158,57 @@ INL void tile_q45_k(const int five, const uint8_t *g, const native_act *a, int64
                                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w0, 6), k3), 4));
         const __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), k2),
                                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w1, 6), k3), 4));
+        /* the eight sub-blocks' scales, each an int16 pair per lane */
+        __m256i scv[8];
+        _Pragma("GCC unroll 16")
+        for (int s = 0; s < 8; s++) scv[s] = _mm256_shuffle_epi8(s < 4 ? u0 : u1, dup[s & 3]);
         __m256i isum[4], msum[4];
         for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
-        _Pragma("GCC unroll 16")
-        for (int s = 0; s < 8; s++) {
-            const int c = s / 2, h = s % 2;
-            prefetch_part(blk, pf, gb, s, 8);
-            const __m256i sc = _mm256_shuffle_epi8(s < 4 ? u0 : u1, dup[s & 3]);
+        /* a loop (not unrolled) over the four 64-value chunks: a body the compiler schedules without
+         * spilling its int16 sums (fully unrolled, it stored every vpmaddubsw product to the stack) */
+        _Pragma("GCC unroll 1")
+        for (int c = 0; c < 4; c++) {
             _Pragma("GCC unroll 16")
-            for (int half = 0; half < 8 / per; half++) {
-                __m256i s16[4];
-                for (int j = 0; j < NT; j++) s16[j] = _mm256_setzero_si256();
+            for (int h = 0; h < 2; h++) {
+                const int s = 2 * c + h;
+                prefetch_part(blk, pf, gb, s, 8);
+                const __m256i sc = scv[s];
                 _Pragma("GCC unroll 16")
-                for (int k = per * half; k < per * half + per; k++) {
-                    const __m256i w = load256(blk + qs + 32 * (8 * c + k));
-                    __m256i v = h ? _mm256_and_si256(_mm256_srli_epi16(w, 4), m4) : _mm256_and_si256(w, m4);
-                    if (five)
-                        v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(load256(blk + 128 + 32 * k), s), one), 4));
-                    for (int j = 0; j < NT; j++) {
-                        const int8_t *y = a->q + (t + j) * nc + QK_K * b + 64 * c + 32 * h + 4 * k;
-                        s16[j] = ACC_ADD(s16[j], v, bcast32(y));
+                for (int half = 0; half < 8 / per; half++) {
+                    __m256i s16[4];
+                    for (int j = 0; j < NT; j++) s16[j] = _mm256_setzero_si256();
+                    _Pragma("GCC unroll 16")
+                    for (int k = per * half; k < per * half + per; k++) {
+                        const __m256i w = load256(blk + qs + 32 * (8 * c + k));
+                        __m256i v = h ? _mm256_and_si256(_mm256_srli_epi16(w, 4), m4) : _mm256_and_si256(w, m4);
+                        if (five)
+                            v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(
+                                    _mm256_srl_epi16(load256(blk + 128 + 32 * k), _mm_cvtsi32_si128(s)), one), 4));
+                        for (int j = 0; j < NT; j++) {
+                            const int8_t *y = a->q + (t + j) * nc + QK_K * b + 64 * c + 32 * h + 4 * k;
+                            s16[j] = ACC_ADD(s16[j], v, bcast32(y));
+                            KEEP_ORDER(s16[j]);
+                        }
                     }
+                    for (int j = 0; j < NT; j++) isum[j] = _mm256_add_epi32(isum[j], ACC_SCALED(s16[j], sc));
                 }
-                for (int j = 0; j < NT; j++) isum[j] = _mm256_add_epi32(isum[j], ACC_SCALED(s16[j], sc));
             }
         }
-        for (int j = 0; j < NT; j++) msum[j] = _mm256_setzero_si256();
-        _Pragma("GCC unroll 16")
-        for (int p = 0; p < 8; p++) {
-            const __m256i m = _mm256_shuffle_epi8(p < 4 ? u2 : u3, dup[p & 3]);
-            for (int j = 0; j < NT; j++) {
-                const int16_t *bs = a->bsums + (t + j) * (nc / 16) + 16 * b + 2 * p;
-                msum[j] = _mm256_add_epi32(msum[j], _mm256_madd_epi16(m, bcast32(bs)));
-            }
+        /* msum = sum over the 8 sub-blocks p of min_p x (bsum_2p + bsum_2p+1): the mins as int16 pairs
+         * (min_2q, min_2q+1) per lane, times the token's 32-value sums as the same pairs (its 16 bsums
+         * summed in pairs by a madd, packed to int16: they are within +-4096, then each pair broadcast) */
+        const __m256i pair_lo = _mm256_setr_epi32((int)0x80018000u, (int)0x80058004u, (int)0x80098008u, (int)0x800D800Cu,
+                                                  (int)0x80018000u, (int)0x80058004u, (int)0x80098008u, (int)0x800D800Cu);
+        const __m256i pair_hi = _mm256_add_epi32(pair_lo, _mm256_set1_epi32(0x00020002));
+        const __m256i mq[4] = {_mm256_shuffle_epi8(u2, pair_lo), _mm256_shuffle_epi8(u2, pair_hi),
+                               _mm256_shuffle_epi8(u3, pair_lo), _mm256_shuffle_epi8(u3, pair_hi)};
+        for (int j = 0; j < NT; j++) {
+            const __m256i s32 = _mm256_madd_epi16(load256(a->bsums + (t + j) * (nc / 16) + 16 * b), _mm256_set1_epi16(1));
+            const __m256i s16 = _mm256_packs_epi32(s32, s32);  /* lane 0: pairs (0,1),(2,3); lane 1: (4,5),(6,7) */
+            __m256i m = _mm256_madd_epi16(mq[0], _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(0)));
+            m = _mm256_add_epi32(m, _mm256_madd_epi16(mq[1], _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(1))));
+            m = _mm256_add_epi32(m, _mm256_madd_epi16(mq[2], _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(4))));
+            msum[j] = _mm256_add_epi32(m, _mm256_madd_epi16(mq[3], _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(5))));
         }
         const __m256 d8 = load_f16x8(blk), dmin8 = load_f16x8(blk + 16);
         for (int j = 0; j < NT; j++) {
@@ -219,14 +247,18 @@ INL void tile_q6_k(const uint8_t *g, const native_act *a, int64_t t, const int N
         const uint8_t *blk = g + 1680 * b;
         __m256i isum[4], off[4];  /* sum of sc * q . y; sum of sc * bsum (the offset: 32 x it): exact in int32 */
         for (int j = 0; j < NT; j++) isum[j] = off[j] = _mm256_setzero_si256();
+        /* a loop (not unrolled) over the two halves, the int16 / int32 sums kept in order (see tile_q45_k) */
+        _Pragma("GCC unroll 1")
+        for (int n = 0; n < 2; n++)
         _Pragma("GCC unroll 16")
-        for (int p = 0; p < 8; p++) {  /* sub-blocks 2p, 2p + 1: values 32p .. 32p + 31 */
-            const int n = p / 4, qd = p % 4;
+        for (int qd = 0; qd < 4; qd++) {  /* sub-blocks 2p, 2p + 1: values 32p .. 32p + 31 */
+            const int p = 4 * n + qd;
             prefetch_part(blk, pf, 1680, p, 8);
             const __m256i scp = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 16 + 16 * p)));
             for (int j = 0; j < NT; j++) {
                 const int16_t *bs = a->bsums + (t + j) * (nc / 16) + 16 * b + 2 * p;
                 off[j] = _mm256_add_epi32(off[j], _mm256_madd_epi16(scp, bcast32(bs)));
+                KEEP_ORDER(off[j]);
             }
             _Pragma("GCC unroll 16")
             for (int e = 0; e < 2; e++) {
@@ -251,6 +283,7 @@ INL void tile_q6_k(const uint8_t *g, const native_act *a, int64_t t, const int N
                         /* two pair sums of <= 2 * 63 * 127 each: within int16; times the scale in the madd */
                         const __m256i s16 = ACC_ADD(ACC_ADD(_mm256_setzero_si256(), q[0], bcast32(y)), q[1], bcast32(y + 4));
                         isum[j] = _mm256_add_epi32(isum[j], ACC_SCALED(s16, sc));
+                        KEEP_ORDER(isum[j]);
                     }
                 }
             }
@@ -298,6 +331,8 @@ INL void tile_q5_0(const uint8_t *g, const native_act *a, int64_t t, const int N
                 const int8_t *y = a->q + (t + j) * nc + QK * b + 4 * k;
                 s16l[j] = ACC_ADD(s16l[j], lo, bcast32(y));
                 s16h[j] = ACC_ADD(s16h[j], hi, bcast32(y + 16));
+                KEEP_ORDER(s16l[j]);
+                KEEP_ORDER(s16h[j]);
             }
         }
         const __m256 d8 = load_f16x8(blk);
@@ -335,6 +370,7 @@ INL void tile_iq4_nl(const uint8_t *g, const native_act *a, int64_t t, const int
                 for (int j = 0; j < NT; j++) {
                     const __m256i y = _mm256_sign_epi8(bcast32(a->q + (t + j) * nc + QK * b + 16 * h + 4 * k), v);
                     s32[j] = ACC_ADD32(s32[j], av, y);
+                    KEEP_ORDER(s32[j]);
                 }
             }
         }
@@ -380,6 +416,7 @@ INL void tile_iq4_xs(const uint8_t *g, const native_act *a, int64_t t, const int
                         const int8_t *y = a->q + (t + j) * nc + QK_K * b + 32 * ib + 16 * h + 4 * k;
                         const __m256i ys = _mm256_sign_epi8(bcast32(y), v);
                         dot[j] = ACC_ADD32(dot[j], av, ys);
+                        KEEP_ORDER(dot[j]);
                     }
                 }
             }
