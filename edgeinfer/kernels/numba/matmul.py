@@ -861,7 +861,7 @@ _TILES = '''
 _TEMPLATE_X8 = '''
 @njit(cache=True, _nrt=False)
 def _x8rows_{name}(w, g0, g1, nc, yq, yd, ys, ybs, yf, yqs, of, n_tokens, n_rows):
-    x8.rows(x8.{x8}, {group_bytes}, {block_size}, w, g0, g1, nc, yq, yd, yqs, ybs, of, n_tokens, n_rows)
+    x8.rows(x8.{x8}, x8.{x8_4}, {group_bytes}, {block_size}, w, g0, g1, nc, yq, yd, yqs, ybs, of, n_tokens, n_rows)
 
 
 @njit(cache=True, parallel=True)
@@ -885,8 +885,9 @@ def wrapper_source(f: dict, block_size: int, type_size: int) -> str:
     if f["dot4"]:
         src.append(_TEMPLATE4.format(**args))
     src.append(_TEMPLATE_CHUNK.format(tiles=_TILES.format(**args) if f["dot4"] else "", **args))
-    if f.get("x8"):
-        src.append(_TEMPLATE_X8.format(**args))
+    if f.get("x8"):  # a format's own 4-token block function where x8.py has one (_blk4_<type>)
+        x8_4 = "_blk4" + f["x8"][len("_blk"):]
+        src.append(_TEMPLATE_X8.format(x8_4=x8_4 if hasattr(x8, x8_4) else "_each4", **args))
     return "".join(src)
 
 

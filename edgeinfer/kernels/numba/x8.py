@@ -15,10 +15,13 @@ What a kernel computes per (row, token) is x8.h's definition, per block b in ord
 
 with the integer parts exact: the same bits as the native x8 kernels, for any batch, tile or thread
 count. Each format is one function, `_blk_<type>`: a group block (8 rows) against one token's
-activation block, returning the updated 8-lane accumulator. The tile driver calls it for 4 tokens per
-block in turn; LLVM then shares the weight loads and nibble decoding between the four calls (they
-are pure and inlined), so each decoded weight vector feeds four tokens and each broadcast activation
-word eight rows.
+activation block, returning the updated 8-lane accumulator. The tile driver takes 4 tokens per block
+through `_blk4_<type>` where the format has one (Q4_K, Q5_K, Q6_K: each word of quants loaded and
+decoded once for the four tokens, the same sums in the same order), else `_each4`, four calls of
+`_blk_<type>` in turn: LLVM shares the weight loads and decoding between those where it unrolls the
+block's loops (the small formats), not across the K-quants' loops over sub-blocks (there each call
+re-decoded the weights: 1B Q4_K_M prefill 0.54x native before the _blk4 functions, 0.79x after). Each
+decoded weight vector feeds four tokens and each broadcast activation word eight rows.
 """
 
 from __future__ import annotations
@@ -219,6 +222,82 @@ def _blk_q45_k(five, w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
 
 
 @njit(cache=True, inline="always")
+def _blk4_q45_k(five, w, o, yq, yo, nc, yd, ybs, bo, nbs, yb, nb, a0, a1, a2, a3):
+    """_blk_q45_k for four tokens (yo, bo, yb for the first; the next ones nc, nbs, nb further on), each
+    32-byte word of quants loaded and decoded once for the four. The same sums in the same order as four
+    _blk_q45_k calls (LLVM does not fuse four calls' loops over the sub-blocks by itself: each re-decoded
+    the weights)."""
+    qs = 384 if five else 128
+    per = 4 if five else 8
+    w0 = load_i32x8(w, o + 32)
+    w1 = load_i32x8(w, o + 64)
+    w2 = load_i32x8(w, o + 96)
+    u0 = i32x8_and(w0, 0x3F3F3F3F)
+    u2 = i32x8_and(w1, 0x3F3F3F3F)
+    u1 = i32x8_or(i32x8_and(w2, 0x0F0F0F0F), i32x8_shl(i32x8_and(i32x8_shr(w0, 6), 0x03030303), 4))
+    u3 = i32x8_or(i32x8_and(i32x8_shr(w2, 4), 0x0F0F0F0F), i32x8_shl(i32x8_and(i32x8_shr(w1, 6), 0x03030303), 4))
+    i0 = i1 = i2 = i3 = i32x8_zero()
+    for s in range(8):
+        c = s // 2
+        sc = i32x8_dup_byte(u0 if s < 4 else u1, s & 3)
+        for k0 in range(0, 8, per):
+            s0 = s1 = s2 = s3 = i16x16_zero()
+            for k in range(k0, k0 + per):
+                v = load_i8x32(w, o + qs + 32 * (8 * c + k))
+                q = i8x32_shr(v, 4) if s % 2 else i8x32_and(v, 0x0F)
+                if five:
+                    q = i8x32_or(q, i8x32_and(i8x32_shl(i8x32_shr(load_i8x32(w, o + 128 + 32 * k), s), 4), 0x10))
+                y = yo + 32 * s + 4 * k
+                s0 = i16x16_add(s0, dot_u8(q, bcast4_i8x32(yq, y)))
+                s1 = i16x16_add(s1, dot_u8(q, bcast4_i8x32(yq, y + nc)))
+                s2 = i16x16_add(s2, dot_u8(q, bcast4_i8x32(yq, y + 2 * nc)))
+                s3 = i16x16_add(s3, dot_u8(q, bcast4_i8x32(yq, y + 3 * nc)))
+            i0 = i32x8_add(i0, madd_i16(s0, sc))
+            i1 = i32x8_add(i1, madd_i16(s1, sc))
+            i2 = i32x8_add(i2, madd_i16(s2, sc))
+            i3 = i32x8_add(i3, madd_i16(s3, sc))
+    d = f16x8_at(w, o)
+    dm = f16x8_at(w, o + 16)
+    a0 = _k_mins(u2, u3, ybs, bo, d, dm, item(yd, yb), i0, a0)
+    a1 = _k_mins(u2, u3, ybs, bo + nbs, d, dm, item(yd, yb + nb), i1, a1)
+    a2 = _k_mins(u2, u3, ybs, bo + 2 * nbs, d, dm, item(yd, yb + 2 * nb), i2, a2)
+    a3 = _k_mins(u2, u3, ybs, bo + 3 * nbs, d, dm, item(yd, yb + 3 * nb), i3, a3)
+    return a0, a1, a2, a3
+
+
+@njit(cache=True, inline="always")
+def _k_mins(u2, u3, ybs, bo, d, dm, dy, isum, acc):
+    """One token's end of a Q4_K/Q5_K block, as in _blk_q45_k: the mins' sum, then both fmas."""
+    msum = i32x8_zero()
+    for p in range(8):
+        m = i32x8_dup_byte(u2 if p < 4 else u3, p & 3)
+        msum = i32x8_add(msum, madd_i16(m, bcast2_i16x16(ybs, bo + 2 * p)))
+    acc = fma_exact_i32x8(f32x8_mul_scalar(d, dy), isum, acc)
+    return fnma_exact_i32x8(f32x8_mul_scalar(dm, dy), msum, acc)
+
+
+@njit(cache=True, inline="always")
+def _blk4_q4_k(blk, w, o, yq, yo, nc, yd, yqs, ybs, bo, nbs, yb, nb, a0, a1, a2, a3):
+    return _blk4_q45_k(False, w, o, yq, yo, nc, yd, ybs, bo, nbs, yb, nb, a0, a1, a2, a3)
+
+
+@njit(cache=True, inline="always")
+def _blk4_q5_k(blk, w, o, yq, yo, nc, yd, yqs, ybs, bo, nbs, yb, nb, a0, a1, a2, a3):
+    return _blk4_q45_k(True, w, o, yq, yo, nc, yd, ybs, bo, nbs, yb, nb, a0, a1, a2, a3)
+
+
+@njit(cache=True, inline="always")
+def _each4(blk, w, o, yq, yo, nc, yd, yqs, ybs, bo, nbs, yb, nb, a0, a1, a2, a3):
+    """Four tokens as four calls of the format's block function (LLVM shares the weight loads between
+    them where it unrolls the block's loops)."""
+    a0 = blk(w, o, yq, yo, yd, yqs, ybs, bo, yb, a0)
+    a1 = blk(w, o, yq, yo + nc, yd, yqs, ybs, bo + nbs, yb + nb, a1)
+    a2 = blk(w, o, yq, yo + 2 * nc, yd, yqs, ybs, bo + 2 * nbs, yb + 2 * nb, a2)
+    a3 = blk(w, o, yq, yo + 3 * nc, yd, yqs, ybs, bo + 3 * nbs, yb + 3 * nb, a3)
+    return a0, a1, a2, a3
+
+
+@njit(cache=True, inline="always")
 def _blk_q4_k(w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
     return _blk_q45_k(False, w, o, yq, yo, yd, yqs, ybs, bo, yb, acc)
 
@@ -251,6 +330,46 @@ def _blk_q6_k(w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
                     s16 = i16x16_add(s16, dot_u8(q, bcast4_i8x32(yq, yo + 32 * p + 16 * e + 4 * kk)))
                 isum = i32x8_add(isum, madd_i16(s16, sc))
     return fma_exact_i32x8(f32x8_mul_scalar(f16x8_at(w, o), item(yd, yb)), isum, acc)
+
+
+@njit(cache=True, inline="always")
+def _blk4_q6_k(blk, w, o, yq, yo, nc, yd, yqs, ybs, bo, nbs, yb, nb, a0, a1, a2, a3):
+    """_blk_q6_k for four tokens, each word of quants decoded once for the four (as _blk4_q45_k)."""
+    i0 = i1 = i2 = i3 = i32x8_zero()
+    for p in range(8):
+        n = p // 4
+        qd = p % 4
+        scp = load_i8x16_i16(w, o + 16 + 16 * p)
+        i0 = i32x8_subs(i0, i32x8_shl(madd_i16(scp, bcast2_i16x16(ybs, bo + 2 * p)), 5))
+        i1 = i32x8_subs(i1, i32x8_shl(madd_i16(scp, bcast2_i16x16(ybs, bo + nbs + 2 * p)), 5))
+        i2 = i32x8_subs(i2, i32x8_shl(madd_i16(scp, bcast2_i16x16(ybs, bo + 2 * nbs + 2 * p)), 5))
+        i3 = i32x8_subs(i3, i32x8_shl(madd_i16(scp, bcast2_i16x16(ybs, bo + 3 * nbs + 2 * p)), 5))
+        for e in range(2):
+            sc = i16x16_dup_pairs(scp, e)
+            for kp in range(0, 4, 2):
+                s0 = s1 = s2 = s3 = i16x16_zero()
+                for u in range(2):
+                    kk = kp + u
+                    lq = load_i8x32(w, o + 144 + 32 * (16 * n + 8 * (qd & 1) + 4 * e + kk))
+                    hq = load_i8x32(w, o + 1168 + 32 * (8 * n + 4 * e + kk))
+                    lo = i8x32_and(lq, 0x0F) if qd < 2 else i8x32_shr(lq, 4)
+                    hs = i8x32_shl(hq, 4 - 2 * qd) if qd < 2 else i8x32_shr(hq, 2 * qd - 4)
+                    q = i8x32_or(lo, i8x32_and(hs, 0x30))
+                    y = yo + 32 * p + 16 * e + 4 * kk
+                    s0 = i16x16_add(s0, dot_u8(q, bcast4_i8x32(yq, y)))
+                    s1 = i16x16_add(s1, dot_u8(q, bcast4_i8x32(yq, y + nc)))
+                    s2 = i16x16_add(s2, dot_u8(q, bcast4_i8x32(yq, y + 2 * nc)))
+                    s3 = i16x16_add(s3, dot_u8(q, bcast4_i8x32(yq, y + 3 * nc)))
+                i0 = i32x8_add(i0, madd_i16(s0, sc))
+                i1 = i32x8_add(i1, madd_i16(s1, sc))
+                i2 = i32x8_add(i2, madd_i16(s2, sc))
+                i3 = i32x8_add(i3, madd_i16(s3, sc))
+    d = f16x8_at(w, o)
+    a0 = fma_exact_i32x8(f32x8_mul_scalar(d, item(yd, yb)), i0, a0)
+    a1 = fma_exact_i32x8(f32x8_mul_scalar(d, item(yd, yb + nb)), i1, a1)
+    a2 = fma_exact_i32x8(f32x8_mul_scalar(d, item(yd, yb + 2 * nb)), i2, a2)
+    a3 = fma_exact_i32x8(f32x8_mul_scalar(d, item(yd, yb + 3 * nb)), i3, a3)
+    return a0, a1, a2, a3
 
 
 @njit(cache=True, inline="always")
@@ -321,7 +440,7 @@ def _prefetch(w, o, n):
 
 
 @njit(cache=True, inline="always")
-def _tile4(blk, gb, bs, w, g, nb, nc, yq, yd, yqs, ybs, t, of, n_rows, r, nr, pf):
+def _tile4(blk, blk4, gb, bs, w, g, nb, nc, yq, yd, yqs, ybs, t, of, n_rows, r, nr, pf):
     """Group g (8 rows from row r, nr of them real) x tokens t..t+3; weights prefetched pf bytes ahead
     (pf > 0: few tokens, the weights stream from memory)."""
     a0 = a1 = a2 = a3 = f32x8_zero()
@@ -333,10 +452,7 @@ def _tile4(blk, gb, bs, w, g, nb, nc, yq, yd, yqs, ybs, t, of, n_rows, r, nr, pf
         yb = t * nb + b
         yo = t * nc + bs * b
         bo = t * nbs + (bs // 16) * b
-        a0 = blk(w, o, yq, yo, yd, yqs, ybs, bo, yb, a0)
-        a1 = blk(w, o, yq, yo + nc, yd, yqs, ybs, bo + nbs, yb + nb, a1)
-        a2 = blk(w, o, yq, yo + 2 * nc, yd, yqs, ybs, bo + 2 * nbs, yb + 2 * nb, a2)
-        a3 = blk(w, o, yq, yo + 3 * nc, yd, yqs, ybs, bo + 3 * nbs, yb + 3 * nb, a3)
+        a0, a1, a2, a3 = blk4(blk, w, o, yq, yo, nc, yd, yqs, ybs, bo, nbs, yb, nb, a0, a1, a2, a3)
     _store(of, n_rows, t, r, nr, a0)
     _store(of, n_rows, t + 1, r, nr, a1)
     _store(of, n_rows, t + 2, r, nr, a2)
@@ -360,7 +476,7 @@ TOKEN_BLOCK_BYTES = 128 * 1024  # activation quants of one token block: they sta
 
 
 @njit(cache=True, inline="always")
-def rows(blk, gb, bs, w, g0, g1, nc, yq, yd, yqs, ybs, of, n_tokens, n_rows):
+def rows(blk, blk4, gb, bs, w, g0, g1, nc, yq, yd, yqs, ybs, of, n_tokens, n_rows):
     """Groups g0..g1-1 x every token: token blocks (their quants stay in L2) x groups x tiles of 4
     tokens, then single tokens (the same sums: a token's result does not depend on its tile)."""
     nb = nc // bs
@@ -375,7 +491,7 @@ def rows(blk, gb, bs, w, g0, g1, nc, yq, yd, yqs, ybs, of, n_tokens, n_rows):
             g = r * row_bytes
             t = t0
             while t + 4 <= t1:
-                _tile4(blk, gb, bs, w, g, nb, nc, yq, yd, yqs, ybs, t, of, n_rows, r, nr, pf)
+                _tile4(blk, blk4, gb, bs, w, g, nb, nc, yq, yd, yqs, ybs, t, of, n_rows, r, nr, pf)
                 t += 4
             while t < t1:
                 _tile1(blk, gb, bs, w, g, nb, nc, yq, yd, yqs, ybs, t, of, n_rows, r, nr, pf)
