@@ -186,19 +186,38 @@ def _blk_q8_0(w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
 
 
 @njit(cache=True, inline="always")
+def _k_scales(w, o):
+    """A Q4_K/Q5_K group block's eight rows' 6-bit scales and mins, a lane per row, four bytes a vector:
+    scales 0..3, scales 4..7, mins 0..3, mins 4..7 (ggml's kmask shuffle)."""
+    w0 = load_i32x8(w, o + 32)
+    w1 = load_i32x8(w, o + 64)
+    w2 = load_i32x8(w, o + 96)
+    u0 = i32x8_and(w0, 0x3F3F3F3F)
+    u2 = i32x8_and(w1, 0x3F3F3F3F)
+    u1 = i32x8_or(i32x8_and(w2, 0x0F0F0F0F), i32x8_shl(i32x8_and(i32x8_shr(w0, 6), 0x03030303), 4))
+    u3 = i32x8_or(i32x8_and(i32x8_shr(w2, 4), 0x0F0F0F0F), i32x8_shl(i32x8_and(i32x8_shr(w1, 6), 0x03030303), 4))
+    return u0, u1, u2, u3
+
+
+@njit(cache=True, inline="always")
+def _k_word(five, w, o, qs, c, k, s):
+    """Word k of sub-block s's quants (pair c of sub-blocks shares the bytes: low nibbles even s, high odd
+    s), with Q5_K's fifth bit (bit s of qh) where five."""
+    v = load_i8x32(w, o + qs + 32 * (8 * c + k))
+    q = i8x32_shr(v, 4) if s % 2 else i8x32_and(v, 0x0F)
+    if five:
+        q = i8x32_or(q, i8x32_and(i8x32_shl(i8x32_shr(load_i8x32(w, o + 128 + 32 * k), s), 4), 0x10))
+    return q
+
+
+@njit(cache=True, inline="always")
 def _blk_q45_k(five, w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
     """Q4_K (qs at 128) or, five, Q5_K (qh at 128, qs at 384: a fifth bit per quant, bit s of qh[l] for
     sub-block s). The eight rows' 6-bit scales and mins unpacked together (a lane per row; ggml's kmask
     shuffle), each scale applied as an int16 pair in the pmaddwd that widens a sub-block's pair sums."""
     qs = 384 if five else 128
     per = 4 if five else 8  # pair sums per int16 accumulator: <= 2 * 31 * 127 (five) or 2 * 15 * 127 each
-    w0 = load_i32x8(w, o + 32)
-    w1 = load_i32x8(w, o + 64)
-    w2 = load_i32x8(w, o + 96)
-    u0 = i32x8_and(w0, 0x3F3F3F3F)  # scales 0..3
-    u2 = i32x8_and(w1, 0x3F3F3F3F)  # mins 0..3
-    u1 = i32x8_or(i32x8_and(w2, 0x0F0F0F0F), i32x8_shl(i32x8_and(i32x8_shr(w0, 6), 0x03030303), 4))
-    u3 = i32x8_or(i32x8_and(i32x8_shr(w2, 4), 0x0F0F0F0F), i32x8_shl(i32x8_and(i32x8_shr(w1, 6), 0x03030303), 4))
+    u0, u1, u2, u3 = _k_scales(w, o)
     isum = i32x8_zero()
     for s in range(8):
         c = s // 2
@@ -206,10 +225,7 @@ def _blk_q45_k(five, w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
         for k0 in range(0, 8, per):
             s16 = i16x16_zero()
             for k in range(k0, k0 + per):
-                v = load_i8x32(w, o + qs + 32 * (8 * c + k))
-                q = i8x32_shr(v, 4) if s % 2 else i8x32_and(v, 0x0F)
-                if five:
-                    q = i8x32_or(q, i8x32_and(i8x32_shl(i8x32_shr(load_i8x32(w, o + 128 + 32 * k), s), 4), 0x10))
+                q = _k_word(five, w, o, qs, c, k, s)
                 s16 = i16x16_add(s16, dot_u8(q, bcast4_i8x32(yq, yo + 32 * s + 4 * k)))
             isum = i32x8_add(isum, madd_i16(s16, sc))
     msum = i32x8_zero()
@@ -222,6 +238,24 @@ def _blk_q45_k(five, w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
 
 
 @njit(cache=True, inline="always")
+def _dot4(q, yq, y, nc, s0, s1, s2, s3):
+    """One word of eight rows' quants (unsigned) against the same 4 activation quants of four tokens (at y,
+    y + nc, ...), added to their int16 pair sums."""
+    s0 = i16x16_add(s0, dot_u8(q, bcast4_i8x32(yq, y)))
+    s1 = i16x16_add(s1, dot_u8(q, bcast4_i8x32(yq, y + nc)))
+    s2 = i16x16_add(s2, dot_u8(q, bcast4_i8x32(yq, y + 2 * nc)))
+    s3 = i16x16_add(s3, dot_u8(q, bcast4_i8x32(yq, y + 3 * nc)))
+    return s0, s1, s2, s3
+
+
+@njit(cache=True, inline="always")
+def _scale4(sc, s0, s1, s2, s3, i0, i1, i2, i3):
+    """Four tokens' int16 pair sums widened with the rows' int16 scale pairs, added to their int32 sums."""
+    return (i32x8_add(i0, madd_i16(s0, sc)), i32x8_add(i1, madd_i16(s1, sc)),
+            i32x8_add(i2, madd_i16(s2, sc)), i32x8_add(i3, madd_i16(s3, sc)))  # fmt: skip
+
+
+@njit(cache=True, inline="always")
 def _blk4_q45_k(five, w, o, yq, yo, nc, yd, ybs, bo, nbs, yb, nb, a0, a1, a2, a3):
     """_blk_q45_k for four tokens (yo, bo, yb for the first; the next ones nc, nbs, nb further on), each
     32-byte word of quants loaded and decoded once for the four. The same sums in the same order as four
@@ -229,13 +263,7 @@ def _blk4_q45_k(five, w, o, yq, yo, nc, yd, ybs, bo, nbs, yb, nb, a0, a1, a2, a3
     the weights)."""
     qs = 384 if five else 128
     per = 4 if five else 8
-    w0 = load_i32x8(w, o + 32)
-    w1 = load_i32x8(w, o + 64)
-    w2 = load_i32x8(w, o + 96)
-    u0 = i32x8_and(w0, 0x3F3F3F3F)
-    u2 = i32x8_and(w1, 0x3F3F3F3F)
-    u1 = i32x8_or(i32x8_and(w2, 0x0F0F0F0F), i32x8_shl(i32x8_and(i32x8_shr(w0, 6), 0x03030303), 4))
-    u3 = i32x8_or(i32x8_and(i32x8_shr(w2, 4), 0x0F0F0F0F), i32x8_shl(i32x8_and(i32x8_shr(w1, 6), 0x03030303), 4))
+    u0, u1, u2, u3 = _k_scales(w, o)
     i0 = i1 = i2 = i3 = i32x8_zero()
     for s in range(8):
         c = s // 2
@@ -243,19 +271,9 @@ def _blk4_q45_k(five, w, o, yq, yo, nc, yd, ybs, bo, nbs, yb, nb, a0, a1, a2, a3
         for k0 in range(0, 8, per):
             s0 = s1 = s2 = s3 = i16x16_zero()
             for k in range(k0, k0 + per):
-                v = load_i8x32(w, o + qs + 32 * (8 * c + k))
-                q = i8x32_shr(v, 4) if s % 2 else i8x32_and(v, 0x0F)
-                if five:
-                    q = i8x32_or(q, i8x32_and(i8x32_shl(i8x32_shr(load_i8x32(w, o + 128 + 32 * k), s), 4), 0x10))
-                y = yo + 32 * s + 4 * k
-                s0 = i16x16_add(s0, dot_u8(q, bcast4_i8x32(yq, y)))
-                s1 = i16x16_add(s1, dot_u8(q, bcast4_i8x32(yq, y + nc)))
-                s2 = i16x16_add(s2, dot_u8(q, bcast4_i8x32(yq, y + 2 * nc)))
-                s3 = i16x16_add(s3, dot_u8(q, bcast4_i8x32(yq, y + 3 * nc)))
-            i0 = i32x8_add(i0, madd_i16(s0, sc))
-            i1 = i32x8_add(i1, madd_i16(s1, sc))
-            i2 = i32x8_add(i2, madd_i16(s2, sc))
-            i3 = i32x8_add(i3, madd_i16(s3, sc))
+                q = _k_word(five, w, o, qs, c, k, s)
+                s0, s1, s2, s3 = _dot4(q, yq, yo + 32 * s + 4 * k, nc, s0, s1, s2, s3)
+            i0, i1, i2, i3 = _scale4(sc, s0, s1, s2, s3, i0, i1, i2, i3)
     d = f16x8_at(w, o)
     dm = f16x8_at(w, o + 16)
     a0 = _k_mins(u2, u3, ybs, bo, d, dm, item(yd, yb), i0, a0)
@@ -308,6 +326,17 @@ def _blk_q5_k(w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
 
 
 @njit(cache=True, inline="always")
+def _q6_word(w, o, n, qd, e, kk):
+    """Word kk of half e of a Q6_K 32-value pair of sub-blocks (n: which 128 values, qd: which quarter of
+    them): the low four bits from ql, the high two from qh, 0..63."""
+    lq = load_i8x32(w, o + 144 + 32 * (16 * n + 8 * (qd & 1) + 4 * e + kk))
+    hq = load_i8x32(w, o + 1168 + 32 * (8 * n + 4 * e + kk))
+    lo = i8x32_and(lq, 0x0F) if qd < 2 else i8x32_shr(lq, 4)
+    hs = i8x32_shl(hq, 4 - 2 * qd) if qd < 2 else i8x32_shr(hq, 2 * qd - 4)
+    return i8x32_or(lo, i8x32_and(hs, 0x30))
+
+
+@njit(cache=True, inline="always")
 def _blk_q6_k(w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
     """Quants 0..63 (the - 32 is 32 x the sum of scale x bsum), int8 scales per 16 values."""
     isum = i32x8_zero()
@@ -322,11 +351,7 @@ def _blk_q6_k(w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
                 s16 = i16x16_zero()  # two pair sums of <= 2 * 63 * 127 each: within int16
                 for u in range(2):
                     kk = kp + u
-                    lq = load_i8x32(w, o + 144 + 32 * (16 * n + 8 * (qd & 1) + 4 * e + kk))
-                    hq = load_i8x32(w, o + 1168 + 32 * (8 * n + 4 * e + kk))
-                    lo = i8x32_and(lq, 0x0F) if qd < 2 else i8x32_shr(lq, 4)
-                    hs = i8x32_shl(hq, 4 - 2 * qd) if qd < 2 else i8x32_shr(hq, 2 * qd - 4)
-                    q = i8x32_or(lo, i8x32_and(hs, 0x30))
+                    q = _q6_word(w, o, n, qd, e, kk)
                     s16 = i16x16_add(s16, dot_u8(q, bcast4_i8x32(yq, yo + 32 * p + 16 * e + 4 * kk)))
                 isum = i32x8_add(isum, madd_i16(s16, sc))
     return fma_exact_i32x8(f32x8_mul_scalar(f16x8_at(w, o), item(yd, yb)), isum, acc)
@@ -350,20 +375,9 @@ def _blk4_q6_k(blk, w, o, yq, yo, nc, yd, yqs, ybs, bo, nbs, yb, nb, a0, a1, a2,
                 s0 = s1 = s2 = s3 = i16x16_zero()
                 for u in range(2):
                     kk = kp + u
-                    lq = load_i8x32(w, o + 144 + 32 * (16 * n + 8 * (qd & 1) + 4 * e + kk))
-                    hq = load_i8x32(w, o + 1168 + 32 * (8 * n + 4 * e + kk))
-                    lo = i8x32_and(lq, 0x0F) if qd < 2 else i8x32_shr(lq, 4)
-                    hs = i8x32_shl(hq, 4 - 2 * qd) if qd < 2 else i8x32_shr(hq, 2 * qd - 4)
-                    q = i8x32_or(lo, i8x32_and(hs, 0x30))
-                    y = yo + 32 * p + 16 * e + 4 * kk
-                    s0 = i16x16_add(s0, dot_u8(q, bcast4_i8x32(yq, y)))
-                    s1 = i16x16_add(s1, dot_u8(q, bcast4_i8x32(yq, y + nc)))
-                    s2 = i16x16_add(s2, dot_u8(q, bcast4_i8x32(yq, y + 2 * nc)))
-                    s3 = i16x16_add(s3, dot_u8(q, bcast4_i8x32(yq, y + 3 * nc)))
-                i0 = i32x8_add(i0, madd_i16(s0, sc))
-                i1 = i32x8_add(i1, madd_i16(s1, sc))
-                i2 = i32x8_add(i2, madd_i16(s2, sc))
-                i3 = i32x8_add(i3, madd_i16(s3, sc))
+                    q = _q6_word(w, o, n, qd, e, kk)
+                    s0, s1, s2, s3 = _dot4(q, yq, yo + 32 * p + 16 * e + 4 * kk, nc, s0, s1, s2, s3)
+                i0, i1, i2, i3 = _scale4(sc, s0, s1, s2, s3, i0, i1, i2, i3)
     d = f16x8_at(w, o)
     a0 = fma_exact_i32x8(f32x8_mul_scalar(d, item(yd, yb)), i0, a0)
     a1 = fma_exact_i32x8(f32x8_mul_scalar(d, item(yd, yb + nb)), i1, a1)
