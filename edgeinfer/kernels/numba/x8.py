@@ -228,13 +228,7 @@ def _blk_q45_k(five, w, o, yq, yo, yd, yqs, ybs, bo, yb, acc):
                 q = _k_word(five, w, o, qs, c, k, s)
                 s16 = i16x16_add(s16, dot_u8(q, bcast4_i8x32(yq, yo + 32 * s + 4 * k)))
             isum = i32x8_add(isum, madd_i16(s16, sc))
-    msum = i32x8_zero()
-    for p in range(8):
-        m = i32x8_dup_byte(u2 if p < 4 else u3, p & 3)
-        msum = i32x8_add(msum, madd_i16(m, bcast2_i16x16(ybs, bo + 2 * p)))
-    dy = item(yd, yb)
-    acc = fma_exact_i32x8(f32x8_mul_scalar(f16x8_at(w, o), dy), isum, acc)
-    return fnma_exact_i32x8(f32x8_mul_scalar(f16x8_at(w, o + 16), dy), msum, acc)
+    return _k_mins(u2, u3, ybs, bo, f16x8_at(w, o), f16x8_at(w, o + 16), item(yd, yb), isum, acc)
 
 
 @njit(cache=True, inline="always")
@@ -285,7 +279,8 @@ def _blk4_q45_k(five, w, o, yq, yo, nc, yd, ybs, bo, nbs, yb, nb, a0, a1, a2, a3
 
 @njit(cache=True, inline="always")
 def _k_mins(u2, u3, ybs, bo, d, dm, dy, isum, acc):
-    """One token's end of a Q4_K/Q5_K block, as in _blk_q45_k: the mins' sum, then both fmas."""
+    """One token's end of a Q4_K/Q5_K block: the mins' sum (the rows' mins, u2/u3, times the token's sums
+    of 16 quants), then isum's fma and the mins' fnma."""
     msum = i32x8_zero()
     for p in range(8):
         m = i32x8_dup_byte(u2 if p < 4 else u3, p & 3)
